@@ -1,0 +1,1 @@
+"""pdfbatch's supervision runtime: policy, actors and the execution of PDF work."""

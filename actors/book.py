@@ -1,0 +1,129 @@
+"""The batch's book: its records, counts and event log, changed only through the state machine.
+
+A :class:`BatchBook` is plain data with no threads and no I/O. The batch supervisor
+owns one; every change goes through :meth:`BatchBook.set_file` or
+:meth:`BatchBook.set_batch`, which check the transition, keep the counts right and
+append the event that announces it. :meth:`BatchBook.take_changes` hands over what
+changed since the last call, to be stored in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from actors.model import (
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    FileRecord,
+    FileState,
+    check_batch_transition,
+    check_file_transition,
+)
+
+__all__ = ["BatchBook", "Changes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the last :meth:`BatchBook.take_changes`: one transaction."""
+
+    batch: BatchRecord
+    files: tuple[FileRecord, ...]
+    events: tuple[BatchEvent, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.events)
+
+
+class BatchBook:
+    """A batch's records, kept consistent with its state machine."""
+
+    def __init__(self, view: BatchView) -> None:
+        self._batch = view.batch
+        self._files: dict[str, FileRecord] = {f.file_id: f for f in view.files}
+        self._counts: Counter[FileState] = Counter(f.state for f in view.files)
+        self._dirty: dict[str, FileRecord] = {}
+        self._events: list[BatchEvent] = []
+
+    @property
+    def batch(self) -> BatchRecord:
+        """The batch record as it is now."""
+        return self._batch
+
+    @property
+    def total(self) -> int:
+        """Number of files."""
+        return len(self._files)
+
+    def file(self, file_id: str) -> FileRecord:
+        """The file's record. Raises ``KeyError`` for an unknown id."""
+        return self._files[file_id]
+
+    def files(self) -> list[FileRecord]:
+        """Every file, in submission order."""
+        return list(self._files.values())
+
+    def count(self, state: FileState) -> int:
+        """Files in ``state``."""
+        return self._counts[state]
+
+    @property
+    def unsettled(self) -> int:
+        """Files not in a terminal state."""
+        return sum(n for state, n in self._counts.items() if not state.terminal)
+
+    def view(self) -> BatchView:
+        """A snapshot of the batch and its files."""
+        return BatchView(self._batch, tuple(self._files.values()))
+
+    def set_file(self, file_id: str, state: FileState, now: float, **changes: Any) -> FileRecord:
+        """Move a file to ``state``, applying ``changes`` to its record, and log the event.
+
+        Raises:
+            IllegalTransitionError: The state machine does not allow the move.
+        """
+        current = self._files[file_id]
+        check_file_transition(current.state, state)
+        updated = dataclasses.replace(current, state=state, **changes)
+        self._files[file_id] = updated
+        self._dirty[file_id] = updated
+        self._counts[current.state] -= 1
+        self._counts[state] += 1
+        self._announce(now, file=updated)
+        return updated
+
+    def set_batch(self, state: BatchState, now: float, reason: str = "") -> None:
+        """Move the batch to ``state`` for ``reason`` and log the event.
+
+        Raises:
+            IllegalTransitionError: The state machine does not allow the move.
+        """
+        check_batch_transition(self._batch.state, state)
+        self._batch = dataclasses.replace(self._batch, state=state, reason=reason)
+        self._announce(now, reason=reason)
+
+    def take_changes(self) -> Changes:
+        """Hand over every change since the last call."""
+        changes = Changes(self._batch, tuple(self._dirty.values()), tuple(self._events))
+        self._dirty.clear()
+        self._events.clear()
+        return changes
+
+    def _announce(self, now: float, file: FileRecord | None = None, reason: str = "") -> None:
+        sequence = self._batch.sequence + 1
+        self._batch = dataclasses.replace(self._batch, sequence=sequence, updated_at=now)
+        self._events.append(
+            BatchEvent(
+                sequence=sequence,
+                batch_id=self._batch.batch_id,
+                at=now,
+                batch_state=self._batch.state,
+                file=file,
+                reason=reason,
+            )
+        )

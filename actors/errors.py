@@ -1,0 +1,232 @@
+"""The error catalogue: every way a file can fail, as a code users can act on.
+
+A failure is classified exactly once, by :func:`classify`, into an :class:`ErrorCode`.
+Everything downstream (retry decisions, user messages, logs) works from the code; the
+exception text itself goes to the engineers' log only, never to a user.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+
+from pypdf import errors as pdf_errors
+
+__all__ = [
+    "CATALOGUE",
+    "MAX_USER_MESSAGE_CHARS",
+    "ErrorCode",
+    "ErrorSpec",
+    "NotAPdfError",
+    "StorageUnavailableError",
+    "WrongPasswordError",
+    "classify",
+    "spec_for",
+]
+
+MAX_USER_MESSAGE_CHARS = 300
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a file attempt failed. The string value is the code shown to users."""
+
+    NOT_A_PDF = "NOT_A_PDF"
+    PDF_EMPTY = "PDF_EMPTY"
+    PDF_MALFORMED = "PDF_MALFORMED"
+    PDF_ENCRYPTED = "PDF_ENCRYPTED"
+    PDF_WRONG_PASSWORD = "PDF_WRONG_PASSWORD"
+    PDF_UNSUPPORTED_FEATURE = "PDF_UNSUPPORTED_FEATURE"
+    PDF_LIMIT_EXCEEDED = "PDF_LIMIT_EXCEEDED"
+    PROCESSING_TIMEOUT = "PROCESSING_TIMEOUT"
+    MEMORY_LIMIT_EXCEEDED = "MEMORY_LIMIT_EXCEEDED"
+    WORKER_CRASHED = "WORKER_CRASHED"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """What the catalogue knows about one code.
+
+    Attributes:
+        code: The code itself.
+        retryable: Whether another attempt of the same file can succeed.
+        message: What happened and what the user can do, safe to show anyone.
+        doc: One line for the reference documentation.
+    """
+
+    code: ErrorCode
+    retryable: bool
+    message: str
+    doc: str
+
+
+def _spec(code: ErrorCode, retryable: bool, message: str, doc: str) -> ErrorSpec:
+    if len(message) > MAX_USER_MESSAGE_CHARS:
+        raise ValueError(f"catalogue message for {code} is longer than {MAX_USER_MESSAGE_CHARS}")
+    return ErrorSpec(code, retryable, message, doc)
+
+
+_E = ErrorCode
+CATALOGUE: MappingProxyType[ErrorCode, ErrorSpec] = MappingProxyType(
+    {
+        spec.code: spec
+        for spec in (
+            _spec(
+                _E.NOT_A_PDF,
+                False,
+                "This file is not a PDF. Check that you uploaded the right file.",
+                "The file does not start with the %PDF- signature.",
+            ),
+            _spec(
+                _E.PDF_EMPTY,
+                False,
+                "This file is empty. Upload the complete file again.",
+                "The file has no bytes or no PDF content at all.",
+            ),
+            _spec(
+                _E.PDF_MALFORMED,
+                False,
+                "This PDF is damaged and could not be read. Re-export or repair it, then "
+                "submit it again.",
+                "The PDF structure is broken beyond what the reader can recover.",
+            ),
+            _spec(
+                _E.PDF_ENCRYPTED,
+                False,
+                "This file is password-protected. Submit it again with its password, or "
+                "remove the protection.",
+                "The PDF is encrypted and no password was given.",
+            ),
+            _spec(
+                _E.PDF_WRONG_PASSWORD,
+                False,
+                "The password given for this file is wrong. Retry the file with the "
+                "correct password.",
+                "The PDF is encrypted and the given password does not open it.",
+            ),
+            _spec(
+                _E.PDF_UNSUPPORTED_FEATURE,
+                False,
+                "This PDF uses a feature the service cannot read (for example an old "
+                "compression filter). Re-export it with a current PDF writer.",
+                "The PDF needs a filter, encryption or feature the reader does not support.",
+            ),
+            _spec(
+                _E.PDF_LIMIT_EXCEEDED,
+                False,
+                "This PDF exceeds the service's safety limits (for example a huge "
+                "compressed stream or a very deep structure). Simplify or split it.",
+                "A decompression bomb, an oversized stream or an over-deep structure.",
+            ),
+            _spec(
+                _E.PROCESSING_TIMEOUT,
+                True,
+                "Processing this file took longer than the time limit. It will be "
+                "retried; if it keeps failing, split the file or raise the time limit.",
+                "The attempt ran past the batch's file timeout and was stopped.",
+            ),
+            _spec(
+                _E.MEMORY_LIMIT_EXCEEDED,
+                False,
+                "Processing this file needed more memory than the limit allows. Split "
+                "the file or ask an operator to raise the memory limit.",
+                "The worker hit its memory cap while processing the file.",
+            ),
+            _spec(
+                _E.WORKER_CRASHED,
+                True,
+                "The process handling this file stopped unexpectedly. It will be retried "
+                "automatically.",
+                "The worker process died (signal, crash or killed) during the attempt.",
+            ),
+            _spec(
+                _E.STORAGE_UNAVAILABLE,
+                True,
+                "The service could not read or write its storage. It will be retried; no "
+                "action is needed unless it persists.",
+                "The uploaded bytes or the store could not be read or written.",
+            ),
+            _spec(
+                _E.INTERNAL,
+                False,
+                "An unexpected error occurred in the service. It has been logged for the "
+                "operators; you can retry the file later.",
+                "An error nobody classified; the full traceback is in the service log.",
+            ),
+            _spec(
+                _E.CANCELLED,
+                False,
+                "Processing of this file was cancelled. Retry the file to process it.",
+                "The batch or file was cancelled before the file finished.",
+            ),
+        )
+    }
+)
+
+
+def spec_for(code: ErrorCode) -> ErrorSpec:
+    """Return the catalogue entry for ``code``."""
+    return CATALOGUE[code]
+
+
+class NotAPdfError(Exception):
+    """The bytes do not start with the PDF signature."""
+
+
+class WrongPasswordError(Exception):
+    """A password was given but it does not open the document."""
+
+
+class StorageUnavailableError(Exception):
+    """The store or the blob store cannot serve the request right now."""
+
+
+def _raised_inside_pypdf(tb: TracebackType | None) -> bool:
+    frames = traceback.extract_tb(tb)
+    return bool(frames) and any(f"{_SEP}pypdf{_SEP}" in frame.filename for frame in frames[-3:])
+
+
+_SEP = "/"
+
+
+def classify(exc: BaseException) -> ErrorCode:
+    """Map an exception raised while processing a file to its catalogue code.
+
+    pypdf raises its own errors for most broken files, but also plain ``KeyError``,
+    ``ValueError``, ``AssertionError`` and the like from deep inside its parser. Those
+    are damage in the file, not bugs here, so an exception whose innermost frames are
+    in pypdf counts as ``PDF_MALFORMED``; anything else unknown is ``INTERNAL``.
+
+    Args:
+        exc: The exception, with its traceback attached.
+
+    Returns:
+        The code; ``ErrorCode.INTERNAL`` for anything not recognised.
+    """
+    match exc:
+        case NotAPdfError():
+            return ErrorCode.NOT_A_PDF
+        case WrongPasswordError() | pdf_errors.WrongPasswordError():
+            return ErrorCode.PDF_WRONG_PASSWORD
+        case pdf_errors.FileNotDecryptedError():
+            return ErrorCode.PDF_ENCRYPTED
+        case pdf_errors.EmptyFileError():
+            return ErrorCode.PDF_EMPTY
+        case pdf_errors.LimitReachedError() | RecursionError():
+            return ErrorCode.PDF_LIMIT_EXCEEDED
+        case MemoryError():
+            return ErrorCode.MEMORY_LIMIT_EXCEEDED
+        case pdf_errors.DeprecationError() | pdf_errors.DependencyError() | NotImplementedError():
+            return ErrorCode.PDF_UNSUPPORTED_FEATURE
+        case StorageUnavailableError() | OSError():
+            return ErrorCode.STORAGE_UNAVAILABLE
+        case pdf_errors.PyPdfError():
+            return ErrorCode.PDF_MALFORMED
+        case _ if _raised_inside_pypdf(exc.__traceback__):
+            return ErrorCode.PDF_MALFORMED
+        case _:
+            return ErrorCode.INTERNAL

@@ -1,0 +1,63 @@
+"""Fixtures shared by every test: nothing may outlive a test.
+
+After each test every actor is stopped, and the test fails if a thread, a child
+process or a file in its temp directory is left behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pykka
+import pytest
+
+_GRACE_SECONDS = 5.0
+
+
+def _stray_threads(before: set[int]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t is not threading.current_thread() and t.is_alive()
+    ]
+
+
+def _stray_children() -> list[psutil.Process]:
+    children = psutil.Process().children(recursive=True)
+    # multiprocessing's forkserver and resource tracker live for the whole session.
+    return [
+        c
+        for c in children
+        if not any("forkserver" in part or "resource_tracker" in part for part in _cmdline(c))
+    ]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Stop stray actors, then fail on any thread or child process the test left."""
+    before = {t.ident for t in threading.enumerate() if t.ident is not None}
+    yield
+    actors = pykka.ActorRegistry.get_all()
+    pykka.ActorRegistry.stop_all(block=True, timeout=_GRACE_SECONDS)
+    deadline = time.monotonic() + _GRACE_SECONDS
+    threads = _stray_threads(before)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    # Child processes reaped by their owner may take a moment to disappear.
+    while _stray_children() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    leaked_threads = [t.name for t in _stray_threads(before)]
+    leaked_children = [c.pid for c in _stray_children()]
+    assert not actors, f"actors left running: {actors}"
+    assert not leaked_threads, f"threads left running: {leaked_threads}"
+    assert not leaked_children, f"child processes left running: {leaked_children}"

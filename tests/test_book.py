@@ -1,0 +1,94 @@
+"""The batch book: state machine, counts and events stay consistent."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.book import BatchBook
+from actors.model import (
+    FILE_TRANSITIONS,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    FileRecord,
+    FileState,
+    IllegalTransitionError,
+    settled_batch_state,
+)
+from actors.policy import BatchPolicy
+
+
+def _book(files: int) -> BatchBook:
+    batch = BatchRecord("b1", "demo", BatchPolicy(), BatchState.PENDING, 0.0, 0.0)
+    records = tuple(FileRecord(f"f{i}", f"{i}.pdf", "0" * 64, 1) for i in range(files))
+    return BatchBook(BatchView(batch, records))
+
+
+def test_every_change_is_announced_with_the_next_sequence() -> None:
+    book = _book(2)
+    book.set_batch(BatchState.RUNNING, 1.0)
+    book.set_file("f0", FileState.RUNNING, 2.0)
+    book.set_file("f0", FileState.SUCCEEDED, 3.0)
+    changes = book.take_changes()
+    assert [e.sequence for e in changes.events] == [1, 2, 3]
+    assert [e.file.state if e.file else None for e in changes.events] == [
+        None,
+        FileState.RUNNING,
+        FileState.SUCCEEDED,
+    ]
+    assert changes.batch.sequence == 3
+    assert [f.file_id for f in changes.files] == ["f0"]
+    assert not book.take_changes()
+
+
+def test_illegal_transition_is_refused_and_changes_nothing() -> None:
+    book = _book(1)
+    with pytest.raises(IllegalTransitionError, match="from PENDING to SUCCEEDED"):
+        book.set_file("f0", FileState.SUCCEEDED, 1.0)
+    with pytest.raises(IllegalTransitionError, match="from PENDING to PARTIALLY_SUCCEEDED"):
+        book.set_batch(BatchState.PARTIALLY_SUCCEEDED, 1.0)
+    assert book.count(FileState.PENDING) == 1
+    assert not book.take_changes()
+
+
+def test_succeeded_is_final() -> None:
+    assert FILE_TRANSITIONS[FileState.SUCCEEDED] == frozenset()
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(list(FileState))), max_size=60))
+def test_counts_always_match_the_files(moves: list[tuple[int, FileState]]) -> None:
+    book = _book(5)
+    for index, target in moves:
+        file_id = f"f{index}"
+        if target in FILE_TRANSITIONS[book.file(file_id).state]:
+            book.set_file(file_id, target, 1.0)
+            assert book.file(file_id).state is target
+        else:
+            with pytest.raises(IllegalTransitionError):
+                book.set_file(file_id, target, 1.0)
+        view = book.view()
+        assert dict(view.counts) == {s: book.count(s) for s in FileState}
+        assert sum(view.counts.values()) == 5
+    events = book.take_changes().events
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize(
+    ("succeeded", "failed", "cancelled", "expected"),
+    [
+        (3, 0, 0, BatchState.SUCCEEDED),
+        (0, 3, 0, BatchState.FAILED),
+        (0, 1, 2, BatchState.FAILED),
+        (1, 2, 0, BatchState.PARTIALLY_SUCCEEDED),
+        (2, 0, 1, BatchState.PARTIALLY_SUCCEEDED),
+    ],
+)
+def test_settled_state(succeeded: int, failed: int, cancelled: int, expected: BatchState) -> None:
+    counts = {
+        FileState.SUCCEEDED: succeeded,
+        FileState.FAILED: failed,
+        FileState.CANCELLED: cancelled,
+    }
+    assert settled_batch_state(counts) is expected
