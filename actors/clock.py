@@ -124,6 +124,7 @@ class FakeScheduler:
         self._heap: list[_Entry] = []
         self._order = itertools.count()
         self._lock = threading.Lock()
+        self._armed = threading.Condition(self._lock)
 
     def now(self) -> float:
         with self._lock:
@@ -133,12 +134,27 @@ class FakeScheduler:
         with self._lock:
             entry = _Entry(self._now + max(0.0, delay), next(self._order), callback)
             heapq.heappush(self._heap, entry)
+            self._armed.notify_all()
         return entry
 
     def pending(self) -> list[float]:
         """Due times of the timers not yet fired or cancelled, soonest first."""
         with self._lock:
-            return sorted(e.due for e in self._heap if e.callback is not None)
+            return self._pending()
+
+    def wait_pending(self, count: int, timeout: float) -> list[float]:
+        """Wait until at least ``count`` timers are pending; returns their due times.
+
+        Raises:
+            TimeoutError: Fewer timers were armed within ``timeout`` seconds.
+        """
+        with self._armed:
+            if not self._armed.wait_for(lambda: len(self._pending()) >= count, timeout):
+                raise TimeoutError(f"{len(self._pending())} timers pending, wanted {count}")
+            return self._pending()
+
+    def _pending(self) -> list[float]:
+        return sorted(e.due for e in self._heap if e.callback is not None)
 
     def advance(self, seconds: float) -> None:
         """Move time forward, firing every timer that falls due on the way."""

@@ -236,6 +236,8 @@ class BatchRecord:
         reason: Why the batch failed or was cancelled, for people.
         labels: The uploader's labels.
         owner: Who submitted it.
+        idempotency_key: The submitter's key; the same key from the same owner names
+            the same batch.
     """
 
     batch_id: str
@@ -248,6 +250,7 @@ class BatchRecord:
     reason: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     owner: str = ""
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

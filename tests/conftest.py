@@ -26,13 +26,23 @@ def _stray_threads(before: set[int]) -> list[threading.Thread]:
 
 
 def _stray_children() -> list[psutil.Process]:
-    children = psutil.Process().children(recursive=True)
-    # multiprocessing's forkserver and resource tracker live for the whole session.
-    return [
-        c
-        for c in children
-        if not any("forkserver" in part or "resource_tracker" in part for part in _cmdline(c))
-    ]
+    me = psutil.Process()
+    # multiprocessing's fork server and resource tracker live for the whole session;
+    # the workers forked from the server share its command line, so only the server
+    # itself (a direct child) is exempt, never what it forked.
+    services = {
+        c.pid
+        for c in me.children()
+        if any("forkserver" in part or "resource_tracker" in part for part in _cmdline(c))
+    }
+    return [c for c in me.children(recursive=True) if c.pid not in services and _alive(c)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

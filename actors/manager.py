@@ -1,0 +1,123 @@
+"""The batch manager: one per process, the supervisor of the batch supervisors.
+
+It starts a supervisor per batch, finds it again, and restarts it from the batch's
+stored state when it dies of a bug, at most ``intensity.max_restarts`` times within
+``intensity.within_seconds`` per batch. Past that the batch is failed with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.book import BatchBook
+from actors.errors import ErrorCode
+from actors.messages import SupervisorFailed
+from actors.model import BatchState, FileError, FileState
+from actors.policy import RestartIntensity, RestartWindow
+from actors.supervisor import BatchSupervisor, SupervisorDeps
+
+__all__ = ["BatchManager", "EnsureSupervisor", "ForgetSupervisor", "ListSupervisors"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureSupervisor:
+    """Reply with the batch's supervisor, starting one from the store if needed.
+
+    The reply is ``None`` when the store has no such batch.
+    """
+
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetSupervisor:
+    """Drop the batch's supervisor; reply with it (or ``None``) so the caller can stop it."""
+
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListSupervisors:
+    """Reply with every live supervisor."""
+
+
+class BatchManager(pykka.ThreadingActor):
+    """Creates, finds and restarts batch supervisors.
+
+    Args:
+        deps: Handed to every supervisor.
+        intensity: Restarts of one batch's supervisor allowed within a window.
+    """
+
+    def __init__(self, deps: SupervisorDeps, intensity: RestartIntensity) -> None:
+        super().__init__()
+        self._deps = deps
+        self._intensity = intensity
+        self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
+        self._restarts: dict[str, RestartWindow] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case EnsureSupervisor(batch_id=batch_id):
+                return self._ensure(batch_id)
+            case ForgetSupervisor(batch_id=batch_id):
+                self._restarts.pop(batch_id, None)
+                return self._supervisors.pop(batch_id, None)
+            case ListSupervisors():
+                return list(self._supervisors.values())
+            case SupervisorFailed(batch_id=batch_id, exception_type=exception_type):
+                self._supervisor_failed(batch_id, exception_type)
+                return None
+            case _:
+                return super().on_receive(message)
+
+    def _ensure(self, batch_id: str) -> pykka.ActorRef[Any] | None:
+        ref = self._supervisors.get(batch_id)
+        if ref is not None and ref.is_alive():
+            return ref
+        view = self._deps.store.load(batch_id)
+        if view is None:
+            return None
+        ref = BatchSupervisor.start(view, self._deps, self.actor_ref)
+        self._supervisors[batch_id] = ref
+        return ref
+
+    def _supervisor_failed(self, batch_id: str, exception_type: str) -> None:
+        if self._supervisors.pop(batch_id, None) is None:
+            return  # Forgotten (deleted) while it was failing.
+        now = self._deps.scheduler.now()
+        window = self._restarts.get(batch_id, RestartWindow()).record(now, self._intensity)
+        self._restarts[batch_id] = window
+        if not window.exceeded(self._intensity):
+            log.warning("batch_supervisor_restarting", batch_id=batch_id, cause=exception_type)
+            self._ensure(batch_id)
+            return
+        log.error("batch_supervisor_gave_up", batch_id=batch_id, cause=exception_type)
+        self._give_up(batch_id, now)
+
+    def _give_up(self, batch_id: str, now: float) -> None:
+        view = self._deps.store.load(batch_id)
+        if view is None or view.batch.state.terminal:
+            return
+        book = BatchBook(view)
+        cancelling = view.batch.state is BatchState.CANCELLING
+        target = FileState.CANCELLED if cancelling else FileState.FAILED
+        error = FileError.of(ErrorCode.CANCELLED if cancelling else ErrorCode.INTERNAL, now)
+        for record in book.files():
+            if not record.state.terminal:
+                book.set_file(record.file_id, target, now, error=error, next_attempt_at=None)
+        limit = self._intensity
+        book.set_batch(
+            BatchState.CANCELLED if cancelling else BatchState.FAILED,
+            now,
+            f"The batch's supervisor failed {limit.max_restarts + 1} times within "
+            f"{limit.within_seconds:g} s; the batch was stopped. The error is in the service "
+            "log; retry the batch once it is fixed.",
+        )
+        self._deps.store.commit(book.take_changes(), {})

@@ -1,0 +1,116 @@
+"""Messages between the actors: immutable values, one class per message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from actors.execution import AttemptOutcomeReport
+
+__all__ = [
+    "AttemptFinished",
+    "AttemptStarted",
+    "BackoffElapsed",
+    "CancelBatch",
+    "DeadlineReached",
+    "FileActorStopped",
+    "GetView",
+    "RetryFiles",
+    "StopSupervisor",
+    "SupervisorFailed",
+    "WorkerDone",
+    "WorkerStarted",
+]
+
+
+# File actor -> batch supervisor (tell).
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """A worker picked up the attempt."""
+
+    file_id: str
+    attempt: int
+    worker_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """The attempt ended with ``report``."""
+
+    file_id: str
+    attempt: int
+    report: AttemptOutcomeReport
+
+
+@dataclass(frozen=True, slots=True)
+class FileActorStopped:
+    """The file actor is gone and its worker no longer runs the attempt."""
+
+    file_id: str
+    attempt: int
+
+
+# Timer -> batch supervisor (tell).
+@dataclass(frozen=True, slots=True)
+class BackoffElapsed:
+    """The backoff after ``attempt`` of the file is over."""
+
+    file_id: str
+    attempt: int
+
+
+# Callers -> batch supervisor (ask).
+@dataclass(frozen=True, slots=True)
+class GetView:
+    """Reply with the batch's current :class:`~actors.model.BatchView`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBatch:
+    """Cancel the batch; the reply is the list of futures of the children's stops."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryFiles:
+    """Retry ``file_ids`` (all failed and cancelled files when ``None``)."""
+
+    file_ids: tuple[str, ...] | None
+    passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopSupervisor:
+    """Stop the children (leaving their files to resume later); reply with their stops."""
+
+
+# Batch supervisor -> manager (tell).
+@dataclass(frozen=True, slots=True)
+class SupervisorFailed:
+    """The batch supervisor died of an exception."""
+
+    batch_id: str
+    exception_type: str
+
+
+# Executor callbacks -> file actor (tell).
+@dataclass(frozen=True, slots=True)
+class WorkerStarted:
+    """A worker process picked up the job."""
+
+    worker_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDone:
+    """The executor reported the outcome."""
+
+    report: AttemptOutcomeReport
+
+
+# Timer -> file actor (tell).
+@dataclass(frozen=True, slots=True)
+class DeadlineReached:
+    """The attempt ran out of time."""

@@ -1,0 +1,183 @@
+"""Where batches live: the storage interface and the in-memory implementation.
+
+The supervisor writes each message's changes, the events that announce them and any
+results in one :meth:`Store.commit`, so a reader never sees an event whose state was not
+stored. Durable implementations (SQLite) keep this same interface.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from actors.book import Changes
+from actors.model import BatchEvent, BatchRecord, BatchView, ExtractionResult, FileRecord
+
+__all__ = ["EventListener", "MemoryStore", "Store"]
+
+EventListener = Callable[[BatchEvent], None]
+
+
+class Store(Protocol):
+    """Batch, file, event and result records."""
+
+    def create_batch(self, view: BatchView) -> None:
+        """Store a new batch and its files."""
+        ...
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        """Store ``changes`` and the ``results`` (by file id) together, all or nothing."""
+        ...
+
+    def load(self, batch_id: str) -> BatchView | None:
+        """The batch and its files as last committed, or ``None``."""
+        ...
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+        ...
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
+        """The id of ``owner``'s batch submitted with ``key``, if any."""
+        ...
+
+    def events_after(self, batch_id: str, sequence: int) -> list[BatchEvent]:
+        """The batch's events with a sequence above ``sequence``, oldest first."""
+        ...
+
+    def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        """The result of a succeeded file, or ``None``."""
+        ...
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Remove the batch, its files, events and results."""
+        ...
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` with every event after it is committed; returns unsubscribe."""
+        ...
+
+    def oldest_sequence(self, batch_id: str) -> int | None:
+        """The sequence of the batch's oldest retained event, or ``None`` for no batch.
+
+        ``events_after(batch_id, n)`` is complete for every ``n >= oldest - 1``. With no
+        event retained it is the batch's next sequence (its last one plus 1).
+        """
+        ...
+
+    def blob_in_use(self, digest: str) -> bool:
+        """Whether any stored batch has a file with the blob ``digest``."""
+        ...
+
+
+class MemoryStore:
+    """A :class:`Store` in memory: for tests and for runs that need no durability.
+
+    Args:
+        max_events_per_batch: Keep only this many newest events per batch (older ones
+            are forgotten, as a durable store's retention would). Default ``None``:
+            keep every event.
+
+    Raises:
+        ValueError: ``max_events_per_batch`` is negative.
+    """
+
+    def __init__(self, *, max_events_per_batch: int | None = None) -> None:
+        if max_events_per_batch is not None and max_events_per_batch < 0:
+            raise ValueError("max_events_per_batch must not be negative")
+        self._max_events = max_events_per_batch
+        self._lock = threading.Lock()
+        self._batches: dict[str, BatchRecord] = {}
+        self._files: dict[str, dict[str, FileRecord]] = {}
+        self._events: dict[str, list[BatchEvent]] = {}
+        self._results: dict[tuple[str, str], ExtractionResult] = {}
+        self._listeners: list[EventListener] = []
+
+    def create_batch(self, view: BatchView) -> None:
+        with self._lock:
+            batch_id = view.batch.batch_id
+            if batch_id in self._batches:
+                raise ValueError(f"batch {batch_id} exists")
+            self._batches[batch_id] = view.batch
+            self._files[batch_id] = {f.file_id: f for f in view.files}
+            self._events[batch_id] = []
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        batch_id = changes.batch.batch_id
+        with self._lock:
+            if batch_id not in self._batches:
+                raise KeyError(batch_id)
+            self._batches[batch_id] = changes.batch
+            files = self._files[batch_id]
+            for record in changes.files:
+                files[record.file_id] = record
+            events = self._events[batch_id]
+            events.extend(changes.events)
+            if self._max_events is not None and len(events) > self._max_events:
+                del events[: len(events) - self._max_events]
+            for file_id, result in results.items():
+                self._results[(batch_id, file_id)] = result
+            listeners = list(self._listeners)
+        for event in changes.events:
+            for listener in listeners:
+                listener(event)
+
+    def load(self, batch_id: str) -> BatchView | None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return None
+            return BatchView(batch, tuple(self._files[batch_id].values()))
+
+    def list_batches(self) -> list[BatchRecord]:
+        with self._lock:
+            return sorted(self._batches.values(), key=lambda b: b.created_at, reverse=True)
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
+        with self._lock:
+            for batch in self._batches.values():
+                if batch.owner == owner and batch.idempotency_key == key:
+                    return batch.batch_id
+            return None
+
+    def events_after(self, batch_id: str, sequence: int) -> list[BatchEvent]:
+        with self._lock:
+            return [e for e in self._events.get(batch_id, ()) if e.sequence > sequence]
+
+    def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        with self._lock:
+            return self._results.get((batch_id, file_id))
+
+    def delete_batch(self, batch_id: str) -> None:
+        with self._lock:
+            self._batches.pop(batch_id, None)
+            self._files.pop(batch_id, None)
+            self._events.pop(batch_id, None)
+            for key in [k for k in self._results if k[0] == batch_id]:
+                del self._results[key]
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def oldest_sequence(self, batch_id: str) -> int | None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return None
+            events = self._events[batch_id]
+            return events[0].sequence if events else batch.sequence + 1
+
+    def blob_in_use(self, digest: str) -> bool:
+        with self._lock:
+            return any(
+                record.blob == digest for files in self._files.values() for record in files.values()
+            )

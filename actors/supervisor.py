@@ -1,0 +1,537 @@
+"""The batch supervisor: one actor per batch, owner of its state machine and policy.
+
+Pending files are records in a queue, not threads: at most ``max_concurrency`` file
+actors exist at once. Children report by ``tell``; backoffs are timers that ``tell``
+back later. Every message's changes are stored in one commit before the next message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.blobs import BlobStore
+from actors.book import BatchBook
+from actors.clock import Scheduler, Timer
+from actors.errors import ErrorCode
+from actors.execution import AttemptFailure, AttemptJob, AttemptSuccess, Executor
+from actors.file_actor import FileActor, tell_if_alive
+from actors.messages import (
+    AttemptFinished,
+    AttemptStarted,
+    BackoffElapsed,
+    CancelBatch,
+    FileActorStopped,
+    GetView,
+    RetryFiles,
+    StopSupervisor,
+    SupervisorFailed,
+)
+from actors.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileError,
+    FileState,
+    settled_batch_state,
+)
+from actors.policy import GiveUp, GiveUpReason, RestartWindow, decide_after_failure
+from actors.refusals import FileNotFound, RetryRefused
+from actors.store import Store
+from actors.vault import PasswordVault
+
+__all__ = ["BatchSupervisor", "SupervisorDeps"]
+
+log = structlog.get_logger(__name__)
+
+_RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorDeps:
+    """What a batch supervisor works with; shared by every batch of the process."""
+
+    store: Store
+    blobs: BlobStore
+    executor: Executor
+    scheduler: Scheduler
+    passwords: PasswordVault
+    rand: Callable[[], float]
+
+
+class BatchSupervisor(pykka.ThreadingActor):
+    """Runs one batch: starts file actors, applies the policy to their outcomes.
+
+    Args:
+        view: The batch as last stored; a supervisor started on a batch that was
+            running resumes it (attempts cut short count as interrupted, not failed).
+        deps: Store, executor, clock and the rest.
+        manager: Told when this supervisor dies of a bug, so it can be restarted.
+    """
+
+    def __init__(
+        self, view: BatchView, deps: SupervisorDeps, manager: pykka.ActorRef[Any] | None
+    ) -> None:
+        super().__init__()
+        self._book = BatchBook(view)
+        self._deps = deps
+        self._manager = manager
+        self._policy = view.batch.policy
+        self._ready: deque[str] = deque()
+        self._children: dict[str, pykka.ActorRef[Any]] = {}
+        self._worker_pids: dict[str, int | None] = {}
+        self._backoffs: dict[str, Timer] = {}
+        self._window = RestartWindow()
+        self._results: dict[str, ExtractionResult] = {}
+        # Set on shutdown: stopped children leave their files RUNNING, to resume later.
+        self._stopping = False
+        self._log = log.bind(batch_id=view.batch.batch_id)
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # pykka calls neither on_failure nor on_stop when on_start raises.
+        try:
+            self._resume()
+        except Exception:
+            self.on_failure(*sys.exc_info())
+            raise
+
+    def _resume(self) -> None:
+        now = self._now()
+        for record in self._book.files():
+            if record.state is FileState.RUNNING:
+                self._book.set_file(
+                    record.file_id,
+                    FileState.PENDING,
+                    now,
+                    attempts=self._end_last(
+                        record.file_id, record.attempts, now, AttemptOutcome.INTERRUPTED
+                    ),
+                )
+                self._ready.append(record.file_id)
+            elif record.state is FileState.PENDING:
+                self._ready.append(record.file_id)
+            elif record.state is FileState.BACKOFF:
+                due = record.next_attempt_at if record.next_attempt_at is not None else now
+                self._arm_backoff(record.file_id, len(record.attempts), due - now)
+        state = self._book.batch.state
+        if state is BatchState.CANCELLING:
+            self._cancel_waiting(now)
+        elif state is BatchState.PENDING:
+            self._book.set_batch(BatchState.RUNNING, now)
+        self._advance(now)
+        self._commit()
+
+    def on_stop(self) -> None:
+        self._stop_children()
+        self._drop_backoffs()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._log.error(
+            "batch_supervisor_failed", exc_info=(exception_type, exception_value, traceback)
+        )
+        self._stop_children()
+        self._drop_backoffs()
+        if self._manager is not None:
+            tell_if_alive(
+                self._manager,
+                SupervisorFailed(
+                    self._book.batch.batch_id, getattr(exception_type, "__name__", "")
+                ),
+            )
+
+    # Messages ----------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case AttemptStarted(file_id=file_id, attempt=attempt, worker_pid=pid):
+                if self._is_current(file_id, attempt):
+                    self._worker_pids[file_id] = pid
+                return None
+            case AttemptFinished(file_id=file_id, attempt=attempt, report=report):
+                if self._is_current(file_id, attempt):
+                    self._children.pop(file_id, None)
+                    if isinstance(report, AttemptSuccess):
+                        self._succeed(file_id, report)
+                    elif self._book.batch.state is BatchState.CANCELLING:
+                        self._interrupt(file_id)
+                    else:
+                        self._fail(file_id, report)
+            case FileActorStopped(file_id=file_id, attempt=attempt):
+                if not self._stopping and self._is_current(file_id, attempt):
+                    self._children.pop(file_id, None)
+                    self._interrupt(file_id)
+            case BackoffElapsed(file_id=file_id, attempt=attempt):
+                self._backoff_over(file_id, attempt)
+            case GetView():
+                return self._book.view()
+            case CancelBatch(reason=reason):
+                return self._cancel(reason)
+            case RetryFiles():
+                self._retry(message)
+            case StopSupervisor():
+                self._stopping = True
+                self._drop_backoffs()
+                return self._stop_children()
+            case _:
+                return super().on_receive(message)
+        self._advance(self._now())
+        self._commit()
+        return self._book.view() if isinstance(message, RetryFiles) else None
+
+    # Outcomes ----------------------------------------------------------------------
+
+    def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
+        now = self._now()
+        record = self._book.file(file_id)
+        self._results[file_id] = report.result
+        self._book.set_file(
+            file_id,
+            FileState.SUCCEEDED,
+            now,
+            attempts=self._end_last(
+                file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
+            ),
+            error=None,
+        )
+        self._log.info("file_succeeded", file_id=file_id, attempt=len(record.attempts))
+
+    def _fail(self, file_id: str, report: AttemptFailure) -> None:
+        now = self._now()
+        record = self._book.file(file_id)
+        outcome = (
+            AttemptOutcome.CANCELLED
+            if report.code is ErrorCode.CANCELLED
+            else AttemptOutcome.FAILED
+        )
+        failures = record.round_failures + 1
+        decision, self._window = decide_after_failure(
+            self._policy, report.code, failures, self._window, now, self._deps.rand
+        )
+        self._log.warning(
+            "file_attempt_failed",
+            file_id=file_id,
+            attempt=len(record.attempts),
+            code=report.code.value,
+            exception_type=report.exception_type,
+            detail=report.detail,
+            worker_pid=report.worker_pid,
+            decision=type(decision).__name__,
+        )
+        error = FileError.of(report.code, now)
+        if isinstance(decision, GiveUp):
+            attempts = self._end_last(
+                file_id, record.attempts, now, outcome, code=report.code, pid=report.worker_pid
+            )
+            self._book.set_file(
+                file_id,
+                FileState.FAILED,
+                now,
+                attempts=attempts,
+                round_failures=failures,
+                error=error,
+            )
+            if decision.reason is GiveUpReason.RESTART_INTENSITY_EXCEEDED:
+                limit = self._policy.restart_intensity
+                self._abort(
+                    now,
+                    f"More than {limit.max_restarts} automatic restarts within "
+                    f"{limit.within_seconds:g} s: the failures look systemic, so the batch "
+                    "stopped retrying. Check the service's health, then retry the batch.",
+                )
+            else:
+                self._check_tolerance(now)
+            return
+        attempts = self._end_last(
+            file_id,
+            record.attempts,
+            now,
+            outcome,
+            code=report.code,
+            pid=report.worker_pid,
+            retry_delay=decision.delay,
+        )
+        self._book.set_file(
+            file_id,
+            FileState.BACKOFF,
+            now,
+            attempts=attempts,
+            round_failures=failures,
+            next_attempt_at=now + decision.delay,
+            error=error,
+        )
+        self._arm_backoff(file_id, len(attempts), decision.delay)
+
+    def _interrupt(self, file_id: str) -> None:
+        """The file's actor stopped before it reported: the attempt was cancelled."""
+        now = self._now()
+        record = self._book.file(file_id)
+        self._book.set_file(
+            file_id,
+            FileState.CANCELLED,
+            now,
+            attempts=self._end_last(
+                file_id, record.attempts, now, AttemptOutcome.CANCELLED, code=ErrorCode.CANCELLED
+            ),
+            error=FileError.of(ErrorCode.CANCELLED, now),
+        )
+
+    def _check_tolerance(self, now: float) -> None:
+        threshold = self._policy.tolerated_failures
+        failed = self._book.count(FileState.FAILED)
+        if threshold.exceeded(failed, self._book.total):
+            self._abort(
+                now,
+                f"{failed} of {self._book.total} files failed, more than the batch tolerates; "
+                "the remaining files were cancelled.",
+            )
+
+    def _abort(self, now: float, reason: str) -> None:
+        """Fail fast: stop everything still running or waiting, then fail the batch."""
+        self._log.warning("batch_failing_fast", reason=reason)
+        for file_id in list(self._children):
+            self._interrupt(file_id)
+        self._stop_children()
+        self._cancel_waiting(now)
+        self._book.set_batch(BatchState.FAILED, now, reason)
+
+    # Scheduling --------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Start what may start, and settle the batch when nothing is left to do."""
+        batch = self._book.batch
+        if batch.state is BatchState.RUNNING:
+            while self._ready and len(self._children) < self._policy.max_concurrency:
+                file_id = self._ready.popleft()
+                if self._book.file(file_id).state is FileState.PENDING:
+                    self._start_attempt(file_id, now)
+            if self._book.unsettled == 0:
+                self._book.set_batch(settled_batch_state(self._counts()), now, "")
+        elif batch.state is BatchState.CANCELLING and not self._children:
+            self._book.set_batch(BatchState.CANCELLED, now, batch.reason)
+
+    def _start_attempt(self, file_id: str, now: float) -> None:
+        record = self._book.file(file_id)
+        number = len(record.attempts) + 1
+        self._book.set_file(
+            file_id,
+            FileState.RUNNING,
+            now,
+            attempts=(*record.attempts, Attempt(number=number, started_at=now)),
+            next_attempt_at=None,
+        )
+        job = AttemptJob(
+            batch_id=self._book.batch.batch_id,
+            file_id=file_id,
+            attempt=number,
+            blob_path=str(self._deps.blobs.path(record.blob)),
+            password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
+        )
+        self._worker_pids.pop(file_id, None)
+        self._children[file_id] = FileActor.start(
+            self.actor_ref,
+            self._deps.executor,
+            self._deps.scheduler,
+            job,
+            self._policy.file_timeout,
+        )
+
+    def _arm_backoff(self, file_id: str, attempt: int, delay: float) -> None:
+        me = self.actor_ref
+        self._backoffs[file_id] = self._deps.scheduler.call_later(
+            delay, lambda: tell_if_alive(me, BackoffElapsed(file_id, attempt))
+        )
+
+    def _backoff_over(self, file_id: str, attempt: int) -> None:
+        record = self._book.file(file_id)
+        if record.state is not FileState.BACKOFF or len(record.attempts) != attempt:
+            return
+        self._backoffs.pop(file_id, None)
+        now = self._now()
+        running = self._book.batch.state is BatchState.RUNNING
+        if running and len(self._children) < self._policy.max_concurrency:
+            self._start_attempt(file_id, now)
+        else:
+            # It has waited its backoff already: first in line for the next slot.
+            self._book.set_file(file_id, FileState.PENDING, now)
+            self._ready.appendleft(file_id)
+
+    # Cancel and retry --------------------------------------------------------------
+
+    def _cancel(self, reason: str) -> list[pykka.Future[Any]]:
+        batch = self._book.batch
+        if batch.state.terminal or batch.state is BatchState.CANCELLING:
+            return []
+        now = self._now()
+        self._log.info("batch_cancelling", reason=reason)
+        self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
+        self._cancel_waiting(now)
+        stops = self._stop_children(forget=False)
+        self._advance(now)
+        self._commit()
+        return stops
+
+    def _cancel_waiting(self, now: float) -> None:
+        """Cancel every file that is waiting for a slot or for its backoff."""
+        self._drop_backoffs()
+        self._ready.clear()
+        error = FileError.of(ErrorCode.CANCELLED, now)
+        for record in self._book.files():
+            if record.state in (FileState.PENDING, FileState.BACKOFF):
+                self._book.set_file(
+                    record.file_id,
+                    FileState.CANCELLED,
+                    now,
+                    next_attempt_at=None,
+                    error=error,
+                )
+
+    def _retry(self, request: RetryFiles) -> None:
+        batch = self._book.batch
+        if batch.state is BatchState.CANCELLING:
+            raise RetryRefused(
+                "The batch is being cancelled; retry its files once it is cancelled.",
+                reason="BATCH_CANCELLING",
+            )
+        chosen = self._retry_targets(request.file_ids)
+        now = self._now()
+        vault = self._deps.passwords
+        for file_id in chosen:
+            if file_id in request.passwords:
+                vault.put(batch.batch_id, file_id, request.passwords[file_id])
+            record = self._book.file(file_id)
+            self._book.set_file(
+                file_id,
+                FileState.PENDING,
+                now,
+                round_failures=0,
+                manual_retries=record.manual_retries + 1,
+                error=None,
+                encrypted_with_password=record.encrypted_with_password
+                or file_id in request.passwords,
+            )
+            self._ready.append(file_id)
+        if batch.state.terminal:
+            self._book.set_batch(BatchState.RUNNING, now, "")
+        self._log.info("files_retried", count=len(chosen), requested_by=request.requested_by)
+
+    def _retry_targets(self, file_ids: tuple[str, ...] | None) -> list[str]:
+        """Which files a retry covers; refuses the whole request if any file cannot."""
+        cap = self._policy.max_manual_retries
+        if file_ids is None:
+            chosen = [
+                f.file_id
+                for f in self._book.files()
+                if f.state in _RETRYABLE_STATES and f.manual_retries < cap
+            ]
+            if not chosen:
+                raise RetryRefused(
+                    "No file of this batch can be retried: none failed or was cancelled, "
+                    "or each has used up its manual retries.",
+                    reason="NOTHING_TO_RETRY",
+                )
+            return chosen
+        for file_id in dict.fromkeys(file_ids):
+            try:
+                record = self._book.file(file_id)
+            except KeyError:
+                raise FileNotFound(
+                    f"The batch has no file with id {file_id!r}.", file_id=file_id
+                ) from None
+            if record.state is FileState.SUCCEEDED:
+                raise RetryRefused(
+                    "This file already succeeded; its result is kept and it is not "
+                    "processed again.",
+                    reason="FILE_ALREADY_SUCCEEDED",
+                    file_id=file_id,
+                )
+            if record.state not in _RETRYABLE_STATES:
+                raise RetryRefused(
+                    "This file is still being processed; wait until it fails or is cancelled.",
+                    reason="FILE_IN_FLIGHT",
+                    file_id=file_id,
+                )
+            if record.manual_retries >= cap:
+                raise RetryRefused(
+                    f"This file has been retried {record.manual_retries} times, the most "
+                    "allowed. Submit it again as a new batch if it should still be processed.",
+                    reason="MANUAL_RETRY_LIMIT",
+                    file_id=file_id,
+                )
+        return list(dict.fromkeys(file_ids))
+
+    # Helpers -----------------------------------------------------------------------
+
+    def _is_current(self, file_id: str, attempt: int) -> bool:
+        """Whether a report is about the file's attempt that is running now."""
+        record = self._book.file(file_id)
+        return record.state is FileState.RUNNING and len(record.attempts) == attempt
+
+    def _end_last(
+        self,
+        file_id: str,
+        attempts: tuple[Attempt, ...],
+        now: float,
+        outcome: AttemptOutcome,
+        *,
+        code: ErrorCode | None = None,
+        pid: int | None = None,
+        retry_delay: float | None = None,
+    ) -> tuple[Attempt, ...]:
+        last = attempts[-1]
+        if pid is None:
+            pid = self._worker_pids.get(file_id, last.worker_pid)
+        ended = dataclasses.replace(
+            last,
+            ended_at=now,
+            outcome=outcome,
+            code=code,
+            worker_pid=pid,
+            retry_delay=retry_delay,
+        )
+        return (*attempts[:-1], ended)
+
+    def _stop_children(self, *, forget: bool = True) -> list[pykka.Future[Any]]:
+        stops = [child.stop(block=False) for child in self._children.values()]
+        if forget:
+            self._children.clear()
+        return stops
+
+    def _drop_backoffs(self) -> None:
+        for timer in self._backoffs.values():
+            timer.cancel()
+        self._backoffs.clear()
+
+    def _counts(self) -> Mapping[FileState, int]:
+        return {state: self._book.count(state) for state in FileState}
+
+    def _commit(self) -> None:
+        changes = self._book.take_changes()
+        if changes:
+            results = {
+                f.file_id: self._results[f.file_id]
+                for f in changes.files
+                if f.file_id in self._results
+            }
+            self._deps.store.commit(changes, results)
+            for file_id in results:
+                del self._results[file_id]
+
+    def _now(self) -> float:
+        return self._deps.scheduler.now()

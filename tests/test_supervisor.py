@@ -1,0 +1,235 @@
+"""The supervision core, driven through the runtime with real worker processes.
+
+Time is a fake clock: backoffs and deadlines move only when a test advances it, so
+delays are checked exactly and no test sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from actors.errors import ErrorCode
+from actors.model import AttemptOutcome, BatchState, BatchView, FileState
+from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.refusals import FileNotFound, RetryRefused
+from tests.harness import Harness, build_harness
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    yield from build_harness(tmp_path)
+
+
+def _policy(**retry: object) -> BatchPolicy:
+    defaults: dict[str, object] = {"jitter": "none", "initial_backoff": 1.0, "multiplier": 2.0}
+    return BatchPolicy(max_concurrency=4, retry=RetryPolicy(**(defaults | retry)))
+
+
+def _states(view: BatchView) -> list[FileState]:
+    return [f.state for f in view.files]
+
+
+def _in_state(state: FileState, count: int = 1) -> object:
+    return lambda view: view.counts[state] >= count
+
+
+def test_mixed_batch_ends_in_partial_success_and_failures_touch_nothing_else(
+    h: Harness,
+) -> None:
+    files = h.files(b"ok", b"segv", b"pdf-error", b"ok", b"sigkill", b"exit:3", b"ok")
+    batch = h.runtime.submit(files, policy=_policy(max_attempts=1)).batch
+    view = h.settled(batch.batch_id)
+    assert view.batch.state is BatchState.PARTIALLY_SUCCEEDED
+    assert _states(view) == [
+        FileState.SUCCEEDED,
+        FileState.FAILED,
+        FileState.FAILED,
+        FileState.SUCCEEDED,
+        FileState.FAILED,
+        FileState.FAILED,
+        FileState.SUCCEEDED,
+    ]
+    codes = [f.error.code if f.error else None for f in view.files]
+    assert codes == [
+        None,
+        ErrorCode.WORKER_CRASHED,
+        ErrorCode.PDF_MALFORMED,
+        None,
+        ErrorCode.WORKER_CRASHED,
+        ErrorCode.WORKER_CRASHED,
+        None,
+    ]
+    assert view.counts[FileState.SUCCEEDED] == 3
+    assert view.counts[FileState.FAILED] == 4
+    assert all(len(f.attempts) == 1 for f in view.files)
+    assert h.runtime.result(batch.batch_id, view.files[0].file_id).pages == ("ok",)
+
+
+def test_retryable_failures_back_off_exactly_as_the_policy_says(h: Harness) -> None:
+    batch = h.runtime.submit(
+        h.files(b"crash-until:4"),
+        policy=_policy(max_attempts=5, initial_backoff=2.0, multiplier=3.0, jitter="full"),
+    ).batch
+    expected_delays = [1.0, 3.0, 9.0]  # rand() = 0.5 of caps 2, 6, 18
+    for attempt, delay in enumerate(expected_delays, start=1):
+        view = h.waiter.until(
+            batch.batch_id,
+            lambda v, n=attempt: (
+                v.files[0].state is FileState.BACKOFF and len(v.files[0].attempts) == n
+            ),
+        )
+        record = view.files[0]
+        assert record.attempts[-1].retry_delay == pytest.approx(delay)
+        assert record.attempts[-1].code is ErrorCode.WORKER_CRASHED
+        assert record.next_attempt_at == pytest.approx(h.clock.now() + delay)
+        h.clock.advance(delay - 0.001)
+        assert h.store.load(batch.batch_id).files[0].state is FileState.BACKOFF  # type: ignore[union-attr]
+        h.clock.advance(0.001)
+    view = h.settled(batch.batch_id)
+    assert view.batch.state is BatchState.SUCCEEDED
+    assert [a.outcome for a in view.files[0].attempts] == [
+        AttemptOutcome.FAILED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.SUCCEEDED,
+    ]
+    assert view.files[0].round_failures == 3
+
+
+def test_retries_stop_when_attempts_run_out(h: Harness) -> None:
+    batch = h.runtime.submit(h.files(b"segv"), policy=_policy(max_attempts=2)).batch
+    h.waiter.until(batch.batch_id, _in_state(FileState.BACKOFF))  # type: ignore[arg-type]
+    h.clock.advance(1.0)
+    view = h.settled(batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert len(view.files[0].attempts) == 2
+    assert view.files[0].error is not None
+    assert view.files[0].error.code is ErrorCode.WORKER_CRASHED
+
+
+def test_restart_intensity_trips_and_fails_the_batch_with_a_reason(h: Harness) -> None:
+    policy = BatchPolicy(
+        max_concurrency=3,
+        retry=RetryPolicy(max_attempts=10, jitter="none"),
+        restart_intensity=RestartIntensity(max_restarts=2, within_seconds=60),
+    )
+    batch = h.runtime.submit(h.files(b"exit:9", b"exit:9", b"exit:9", b"hang"), policy=policy)
+    view = h.settled(batch.batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert "More than 2 automatic restarts within 60 s" in view.batch.reason
+    assert view.counts[FileState.FAILED] == 1
+    assert view.counts[FileState.CANCELLED] == 3
+    assert sum(len(f.attempts) for f in view.files[:3]) == 3
+
+
+def test_tolerated_failure_threshold_fails_fast(h: Harness) -> None:
+    policy = BatchPolicy(
+        max_concurrency=1,
+        retry=RetryPolicy(max_attempts=1),
+        tolerated_failures=FailureThreshold(max_failed_files=1),
+    )
+    files = h.files(b"pdf-error", b"bug", b"ok", b"ok", b"ok")
+    view = h.settled(h.runtime.submit(files, policy=policy).batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert "2 of 5 files failed" in view.batch.reason
+    assert _states(view) == [FileState.FAILED, FileState.FAILED] + [FileState.CANCELLED] * 3
+    assert all(not f.attempts for f in view.files[2:])
+
+
+def test_cancel_kills_hung_workers_and_returns_with_nothing_running(h: Harness) -> None:
+    batch = h.runtime.submit(h.files(b"hang", b"hang", b"hang", b"ok:x"), policy=_policy())
+    batch_id = batch.batch.batch_id
+    view = h.waiter.until(batch_id, _in_state(FileState.RUNNING, 2))  # type: ignore[arg-type]
+    h.clock.wait_pending(2, timeout=30)  # both attempts' deadlines armed: workers busy
+    busy = h.pool.pids()
+    assert len(busy) == 2
+    cancelled = h.runtime.cancel(batch_id)
+    assert cancelled.batch.state is BatchState.CANCELLED
+    assert cancelled.counts[FileState.CANCELLED] + cancelled.counts[FileState.SUCCEEDED] == 4
+    assert cancelled.counts[FileState.CANCELLED] >= 3
+    assert h.clock.pending() == [], "deadlines and backoffs are disarmed"
+    for pid in busy:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert list(h.temp_root.glob("*/*")) == []
+    again = h.runtime.cancel(batch_id)
+    assert again.batch == cancelled.batch
+    assert view.batch.sequence < cancelled.batch.sequence
+
+
+def test_a_hung_attempt_times_out_by_the_clock(h: Harness) -> None:
+    policy = BatchPolicy(file_timeout=30, retry=RetryPolicy(max_attempts=1))
+    batch_id = h.runtime.submit(h.files(b"hang"), policy=policy).batch.batch_id
+    h.waiter.until(batch_id, _in_state(FileState.RUNNING))  # type: ignore[arg-type]
+    h.clock.wait_pending(1, timeout=30)  # the worker has it: its deadline is armed
+    h.clock.advance(29.9)
+    assert h.store.load(batch_id).files[0].state is FileState.RUNNING  # type: ignore[union-attr]
+    h.clock.advance(0.1)
+    view = h.settled(batch_id)
+    assert view.files[0].error is not None
+    assert view.files[0].error.code is ErrorCode.PROCESSING_TIMEOUT
+    assert view.files[0].attempts[0].duration == pytest.approx(30.0)
+
+
+def test_memory_cap_fails_the_file_without_retrying(h: Harness) -> None:
+    batch_id = h.runtime.submit(h.files(b"alloc:4000000000", b"ok")).batch.batch_id
+    view = h.settled(batch_id)
+    assert view.files[0].error is not None
+    assert view.files[0].error.code is ErrorCode.MEMORY_LIMIT_EXCEEDED
+    assert len(view.files[0].attempts) == 1
+    assert view.files[1].state is FileState.SUCCEEDED
+
+
+def test_manual_retry_reruns_failed_files_with_a_fresh_budget(h: Harness) -> None:
+    policy = BatchPolicy(max_manual_retries=2, retry=RetryPolicy(max_attempts=1))
+    batch_id = h.runtime.submit(h.files(b"fail-until:3", b"ok"), policy=policy).batch.batch_id
+    view = h.settled(batch_id)
+    assert view.batch.state is BatchState.PARTIALLY_SUCCEEDED
+    failed, done = view.files
+
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [done.file_id])
+    assert refused.value.reason == "FILE_ALREADY_SUCCEEDED"
+    with pytest.raises(FileNotFound):
+        h.runtime.retry(batch_id, ["nope"])
+
+    reopened = h.runtime.retry(batch_id, [failed.file_id])
+    assert reopened.batch.state is BatchState.RUNNING
+    view = h.settled(batch_id)
+    assert view.files[0].state is FileState.FAILED
+    assert view.files[0].manual_retries == 1
+
+    h.runtime.retry(batch_id)  # no ids: every failed and cancelled file
+    view = h.settled(batch_id)
+    assert view.batch.state is BatchState.SUCCEEDED
+    assert view.files[0].manual_retries == 2
+    assert [a.number for a in view.files[0].attempts] == [1, 2, 3]
+    assert len(view.files[1].attempts) == 1, "a succeeded file is never processed again"
+
+
+def test_manual_retry_cap_and_in_flight_refusals(h: Harness) -> None:
+    policy = BatchPolicy(max_manual_retries=1, retry=RetryPolicy(max_attempts=1))
+    batch_id = h.runtime.submit(h.files(b"pdf-error", b"hang"), policy=policy).batch.batch_id
+    view = h.waiter.until(batch_id, _in_state(FileState.FAILED))  # type: ignore[arg-type]
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [view.files[1].file_id])
+    assert refused.value.reason == "FILE_IN_FLIGHT"
+    h.runtime.retry(batch_id, [view.files[0].file_id])
+    view = h.waiter.until(
+        batch_id, lambda v: v.files[0].state is FileState.FAILED and v.files[0].manual_retries
+    )
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [view.files[0].file_id])
+    assert refused.value.reason == "MANUAL_RETRY_LIMIT"
+    h.runtime.cancel(batch_id)
+
+
+def test_events_count_up_without_gaps(h: Harness) -> None:
+    batch_id = h.runtime.submit(h.files(b"ok", b"pdf-error", b"ok")).batch.batch_id
+    h.settled(batch_id)
+    sequences = [e.sequence for e in h.store.events_after(batch_id, 0)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert h.store.load(batch_id).batch.sequence == sequences[-1]  # type: ignore[union-attr]
