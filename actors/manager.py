@@ -15,7 +15,7 @@ import structlog
 
 from actors.book import BatchBook
 from actors.errors import ErrorCode
-from actors.messages import SupervisorFailed
+from actors.messages import SupervisorFailed, SupervisorRetiring
 from actors.model import BatchState, FileError, FileState
 from actors.policy import RestartIntensity, RestartWindow
 from actors.supervisor import BatchSupervisor, SupervisorDeps
@@ -71,6 +71,10 @@ class BatchManager(pykka.ThreadingActor):
                 return self._supervisors.pop(batch_id, None)
             case ListSupervisors():
                 return list(self._supervisors.values())
+            case SupervisorRetiring(batch_id=batch_id, supervisor=ref):
+                if self._supervisors.get(batch_id) is ref:
+                    del self._supervisors[batch_id]
+                return None
             case SupervisorFailed(batch_id=batch_id, exception_type=exception_type):
                 self._supervisor_failed(batch_id, exception_type)
                 return None

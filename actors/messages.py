@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.execution import AttemptOutcomeReport
 
@@ -18,6 +19,7 @@ __all__ = [
     "RetryFiles",
     "StopSupervisor",
     "SupervisorFailed",
+    "SupervisorRetiring",
     "WorkerDone",
     "WorkerStarted",
 ]
@@ -93,6 +95,15 @@ class SupervisorFailed:
 
     batch_id: str
     exception_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorRetiring:
+    """The batch settled and nothing of it runs: its supervisor is stopping to free its
+    thread. The manager starts a new one from the store if the batch is retried."""
+
+    batch_id: str
+    supervisor: Any = field(compare=False)
 
 
 # Executor callbacks -> file actor (tell).

@@ -238,6 +238,9 @@ class Runtime:
         Raises:
             BatchNotFound: No such batch.
         """
+        settled = self.get(batch_id)
+        if settled.batch.state.terminal:
+            return settled
         stops: list[pykka.Future[Any]] = self._ask(batch_id, CancelBatch(reason))
         # Kill the batch's processes here, on the caller's thread, rather than one by
         # one in each file actor: the actors then only learn that their attempts ended.

@@ -34,6 +34,7 @@ from actors.messages import (
     RetryFiles,
     StopSupervisor,
     SupervisorFailed,
+    SupervisorRetiring,
 )
 from actors.model import (
     Attempt,
@@ -95,6 +96,8 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._results: dict[str, ExtractionResult] = {}
         # Set on shutdown: stopped children leave their files RUNNING, to resume later.
         self._stopping = False
+        # Set once the batch settled with nothing running: the actor is on its way out.
+        self._retiring = False
         self._log = log.bind(batch_id=view.batch.batch_id)
 
     # Lifecycle ---------------------------------------------------------------------
@@ -159,6 +162,13 @@ class BatchSupervisor(pykka.ThreadingActor):
     # Messages ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        was_settled = self._book.batch.state.terminal
+        reply = self._handle(message)
+        if not was_settled and not self._retiring and self._idle():
+            self._retire()
+        return reply
+
+    def _handle(self, message: Any) -> Any:
         match message:
             case AttemptStarted(file_id=file_id, attempt=attempt, worker_pid=pid):
                 if self._is_current(file_id, attempt):
@@ -184,6 +194,9 @@ class BatchSupervisor(pykka.ThreadingActor):
             case CancelBatch(reason=reason):
                 return self._cancel(reason)
             case RetryFiles():
+                if self._retiring:
+                    # The caller asks the manager again and reaches a fresh supervisor.
+                    raise pykka.ActorDeadError("the batch supervisor is retiring")
                 self._retry(message)
             case StopSupervisor():
                 self._stopping = True
@@ -477,6 +490,18 @@ class BatchSupervisor(pykka.ThreadingActor):
         return list(dict.fromkeys(file_ids))
 
     # Helpers -----------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        return self._book.batch.state.terminal and not self._children and not self._backoffs
+
+    def _retire(self) -> None:
+        """Free this batch's thread; a retry starts a new supervisor from the store."""
+        self._retiring = True
+        if self._manager is not None:
+            tell_if_alive(
+                self._manager, SupervisorRetiring(self._book.batch.batch_id, self.actor_ref)
+            )
+        self.stop()
 
     def _is_current(self, file_id: str, attempt: int) -> bool:
         """Whether a report is about the file's attempt that is running now."""

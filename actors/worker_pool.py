@@ -165,6 +165,8 @@ class WorkerPool:
         self._queue: deque[_Attempt] = deque()
         self._workers: list[_Worker] = []
         self._graveyard: list[_Worker] = []
+        # Taken out of the pool by some thread and not yet reaped: close waits for them.
+        self._in_disposal: set[_Worker] = set()
         self._closed = False
         self._stopping = threading.Event()
         self._monitor_alive = True
@@ -220,6 +222,9 @@ class WorkerPool:
             worker.kill()
         for worker in workers:
             self._dispose(worker)
+        with self._changed:
+            # Workers another thread is killing right now (a cancel) are gone too.
+            self._changed.wait_for(lambda: not self._in_disposal, REAP_TIMEOUT)
         for attempt in unfinished:
             attempt.finished.set()
         on_monitor = threading.current_thread() is self._monitor
@@ -306,6 +311,7 @@ class WorkerPool:
     def _take_out(self, worker: _Worker) -> _Attempt | None:
         """Remove ``worker`` from the pool and claim its running attempt. Hold the lock."""
         self._workers.remove(worker)
+        self._in_disposal.add(worker)
         self._changed.notify_all()
         attempt, worker.task = worker.task, None
         if attempt is not None and attempt.state is _State.RUNNING:
@@ -317,6 +323,8 @@ class WorkerPool:
         """Reap a worker taken out of the pool; its descriptors go to the monitor."""
         exitcode = worker.reap(REAP_TIMEOUT)
         with self._lock:
+            self._in_disposal.discard(worker)
+            self._changed.notify_all()
             if self._monitor_alive:
                 self._graveyard.append(worker)
                 return exitcode

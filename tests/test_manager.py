@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pykka
+
 from actors.model import AttemptOutcome, BatchState, FileState
+from actors.policy import BatchPolicy, RetryPolicy
+from actors.supervisor import BatchSupervisor
 from tests.harness import FlakyStore, build_harness
 
 
@@ -42,3 +48,31 @@ def test_other_batches_are_untouched_by_a_dying_supervisor(tmp_path: Path) -> No
         second = h.runtime.submit(h.files(b"ok", b"ok")).batch.batch_id
         assert h.settled(second).batch.state is BatchState.SUCCEEDED
         assert h.runtime.get(first).batch.state is BatchState.SUCCEEDED
+
+
+def test_settled_batches_free_their_supervisor_and_a_retry_brings_one_back(
+    tmp_path: Path,
+) -> None:
+    for h in build_harness(tmp_path):
+        policy = BatchPolicy(retry=RetryPolicy(max_attempts=1))
+        batch_ids = [
+            h.runtime.submit(h.files(b"fail-until:2", b"ok"), policy=policy).batch.batch_id
+            for _ in range(5)
+        ]
+        for batch_id in batch_ids:
+            h.settled(batch_id)
+        assert _wait_until(lambda: not pykka.ActorRegistry.get_by_class(BatchSupervisor))
+        h.runtime.retry(batch_ids[0])
+        view = h.settled(batch_ids[0])
+        assert view.batch.state is BatchState.SUCCEEDED
+        assert [len(f.attempts) for f in view.files] == [2, 1]
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition``: actor threads stop asynchronously, with nothing to wait on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
