@@ -153,6 +153,17 @@ class FakeScheduler:
                 raise TimeoutError(f"{len(self._pending())} timers pending, wanted {count}")
             return self._pending()
 
+    def wait_for_timer(self, delay: float, timeout: float) -> None:
+        """Wait until a timer due ``delay`` seconds from now is pending.
+
+        Raises:
+            TimeoutError: No such timer was armed within ``timeout`` seconds.
+        """
+        with self._armed:
+            due = self._now + delay
+            if not self._armed.wait_for(lambda: due in self._pending(), timeout):
+                raise TimeoutError(f"no timer due at +{delay:g} s; pending: {self._pending()}")
+
     def _pending(self) -> list[float]:
         return sorted(e.due for e in self._heap if e.callback is not None)
 

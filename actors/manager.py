@@ -14,10 +14,11 @@ import pykka
 import structlog
 
 from actors.book import BatchBook
-from actors.errors import ErrorCode
+from actors.errors import ErrorCode, StorageUnavailableError
+from actors.file_actor import tell_if_alive
 from actors.messages import SupervisorFailed, SupervisorRetiring
 from actors.model import BatchState, FileError, FileState
-from actors.policy import RestartIntensity, RestartWindow
+from actors.policy import RestartIntensity, RestartWindow, RetryPolicy
 from actors.supervisor import BatchSupervisor, SupervisorDeps
 
 __all__ = ["BatchManager", "EnsureSupervisor", "ForgetSupervisor", "ListSupervisors"]
@@ -43,6 +44,13 @@ class ForgetSupervisor:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartSupervisor:
+    """A restart's backoff is over: start the batch's supervisor again."""
+
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ListSupervisors:
     """Reply with every live supervisor."""
 
@@ -53,12 +61,16 @@ class BatchManager(pykka.ThreadingActor):
     Args:
         deps: Handed to every supervisor.
         intensity: Restarts of one batch's supervisor allowed within a window.
+        backoff: Delays between repeated restarts (the first one is immediate).
     """
 
-    def __init__(self, deps: SupervisorDeps, intensity: RestartIntensity) -> None:
+    def __init__(
+        self, deps: SupervisorDeps, intensity: RestartIntensity, backoff: RetryPolicy
+    ) -> None:
         super().__init__()
         self._deps = deps
         self._intensity = intensity
+        self._backoff = backoff
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         self._restarts: dict[str, RestartWindow] = {}
 
@@ -78,6 +90,9 @@ class BatchManager(pykka.ThreadingActor):
             case SupervisorFailed(batch_id=batch_id, exception_type=exception_type):
                 self._supervisor_failed(batch_id, exception_type)
                 return None
+            case RestartSupervisor(batch_id=batch_id):
+                self._restart(batch_id)
+                return None
             case _:
                 return super().on_receive(message)
 
@@ -93,19 +108,46 @@ class BatchManager(pykka.ThreadingActor):
         return ref
 
     def _supervisor_failed(self, batch_id: str, exception_type: str) -> None:
-        if self._supervisors.pop(batch_id, None) is None:
+        if self._supervisors.pop(batch_id, None) is None and batch_id not in self._restarts:
             return  # Forgotten (deleted) while it was failing.
         now = self._deps.scheduler.now()
         window = self._restarts.get(batch_id, RestartWindow()).record(now, self._intensity)
         self._restarts[batch_id] = window
-        if not window.exceeded(self._intensity):
-            log.warning("batch_supervisor_restarting", batch_id=batch_id, cause=exception_type)
-            self._ensure(batch_id)
+        if window.exceeded(self._intensity):
+            log.error("batch_supervisor_gave_up", batch_id=batch_id, cause=exception_type)
+            self._give_up(batch_id, now)
             return
-        log.error("batch_supervisor_gave_up", batch_id=batch_id, cause=exception_type)
-        self._give_up(batch_id, now)
+        # The first restart is immediate (a one-off bug); repeated ones back off, so a
+        # store that is down for a while is not hammered.
+        restarts = len(window.times)
+        delay = 0.0 if restarts == 1 else self._backoff.restart_delay(restarts - 1, self._deps.rand)
+        log.warning(
+            "batch_supervisor_restarting", batch_id=batch_id, cause=exception_type, delay=delay
+        )
+        if delay == 0:
+            self._restart(batch_id)
+            return
+        me = self.actor_ref
+        self._deps.scheduler.call_later(
+            delay, lambda: tell_if_alive(me, RestartSupervisor(batch_id))
+        )
+
+    def _restart(self, batch_id: str) -> None:
+        if batch_id in self._supervisors:
+            return  # A caller needed it meanwhile and started it.
+        try:
+            self._ensure(batch_id)
+        except Exception as exc:  # noqa: BLE001 - the store is down: counts as a failure
+            self._supervisor_failed(batch_id, type(exc).__name__)
 
     def _give_up(self, batch_id: str, now: float) -> None:
+        try:
+            self._fail_batch(batch_id, now)
+        except StorageUnavailableError:
+            # Left as stored; the next start of the service resumes it.
+            log.exception("batch_give_up_not_stored", batch_id=batch_id)
+
+    def _fail_batch(self, batch_id: str, now: float) -> None:
         view = self._deps.store.load(batch_id)
         if view is None or view.batch.state.terminal:
             return

@@ -25,7 +25,7 @@ from actors.execution import Executor
 from actors.manager import BatchManager, EnsureSupervisor, ForgetSupervisor, ListSupervisors
 from actors.messages import CancelBatch, GetView, RetryFiles, StopSupervisor
 from actors.model import BatchRecord, BatchState, BatchView, ExtractionResult, FileRecord, FileState
-from actors.policy import BatchPolicy, RestartIntensity
+from actors.policy import BatchPolicy, RestartIntensity, RetryPolicy
 from actors.refusals import (
     BatchNotFound,
     FileNotFound,
@@ -84,6 +84,8 @@ class Runtime:
         scheduler: Clock and timers.
         rand: Uniform ``[0, 1)`` source for backoff jitter. Default ``random.random``.
         supervisor_intensity: Restarts of one batch supervisor allowed. Default 3 in 60 s.
+        supervisor_backoff: Delays between repeated restarts of one batch supervisor.
+            Default 0.5 s doubling up to 30 s, without jitter.
         stop_timeout: Seconds to wait for children to stop on cancel and close. Default 10.
     """
 
@@ -96,6 +98,7 @@ class Runtime:
         scheduler: Scheduler,
         rand: Callable[[], float] = random.random,
         supervisor_intensity: RestartIntensity | None = None,
+        supervisor_backoff: RetryPolicy | None = None,
         stop_timeout: float = 10.0,
     ) -> None:
         self.store = store
@@ -115,7 +118,10 @@ class Runtime:
             rand=rand,
         )
         intensity = supervisor_intensity or RestartIntensity(max_restarts=3, within_seconds=60)
-        self._manager = BatchManager.start(deps, intensity)
+        backoff = supervisor_backoff or RetryPolicy(
+            initial_backoff=0.5, max_backoff=30.0, jitter="none"
+        )
+        self._manager = BatchManager.start(deps, intensity, backoff)
 
     # Commands ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pykka
 
+from actors.manager import BatchManager
 from actors.model import AttemptOutcome, BatchState, FileState
 from actors.policy import BatchPolicy, RetryPolicy
 from actors.supervisor import BatchSupervisor
@@ -33,6 +34,10 @@ def test_a_supervisor_that_keeps_dying_fails_its_batch_with_a_reason(tmp_path: P
     store = FlakyStore(fail=lambda n: n % 2 == 0 and n <= 8)
     for h in build_harness(tmp_path, store=store):
         batch_id = h.runtime.submit(h.files(b"ok")).batch.batch_id
+        # The first restart is immediate; the next ones back off 0.5 s, then 1 s.
+        for delay in (0.5, 1.0):
+            h.clock.wait_for_timer(delay, timeout=30)
+            h.clock.advance(delay)
         view = h.settled(batch_id)
         assert view.batch.state is BatchState.FAILED
         assert "supervisor failed 4 times" in view.batch.reason
@@ -76,3 +81,18 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_the_manager_survives_a_store_that_stays_down(tmp_path: Path) -> None:
+    store = FlakyStore(fail=lambda n: n >= 2)
+    for h in build_harness(tmp_path, store=store):
+        batch_id = h.runtime.submit(h.files(b"ok")).batch.batch_id
+        for delay in (0.5, 1.0):
+            h.clock.wait_for_timer(delay, timeout=30)
+            h.clock.advance(delay)
+        # The give-up could not be stored either: the batch stays as last stored, to
+        # be resumed by the next start, and the manager is still there for others.
+        assert _wait_until(lambda: store.commits >= 5)
+        assert h.runtime.get(batch_id).batch.state is BatchState.RUNNING
+        (manager,) = pykka.ActorRegistry.get_by_class(BatchManager)
+        assert manager.is_alive()
