@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest protos protos-check demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## test: lint, type-check and run the whole test suite (what CI runs).
-test: lint typecheck pytest
+test: lint typecheck protos-check pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check actors server tests
@@ -24,6 +24,14 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## protos: regenerate the committed gRPC code in server/gen from protos/.
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py server/gen
+
+## protos-check: fail if server/gen differs from what protos/ generates.
+protos-check: $(STAMP)
+	$(BIN)/python protos/generate.py --check server/gen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,10 +10,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
 
-__all__ = ["BlobStore"]
+__all__ = ["BlobStore", "BlobWriter"]
 
 _TEMP_PREFIX = ".incoming-"
+# Streamed uploads are written here before their digest, and so their place, is known.
+_INCOMING_DIR = "incoming"
 
 
 class BlobStore:
@@ -56,6 +60,17 @@ class BlobStore:
         """Remove the blob, if present."""
         self.path(digest).unlink(missing_ok=True)
 
+    def writer(self) -> BlobWriter:
+        """Start a blob whose bytes arrive in pieces; see :class:`BlobWriter`.
+
+        The temporary file lies in the store's own directory, so committing it is a
+        link on the same file system, and :meth:`sweep_temp` finds it after a crash.
+        """
+        incoming = self._root / _INCOMING_DIR
+        incoming.mkdir(exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=incoming)
+        return BlobWriter(self, Path(temp), os.fdopen(fd, "wb"))
+
     def sweep_temp(self) -> int:
         """Remove temp files a crash left behind; returns how many."""
         removed = 0
@@ -63,3 +78,100 @@ class BlobStore:
             temp.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class BlobWriter:
+    """A blob being written: bytes go to a temporary file and are hashed on the way.
+
+    Nothing is visible under the blob's digest until :meth:`commit`; :meth:`abort` (or
+    leaving the ``with`` block without committing) removes the temporary file. Not
+    thread-safe: one writer belongs to one upload.
+    """
+
+    def __init__(self, store: BlobStore, temp: Path, handle: BinaryIO) -> None:
+        self._store = store
+        self._temp = temp
+        self._handle: BinaryIO | None = handle
+        self._hash = hashlib.sha256()
+        self._digest: str | None = None
+        self._settled = False
+        self.size = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``.
+
+        Raises:
+            ValueError: The writer was finished, committed or aborted.
+            OSError: The disk refused the bytes.
+        """
+        if self._handle is None:
+            raise ValueError("blob writer is closed")
+        self._handle.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> str:
+        """Flush the bytes to disk and return their digest; no more writes. Idempotent.
+
+        Raises:
+            ValueError: The writer was aborted.
+            OSError: The disk refused the bytes.
+        """
+        if self._digest is not None:
+            return self._digest
+        if self._handle is None:
+            raise ValueError("blob writer was aborted")
+        handle, self._handle = self._handle, None
+        with handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._digest = self._hash.hexdigest()
+        return self._digest
+
+    def commit(self) -> bool:
+        """Finish, then store the bytes under their digest.
+
+        Returns:
+            Whether this call created the blob (``False``: the same bytes were stored
+            already, and the temporary file was simply dropped).
+
+        Raises:
+            ValueError: The writer was aborted or committed already.
+            OSError: The disk refused the bytes.
+        """
+        if self._settled:
+            raise ValueError("blob writer was already committed or aborted")
+        digest = self.finish()
+        target = self._store.path(digest)
+        target.parent.mkdir(exist_ok=True)
+        try:
+            # A hard link creates the name only if it is free, so "created" is exact
+            # even when another upload of the same bytes commits at the same moment.
+            os.link(self._temp, target)
+            created = True
+        except FileExistsError:
+            created = False
+        self._settled = True
+        self._temp.unlink(missing_ok=True)
+        return created
+
+    def abort(self) -> None:
+        """Drop the bytes and the temporary file, unless committed. Idempotent."""
+        if self._settled:
+            return
+        self._settled = True
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._temp.unlink(missing_ok=True)

@@ -1,0 +1,245 @@
+"""The service process: wires store, blobs, workers, runtime and gRPC server together.
+
+:class:`Service` owns everything it builds and shuts it down in order: health goes
+``NOT_SERVING`` and new calls get ``UNAVAILABLE``; watches end so their clients resume
+elsewhere; the attempts running at that moment get the grace period to finish; then the
+server stops, and the runtime stops whatever still runs (leaving it to resume on the
+next start), then the workers and the timers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from types import FrameType
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from actors.blobs import BlobStore
+from actors.clock import ThreadScheduler
+from actors.model import FileState
+from actors.runtime import Runtime
+from actors.store import MemoryStore, Store
+from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
+from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
+from server.servicer import BatchServicer
+from server.settings import ServerSettings
+from server.upload import Uploads
+from server.watch import WatchHub
+
+__all__ = ["SERVICE_NAME", "Service", "configure_logging", "serve"]
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME: str = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+
+
+class Service:
+    """A pdfbatch server and everything it runs on.
+
+    Args:
+        settings: Address, data directory, workers and limits.
+        store: Batch records. Default a :class:`MemoryStore` keeping
+            ``settings.max_events_per_batch`` events per batch.
+        processor: What workers run on each file. Default the PDF extractor.
+
+    Raises:
+        RuntimeError: The address cannot be bound.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        store: Store | None = None,
+        processor: str = DEFAULT_PROCESSOR,
+    ) -> None:
+        self.settings = settings
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stopping = False
+        with contextlib.ExitStack() as undo:
+            data = settings.data_dir
+            (data / "work").mkdir(parents=True, exist_ok=True)
+            self.store = store or MemoryStore(max_events_per_batch=settings.max_events_per_batch)
+            self.blobs = BlobStore(data / "blobs")
+            self.blobs.sweep_temp()
+            self.pool = WorkerPool(
+                workers=settings.workers,
+                processor=processor,
+                memory_limit_bytes=settings.memory_limit_bytes,
+                temp_root=data / "work",
+            )
+            undo.callback(self.pool.close)
+            self.scheduler = ThreadScheduler()
+            undo.callback(self.scheduler.close)
+            self.runtime = Runtime(
+                store=self.store,
+                blobs=self.blobs,
+                executor=self.pool,
+                scheduler=self.scheduler,
+                stop_timeout=settings.stop_timeout,
+            )
+            undo.callback(self.runtime.close)
+            self.hub = WatchHub(
+                self.store,
+                queue_size=settings.watch_queue_size,
+                max_watchers=settings.max_watchers,
+            )
+            undo.callback(self.hub.close)
+            uploads = Uploads(self.runtime, self.store, self.blobs, settings.limits)
+            self.servicer = BatchServicer(self.runtime, self.store, uploads, self.hub)
+            self.health = health.HealthServicer()
+            self.server = self._build_server()
+            undo.callback(self._rpc_threads.shutdown)
+            undo.callback(self.server.stop, None)
+            self.port = self.server.add_insecure_port(settings.address)
+            if self.port == 0:
+                raise RuntimeError(f"cannot listen on {settings.address}")
+            undo.pop_all()
+
+    def _build_server(self) -> grpc.Server:
+        self._rpc_threads = futures.ThreadPoolExecutor(
+            max_workers=self.settings.threads, thread_name_prefix="pdfbatch-rpc"
+        )
+        server = grpc.server(
+            self._rpc_threads,
+            # Two servers must never share a port by accident.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on, with the port actually bound."""
+        host = self.settings.address.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        """Start serving and report ``SERVING``."""
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", address=self.address)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Shut down in order (see the module's description). Idempotent; blocks.
+
+        Args:
+            grace: Seconds the running attempts and calls get. Default
+                ``settings.shutdown_grace``.
+        """
+        with self._stop_lock:
+            if self._stopping:
+                self._stopped.wait()
+                return
+            self._stopping = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        log.info("shutting_down", grace=grace)
+        with contextlib.ExitStack() as steps:
+            # Run last to first, each even if an earlier one failed.
+            steps.callback(self._stopped.set)
+            steps.callback(log.info, "stopped")
+            steps.callback(self.scheduler.close)
+            steps.callback(self.pool.close)
+            steps.callback(self.runtime.close)
+            steps.callback(self._rpc_threads.shutdown, wait=True)
+            steps.callback(lambda: self.server.stop(max(0.0, deadline - time.monotonic())).wait())
+            self.health.enter_graceful_shutdown()
+            self.servicer.start_closing()
+            self.hub.close()
+            self._let_running_attempts_finish(deadline)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`stop` has finished; whether it has."""
+        return self._stopped.wait(timeout)
+
+    def _running(self) -> set[tuple[str, str, int]]:
+        """(batch, file, attempt) of every attempt running now."""
+        running = set()
+        for record in self.store.list_batches():
+            if record.state.terminal:
+                continue
+            view = self.store.load(record.batch_id)
+            for file in view.files if view is not None else ():
+                if file.state is FileState.RUNNING:
+                    running.add((record.batch_id, file.file_id, len(file.attempts)))
+        return running
+
+    def _let_running_attempts_finish(self, deadline: float) -> None:
+        """Wait until the attempts running now have ended, or until ``deadline``.
+
+        Attempts that start meanwhile are not waited for: they are cut short with the
+        rest when the runtime closes, and resume on the next start.
+        """
+        try:
+            waiting = self._running()
+        except Exception:
+            # Without knowing what runs, give it nothing: everything is stopped below
+            # and resumes on the next start.
+            log.exception("running_attempts_unknown")
+            return
+        if not waiting:
+            return
+        # The listener only sets a flag: it runs on the committing thread and must not
+        # wait for this one.
+        changed = threading.Event()
+        unsubscribe = self.store.subscribe(lambda _: changed.set())
+        try:
+            while waiting & self._running():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.info("grace_period_over", still_running=len(waiting & self._running()))
+                    return
+                changed.wait(remaining)
+                changed.clear()
+        finally:
+            unsubscribe()
+
+
+def configure_logging() -> None:
+    """Send the service's structured logs to standard error. Call once, at start."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run the service until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Prints ``listening on HOST:PORT`` on standard output once it serves.
+
+    Returns:
+        The process's exit code: 0.
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service = Service(settings)
+        service.start()
+        print(f"listening on {service.address}", flush=True)
+        try:
+            stop.wait()
+        finally:
+            service.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

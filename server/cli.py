@@ -1,0 +1,355 @@
+"""``pdfbatch``: run the service, or use it from the command line.
+
+Exit codes: 0 every file succeeded (or the command did what it was asked), 2 the batch
+partially succeeded, 3 the batch failed or was cancelled, 1 the command itself failed
+(bad usage, server unreachable, request refused), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
+from pydantic import ValidationError
+
+from server.client import Client, UploadFile, collect_files, describe_error
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.progress import (
+    BatchTracker,
+    ProgressDisplay,
+    batch_state_name,
+    exit_code,
+    file_state_name,
+    summary,
+)
+from server.settings import ClientSettings, ServerSettings, UploadLimits
+
+__all__ = ["main"]
+
+EXIT_FAILED_COMMAND = 1
+EXIT_INTERRUPTED = 130
+_BATCH_STATES = [
+    v.name.removeprefix("BATCH_STATE_") for v in pb.BatchState.DESCRIPTOR.values if v.number
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1: exit 2 means a partially succeeded batch here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILED_COMMAND, f"{self.prog}: error: {message}\n")
+
+
+def _print_json(message: Message) -> None:
+    print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True))
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _password_file(text: str) -> tuple[str, str]:
+    """``KEY=PATH``: the password is the file's first line, never a command-line word."""
+    key, path = _label(text)
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read password file {path!r}: {error}") from None
+    return key, lines[0] if lines else ""
+
+
+# Commands ---------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import configure_logging, serve  # noqa: PLC0415 - only `serve` needs it
+
+    limits = {
+        name: value
+        for name in ("max_file_bytes", "max_batch_bytes", "max_files_per_batch")
+        if (value := getattr(args, name)) is not None
+    }
+    given = {
+        name: value
+        for name in ("address", "data_dir", "workers", "shutdown_grace")
+        if (value := getattr(args, name)) is not None
+    }
+    try:
+        settings = ServerSettings(limits=UploadLimits(**limits), **given)
+    except ValidationError as error:
+        print(f"pdfbatch serve: invalid settings:\n{error}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+    configure_logging()
+    try:
+        return serve(settings)
+    except (RuntimeError, OSError) as error:
+        print(f"pdfbatch serve: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+
+
+def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
+    """Watch with live progress until the batch settles; print the final batch."""
+    tracker = BatchTracker()
+    display = ProgressDisplay(sys.stderr)
+    try:
+        for event in client.watch(batch_id, follow=getattr(args, "follow", False)):
+            display.update(tracker, tracker.apply(event))
+    finally:
+        display.close()
+    batch = client.get(batch_id)
+    if args.json:
+        _print_json(batch)
+    else:
+        print("\n".join(summary(batch)))
+    return exit_code(batch.state)
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    policy = pb.BatchPolicy()
+    if args.max_attempts is not None:
+        policy.retry.max_attempts = args.max_attempts
+    if args.file_timeout is not None:
+        policy.file_timeout.CopyFrom(_duration(args.file_timeout))
+    if args.max_concurrency is not None:
+        policy.max_concurrency = args.max_concurrency
+    passwords = dict(args.password_file)
+    files = [UploadFile(f.path, f.name, passwords.get(f.name)) for f in collect_files(args.paths)]
+    if not files:
+        print(
+            "pdfbatch submit: no files found (directories are searched for *.pdf)", file=sys.stderr
+        )
+        return EXIT_FAILED_COMMAND
+    batch = client.submit(
+        files,
+        name=args.name,
+        labels=dict(args.label),
+        policy=policy,
+        idempotency_key=args.idempotency_key,
+    )
+    if args.watch:
+        print(f"Submitted batch {batch.batch_id} ({batch.file_count} files).", file=sys.stderr)
+        return _follow(client, batch.batch_id, args)
+    if args.json:
+        _print_json(batch)
+    else:
+        print(batch.batch_id)
+    return 0
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    batch = client.get(args.batch_id)
+    if args.json:
+        _print_json(batch)
+        return exit_code(batch.state)
+    name = f" {batch.display_name!r}" if batch.display_name else ""
+    print(f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}")
+    c = batch.counts
+    print(
+        f"  {batch.file_count} files: {c.succeeded} succeeded, {c.failed} failed, "
+        f"{c.cancelled} cancelled, {c.running} running, {c.backoff} retrying, "
+        f"{c.pending} pending"
+    )
+    for file in batch.files:
+        error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""
+        state = file_state_name(file.state)
+        print(f"  {file.file_id}  {state:<10} {file.attempt_count} attempt(s)  {file.name}{error}")
+    return exit_code(batch.state)
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    return _follow(client, args.batch_id, args)
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    states = [pb.BatchState.Value(f"BATCH_STATE_{s}") for s in args.state]
+    batches = []
+    for batch in client.list(states=states):
+        batches.append(batch)
+        if len(batches) >= args.limit:
+            break
+    if args.json:
+        _print_json(pb.ListBatchesResponse(batches=batches))
+        return 0
+    for batch in batches:
+        created = batch.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        state = batch_state_name(batch.state)
+        counts = f"{batch.counts.succeeded}/{batch.file_count} ok"
+        print(f"{batch.batch_id}  {created}  {state:<20} {counts:<12} {batch.display_name}")
+    return 0
+
+
+def _retry(client: Client, args: argparse.Namespace) -> int:
+    batch = client.retry(args.batch_id, args.file_ids, passwords=dict(args.password_file))
+    if args.watch:
+        return _follow(client, batch.batch_id, args)
+    if args.json:
+        _print_json(batch)
+    else:
+        retried = len(args.file_ids) or "every failed and cancelled"
+        print(f"Retrying {retried} file(s) of batch {batch.batch_id}.")
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    batch = client.cancel(args.batch_id)
+    if args.json:
+        _print_json(batch)
+    else:
+        print(f"Batch {batch.batch_id} {batch_state_name(batch.state)}.")
+    return 0
+
+
+def _results(client: Client, args: argparse.Namespace) -> int:
+    file_ids = args.file_ids or [
+        f.file_id for f in client.get(args.batch_id).files if f.state == pb.FILE_STATE_SUCCEEDED
+    ]
+    for file_id in file_ids:
+        if args.json:
+            for chunk in client.result_chunks(args.batch_id, file_id):
+                print(json_format.MessageToJson(chunk, indent=None))
+            continue
+        result = client.result(args.batch_id, file_id)
+        meta = result.metadata
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            target = args.out / f"{Path(meta.name).stem}.{file_id}.txt"
+            target.write_text("\f".join(result.pages))
+            print(f"{meta.name} [{file_id}]: {meta.page_count} pages -> {target}")
+            continue
+        print(f"==> {meta.name} [{file_id}]: {meta.page_count} pages <==")
+        for number, text in enumerate(result.pages, start=1):
+            print(f"--- page {number} ---")
+            print(text)
+    return 0
+
+
+def _delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete(args.batch_id)
+    print(f"Deleted batch {args.batch_id}.")
+    return 0
+
+
+# Parser -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pdfbatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if name != "serve":
+            sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
+            sub.add_argument("--json", action="store_true", help="print protobuf JSON")
+        return sub
+
+    serve = command("serve", _serve, "Run the service until SIGTERM or SIGINT.")
+    serve.add_argument("--address", help="listen host:port (env PDFBATCH_ADDRESS)")
+    serve.add_argument("--data-dir", type=Path, help="storage directory (env PDFBATCH_DATA_DIR)")
+    serve.add_argument("--workers", type=int, help="worker processes (env PDFBATCH_WORKERS)")
+    serve.add_argument("--max-file-bytes", type=int, help="largest file accepted")
+    serve.add_argument("--max-batch-bytes", type=int, help="largest batch accepted")
+    serve.add_argument("--max-files-per-batch", type=int, help="most files in one batch")
+    serve.add_argument("--shutdown-grace", type=float, help="seconds running work gets on stop")
+
+    submit = command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
+    submit.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    submit.add_argument("--name", default="", help="display name")
+    submit.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    submit.add_argument(
+        "--password-file",
+        type=_password_file,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="password of the file NAME, read from PATH's first line",
+    )
+    submit.add_argument("--idempotency-key", help="resubmitting with the same key is a no-op")
+    submit.add_argument("--max-attempts", type=int, help="automatic attempts per file")
+    submit.add_argument("--file-timeout", type=float, help="seconds one attempt may take")
+    submit.add_argument("--max-concurrency", type=int, help="files of this batch at once")
+    submit.add_argument("--watch", action="store_true", help="follow progress until it settles")
+
+    for name, handler, text in (
+        ("status", _status, "Show a batch and its files."),
+        ("watch", _watch, "Follow a batch live until it settles."),
+        ("cancel", _cancel, "Cancel a batch."),
+        ("delete", _delete, "Delete a batch, its results and its stored bytes."),
+    ):
+        sub = command(name, handler, text)
+        sub.add_argument("batch_id")
+        if name == "watch":
+            sub.add_argument("--follow", action="store_true", help="keep following retries")
+
+    listing = command("list", _list, "List batches, newest first.")
+    listing.add_argument(
+        "--state", action="append", default=[], type=str.upper, choices=_BATCH_STATES
+    )
+    listing.add_argument("--limit", type=int, default=50, help="at most this many")
+
+    retry = command("retry", _retry, "Retry files (default: every failed and cancelled one).")
+    retry.add_argument("batch_id")
+    retry.add_argument("file_ids", nargs="*", metavar="FILE_ID")
+    retry.add_argument(
+        "--password-file",
+        type=_password_file,
+        action="append",
+        default=[],
+        metavar="FILE_ID=PATH",
+        help="password of the file FILE_ID, read from PATH's first line",
+    )
+    retry.add_argument("--watch", action="store_true", help="follow progress until it settles")
+
+    results = command("results", _results, "Print the text of succeeded files.")
+    results.add_argument("batch_id")
+    results.add_argument("file_ids", nargs="*", metavar="FILE_ID")
+    results.add_argument("--out", type=Path, help="write one .txt per file into this directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pdfbatch`` with ``argv`` (default: the process's); returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    address = args.address or ClientSettings().address
+    try:
+        with Client(address) as client:
+            code: int = args.handler(client, args)
+            return code
+    except grpc.RpcError as error:
+        described = describe_error(error)
+        reason = f" ({described.reason})" if described.reason else ""
+        print(
+            f"pdfbatch {args.command}: {described.code.name}{reason}: {described.message}",
+            file=sys.stderr,
+        )
+        for field, description in described.violations:
+            print(f"  {field}: {description}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+    except OSError as error:
+        print(f"pdfbatch {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

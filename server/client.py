@@ -1,0 +1,352 @@
+"""A Python client for the pdfbatch service; the command-line client is built on it.
+
+    with Client("127.0.0.1:50051") as client:
+        batch = client.submit(["invoices/"], name="March")
+        for event in client.watch(batch.batch_id):
+            ...
+        text = client.result(batch.batch_id, batch.files[0].file_id).pages
+
+Idempotent calls (get, list, watch, cancel, results) are retried on ``UNAVAILABLE`` by
+gRPC itself (service config: at most 5 attempts, exponential backoff with jitter). A
+submit is retried here, by sending the upload again, and only with its idempotency key
+(one is made up when none is given), so a retry never creates a second batch. A watch
+that loses its connection resumes after the last event it yielded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.gen.pdfbatch.v1 import batch_pb2_grpc
+
+__all__ = [
+    "CHUNK_BYTES",
+    "SERVICE_CONFIG",
+    "Client",
+    "ErrorDescription",
+    "FileResult",
+    "UploadFile",
+    "collect_files",
+    "describe_error",
+]
+
+SERVICE = "pdfbatch.v1.BatchService"
+CHUNK_BYTES = 1024 * 1024
+MAX_ATTEMPTS = 5
+_IDEMPOTENT = ("GetBatch", "ListBatches", "WatchBatch", "CancelBatch", "GetFileResult")
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE, "method": method} for method in _IDEMPOTENT],
+                "retryPolicy": {
+                    "maxAttempts": MAX_ATTEMPTS,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDescription:
+    """What a failed call said: status code, ``ErrorInfo`` reason and the message."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    violations: tuple[tuple[str, str], ...] = ()
+
+
+def describe_error(error: grpc.RpcError) -> ErrorDescription:
+    """Read the status and the rich error details of a failed call."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    reason = ""
+    violations: list[tuple[str, str]] = []
+    status: Any = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [(v.field, v.description) for v in bad.field_violations]
+    return ErrorDescription(code, reason, message or "", tuple(violations))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFile:
+    """A local file to upload, and the name the batch will know it by."""
+
+    path: Path
+    name: str
+    password: str | None = field(default=None, repr=False)
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[UploadFile]:
+    """The files named, and the ``*.pdf`` files under the directories named, sorted.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+    """
+    found: list[UploadFile] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += [
+                UploadFile(p, p.name)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() == ".pdf"
+            ]
+        elif path.is_file():
+            found.append(UploadFile(path, path.name))
+        else:
+            raise FileNotFoundError(f"no such file or directory: {path}")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """A succeeded file's metadata and the text of each of its pages."""
+
+    metadata: pb.FileResultMetadata
+    pages: list[str]
+
+
+def _upload_requests(
+    files: list[UploadFile],
+    spec: pb.BatchSpec,
+    chunk_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[pb.SubmitBatchRequest]:
+    total = sum(f.path.stat().st_size for f in files)
+    sent = 0
+    yield pb.SubmitBatchRequest(spec=spec)
+    for file in files:
+        with file.path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            header = pb.FileHeader(name=file.name, size_bytes=size)
+            if file.password is not None:
+                header.password = file.password
+            yield pb.SubmitBatchRequest(file=header)
+            while chunk := handle.read(chunk_bytes):
+                yield pb.SubmitBatchRequest(chunk=chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress(sent, total)
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: up to 0.2 s, 0.4 s, ... at most 5 s."""
+    return random.uniform(0, min(5.0, 0.2 * 2 ** (attempt - 1)))
+
+
+class Client:
+    """Talks to one pdfbatch server.
+
+    Args:
+        address: ``host:port`` of the server.
+        timeout: Deadline of each unary call, in seconds. Default 30.
+        channel: Use this channel instead of opening one (the client then does not
+            close it).
+    """
+
+    def __init__(
+        self, address: str, *, timeout: float = 30.0, channel: grpc.Channel | None = None
+    ) -> None:
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            address, options=[("grpc.service_config", SERVICE_CONFIG)]
+        )
+        self._stub = batch_pb2_grpc.BatchServiceStub(self._channel)
+        self._timeout = timeout
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel, if this client opened it."""
+        if self._own_channel:
+            self._channel.close()
+
+    def submit(
+        self,
+        files: Iterable[UploadFile | str | Path],
+        *,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
+        policy: pb.BatchPolicy | None = None,
+        idempotency_key: str | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        timeout: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pb.Batch:
+        """Upload files (paths of files or directories) as a new batch.
+
+        Args:
+            files: :class:`UploadFile` s, or paths as for :func:`collect_files`.
+            name: Display name.
+            labels: The batch's labels.
+            policy: Overrides of the default policy.
+            idempotency_key: Names this submit; default a new random key. ``""`` sends
+                none, and then a failed upload is not retried.
+            chunk_bytes: Bytes per message. Default 1 MiB.
+            timeout: Deadline of the whole upload. Default none.
+            progress: Called with (bytes sent, bytes in all) as the upload goes.
+
+        Raises:
+            grpc.RpcError: The server refused the batch, or could not be reached in
+                5 attempts.
+            FileNotFoundError: A path does not exist.
+        """
+        uploads: list[UploadFile] = []
+        for item in files:
+            uploads += [item] if isinstance(item, UploadFile) else collect_files([item])
+        key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
+        spec = pb.BatchSpec(
+            display_name=name, labels=dict(labels or {}), idempotency_key=key, policy=policy
+        )
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                requests = _upload_requests(uploads, spec, chunk_bytes, progress)
+                return self._stub.SubmitBatch(requests, timeout=timeout)
+            except grpc.RpcError as error:
+                transient = describe_error(error).code is grpc.StatusCode.UNAVAILABLE
+                if not (key and transient) or attempt == MAX_ATTEMPTS:
+                    raise
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def get(self, batch_id: str) -> pb.Batch:
+        """The batch with its files."""
+        return self._stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=self._timeout)
+
+    def list(
+        self, *, states: Iterable[pb.BatchState.ValueType] = (), page_size: int = 50
+    ) -> Iterator[pb.Batch]:
+        """Every batch (without files), newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            request = pb.ListBatchesRequest(page_size=page_size, page_token=token, states=states)
+            page = self._stub.ListBatches(request, timeout=self._timeout)
+            yield from page.batches
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch(
+        self,
+        batch_id: str,
+        *,
+        after_sequence: int = 0,
+        follow: bool = False,
+        max_reconnects: int = 10,
+    ) -> Iterator[pb.BatchEvent]:
+        """The batch's events; reconnects and resumes after a dropped connection.
+
+        Starts with a snapshot when ``after_sequence`` is 0. If the server no longer has
+        the events after the last one seen, the watch starts over with a new snapshot.
+
+        Args:
+            batch_id: The batch.
+            after_sequence: Resume after this event; 0 for a snapshot first.
+            follow: Keep watching after the batch settles (to see retries).
+            max_reconnects: Failed reconnects in a row before giving up.
+
+        Raises:
+            grpc.RpcError: The batch does not exist, or the server stayed unreachable.
+        """
+        last = after_sequence
+        failures = 0
+        while True:
+            call = self._stub.WatchBatch(
+                pb.WatchBatchRequest(batch_id=batch_id, after_sequence=last, follow=follow)
+            )
+            try:
+                for event in call:
+                    failures = 0
+                    last = event.sequence
+                    yield event
+                return
+            except grpc.RpcError as error:
+                described = describe_error(error)
+                if failures >= max_reconnects:
+                    raise
+                if described.reason == "WATCH_HISTORY_EXPIRED":
+                    last = 0
+                elif described.code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                failures += 1
+                time.sleep(_backoff(failures))
+            finally:
+                call.cancel()
+
+    def retry(
+        self,
+        batch_id: str,
+        file_ids: Iterable[str] = (),
+        *,
+        passwords: Mapping[str, str] | None = None,
+    ) -> pb.Batch:
+        """Retry the given files, or every failed and cancelled file."""
+        request = pb.RetryFilesRequest(
+            batch_id=batch_id, file_ids=list(file_ids), passwords=dict(passwords or {})
+        )
+        return self._stub.RetryFiles(request, timeout=self._timeout)
+
+    def cancel(self, batch_id: str) -> pb.Batch:
+        """Cancel the batch; returns once nothing of it runs."""
+        request = pb.CancelBatchRequest(batch_id=batch_id)
+        return self._stub.CancelBatch(request, timeout=self._timeout)
+
+    def result_chunks(self, batch_id: str, file_id: str) -> Iterator[pb.FileResultChunk]:
+        """The raw result stream: metadata, then pieces of page text."""
+        request = pb.GetFileResultRequest(batch_id=batch_id, file_id=file_id)
+        yield from self._stub.GetFileResult(request)
+
+    def result(self, batch_id: str, file_id: str) -> FileResult:
+        """A succeeded file's metadata and pages, reassembled."""
+        metadata = pb.FileResultMetadata()
+        pages: list[list[str]] = []
+        for chunk in self.result_chunks(batch_id, file_id):
+            if chunk.HasField("metadata"):
+                metadata = chunk.metadata
+                pages = [[] for _ in range(metadata.page_count)]
+            else:
+                index = chunk.page.page_number - 1
+                pages += [[] for _ in range(index + 1 - len(pages))]
+                pages[index].append(chunk.page.text)
+        return FileResult(metadata, ["".join(pieces) for pieces in pages])
+
+    def delete(self, batch_id: str) -> None:
+        """Delete the batch, its results and its stored bytes (cancelling it first)."""
+        self._stub.DeleteBatch(pb.DeleteBatchRequest(batch_id=batch_id), timeout=self._timeout)

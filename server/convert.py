@@ -1,0 +1,387 @@
+"""Domain records to protobuf messages and back; request validation at the edge.
+
+Times are seconds since the epoch in the domain and ``Timestamp``/``Duration`` on the
+wire. Enum values map by name: ``BatchState.RUNNING`` is ``BATCH_STATE_RUNNING``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from pydantic import ValidationError
+
+from actors.model import (
+    Attempt,
+    BatchEvent,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+    FileState,
+)
+from actors.policy import BatchPolicy
+from server.errors import FieldViolation, WireError
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+
+__all__ = [
+    "BatchSpec",
+    "batch_state_from_proto",
+    "batch_state_to_proto",
+    "batch_to_proto",
+    "event_to_proto",
+    "file_to_proto",
+    "policy_from_proto",
+    "policy_to_proto",
+    "result_chunks",
+    "snapshot_to_proto",
+    "spec_from_proto",
+]
+
+MAX_DISPLAY_NAME_CHARS = 200
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 256
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+# 512 Ki characters are at most 2 MiB of UTF-8: well inside gRPC's 4 MiB message limit.
+PAGE_PIECE_CHARS = 512 * 1024
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+_JITTER = {pb.JITTER_FULL: "full", pb.JITTER_NONE: "none"}
+# Domain field names that differ from the proto's.
+_FIELD_NAMES = {"within_seconds": "within"}
+
+
+# Scalars -----------------------------------------------------------------------------
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(seconds * 1e9))
+    return stamp
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def batch_state_to_proto(state: BatchState) -> pb.BatchState.ValueType:
+    """``BatchState.RUNNING`` -> ``BATCH_STATE_RUNNING``."""
+    return pb.BatchState.Value(f"BATCH_STATE_{state.value}")
+
+
+def batch_state_from_proto(value: pb.BatchState.ValueType, field_path: str) -> BatchState:
+    """``BATCH_STATE_RUNNING`` -> ``BatchState.RUNNING``.
+
+    Raises:
+        WireError: ``INVALID_ARGUMENT`` for ``UNSPECIFIED`` or an unknown value.
+    """
+    name = pb.BatchState.Name(value) if value in pb.BatchState.values() else ""
+    if not name or value == pb.BATCH_STATE_UNSPECIFIED:
+        raise _invalid("INVALID_STATE", [FieldViolation(field_path, "Name a batch state.")])
+    return BatchState(name.removeprefix("BATCH_STATE_"))
+
+
+def _file_state(state: FileState) -> pb.FileState.ValueType:
+    return pb.FileState.Value(f"FILE_STATE_{state.value}")
+
+
+# Records -----------------------------------------------------------------------------
+
+
+def _attempt_to_proto(attempt: Attempt) -> pb.Attempt:
+    message = pb.Attempt(number=attempt.number, start_time=_timestamp(attempt.started_at))
+    if attempt.ended_at is not None:
+        message.end_time.CopyFrom(_timestamp(attempt.ended_at))
+    if attempt.outcome is not None:
+        message.outcome = pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{attempt.outcome.value}")
+    if attempt.code is not None:
+        message.code = attempt.code.value
+    if attempt.worker_pid is not None:
+        message.worker_pid = attempt.worker_pid
+    if attempt.retry_delay is not None:
+        message.retry_delay.CopyFrom(_duration(attempt.retry_delay))
+    return message
+
+
+def file_to_proto(record: FileRecord) -> pb.FileStatus:
+    """A file's status, every attempt included."""
+    message = pb.FileStatus(
+        file_id=record.file_id,
+        name=record.name,
+        state=_file_state(record.state),
+        attempt_count=len(record.attempts),
+        attempts=[_attempt_to_proto(a) for a in record.attempts],
+        size_bytes=record.size,
+        sha256=record.blob,
+        manual_retries=record.manual_retries,
+        password_supplied=record.encrypted_with_password,
+    )
+    if record.error is not None:
+        message.error.CopyFrom(
+            pb.FileError(
+                code=record.error.code.value,
+                message=record.error.message,
+                retryable=record.error.retryable,
+                time=_timestamp(record.error.at),
+            )
+        )
+    if record.next_attempt_at is not None:
+        message.next_attempt_time.CopyFrom(_timestamp(record.next_attempt_at))
+    return message
+
+
+def policy_to_proto(policy: BatchPolicy) -> pb.BatchPolicy:
+    """The policy with every field set."""
+    retry = policy.retry
+    tolerated = policy.tolerated_failures
+    threshold = pb.FailureThreshold()
+    if tolerated.max_failed_files is not None:
+        threshold.max_failed_files = tolerated.max_failed_files
+    if tolerated.max_failed_percent is not None:
+        threshold.max_failed_percent = tolerated.max_failed_percent
+    return pb.BatchPolicy(
+        retry=pb.RetryPolicy(
+            max_attempts=retry.max_attempts,
+            initial_backoff=_duration(retry.initial_backoff),
+            max_backoff=_duration(retry.max_backoff),
+            multiplier=retry.multiplier,
+            jitter=pb.JITTER_FULL if retry.jitter == "full" else pb.JITTER_NONE,
+            non_retryable_codes=sorted(code.value for code in retry.non_retryable_codes),
+        ),
+        max_concurrency=policy.max_concurrency,
+        file_timeout=_duration(policy.file_timeout),
+        tolerated_failures=threshold,
+        restart_intensity=pb.RestartIntensity(
+            max_restarts=policy.restart_intensity.max_restarts,
+            within=_duration(policy.restart_intensity.within_seconds),
+        ),
+        max_manual_retries=policy.max_manual_retries,
+    )
+
+
+def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
+    """The batch, with its files unless ``with_files`` is false (listings)."""
+    batch = view.batch
+    counts = view.counts
+    return pb.Batch(
+        batch_id=batch.batch_id,
+        display_name=batch.name,
+        state=batch_state_to_proto(batch.state),
+        counts=pb.FileCounts(
+            pending=counts[FileState.PENDING],
+            running=counts[FileState.RUNNING],
+            backoff=counts[FileState.BACKOFF],
+            succeeded=counts[FileState.SUCCEEDED],
+            failed=counts[FileState.FAILED],
+            cancelled=counts[FileState.CANCELLED],
+        ),
+        files=[file_to_proto(f) for f in view.files] if with_files else [],
+        policy=policy_to_proto(batch.policy),
+        create_time=_timestamp(batch.created_at),
+        update_time=_timestamp(batch.updated_at),
+        sequence=batch.sequence,
+        reason=batch.reason,
+        labels=dict(batch.labels),
+        idempotency_key=batch.idempotency_key,
+        file_count=len(view.files),
+    )
+
+
+def snapshot_to_proto(view: BatchView) -> pb.BatchEvent:
+    """The event that opens a watch from sequence 0: the whole batch."""
+    batch = view.batch
+    return pb.BatchEvent(
+        sequence=batch.sequence,
+        batch_id=batch.batch_id,
+        event_time=_timestamp(batch.updated_at),
+        batch_state=batch_state_to_proto(batch.state),
+        snapshot=batch_to_proto(view),
+    )
+
+
+def event_to_proto(event: BatchEvent) -> pb.BatchEvent:
+    """One change: a file's new status, or the batch's new state."""
+    message = pb.BatchEvent(
+        sequence=event.sequence,
+        batch_id=event.batch_id,
+        event_time=_timestamp(event.at),
+        batch_state=batch_state_to_proto(event.batch_state),
+    )
+    if event.file is not None:
+        message.file.CopyFrom(file_to_proto(event.file))
+    else:
+        message.batch_state_change.CopyFrom(
+            pb.BatchStateChange(state=message.batch_state, reason=event.reason)
+        )
+    return message
+
+
+def result_chunks(
+    batch_id: str, record: FileRecord, result: ExtractionResult
+) -> Iterator[pb.FileResultChunk]:
+    """The file's metadata, then every page's text in pieces that fit a message."""
+    info = {k: v for k, v in dataclasses.asdict(result.info).items() if v is not None}
+    yield pb.FileResultChunk(
+        metadata=pb.FileResultMetadata(
+            batch_id=batch_id,
+            file_id=record.file_id,
+            name=record.name,
+            page_count=result.page_count,
+            encrypted=result.encrypted,
+            info=pb.DocumentInfo(**info),
+        )
+    )
+    for number, text in enumerate(result.pages, start=1):
+        for start in range(0, max(len(text), 1), PAGE_PIECE_CHARS):
+            piece = text[start : start + PAGE_PIECE_CHARS]
+            yield pb.FileResultChunk(page=pb.PageText(page_number=number, text=piece))
+
+
+# Requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """A validated ``BatchSpec``: what the runtime's ``submit`` takes besides files."""
+
+    name: str
+    policy: BatchPolicy
+    labels: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+
+
+def _invalid(reason: str, violations: list[FieldViolation]) -> WireError:
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:3])
+    more = f" (and {len(violations) - 3} more)" if len(violations) > 3 else ""
+    return WireError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        f"The request is invalid: {summary}{more}.",
+        violations=violations,
+    )
+
+
+def _text_violations(path: str, value: str, max_chars: int) -> list[FieldViolation]:
+    if len(value) > max_chars:
+        return [FieldViolation(path, f"At most {max_chars} characters.")]
+    if _CONTROL.search(value):
+        return [FieldViolation(path, "Control characters are not allowed.")]
+    return []
+
+
+def spec_from_proto(spec: pb.BatchSpec, path: str = "spec") -> BatchSpec:
+    """Validate a submitted spec, reporting every bad field at once.
+
+    Raises:
+        WireError: ``INVALID_ARGUMENT`` with reason ``INVALID_BATCH_SPEC`` and field
+            violations.
+    """
+    violations = _text_violations(f"{path}.display_name", spec.display_name, MAX_DISPLAY_NAME_CHARS)
+    key = spec.idempotency_key
+    if key and (len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _KEY_CHARS.fullmatch(key)):
+        violations.append(
+            FieldViolation(
+                f"{path}.idempotency_key",
+                f"Use 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, no spaces.",
+            )
+        )
+    if len(spec.labels) > MAX_LABELS:
+        violations.append(FieldViolation(f"{path}.labels", f"At most {MAX_LABELS} labels."))
+    for name, value in sorted(spec.labels.items()):
+        where = f"{path}.labels[{name!r}]"
+        if not name:
+            violations.append(FieldViolation(where, "A label needs a key."))
+        violations += _text_violations(where, name, MAX_LABEL_KEY_CHARS)
+        violations += _text_violations(where, value, MAX_LABEL_VALUE_CHARS)
+    policy: BatchPolicy | None = None
+    try:
+        policy = policy_from_proto(spec.policy, f"{path}.policy")
+    except WireError as error:
+        violations += error.violations
+    if violations or policy is None:
+        raise _invalid("INVALID_BATCH_SPEC", violations)
+    return BatchSpec(spec.display_name, policy, dict(spec.labels), key)
+
+
+def _overrides(message: pb.BatchPolicy, path: str) -> dict[str, Any]:
+    """The fields the caller set, in :class:`BatchPolicy`'s shape."""
+    out: dict[str, Any] = {}
+    if message.HasField("retry"):
+        retry = message.retry
+        chosen: dict[str, Any] = {}
+        if retry.HasField("max_attempts"):
+            chosen["max_attempts"] = retry.max_attempts
+        if retry.HasField("initial_backoff"):
+            chosen["initial_backoff"] = _seconds(retry.initial_backoff)
+        if retry.HasField("max_backoff"):
+            chosen["max_backoff"] = _seconds(retry.max_backoff)
+        if retry.HasField("multiplier"):
+            chosen["multiplier"] = retry.multiplier
+        if retry.jitter != pb.JITTER_UNSPECIFIED:
+            if retry.jitter not in _JITTER:
+                raise _invalid(
+                    "INVALID_BATCH_SPEC",
+                    [FieldViolation(f"{path}.retry.jitter", "Use JITTER_FULL or JITTER_NONE.")],
+                )
+            chosen["jitter"] = _JITTER[retry.jitter]
+        if retry.non_retryable_codes:
+            chosen["non_retryable_codes"] = list(retry.non_retryable_codes)
+        out["retry"] = chosen
+    if message.HasField("max_concurrency"):
+        out["max_concurrency"] = message.max_concurrency
+    if message.HasField("file_timeout"):
+        out["file_timeout"] = _seconds(message.file_timeout)
+    if message.HasField("tolerated_failures"):
+        tolerated = message.tolerated_failures
+        out["tolerated_failures"] = {
+            name: getattr(tolerated, name)
+            for name in ("max_failed_files", "max_failed_percent")
+            if tolerated.HasField(name)
+        }
+    if message.HasField("restart_intensity"):
+        intensity = message.restart_intensity
+        chosen = {}
+        if intensity.HasField("max_restarts"):
+            chosen["max_restarts"] = intensity.max_restarts
+        if intensity.HasField("within"):
+            chosen["within_seconds"] = _seconds(intensity.within)
+        out["restart_intensity"] = chosen
+    if message.HasField("max_manual_retries"):
+        out["max_manual_retries"] = message.max_manual_retries
+    return out
+
+
+def policy_from_proto(message: pb.BatchPolicy, path: str = "policy") -> BatchPolicy:
+    """The default policy with the fields the caller set.
+
+    Raises:
+        WireError: ``INVALID_ARGUMENT`` with a field violation per bad value.
+    """
+    try:
+        return BatchPolicy.model_validate(_overrides(message, path))
+    except ValidationError as error:
+        violations = [
+            FieldViolation(_field_path(path, e["loc"]), e["msg"].removeprefix("Value error, "))
+            for e in error.errors()
+        ]
+        raise _invalid("INVALID_BATCH_SPEC", violations) from None
+
+
+def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{_FIELD_NAMES.get(part, part)}"
+    return path

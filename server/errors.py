@@ -1,0 +1,189 @@
+"""Refusals on the wire: status codes and the rich error model (``google.rpc.Status``).
+
+Every refused call gets a status code, an ``ErrorInfo`` (stable UPPER_SNAKE ``reason``,
+domain ``pdfbatch.dev``), a ``LocalizedMessage`` a person can act on, ``BadRequest`` field
+violations for bad input and ``RetryInfo`` where waiting helps. A failure nobody expected
+is logged in full and leaves as ``INTERNAL`` with a fixed message: never a trace, a server
+path or ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+import pykka
+import structlog
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from actors.refusals import InvalidRequest, Refusal, ServiceClosing
+
+__all__ = [
+    "DOMAIN",
+    "FieldViolation",
+    "WireError",
+    "abort",
+    "service_closing",
+    "status_of",
+]
+
+log = structlog.get_logger(__name__)
+
+DOMAIN = "pdfbatch.dev"
+LOCALE = "en-US"
+# How long a caller refused for a passing reason is told to wait.
+_SHORT_WAIT = 1.0
+
+_INTERNAL_MESSAGE = (
+    "An unexpected error occurred in the service. It has been logged for the operators; "
+    "try again later."
+)
+_TIMED_OUT_MESSAGE = (
+    "The service did not finish the request in time; it may still complete. "
+    "Check the batch, then try again."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: its path (``spec.policy.retry.max_attempts``) and why."""
+
+    field: str
+    description: str
+
+
+class WireError(Exception):
+    """A refusal decided at the edge (upload limits, malformed requests, watch history).
+
+    Args:
+        code: The status code.
+        reason: Stable UPPER_SNAKE reason for ``ErrorInfo``.
+        message: Safe to show the caller as it is.
+        violations: Bad fields, sent as ``BadRequest``.
+        retry_after: Seconds after which trying again may help, sent as ``RetryInfo``.
+        metadata: Extra ``ErrorInfo`` metadata (ids, limits).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        violations: Sequence[FieldViolation] = (),
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.violations = tuple(violations)
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
+
+
+_NOT_FOUND = grpc.StatusCode.NOT_FOUND
+_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+# The runtime's refusals by reason; anything else a refusal says is a failed precondition.
+_REFUSALS: Mapping[str, tuple[grpc.StatusCode, float | None]] = {
+    "INVALID_REQUEST": (grpc.StatusCode.INVALID_ARGUMENT, None),
+    "BATCH_NOT_FOUND": (_NOT_FOUND, None),
+    "FILE_NOT_FOUND": (_NOT_FOUND, None),
+    "RESULT_NOT_AVAILABLE": (_PRECONDITION, None),
+    "SERVICE_CLOSING": (grpc.StatusCode.UNAVAILABLE, _SHORT_WAIT),
+    "FILE_ALREADY_SUCCEEDED": (_PRECONDITION, None),
+    "FILE_IN_FLIGHT": (_PRECONDITION, None),
+    "NOTHING_TO_RETRY": (_PRECONDITION, None),
+    "MANUAL_RETRY_LIMIT": (_PRECONDITION, None),
+    "BATCH_CANCELLING": (_PRECONDITION, _SHORT_WAIT),
+}
+
+
+def _from_refusal(refusal: Refusal) -> WireError:
+    code, retry_after = _REFUSALS.get(refusal.reason, (_PRECONDITION, None))
+    violations: list[FieldViolation] = []
+    if isinstance(refusal, InvalidRequest) and refusal.field:
+        violations.append(FieldViolation(refusal.field, refusal.message))
+    metadata = {"file_id": refusal.file_id} if refusal.file_id else {}
+    return WireError(
+        code,
+        refusal.reason,
+        refusal.message,
+        violations=violations,
+        retry_after=retry_after,
+        metadata=metadata,
+    )
+
+
+def _classify(exc: BaseException) -> WireError:
+    match exc:
+        case WireError():
+            return exc
+        case Refusal():
+            return _from_refusal(exc)
+        case pykka.Timeout():
+            # The runtime waited its stop timeout for attempts to stop (cancel, delete).
+            log.warning("runtime_wait_timed_out", exc_info=exc)
+            return WireError(
+                grpc.StatusCode.UNAVAILABLE,
+                "OPERATION_TIMED_OUT",
+                _TIMED_OUT_MESSAGE,
+                retry_after=_SHORT_WAIT,
+            )
+        case _:
+            log.error("unexpected_error", exc_info=exc)
+            return WireError(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", _INTERNAL_MESSAGE)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_of(exc: BaseException) -> Any:
+    """The ``google.rpc.Status`` a caller gets for ``exc``.
+
+    Refusals and :class:`WireError` keep their reason and message; anything else is
+    logged with its traceback and becomes ``INTERNAL`` with a fixed message.
+    """
+    error = _classify(exc)
+    details = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata),
+        error_details_pb2.LocalizedMessage(locale=LOCALE, message=error.message),
+    ]
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(round(error.retry_after * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status_pb2.Status(
+        code=error.code.value[0],
+        message=error.message,
+        details=[_pack(detail) for detail in details],
+    )
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the status for ``exc``; never returns."""
+    context.abort_with_status(rpc_status.to_status(status_of(exc)))
+
+
+def service_closing() -> ServiceClosing:
+    """The refusal for calls that arrive while the service shuts down."""
+    return ServiceClosing("The service is shutting down; try again shortly.")

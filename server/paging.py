@@ -1,0 +1,91 @@
+"""``ListBatches`` pages: newest first, with opaque tokens that survive new submissions.
+
+A token names the last batch of its page by (creation time, id), so the next page starts
+right after it however many batches were submitted since: no batch is listed twice or
+skipped. A token only fits the filter it was made for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection
+
+import grpc
+
+from actors.model import BatchRecord, BatchState, BatchView
+from actors.store import Store
+from server.errors import FieldViolation, WireError
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "list_page"]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1_000
+
+
+def _bad_token() -> WireError:
+    message = "The page token is not one this listing gave out (or the filter changed)."
+    return WireError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        message,
+        violations=[FieldViolation("page_token", message)],
+    )
+
+
+def _filter_key(states: Collection[BatchState]) -> list[str]:
+    return sorted(state.value for state in states)
+
+
+def _encode(last: BatchRecord, states: Collection[BatchState]) -> str:
+    payload = {"t": last.created_at, "id": last.batch_id, "f": _filter_key(states)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _decode(token: str, states: Collection[BatchState]) -> tuple[float, str]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        created_at, batch_id, filter_key = payload["t"], payload["id"], payload["f"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise _bad_token() from None
+    valid = isinstance(created_at, int | float) and isinstance(batch_id, str)
+    if not valid or filter_key != _filter_key(states):
+        raise _bad_token()
+    return float(created_at), batch_id
+
+
+def list_page(
+    store: Store, page_size: int, page_token: str, states: Collection[BatchState]
+) -> tuple[list[BatchView], str]:
+    """One page of batches, newest first, and the token of the next page ("" at the end).
+
+    Args:
+        store: Where the batches are.
+        page_size: 1 to 1,000; 0 means 50; more than 1,000 means 1,000.
+        page_token: "" for the first page, else a previous page's token.
+        states: Only batches in these states; empty for all.
+
+    Raises:
+        WireError: ``INVALID_ARGUMENT`` for a negative size or a bad token.
+    """
+    if page_size < 0:
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_SIZE",
+            "page_size cannot be negative.",
+            violations=[FieldViolation("page_size", "Cannot be negative.")],
+        )
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    records = sorted(
+        (r for r in store.list_batches() if not states or r.state in states),
+        key=lambda r: (r.created_at, r.batch_id),
+        reverse=True,
+    )
+    if page_token:
+        after = _decode(page_token, states)
+        records = [r for r in records if (r.created_at, r.batch_id) < after]
+    page = records[:size]
+    views = [view for r in page if (view := store.load(r.batch_id)) is not None]
+    token = _encode(page[-1], states) if len(records) > size else ""
+    return views, token

@@ -1,0 +1,202 @@
+"""The ``pdfbatch.v1.BatchService`` servicer: protobuf in, runtime calls, protobuf out.
+
+Every method checks its request's shape, calls the runtime (or the upload and watch
+helpers), converts the answer, and turns any refusal into a status with rich details.
+Nothing here decides anything about batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+
+from actors.model import BatchView
+from actors.runtime import Runtime
+from actors.store import Store
+from server import convert
+from server.errors import FieldViolation, WireError, abort, service_closing
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from server.paging import list_page
+from server.upload import Uploads
+from server.watch import WatchHub
+
+__all__ = ["BatchServicer"]
+
+
+def _caller(context: grpc.ServicerContext) -> str:
+    """Who is calling, for idempotency keys.
+
+    The service has no authentication yet, so every caller is the same anonymous owner;
+    an authenticated identity (``context.auth_context()``) belongs here once there is one.
+    """
+    del context
+    return ""
+
+
+def _require(value: str, field: str) -> str:
+    if not value:
+        raise WireError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MISSING_FIELD",
+            f"{field} is required.",
+            violations=[FieldViolation(field, "Required.")],
+        )
+    return value
+
+
+_S = TypeVar("_S", bound="BatchServicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_Unary = Callable[[_S, _Request, grpc.ServicerContext], _Response]
+_Streaming = Callable[[_S, _Request, grpc.ServicerContext], Iterator[_Response]]
+
+
+def _unary(method: _Unary[_S, _Request, _Response]) -> _Unary[_S, _Request, _Response]:
+    """Refuse the call while closing; turn whatever the method raises into a status."""
+
+    @functools.wraps(method)
+    def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> _Response:
+        if self.closing:
+            abort(context, service_closing())
+        try:
+            return method(self, request, context)
+        except grpc.RpcError:
+            # The client's side of the call broke off; gRPC already knows.
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+            abort(context, exc)
+
+    return answer
+
+
+def _streaming(
+    method: _Streaming[_S, _Request, _Response],
+) -> _Streaming[_S, _Request, _Response]:
+    """:func:`_unary` for methods that stream their response."""
+
+    @functools.wraps(method)
+    def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> Iterator[_Response]:
+        if self.closing:
+            abort(context, service_closing())
+        try:
+            yield from method(self, request, context)
+        except grpc.RpcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+            abort(context, exc)
+
+    return answer
+
+
+class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
+    """Serves ``BatchService`` from a runtime.
+
+    Args:
+        runtime: Carries out the commands.
+        store: Read for listings.
+        uploads: Receives ``SubmitBatch`` streams.
+        hub: Streams ``WatchBatch`` events.
+    """
+
+    def __init__(self, runtime: Runtime, store: Store, uploads: Uploads, hub: WatchHub) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._uploads = uploads
+        self._hub = hub
+        self._closing = threading.Event()
+
+    def start_closing(self) -> None:
+        """Refuse every new call with ``UNAVAILABLE`` from now on."""
+        self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        """Whether new calls are refused."""
+        return self._closing.is_set()
+
+    @_unary
+    def SubmitBatch(
+        self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
+    ) -> pb.Batch:
+        view = self._uploads.submit(request_iterator, owner=_caller(context))
+        return convert.batch_to_proto(view)
+
+    @_unary
+    def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
+        return convert.batch_to_proto(self._runtime.get(_require(request.batch_id, "batch_id")))
+
+    @_unary
+    def ListBatches(
+        self, request: pb.ListBatchesRequest, context: grpc.ServicerContext
+    ) -> pb.ListBatchesResponse:
+        states = {
+            convert.batch_state_from_proto(state, f"states[{index}]")
+            for index, state in enumerate(request.states)
+        }
+        views, token = list_page(self._store, request.page_size, request.page_token, states)
+        return pb.ListBatchesResponse(
+            batches=[convert.batch_to_proto(v, with_files=False) for v in views],
+            next_page_token=token,
+        )
+
+    @_streaming
+    def WatchBatch(
+        self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BatchEvent]:
+        session = self._hub.open(
+            _require(request.batch_id, "batch_id"),
+            request.after_sequence,
+            follow=request.follow,
+        )
+        if not context.add_callback(session.cancel):
+            session.cancel()
+        for item in session:
+            if isinstance(item, BatchView):
+                yield convert.snapshot_to_proto(item)
+            else:
+                yield convert.event_to_proto(item)
+
+    @_unary
+    def RetryFiles(self, request: pb.RetryFilesRequest, context: grpc.ServicerContext) -> pb.Batch:
+        view = self._runtime.retry(
+            _require(request.batch_id, "batch_id"),
+            list(request.file_ids) or None,
+            passwords=dict(request.passwords),
+            requested_by=_caller(context),
+        )
+        return convert.batch_to_proto(view)
+
+    @_unary
+    def CancelBatch(
+        self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
+    ) -> pb.Batch:
+        view = self._runtime.cancel(_require(request.batch_id, "batch_id"), reason="client")
+        return convert.batch_to_proto(view)
+
+    @_streaming
+    def GetFileResult(
+        self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FileResultChunk]:
+        batch_id = _require(request.batch_id, "batch_id")
+        file_id = _require(request.file_id, "file_id")
+        result = self._runtime.result(batch_id, file_id)
+        record = self._runtime.get(batch_id).file(file_id)
+        if record is not None:
+            yield from convert.result_chunks(batch_id, record, result)
+
+    @_unary
+    def DeleteBatch(
+        self, request: pb.DeleteBatchRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        batch_id = _require(request.batch_id, "batch_id")
+        digests = [f.blob for f in self._runtime.get(batch_id).files]
+        self._runtime.delete(batch_id)
+        self._hub.batch_deleted(batch_id)
+        self._uploads.release(digests)
+        return empty_pb2.Empty()

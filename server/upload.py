@@ -1,0 +1,280 @@
+"""``SubmitBatch`` uploads: from a stream of messages to stored blobs and a new batch.
+
+Each file is written to a temporary file in the blob store while it arrives, hashed on
+the way, and checked against its header. Nothing is stored under a digest until the
+stream has closed successfully; a stream that breaks off (client gone, deadline, a limit)
+leaves no batch, no blob and no temporary file. Limits are enforced as early as they can
+be: a header that declares too much is refused before any of its bytes are read.
+
+Blobs are content-addressed and shared between batches. Placing the blobs, submitting
+the batch and deleting blobs nobody refers to any more all happen under one lock, so a
+blob is never deleted between another upload finding it stored and submitting its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from actors.blobs import BlobStore, BlobWriter
+from actors.model import BatchView
+from actors.refusals import InvalidRequest
+from actors.runtime import NewFile, Runtime, validate_file_name
+from actors.store import Store
+from server import convert
+from server.errors import FieldViolation, WireError
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.settings import UploadLimits
+
+__all__ = ["Uploads"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A file received, or being received, into a temporary file."""
+
+    name: str
+    password: str | None
+    declared: int
+    sha256: str
+    writer: BlobWriter
+
+
+def _bad(reason: str, message: str, field: str, code: grpc.StatusCode = _INVALID) -> WireError:
+    return WireError(code, reason, message, violations=[FieldViolation(field, message)])
+
+
+class Uploads:
+    """Receives uploads into the blob store and submits them to the runtime.
+
+    Args:
+        runtime: Takes the batches.
+        store: Tells which blobs are still referred to.
+        blobs: Where the bytes go.
+        limits: What one upload may hold.
+    """
+
+    def __init__(
+        self, runtime: Runtime, store: Store, blobs: BlobStore, limits: UploadLimits
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._blobs = blobs
+        self._limits = limits
+        self._lock = threading.Lock()
+
+    def submit(self, requests: Iterator[pb.SubmitBatchRequest], *, owner: str) -> BatchView:
+        """Receive the whole stream, then submit the batch.
+
+        With an idempotency key ``owner`` used before for the same files, the existing
+        batch is returned and nothing new is stored.
+
+        Raises:
+            WireError: The stream broke a rule or a limit, the disk failed, or the
+                idempotency key was used before for other files.
+            Refusal: The runtime refused the batch.
+            grpc.RpcError: The stream broke off.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                spec, staged = self._receive(requests, stack)
+                return self._commit(spec, staged, owner)
+            except OSError as exc:
+                raise _storage_error(exc) from exc
+
+    def release(self, digests: Iterable[str]) -> None:
+        """Delete those of ``digests`` that no stored batch refers to any more."""
+        with self._lock:
+            self._release_unused(digests)
+
+    # Receiving ---------------------------------------------------------------------
+
+    def _receive(
+        self, requests: Iterator[pb.SubmitBatchRequest], stack: contextlib.ExitStack
+    ) -> tuple[convert.BatchSpec, list[_Staged]]:
+        spec: convert.BatchSpec | None = None
+        staged: list[_Staged] = []
+        total = 0
+        for request in requests:
+            kind = request.WhichOneof("item")
+            if spec is None:
+                if kind != "spec":
+                    raise _bad(
+                        "SPEC_REQUIRED", "The first message of an upload must be its spec.", "spec"
+                    )
+                spec = convert.spec_from_proto(request.spec)
+            elif kind == "file":
+                if staged:
+                    self._finish(staged[-1], len(staged) - 1)
+                total += request.file.size_bytes
+                staged.append(self._open(request.file, len(staged), total, stack))
+            elif kind == "chunk":
+                if not staged:
+                    raise _bad(
+                        "CHUNK_BEFORE_HEADER",
+                        "File bytes must follow a file header.",
+                        "chunk",
+                    )
+                self._write(staged[-1], len(staged) - 1, request.chunk)
+            else:
+                raise _bad(
+                    "UNEXPECTED_MESSAGE",
+                    "After the spec, send a file header, then its bytes in chunks.",
+                    kind or "item",
+                )
+        if spec is None:
+            raise _bad("SPEC_REQUIRED", "The upload sent no spec.", "spec")
+        if not staged:
+            raise _bad("NO_FILES", "A batch needs at least one file.", "file")
+        self._finish(staged[-1], len(staged) - 1)
+        return spec, staged
+
+    def _open(
+        self, header: pb.FileHeader, index: int, total: int, stack: contextlib.ExitStack
+    ) -> _Staged:
+        limits = self._limits
+        where = f"file[{index}]"
+        if index >= limits.max_files_per_batch:
+            raise _bad(
+                "TOO_MANY_FILES",
+                f"A batch may hold at most {limits.max_files_per_batch} files.",
+                where,
+                _EXHAUSTED,
+            )
+        if len(header.name) > limits.max_name_chars:
+            raise _bad(
+                "INVALID_FILE_NAME",
+                f"A file name must have 1 to {limits.max_name_chars} characters.",
+                f"{where}.name",
+            )
+        try:
+            validate_file_name(header.name)
+        except InvalidRequest as refusal:
+            raise _bad("INVALID_FILE_NAME", refusal.message, f"{where}.name") from None
+        if header.size_bytes < 0:
+            raise _bad("INVALID_FILE_SIZE", "A size cannot be negative.", f"{where}.size_bytes")
+        if header.size_bytes > limits.max_file_bytes:
+            raise _bad(
+                "FILE_TOO_LARGE",
+                f"A file may have at most {limits.max_file_bytes} bytes.",
+                f"{where}.size_bytes",
+                _EXHAUSTED,
+            )
+        if total > limits.max_batch_bytes:
+            raise _bad(
+                "BATCH_TOO_LARGE",
+                f"A batch may have at most {limits.max_batch_bytes} bytes in all.",
+                f"{where}.size_bytes",
+                _EXHAUSTED,
+            )
+        if header.sha256 and not _SHA256.fullmatch(header.sha256):
+            raise _bad(
+                "INVALID_CHECKSUM", "Give sha256 as 64 lowercase hex digits.", f"{where}.sha256"
+            )
+        password = header.password if header.HasField("password") else None
+        writer = stack.enter_context(self._blobs.writer())
+        return _Staged(header.name, password, header.size_bytes, header.sha256, writer)
+
+    def _write(self, file: _Staged, index: int, chunk: bytes) -> None:
+        if file.writer.size + len(chunk) > file.declared:
+            raise _bad(
+                "SIZE_MISMATCH",
+                f"File {file.name!r} sent more bytes than the {file.declared} its header declared.",
+                f"file[{index}].size_bytes",
+            )
+        file.writer.write(chunk)
+
+    def _finish(self, file: _Staged, index: int) -> None:
+        if file.writer.size != file.declared:
+            raise _bad(
+                "SIZE_MISMATCH",
+                f"File {file.name!r} sent {file.writer.size} bytes; its header declared "
+                f"{file.declared}.",
+                f"file[{index}].size_bytes",
+            )
+        digest = file.writer.finish()
+        if file.sha256 and digest != file.sha256:
+            raise _bad(
+                "CHECKSUM_MISMATCH",
+                f"The bytes of file {file.name!r} do not match its sha256.",
+                f"file[{index}].sha256",
+            )
+
+    # Submitting --------------------------------------------------------------------
+
+    def _commit(self, spec: convert.BatchSpec, staged: Sequence[_Staged], owner: str) -> BatchView:
+        with self._lock:
+            created: list[str] = []
+            files: list[NewFile] = []
+            for file in staged:
+                if file.writer.commit():
+                    created.append(file.writer.finish())
+                files.append(NewFile(file.name, file.writer.finish(), file.declared, file.password))
+            try:
+                view = self._runtime.submit(
+                    files,
+                    name=spec.name,
+                    policy=spec.policy,
+                    labels=spec.labels,
+                    owner=owner,
+                    idempotency_key=spec.idempotency_key,
+                )
+            except BaseException:
+                self._release_unused(created)
+                raise
+            if _contents(view.files) != _contents(files):
+                # The key named an earlier batch of other files: refuse, keep nothing new.
+                self._release_unused(created)
+                raise WireError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "This idempotency key was already used for a batch of other files. Use a "
+                    "new key for a new batch.",
+                    metadata={"batch_id": view.batch.batch_id},
+                )
+            return view
+
+    def _release_unused(self, digests: Iterable[str]) -> None:
+        for digest in set(digests):
+            if not self._store.blob_in_use(digest):
+                self._blobs.delete(digest)
+
+
+class _Content(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def blob(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+def _contents(files: Iterable[_Content]) -> list[tuple[str, str, int]]:
+    return [(f.name, f.blob, f.size) for f in files]
+
+
+def _storage_error(exc: OSError) -> WireError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WireError(
+            _EXHAUSTED,
+            "STORAGE_FULL",
+            "The service has no room left for uploads. Try again later or upload less.",
+            retry_after=60.0,
+        )
+    return WireError(
+        grpc.StatusCode.UNAVAILABLE,
+        "STORAGE_UNAVAILABLE",
+        "The service could not store the upload. Try again shortly.",
+        retry_after=5.0,
+    )

@@ -1,0 +1,288 @@
+"""``WatchBatch``: every committed event to every watcher, never slowing the store down.
+
+The hub listens to the store. Its listener only appends to each watcher's bounded queue
+and returns; when a watcher's queue is full the watcher is flagged as overflowed and its
+queue dropped, and it catches up by re-reading the store's events after the last one it
+sent. So a slow or stalled watcher costs the batch nothing, and still misses nothing.
+
+A watcher registers before it reads the store, so an event committed while it reads is
+either in what it read or in its queue (or both: duplicates are dropped by sequence).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+import grpc
+
+from actors.model import BatchEvent, BatchState, BatchView
+from actors.refusals import BatchNotFound
+from actors.store import Store
+from server.errors import WireError, service_closing
+
+__all__ = ["WatchHub", "WatchItem", "WatchSession"]
+
+WatchItem = BatchView | BatchEvent
+"""What a watch yields: a snapshot of the batch, or one event."""
+
+
+def _expired(after: int) -> WireError:
+    return WireError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WATCH_HISTORY_EXPIRED",
+        f"Events after sequence {after} are no longer kept. Read the batch again (watch "
+        "from sequence 0 for a fresh snapshot).",
+        metadata={"after_sequence": str(after)},
+    )
+
+
+class _Watcher:
+    """One watcher's queue; filled by the store's listener, drained by the watch."""
+
+    def __init__(self, batch_id: str, capacity: int) -> None:
+        self.batch_id = batch_id
+        self._capacity = capacity
+        self._changed = threading.Condition()
+        self._queue: deque[BatchEvent] = deque()
+        self._overflowed = False
+        self._stopped = False
+        self._stop_error: BaseException | None = None
+
+    def offer(self, event: BatchEvent) -> None:
+        """Queue ``event``, or flag the overflow; never waits for the watcher."""
+        with self._changed:
+            if self._stopped or self._overflowed:
+                return
+            if len(self._queue) >= self._capacity:
+                self._overflowed = True
+                self._queue.clear()
+            else:
+                self._queue.append(event)
+            self._changed.notify()
+
+    def stop(self, error: BaseException | None) -> None:
+        """End the watch: quietly (``None``), or with ``error``. The first call wins."""
+        with self._changed:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop_error = error
+            self._changed.notify()
+
+    def idle(self) -> bool:
+        """Whether nothing is queued."""
+        with self._changed:
+            return not self._queue and not self._overflowed
+
+    def take(self, timeout: float) -> tuple[list[BatchEvent], bool] | None:
+        """Wait up to ``timeout`` for events; ``None`` once stopped.
+
+        Returns:
+            The queued events and whether some were dropped since the last take.
+
+        Raises:
+            BaseException: The error the watch was stopped with.
+        """
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._stopped or self._overflowed or bool(self._queue), timeout
+            )
+            if self._stopped:
+                if self._stop_error is not None:
+                    raise self._stop_error
+                return None
+            events = list(self._queue)
+            self._queue.clear()
+            overflowed, self._overflowed = self._overflowed, False
+            return events, overflowed
+
+
+class WatchHub:
+    """Fans the store's events out to the open watches.
+
+    Args:
+        store: The events' source; subscribed to at once, until :meth:`close`.
+        queue_size: Events buffered per watcher before it falls back to the store.
+        max_watchers: Open watches allowed; more are refused with ``RESOURCE_EXHAUSTED``.
+        liveness_interval: Seconds an idle watch waits before checking that its batch
+            still exists. Default 2.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_size: int = 256,
+        max_watchers: int = 64,
+        liveness_interval: float = 2.0,
+    ) -> None:
+        self.store = store
+        self._queue_size = queue_size
+        self._max_watchers = max_watchers
+        self.liveness_interval = liveness_interval
+        self._lock = threading.Lock()
+        self._watchers: dict[str, set[_Watcher]] = {}
+        self._count = 0
+        self._closed = False
+        self._unsubscribe = store.subscribe(self._on_event)
+
+    def open(self, batch_id: str, after_sequence: int, *, follow: bool) -> WatchSession:
+        """Register a watch; iterate the result to stream it.
+
+        Raises:
+            WireError: Too many watches are open.
+            ServiceClosing: The hub is closed.
+        """
+        watcher = _Watcher(batch_id, self._queue_size)
+        with self._lock:
+            if self._closed:
+                raise service_closing()
+            if self._count >= self._max_watchers:
+                raise WireError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_WATCHERS",
+                    "Too many watches are open on this server; try again shortly.",
+                    retry_after=5.0,
+                )
+            self._watchers.setdefault(batch_id, set()).add(watcher)
+            self._count += 1
+        return WatchSession(self, watcher, after_sequence, follow=follow)
+
+    def batch_deleted(self, batch_id: str) -> None:
+        """End every watch of the batch with ``NOT_FOUND``."""
+        with self._lock:
+            watchers = list(self._watchers.get(batch_id, ()))
+        for watcher in watchers:
+            watcher.stop(BatchNotFound("The batch was deleted."))
+
+    def close(self) -> None:
+        """Stop listening; end every watch with ``UNAVAILABLE`` so clients resume elsewhere.
+
+        Idempotent.
+        """
+        with self._lock:
+            self._closed = True
+            watchers = [w for group in self._watchers.values() for w in group]
+        self._unsubscribe()
+        for watcher in watchers:
+            watcher.stop(service_closing())
+
+    @property
+    def open_watches(self) -> int:
+        """How many watches are registered."""
+        with self._lock:
+            return self._count
+
+    def _remove(self, watcher: _Watcher) -> None:
+        with self._lock:
+            group = self._watchers.get(watcher.batch_id)
+            if group is None or watcher not in group:
+                return
+            group.discard(watcher)
+            self._count -= 1
+            if not group:
+                del self._watchers[watcher.batch_id]
+
+    def _on_event(self, event: BatchEvent) -> None:
+        with self._lock:
+            watchers = tuple(self._watchers.get(event.batch_id, ()))
+        for watcher in watchers:
+            watcher.offer(event)
+
+
+class WatchSession:
+    """One ``WatchBatch`` call. Iterate it once; :meth:`cancel` ends it from any thread."""
+
+    def __init__(self, hub: WatchHub, watcher: _Watcher, after: int, *, follow: bool) -> None:
+        self._hub = hub
+        self._watcher = watcher
+        self._after = after
+        self._follow = follow
+        self._last = 0
+        self._state: BatchState | None = None
+
+    def cancel(self) -> None:
+        """End the watch quietly (the client went away). Idempotent."""
+        self._watcher.stop(None)
+        self._hub._remove(self._watcher)
+
+    def __iter__(self) -> Iterator[WatchItem]:
+        try:
+            yield from self._start()
+            while not self._done():
+                taken = self._watcher.take(self._hub.liveness_interval)
+                if taken is None:
+                    return
+                events, overflowed = taken
+                if not events and not overflowed:
+                    self._check_exists()
+                    continue
+                yield from self._send(self._catch_up(events, overflowed))
+        finally:
+            self.cancel()
+
+    def _start(self) -> Iterator[WatchItem]:
+        store = self._hub.store
+        batch_id = self._watcher.batch_id
+        view = store.load(batch_id)
+        if view is None:
+            raise BatchNotFound("No batch with this id exists.")
+        current = view.batch.sequence
+        if self._after < 0:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_SEQUENCE",
+                "after_sequence cannot be negative.",
+            )
+        if self._after > current:
+            raise WireError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                "WATCH_SEQUENCE_AHEAD",
+                f"The batch's last event is {current}; resume after a sequence you received.",
+                metadata={"sequence": str(current)},
+            )
+        if self._after == 0:
+            self._last, self._state = current, view.batch.state
+            yield view
+            return
+        oldest = store.oldest_sequence(batch_id)
+        if oldest is None:
+            raise BatchNotFound("No batch with this id exists.")
+        if self._after + 1 < oldest:
+            raise _expired(self._after)
+        self._last, self._state = self._after, view.batch.state
+        yield from self._send(self._read(self._after))
+
+    def _done(self) -> bool:
+        """Whether the batch is settled and every event up to that was sent."""
+        return (
+            not self._follow
+            and self._state is not None
+            and self._state.terminal
+            and self._watcher.idle()
+        )
+
+    def _send(self, events: list[BatchEvent]) -> Iterator[BatchEvent]:
+        for event in events:
+            self._last, self._state = event.sequence, event.batch_state
+            yield event
+
+    def _catch_up(self, queued: list[BatchEvent], overflowed: bool) -> list[BatchEvent]:
+        """The events after the last one sent, without gaps or repeats."""
+        fresh = [e for e in queued if e.sequence > self._last]
+        contiguous = all(e.sequence == self._last + i for i, e in enumerate(fresh, start=1))
+        if overflowed or not contiguous:
+            return self._read(self._last)
+        return fresh
+
+    def _read(self, after: int) -> list[BatchEvent]:
+        events = self._hub.store.events_after(self._watcher.batch_id, after)
+        if events and events[0].sequence != after + 1:
+            raise _expired(after)
+        return events
+
+    def _check_exists(self) -> None:
+        if self._hub.store.oldest_sequence(self._watcher.batch_id) is None:
+            raise BatchNotFound("The batch was deleted.")

@@ -1,0 +1,273 @@
+"""The wire layer's pieces on their own: conversions, pages, settings, and the storage
+additions it relies on (streamed blob writes, bounded event history, blob references)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+
+from actors.blobs import BlobStore, BlobWriter
+from actors.errors import ErrorCode
+from actors.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    DocumentInfo,
+    ExtractionResult,
+    FileError,
+    FileRecord,
+    FileState,
+)
+from actors.policy import BatchPolicy
+from actors.refusals import InvalidRequest, RetryRefused
+from actors.store import MemoryStore
+from server import convert
+from server.errors import WireError, status_of
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.paging import list_page
+from server.settings import ServerSettings
+
+# Streamed blobs ---------------------------------------------------------------------
+
+
+def test_a_streamed_blob_is_invisible_until_committed(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    with blobs.writer() as writer:
+        writer.write(b"%PDF-")
+        writer.write(b"1.7")
+        digest = writer.finish()
+        assert digest == hashlib.sha256(b"%PDF-1.7").hexdigest()
+        assert writer.size == 8
+        assert not blobs.exists(digest)
+        assert writer.commit() is True
+    assert blobs.path(digest).read_bytes() == b"%PDF-1.7"
+    assert [p.name for p in tmp_path.rglob(".incoming-*")] == []
+
+
+def test_committing_bytes_already_stored_creates_nothing(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    digest = blobs.put(b"same")
+    with blobs.writer() as writer:
+        writer.write(b"same")
+        assert writer.commit() is False
+    assert blobs.exists(digest)
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 1
+
+
+def test_an_abandoned_writer_leaves_no_file(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+
+    def broken_upload() -> None:
+        with blobs.writer() as writer:
+            writer.write(b"half")
+            written.append(writer)
+            raise RuntimeError("stream broke off")
+
+    written: list[BlobWriter] = []
+    with pytest.raises(RuntimeError):
+        broken_upload()
+    writer = written[0]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(b"more")
+
+
+def test_a_crash_mid_write_is_swept_at_start(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    writer = blobs.writer()
+    writer.write(b"left behind by a crash")
+    assert BlobStore(tmp_path).sweep_temp() == 1
+    writer.abort()
+
+
+# Store additions --------------------------------------------------------------------
+
+
+def _view(batch_id: str, blob: str) -> BatchView:
+    return BatchView(
+        BatchRecord(batch_id, "", BatchPolicy(), BatchState.PENDING, 0.0, 0.0),
+        (FileRecord("f1", "a.pdf", blob, 1),),
+    )
+
+
+def test_bounded_history_reports_its_oldest_sequence() -> None:
+    from actors.book import BatchBook
+
+    store = MemoryStore(max_events_per_batch=2)
+    view = _view("b", "0" * 64)
+    store.create_batch(view)
+    assert store.oldest_sequence("b") == 1
+    assert store.oldest_sequence("nope") is None
+    book = BatchBook(view)
+    book.set_batch(BatchState.RUNNING, 1.0)
+    book.set_file("f1", FileState.RUNNING, 1.0)
+    book.set_file("f1", FileState.SUCCEEDED, 2.0)
+    store.commit(book.take_changes(), {})
+
+    assert store.oldest_sequence("b") == 2
+    assert [e.sequence for e in store.events_after("b", 1)] == [2, 3]
+
+
+def test_blob_in_use_follows_the_batches_that_refer_to_it() -> None:
+    store = MemoryStore()
+    store.create_batch(_view("b1", "a" * 64))
+    assert store.blob_in_use("a" * 64)
+    assert not store.blob_in_use("b" * 64)
+    store.delete_batch("b1")
+    assert not store.blob_in_use("a" * 64)
+
+
+# Conversions ------------------------------------------------------------------------
+
+
+def test_a_file_record_converts_with_attempts_and_error() -> None:
+    record = FileRecord(
+        "f1",
+        "a.pdf",
+        "c" * 64,
+        42,
+        state=FileState.BACKOFF,
+        attempts=(
+            Attempt(
+                1,
+                10.0,
+                ended_at=11.5,
+                outcome=AttemptOutcome.FAILED,
+                code=ErrorCode.WORKER_CRASHED,
+                worker_pid=77,
+                retry_delay=0.25,
+            ),
+        ),
+        next_attempt_at=11.75,
+        error=FileError.of(ErrorCode.WORKER_CRASHED, 11.5),
+    )
+
+    message = convert.file_to_proto(record)
+
+    assert message.state == pb.FILE_STATE_BACKOFF
+    assert message.attempt_count == 1
+    attempt = message.attempts[0]
+    assert (attempt.number, attempt.worker_pid, attempt.code) == (1, 77, "WORKER_CRASHED")
+    assert attempt.outcome == pb.ATTEMPT_OUTCOME_FAILED
+    assert attempt.end_time.ToMilliseconds() - attempt.start_time.ToMilliseconds() == 1500
+    assert attempt.retry_delay.ToMilliseconds() == 250
+    assert message.next_attempt_time.ToMilliseconds() == 11750
+    assert (message.error.code, message.error.retryable) == ("WORKER_CRASHED", True)
+
+
+def test_a_policy_survives_the_round_trip() -> None:
+    policy = BatchPolicy.model_validate(
+        {
+            "retry": {"max_attempts": 7, "jitter": "none", "non_retryable_codes": ["INTERNAL"]},
+            "tolerated_failures": {"max_failed_percent": 12.5},
+            "restart_intensity": {"within_seconds": 30},
+        }
+    )
+
+    assert convert.policy_from_proto(convert.policy_to_proto(policy)) == policy
+    assert convert.policy_from_proto(pb.BatchPolicy()) == BatchPolicy()
+
+
+def test_policy_violations_name_proto_fields() -> None:
+    message = pb.BatchPolicy()
+    message.restart_intensity.within.FromSeconds(0)
+    message.retry.jitter = 9  # type: ignore[assignment]
+
+    with pytest.raises(WireError) as raised:
+        convert.policy_from_proto(message, "spec.policy")
+
+    assert raised.value.violations[0].field == "spec.policy.retry.jitter"
+    message.ClearField("retry")
+    with pytest.raises(WireError) as raised:
+        convert.policy_from_proto(message, "spec.policy")
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("spec.policy.restart_intensity.within", "Input should be greater than 0")
+    ]
+
+
+def test_a_long_page_is_sent_in_pieces_that_fit_a_message() -> None:
+    text = "é" * (convert.PAGE_PIECE_CHARS * 2 + 5)
+    result = ExtractionResult(2, False, DocumentInfo(title="T"), (text, ""))
+    record = FileRecord("f1", "a.pdf", "c" * 64, 1)
+
+    chunks = list(convert.result_chunks("b", record, result))
+
+    assert chunks[0].metadata.info.title == "T"
+    assert not chunks[0].metadata.info.HasField("author")
+    pages = [c.page for c in chunks[1:]]
+    assert [p.page_number for p in pages] == [1, 1, 1, 2]
+    assert "".join(p.text for p in pages[:3]) == text
+    assert pages[3].text == ""
+    assert max(c.ByteSize() for c in chunks) < 4 * 1024 * 1024
+
+
+# Errors -----------------------------------------------------------------------------
+
+
+def test_refusals_map_to_codes_with_rich_details() -> None:
+    invalid = status_of(InvalidRequest("Bad name.", field="name"))
+    assert invalid.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [d.type_url.rsplit(".", 1)[1] for d in invalid.details] == [
+        "ErrorInfo",
+        "LocalizedMessage",
+        "BadRequest",
+    ]
+    cancelling = status_of(RetryRefused("Wait.", reason="BATCH_CANCELLING"))
+    assert cancelling.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert cancelling.details[-1].type_url.endswith("RetryInfo")
+    internal = status_of(KeyError("/srv/secret"))
+    assert internal.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "secret" not in internal.message
+
+
+# Pages and settings -----------------------------------------------------------------
+
+
+def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
+    store = MemoryStore()
+    for n in range(5):
+        view = _view(f"b{n}", "a" * 64)
+        store.create_batch(
+            BatchView(
+                BatchRecord(f"b{n}", "", BatchPolicy(), BatchState.PENDING, float(n), 0.0),
+                view.files,
+            )
+        )
+    first, token = list_page(store, 2, "", set())
+    store.create_batch(
+        BatchView(
+            BatchRecord("new", "", BatchPolicy(), BatchState.PENDING, 99.0, 0.0), first[0].files
+        )
+    )
+    second, token = list_page(store, 2, token, set())
+    third, token = list_page(store, 2, token, set())
+
+    listed = [v.batch.batch_id for v in (*first, *second, *third)]
+    assert listed == ["b4", "b3", "b2", "b1", "b0"]
+    assert token == ""
+    with pytest.raises(WireError, match="page token"):
+        list_page(store, 2, "eyJ0IjogMX0=", set())
+
+
+def test_settings_come_from_the_environment_and_flags_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDFBATCH_ADDRESS", "0.0.0.0:6000")
+    monkeypatch.setenv("PDFBATCH_MAX_FILE_BYTES", "1234")
+    monkeypatch.setenv("PDFBATCH_WORKERS", "3")
+
+    settings = ServerSettings()
+    assert (settings.address, settings.workers, settings.limits.max_file_bytes) == (
+        "0.0.0.0:6000",
+        3,
+        1234,
+    )
+    assert ServerSettings(address="127.0.0.1:1").address == "127.0.0.1:1"
+    assert settings.threads == settings.max_watchers + 32
+    with pytest.raises(ValueError, match="rpc_threads must be more than max_watchers"):
+        ServerSettings(rpc_threads=8, max_watchers=8)
