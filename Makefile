@@ -9,15 +9,19 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
+
+## demo: start the service on a fresh data directory and run a demo batch through it.
+demo: $(STAMP)
+	$(BIN)/python -m bench.demo
 
 ## test: lint, type-check and run the whole test suite (what CI runs).
 test: lint typecheck protos-check pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check actors server tests
-	$(BIN)/ruff format --check actors server tests
+	$(BIN)/ruff check actors server tests bench
+	$(BIN)/ruff format --check actors server tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -42,6 +42,14 @@ __all__ = ["NewFile", "Runtime", "validate_file_name"]
 log = structlog.get_logger(__name__)
 
 MAX_NAME_CHARS = 255
+_STATE_PHRASES = {
+    FileState.PENDING: "is waiting to be processed",
+    FileState.RUNNING: "is being processed",
+    FileState.BACKOFF: "is waiting to be retried",
+    FileState.SUCCEEDED: "succeeded but its result is missing",
+    FileState.FAILED: "failed",
+    FileState.CANCELLED: "was cancelled",
+}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -270,7 +278,7 @@ class Runtime:
         result = self.store.load_result(batch_id, file_id)
         if record.state is not FileState.SUCCEEDED or result is None:
             raise ResultNotAvailable(
-                f"The file is {record.state.value.lower()}; only succeeded files have results.",
+                f"The file {_STATE_PHRASES[record.state]}; only succeeded files have results.",
                 file_id=file_id,
             )
         return result

@@ -1,0 +1,1 @@
+"""Benchmarks, the demo, and the sample PDFs both use."""

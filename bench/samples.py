@@ -1,0 +1,64 @@
+"""Sample PDFs made on the spot: real, small, and (on request) broken or encrypted.
+
+Used by the demo, the benchmarks and the tests, so that none of them needs files from
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+from pypdf import PdfWriter
+from pypdf.generic import ContentStream, DictionaryObject, NameObject
+
+__all__ = ["encrypted_pdf", "not_a_pdf", "text_pdf", "truncated_pdf"]
+
+
+def text_pdf(*texts: str, padding: int = 0, password: str | None = None) -> bytes:
+    """A PDF with one page per text, in Helvetica.
+
+    Args:
+        texts: One page each; ASCII without parentheses or backslashes.
+        padding: Random bytes attached to the file, to make it bigger.
+        password: Encrypt with AES-256 and this user password.
+    """
+    writer = PdfWriter()
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    for text in texts:
+        page = writer.add_blank_page(width=300, height=200)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        stream = ContentStream(None, None)
+        stream.set_data(f"BT /F1 12 Tf 20 100 Td ({text}) Tj ET".encode())
+        page.replace_contents(stream)
+    writer.add_metadata({"/Title": texts[0] if texts else "", "/Producer": "pdfbatch samples"})
+    if padding:
+        writer.add_attachment("padding.bin", os.urandom(padding))
+    if password is not None:
+        writer.encrypt(user_password=password, owner_password="owner", algorithm="AES-256")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def encrypted_pdf(password: str, text: str = "A protected page") -> bytes:
+    """A one-page PDF that opens only with ``password``."""
+    return text_pdf(text, password=password)
+
+
+def truncated_pdf() -> bytes:
+    """A PDF cut off after its header and part of its first object."""
+    return text_pdf("This file was cut short")[:120]
+
+
+def not_a_pdf() -> bytes:
+    """A text file that someone named ``.pdf``."""
+    return b"Meeting notes, not a PDF at all.\n"
