@@ -81,8 +81,10 @@ class BatchBook:
         """A snapshot of the batch and its files."""
         return BatchView(self._batch, tuple(self._files.values()))
 
-    def set_file(self, file_id: str, state: FileState, now: float, **changes: Any) -> FileRecord:
-        """Move a file to ``state``, applying ``changes`` to its record, and log the event.
+    def set_file(
+        self, file_id: str, state: FileState, now: float, reason: str = "", **changes: Any
+    ) -> FileRecord:
+        """Move a file to ``state`` for ``reason``, applying ``changes``; log the event.
 
         Raises:
             IllegalTransitionError: The state machine does not allow the move.
@@ -94,7 +96,7 @@ class BatchBook:
         self._dirty[file_id] = updated
         self._counts[current.state] -= 1
         self._counts[state] += 1
-        self._announce(now, file=updated)
+        self._announce(now, file=updated, reason=reason, previous=current.state)
         return updated
 
     def set_batch(self, state: BatchState, now: float, reason: str = "") -> None:
@@ -103,9 +105,10 @@ class BatchBook:
         Raises:
             IllegalTransitionError: The state machine does not allow the move.
         """
-        check_batch_transition(self._batch.state, state)
+        previous = self._batch.state
+        check_batch_transition(previous, state)
         self._batch = dataclasses.replace(self._batch, state=state, reason=reason)
-        self._announce(now, reason=reason)
+        self._announce(now, reason=reason, previous=previous)
 
     def take_changes(self) -> Changes:
         """Hand over every change since the last call."""
@@ -114,7 +117,14 @@ class BatchBook:
         self._events.clear()
         return changes
 
-    def _announce(self, now: float, file: FileRecord | None = None, reason: str = "") -> None:
+    def _announce(
+        self,
+        now: float,
+        *,
+        file: FileRecord | None = None,
+        reason: str,
+        previous: FileState | BatchState,
+    ) -> None:
         sequence = self._batch.sequence + 1
         self._batch = dataclasses.replace(self._batch, sequence=sequence, updated_at=now)
         self._events.append(
@@ -125,5 +135,6 @@ class BatchBook:
                 batch_state=self._batch.state,
                 file=file,
                 reason=reason,
+                previous_state=previous,
             )
         )

@@ -238,6 +238,9 @@ class BatchRecord:
         owner: Who submitted it.
         idempotency_key: The submitter's key; the same key from the same owner names
             the same batch.
+        bytes_released_at: When retention removed the batch's uploaded bytes (its
+            files can no longer be retried); ``None`` while they are kept. Set by the
+            store only, never by the batch's supervisor.
     """
 
     batch_id: str
@@ -251,6 +254,7 @@ class BatchRecord:
     labels: Mapping[str, str] = field(default_factory=dict)
     owner: str = ""
     idempotency_key: str = ""
+    bytes_released_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +285,9 @@ class BatchEvent:
         at: When the change happened.
         batch_state: The batch's state after the change.
         file: The changed file's new record, for file changes.
-        reason: Why, for batch changes that have one.
+        reason: Why, in words for people (never an exception's text).
+        previous_state: The state the file or the batch left (the batch's for batch
+            changes, the file's for file changes).
     """
 
     sequence: int
@@ -290,6 +296,7 @@ class BatchEvent:
     batch_state: BatchState
     file: FileRecord | None = None
     reason: str = ""
+    previous_state: FileState | BatchState | None = None
 
 
 @dataclass(frozen=True, slots=True)

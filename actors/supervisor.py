@@ -118,6 +118,8 @@ class BatchSupervisor(pykka.ThreadingActor):
                     record.file_id,
                     FileState.PENDING,
                     now,
+                    f"attempt {len(record.attempts)} was cut short by a restart; it does "
+                    "not count as a failure",
                     attempts=self._end_last(
                         record.file_id, record.attempts, now, AttemptOutcome.INTERRUPTED
                     ),
@@ -218,6 +220,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             file_id,
             FileState.SUCCEEDED,
             now,
+            f"attempt {len(record.attempts)} succeeded",
             attempts=self._end_last(
                 file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
             ),
@@ -256,6 +259,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 file_id,
                 FileState.FAILED,
                 now,
+                _give_up_reason(len(attempts), report.code, decision.reason),
                 attempts=attempts,
                 round_failures=failures,
                 error=error,
@@ -284,6 +288,8 @@ class BatchSupervisor(pykka.ThreadingActor):
             file_id,
             FileState.BACKOFF,
             now,
+            f"attempt {len(attempts)} failed with {report.code.value}; next attempt in "
+            f"{decision.delay:.3g} s",
             attempts=attempts,
             round_failures=failures,
             next_attempt_at=now + decision.delay,
@@ -299,6 +305,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             file_id,
             FileState.CANCELLED,
             now,
+            f"attempt {len(record.attempts)} was stopped: {self._stop_cause()}",
             attempts=self._end_last(
                 file_id, record.attempts, now, AttemptOutcome.CANCELLED, code=ErrorCode.CANCELLED
             ),
@@ -346,6 +353,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             file_id,
             FileState.RUNNING,
             now,
+            f"attempt {number} started",
             attempts=(*record.attempts, Attempt(number=number, started_at=now)),
             next_attempt_at=None,
         )
@@ -382,7 +390,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             self._start_attempt(file_id, now)
         else:
             # It has waited its backoff already: first in line for the next slot.
-            self._book.set_file(file_id, FileState.PENDING, now)
+            self._book.set_file(file_id, FileState.PENDING, now, "backoff over, waiting for a slot")
             self._ready.appendleft(file_id)
 
     # Cancel and retry --------------------------------------------------------------
@@ -411,6 +419,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                     record.file_id,
                     FileState.CANCELLED,
                     now,
+                    f"cancelled before its next attempt: {self._stop_cause()}",
                     next_attempt_at=None,
                     error=error,
                 )
@@ -433,6 +442,8 @@ class BatchSupervisor(pykka.ThreadingActor):
                 file_id,
                 FileState.PENDING,
                 now,
+                f"retried by {request.requested_by or 'a client'}"
+                + (" with a new password" if file_id in request.passwords else ""),
                 round_failures=0,
                 manual_retries=record.manual_retries + 1,
                 error=None,
@@ -490,6 +501,12 @@ class BatchSupervisor(pykka.ThreadingActor):
         return list(dict.fromkeys(file_ids))
 
     # Helpers -----------------------------------------------------------------------
+
+    def _stop_cause(self) -> str:
+        batch = self._book.batch
+        if batch.state is BatchState.CANCELLING:
+            return batch.reason or "the batch was cancelled"
+        return "the batch failed fast"
 
     def _idle(self) -> bool:
         return self._book.batch.state.terminal and not self._children and not self._backoffs
@@ -560,3 +577,14 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _now(self) -> float:
         return self._deps.scheduler.now()
+
+
+def _give_up_reason(attempt: int, code: ErrorCode, why: GiveUpReason) -> str:
+    failed = f"attempt {attempt} failed with {code.value}"
+    match why:
+        case GiveUpReason.NOT_RETRYABLE:
+            return f"{failed}, which another attempt cannot fix"
+        case GiveUpReason.ATTEMPTS_EXHAUSTED:
+            return f"{failed}; no automatic attempts left"
+        case GiveUpReason.RESTART_INTENSITY_EXCEEDED:
+            return f"{failed}; the batch stopped restarting files"

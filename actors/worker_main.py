@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -57,6 +58,7 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 MAX_DETAIL_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 8_000
 _PR_SET_PDEATHSIG = 1
 
 Processor = Callable[..., ExtractionResult]
@@ -238,7 +240,8 @@ def _failure(exc: BaseException) -> WorkerFailed:
     return WorkerFailed(
         code=code,
         exception_type=type(exc).__name__,
-        detail=_describe(exc),
+        # An error nobody classified is a bug to fix: its engineers need the traceback.
+        detail=_traceback(exc) if code is ErrorCode.INTERNAL else _describe(exc),
         # A heap that ran out may be fragmented or half-built: start afresh.
         worker_exiting=code is ErrorCode.MEMORY_LIMIT_EXCEEDED,
     )
@@ -250,6 +253,15 @@ def _encoded(reply: WorkerReply) -> tuple[WorkerReply, bytes]:
     except BaseException as exc:  # noqa: BLE001 (a result too big to encode fails its attempt)
         failure = _failure(exc)
         return failure, encode_reply(failure)
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 (a broken __str__ must not hide the failure)
+        return _describe(exc)
+    # The innermost frames say most; keep the end.
+    return text[-MAX_TRACEBACK_CHARS:]
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from actors.errors import user_text
 from actors.refusals import InvalidRequest, Refusal, ServiceClosing
 
 __all__ = [
@@ -78,6 +79,8 @@ class WireError(Exception):
         retry_after: float | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        # Refusals may quote the caller's own ids: one line, capped, like every message.
+        message = user_text(message)
         super().__init__(message)
         self.code = code
         self.reason = reason

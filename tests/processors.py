@@ -60,6 +60,12 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
             raise PdfReadError("scripted permanent failure")
         case "bug":
             raise ValueError("a bug in our own code")
+        case "raise":
+            # ``raise:Type:text``: an exception of a chosen type carrying ``text``.
+            kind, _, text = argument.partition(":")
+            raise {"PdfReadError": PdfReadError, "ValueError": ValueError, "OSError": OSError}[
+                kind
+            ](text)
         case "hang":
             threading.Event().wait()
         case "sleep":

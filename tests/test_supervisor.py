@@ -233,3 +233,33 @@ def test_events_count_up_without_gaps(h: Harness) -> None:
     sequences = [e.sequence for e in h.store.events_after(batch_id, 0)]
     assert sequences == list(range(1, len(sequences) + 1))
     assert h.store.load(batch_id).batch.sequence == sequences[-1]  # type: ignore[union-attr]
+
+
+def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
+    policy = BatchPolicy(retry=RetryPolicy(max_attempts=2, jitter="none", initial_backoff=4))
+    batch_id = h.runtime.submit(h.files(b"crash-until:2"), policy=policy).batch.batch_id
+    h.waiter.until(batch_id, _in_state(FileState.BACKOFF))  # type: ignore[arg-type]
+    h.clock.advance(4)
+    h.settled(batch_id)
+    history = [
+        (e.previous_state, e.file.state, e.reason)
+        for e in h.store.events_after(batch_id, 0)
+        if e.file is not None
+    ]
+    assert history == [
+        (FileState.PENDING, FileState.RUNNING, "attempt 1 started"),
+        (
+            FileState.RUNNING,
+            FileState.BACKOFF,
+            "attempt 1 failed with WORKER_CRASHED; next attempt in 4 s",
+        ),
+        (FileState.BACKOFF, FileState.RUNNING, "attempt 2 started"),
+        (FileState.RUNNING, FileState.SUCCEEDED, "attempt 2 succeeded"),
+    ]
+    batch_changes = [
+        (e.previous_state, e.batch_state) for e in h.store.events_after(batch_id, 0) if not e.file
+    ]
+    assert batch_changes == [
+        (BatchState.PENDING, BatchState.RUNNING),
+        (BatchState.RUNNING, BatchState.SUCCEEDED),
+    ]
