@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
@@ -51,7 +52,7 @@ from actors.worker_main import (
     remove_tree,
 )
 
-__all__ = ["DEFAULT_MEMORY_LIMIT_BYTES", "DEFAULT_PROCESSOR", "WorkerPool"]
+__all__ = ["DEFAULT_MEMORY_LIMIT_BYTES", "DEFAULT_PROCESSOR", "PoolStats", "WorkerPool"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,15 @@ REAP_TIMEOUT = 5.0
 RESTART_BACKOFF = 1.0
 # How often the monitor checks that the interpreter is not shutting down around it.
 _TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A moment's view of the pool, for metrics."""
+
+    workers: int
+    busy: int
+    queued: int
 
 
 class _State(enum.Enum):
@@ -271,6 +281,15 @@ class WorkerPool:
         for claimed, worker in zip(running, victims, strict=True):
             if claimed is not None:
                 claimed.deliver_done(AttemptFailure(code, worker.pid))
+
+    def stats(self) -> PoolStats:
+        """Workers alive, busy, and attempts waiting for one, right now."""
+        with self._lock:
+            return PoolStats(
+                workers=len(self._workers),
+                busy=sum(1 for worker in self._workers if worker.task is not None),
+                queued=sum(1 for attempt in self._queue if attempt.state is _State.QUEUED),
+            )
 
     def pids(self) -> list[int]:
         """The pids of the workers in the pool right now."""

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from concurrent import futures
 from types import FrameType
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from actors.blobs import BlobStore
 from actors.clock import ThreadScheduler
@@ -29,12 +30,13 @@ from actors.runtime import Runtime
 from actors.store import MemoryStore, Store
 from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
+from server.metrics import ServiceMetrics
 from server.servicer import BatchServicer
 from server.settings import ServerSettings
 from server.upload import Uploads
 from server.watch import WatchHub
 
-__all__ = ["SERVICE_NAME", "Service", "configure_logging", "serve"]
+__all__ = ["SERVICE_NAME", "Service", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +67,7 @@ class Service:
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
         self._stopping = False
+        self._metrics_http: tuple[Any, threading.Thread] | None = None
         with contextlib.ExitStack() as undo:
             data = settings.data_dir
             (data / "work").mkdir(parents=True, exist_ok=True)
@@ -96,6 +99,7 @@ class Service:
             undo.callback(self.hub.close)
             uploads = Uploads(self.runtime, self.store, self.blobs, settings.limits)
             self.servicer = BatchServicer(self.runtime, self.store, uploads, self.hub)
+            self.metrics_address = self._start_metrics(undo)
             self.health = health.HealthServicer()
             self.server = self._build_server()
             undo.callback(self._rpc_threads.shutdown)
@@ -104,6 +108,27 @@ class Service:
             if self.port == 0:
                 raise RuntimeError(f"cannot listen on {settings.address}")
             undo.pop_all()
+
+    def _start_metrics(self, undo: contextlib.ExitStack) -> str | None:
+        """Serve Prometheus metrics if asked to; returns ``host:port`` or ``None``."""
+        port = self.settings.metrics_port
+        if port is None:
+            return None
+        metrics = ServiceMetrics(self.store, self.pool, lambda: self.hub.open_watches)
+        undo.callback(self.store.subscribe(metrics.observe))
+        host = self.settings.address.rpartition(":")[0].strip("[]")
+        httpd, thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self._metrics_http = (httpd, thread)
+        undo.callback(self._stop_metrics)
+        return f"{host}:{httpd.server_port}"
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_http is not None:
+            httpd, thread = self._metrics_http
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+            self._metrics_http = None
 
     def _build_server(self) -> grpc.Server:
         self._rpc_threads = futures.ThreadPoolExecutor(
@@ -155,6 +180,7 @@ class Service:
             steps.callback(log.info, "stopped")
             steps.callback(self.scheduler.close)
             steps.callback(self.pool.close)
+            steps.callback(self._stop_metrics)
             steps.callback(self.runtime.close)
             steps.callback(self._rpc_threads.shutdown, wait=True)
             steps.callback(lambda: self.server.stop(max(0.0, deadline - time.monotonic())).wait())
@@ -208,11 +234,6 @@ class Service:
                 changed.clear()
         finally:
             unsubscribe()
-
-
-def configure_logging() -> None:
-    """Send the service's structured logs to standard error. Call once, at start."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
 
 def serve(settings: ServerSettings) -> int:

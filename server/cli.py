@@ -78,7 +78,8 @@ def _password_file(text: str) -> tuple[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import configure_logging, serve  # noqa: PLC0415 - only `serve` needs it
+    from server.app import serve  # noqa: PLC0415 - only `serve` needs it
+    from server.logs import configure_logging  # noqa: PLC0415
 
     limits = {
         name: value
@@ -87,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     given = {
         name: value
-        for name in ("address", "data_dir", "workers", "shutdown_grace")
+        for name in ("address", "data_dir", "workers", "shutdown_grace", "metrics_port")
         if (value := getattr(args, name)) is not None
     }
     try:
@@ -268,6 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-bytes", type=int, help="largest batch accepted")
     serve.add_argument("--max-files-per-batch", type=int, help="most files in one batch")
     serve.add_argument("--shutdown-grace", type=float, help="seconds running work gets on stop")
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default off)"
+    )
 
     submit = command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
     submit.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")

@@ -59,6 +59,8 @@ class ServerSettings(BaseSettings):
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
             are stopped. Default 10.
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
+        metrics_port: Serve Prometheus metrics over HTTP on this port, on the host of
+            ``address``. Default ``None``: no metrics endpoint.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -74,6 +76,7 @@ class ServerSettings(BaseSettings):
     rpc_threads: int | None = Field(default=None, ge=2)
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _threads_beyond_watchers(self) -> Self:
