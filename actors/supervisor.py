@@ -226,7 +226,13 @@ class BatchSupervisor(pykka.ThreadingActor):
             ),
             error=None,
         )
-        self._log.info("file_succeeded", file_id=file_id, attempt=len(record.attempts))
+        self._log.info(
+            "file_succeeded",
+            file_id=file_id,
+            attempt=len(record.attempts),
+            duration=now - record.attempts[-1].started_at,
+            worker_pid=report.worker_pid,
+        )
 
     def _fail(self, file_id: str, report: AttemptFailure) -> None:
         now = self._now()
@@ -247,8 +253,9 @@ class BatchSupervisor(pykka.ThreadingActor):
             code=report.code.value,
             exception_type=report.exception_type,
             detail=report.detail,
+            duration=now - record.attempts[-1].started_at,
             worker_pid=report.worker_pid,
-            decision=type(decision).__name__,
+            decision=decision,
         )
         error = FileError.of(report.code, now)
         if isinstance(decision, GiveUp):

@@ -58,9 +58,15 @@ def test_hostile_exception_texts_reach_the_log_but_never_the_user(h: Harness, ki
     shown = [record.error.message, view.batch.reason]
     shown += [e.reason for e in h.store.events_after(batch_id, 0)]
     assert not _leaks(" ".join(shown))
-    logged = [entry for entry in logs if entry["event"] == "file_attempt_failed"]
-    assert logged
-    assert HOSTILE in logged[0]["detail"], "engineers get the whole exception text"
+    (logged,) = [entry for entry in logs if entry["event"] == "file_attempt_failed"]
+    assert HOSTILE in logged["detail"], "engineers get the whole exception text"
+    assert logged["batch_id"] == batch_id
+    assert logged["file_id"] == record.file_id
+    assert logged["attempt"] == 1
+    assert logged["code"] == record.error.code.value
+    assert logged["exception_type"] == kind
+    assert logged["worker_pid"] == record.attempts[0].worker_pid
+    assert logged["duration"] >= 0
 
 
 def test_user_text_is_capped_on_a_character_boundary_and_loses_control_characters() -> None:
