@@ -6,6 +6,7 @@ process or a file in its temp directory is left behind.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,16 @@ import pykka
 import pytest
 
 _GRACE_SECONDS = 5.0
+
+# A local Ray started by a test module binds to loopback only with this setting (despite
+# its name), and must not report usage. Both are read when ray is imported or started.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# Roots of process trees a module-scoped fixture keeps up on purpose (a local Ray): the
+# per-test check leaves them and everything below them alone, and that fixture checks
+# they are all gone when it takes them down.
+exempt_process_roots: set[int] = set()
 
 
 def _stray_threads(before: set[int]) -> list[threading.Thread]:
@@ -35,7 +46,18 @@ def _stray_children() -> list[psutil.Process]:
         for c in me.children()
         if any("forkserver" in part or "resource_tracker" in part for part in _cmdline(c))
     }
-    return [c for c in me.children(recursive=True) if c.pid not in services and _alive(c)]
+    return [
+        c
+        for c in me.children(recursive=True)
+        if c.pid not in services and not _exempt(c) and _alive(c)
+    ]
+
+
+def _exempt(process: psutil.Process) -> bool:
+    try:
+        return any(p.pid in exempt_process_roots for p in (process, *process.parents()))
+    except psutil.Error:
+        return False
 
 
 def _alive(process: psutil.Process) -> bool:
