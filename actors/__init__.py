@@ -23,8 +23,12 @@ from actors.model import (
 )
 from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
 from actors.refusals import Refusal
+from actors.retention import RetentionPolicy
 from actors.runtime import NewFile, Runtime
+from actors.screening import ScreenedExecutor
+from actors.sqlite_store import SQLiteStore
 from actors.store import MemoryStore, Store
+from actors.worker_limits import ProcessLimits
 from actors.worker_pool import WorkerPool
 
 __all__ = [
@@ -49,11 +53,15 @@ __all__ = [
     "MemoryStore",
     "NewFile",
     "PdfLimits",
+    "ProcessLimits",
     "Refusal",
     "RestartIntensity",
+    "RetentionPolicy",
     "RetryPolicy",
     "Runtime",
+    "SQLiteStore",
     "Scheduler",
+    "ScreenedExecutor",
     "Store",
     "ThreadScheduler",
     "WorkerPool",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -16,16 +19,39 @@ from typing import BinaryIO, Self
 __all__ = ["BlobStore", "BlobWriter"]
 
 _TEMP_PREFIX = ".incoming-"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 # Streamed uploads are written here before their digest, and so their place, is known.
 _INCOMING_DIR = "incoming"
 
 
+def _fsync_directory(path: Path) -> None:
+    """Make a name just created or removed in ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class BlobStore:
-    """Content-addressed files under ``root``."""
+    """Content-addressed files under ``root``.
+
+    Attributes:
+        reference_lock: Held by whoever makes a batch refer to blobs (from committing
+            an upload's blobs to submitting its batch) and by whoever deletes blobs no
+            batch refers to, so that a blob found stored is not deleted before the
+            batch that will refer to it is stored.
+    """
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        self.reference_lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
+
+    def _make_parent(self, target: Path) -> None:
+        if not target.parent.is_dir():
+            target.parent.mkdir(exist_ok=True)
+            _fsync_directory(self._root)
 
     def path(self, digest: str) -> Path:
         """Where the blob with ``digest`` lies (whether or not it exists)."""
@@ -39,7 +65,7 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(exist_ok=True)
+        self._make_parent(target)
         fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -50,6 +76,7 @@ class BlobStore:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+        _fsync_directory(target.parent)
         return digest
 
     def exists(self, digest: str) -> bool:
@@ -59,6 +86,14 @@ class BlobStore:
     def delete(self, digest: str) -> None:
         """Remove the blob, if present."""
         self.path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> Iterator[str]:
+        """The digest of every stored blob (temporary files aside), in no order."""
+        for shard in self._root.iterdir():
+            if shard.is_dir() and len(shard.name) == 2:
+                for blob in shard.iterdir():
+                    if _DIGEST.fullmatch(blob.name):
+                        yield blob.name
 
     def writer(self) -> BlobWriter:
         """Start a blob whose bytes arrive in pieces; see :class:`BlobWriter`.
@@ -154,7 +189,7 @@ class BlobWriter:
             raise ValueError("blob writer was already committed or aborted")
         digest = self.finish()
         target = self._store.path(digest)
-        target.parent.mkdir(exist_ok=True)
+        self._store._make_parent(target)
         try:
             # A hard link creates the name only if it is free, so "created" is exact
             # even when another upload of the same bytes commits at the same moment.
@@ -164,6 +199,8 @@ class BlobWriter:
             created = False
         self._settled = True
         self._temp.unlink(missing_ok=True)
+        if created:
+            _fsync_directory(target.parent)
         return created
 
     def abort(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import signal
 import traceback
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
@@ -24,6 +25,7 @@ __all__ = [
     "StorageUnavailableError",
     "WrongPasswordError",
     "classify",
+    "classify_exit",
     "spec_for",
     "user_text",
 ]
@@ -134,7 +136,8 @@ CATALOGUE: MappingProxyType[ErrorCode, ErrorSpec] = MappingProxyType(
                 "This PDF exceeds the service's safety limits (for example a huge "
                 "compressed stream or a very deep structure).",
                 "Simplify or split it.",
-                "A decompression bomb, an oversized stream or an over-deep structure.",
+                "A decompression bomb, an oversized stream, an over-deep structure, or more "
+                "CPU time than one attempt may use.",
             ),
             _spec(
                 _E.PROCESSING_TIMEOUT,
@@ -238,6 +241,11 @@ def classify(exc: BaseException) -> ErrorCode:
     Returns:
         The code; ``ErrorCode.INTERNAL`` for anything not recognised.
     """
+    if isinstance(exc, pdf_errors.PyPdfError) and isinstance(
+        exc.__cause__, RecursionError | MemoryError
+    ):
+        # pypdf re-raises exhaustion while parsing as a plain read error; the cause names it.
+        return classify(exc.__cause__)
     match exc:
         case NotAPdfError():
             return ErrorCode.NOT_A_PDF
@@ -261,3 +269,20 @@ def classify(exc: BaseException) -> ErrorCode:
             return ErrorCode.PDF_MALFORMED
         case _:
             return ErrorCode.INTERNAL
+
+
+def classify_exit(exitcode: int | None) -> ErrorCode:
+    """The code of an attempt whose worker process died before it answered.
+
+    A worker killed by ``SIGXCPU`` used up the CPU time one attempt may have. CPU time,
+    unlike wall-clock time, hardly depends on how busy the machine is, so another
+    attempt would burn the same budget again: the failure is the file's and final
+    (``PDF_LIMIT_EXCEEDED``), where a wall-clock ``PROCESSING_TIMEOUT`` is retried.
+    Any other death is ``WORKER_CRASHED``, which is retried.
+
+    Args:
+        exitcode: The process's exit code; minus the signal's number if one killed it.
+    """
+    if exitcode == -signal.SIGXCPU:
+        return ErrorCode.PDF_LIMIT_EXCEEDED
+    return ErrorCode.WORKER_CRASHED

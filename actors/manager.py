@@ -3,6 +3,8 @@
 It starts a supervisor per batch, finds it again, and restarts it from the batch's
 stored state when it dies of a bug, at most ``intensity.max_restarts`` times within
 ``intensity.within_seconds`` per batch. Past that the batch is failed with a reason.
+With a retention policy it also sweeps, on a timer, what ended batches leave behind:
+here no supervisor can start for a batch while the sweep decides about it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ import pykka
 import structlog
 
 from actors.book import BatchBook
+from actors.clock import Timer
 from actors.errors import ErrorCode, StorageUnavailableError
 from actors.file_actor import tell_if_alive
 from actors.messages import SupervisorFailed, SupervisorRetiring
 from actors.model import BatchState, FileError, FileState
 from actors.policy import RestartIntensity, RestartWindow, RetryPolicy
+from actors.retention import RetentionPolicy, SweepReport, sweep
 from actors.supervisor import BatchSupervisor, SupervisorDeps
 
-__all__ = ["BatchManager", "EnsureSupervisor", "ForgetSupervisor", "ListSupervisors"]
+__all__ = [
+    "BatchManager",
+    "EnsureSupervisor",
+    "ForgetSupervisor",
+    "ListSupervisors",
+    "SweepRetention",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +65,11 @@ class ListSupervisors:
     """Reply with every live supervisor."""
 
 
+@dataclass(frozen=True, slots=True)
+class SweepRetention:
+    """Remove what the retention policy no longer keeps; reply with the sweep's report."""
+
+
 class BatchManager(pykka.ThreadingActor):
     """Creates, finds and restarts batch supervisors.
 
@@ -62,17 +77,32 @@ class BatchManager(pykka.ThreadingActor):
         deps: Handed to every supervisor.
         intensity: Restarts of one batch's supervisor allowed within a window.
         backoff: Delays between repeated restarts (the first one is immediate).
+        retention: Sweep every ``retention.sweep_interval`` seconds what it no longer
+            keeps. Default ``None``: never sweep.
     """
 
     def __init__(
-        self, deps: SupervisorDeps, intensity: RestartIntensity, backoff: RetryPolicy
+        self,
+        deps: SupervisorDeps,
+        intensity: RestartIntensity,
+        backoff: RetryPolicy,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         super().__init__()
         self._deps = deps
         self._intensity = intensity
         self._backoff = backoff
+        self._retention = retention
+        self._sweep_timer: Timer | None = None
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         self._restarts: dict[str, RestartWindow] = {}
+
+    def on_start(self) -> None:
+        self._arm_sweep()
+
+    def on_stop(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -93,8 +123,44 @@ class BatchManager(pykka.ThreadingActor):
             case RestartSupervisor(batch_id=batch_id):
                 self._restart(batch_id)
                 return None
+            case SweepRetention():
+                return self._sweep()
             case _:
                 return super().on_receive(message)
+
+    def _arm_sweep(self) -> None:
+        if self._retention is None:
+            return
+        me = self.actor_ref
+        self._sweep_timer = self._deps.scheduler.call_later(
+            self._retention.sweep_interval, lambda: tell_if_alive(me, SweepRetention())
+        )
+
+    def _sweep(self) -> SweepReport | None:
+        if self._retention is None:
+            return None
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        busy = [batch_id for batch_id, ref in self._supervisors.items() if ref.is_alive()]
+        try:
+            report = sweep(
+                self._deps.store,
+                self._deps.blobs,
+                self._retention,
+                self._deps.scheduler.now(),
+                busy=busy,
+            )
+        except Exception:
+            # Logged in full, and never the end of the manager: what was removed stays
+            # removed, and the next sweep carries on from there.
+            log.exception("retention_sweep_failed")
+            return None
+        finally:
+            self._arm_sweep()
+        for batch_id in (*report.bytes_released, *report.batches_deleted):
+            # Nothing of these batches runs again: their passwords have no use left.
+            self._deps.passwords.forget_batch(batch_id)
+        return report
 
     def _ensure(self, batch_id: str) -> pykka.ActorRef[Any] | None:
         ref = self._supervisors.get(batch_id)

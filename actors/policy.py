@@ -6,7 +6,7 @@ Nothing here has a clock or a random source of its own; callers pass ``now`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Self
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from actors.errors import ErrorCode, spec_for
 
 __all__ = [
+    "MAX_WRONG_PASSWORDS",
     "BatchPolicy",
     "FailureThreshold",
     "GiveUp",
@@ -25,6 +26,7 @@ __all__ = [
     "RetryAfter",
     "RetryPolicy",
     "decide_after_failure",
+    "password_guesses_exhausted",
 ]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -223,3 +225,17 @@ def decide_after_failure(  # noqa: PLR0917 - a pure function of six plain inputs
     if updated.exceeded(policy.restart_intensity):
         return GiveUp(GiveUpReason.RESTART_INTENSITY_EXCEEDED), updated
     return RetryAfter(policy.retry.restart_delay(failures, rand)), updated
+
+
+MAX_WRONG_PASSWORDS = 3
+"""Attempts with a wrong password one file may have over its life; then it is not retried.
+
+Not part of :class:`BatchPolicy` on purpose: the submitter, who may be the one guessing,
+chooses the batch's policy.
+"""
+
+
+def password_guesses_exhausted(codes: Iterable[ErrorCode | None]) -> bool:
+    """Whether attempts that ended with ``codes`` used up the file's password guesses."""
+    wrong = sum(code is ErrorCode.PDF_WRONG_PASSWORD for code in codes)
+    return wrong >= MAX_WRONG_PASSWORDS

@@ -20,9 +20,15 @@ import structlog
 
 from actors.blobs import BlobStore
 from actors.clock import Scheduler
-from actors.errors import ErrorCode
+from actors.errors import ErrorCode, StorageUnavailableError
 from actors.execution import Executor
-from actors.manager import BatchManager, EnsureSupervisor, ForgetSupervisor, ListSupervisors
+from actors.manager import (
+    BatchManager,
+    EnsureSupervisor,
+    ForgetSupervisor,
+    ListSupervisors,
+    SweepRetention,
+)
 from actors.messages import CancelBatch, GetView, RetryFiles, StopSupervisor
 from actors.model import BatchRecord, BatchState, BatchView, ExtractionResult, FileRecord, FileState
 from actors.policy import BatchPolicy, RestartIntensity, RetryPolicy
@@ -33,6 +39,7 @@ from actors.refusals import (
     ResultNotAvailable,
     ServiceClosing,
 )
+from actors.retention import RetentionPolicy, SweepReport
 from actors.store import Store
 from actors.supervisor import SupervisorDeps
 from actors.vault import PasswordVault
@@ -95,6 +102,8 @@ class Runtime:
         supervisor_backoff: Delays between repeated restarts of one batch supervisor.
             Default 0.5 s doubling up to 30 s, without jitter.
         stop_timeout: Seconds to wait for children to stop on cancel and close. Default 10.
+        retention: What ended batches keep, swept on a timer. Default ``None``: keep
+            everything until ``delete``.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class Runtime:
         supervisor_intensity: RestartIntensity | None = None,
         supervisor_backoff: RetryPolicy | None = None,
         stop_timeout: float = 10.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -129,9 +139,38 @@ class Runtime:
         backoff = supervisor_backoff or RetryPolicy(
             initial_backoff=0.5, max_backoff=30.0, jitter="none"
         )
-        self._manager = BatchManager.start(deps, intensity, backoff)
+        self._manager = BatchManager.start(deps, intensity, backoff, retention)
 
     # Commands ----------------------------------------------------------------------
+
+    def resume(self) -> list[str]:
+        """Start a supervisor for every stored batch that is not terminal.
+
+        Call once at start: after a restart or a crash, each supervisor picks its batch
+        up where it was stored (attempts cut short are interrupted, not failed). A batch
+        the store cannot load now is left as it is, and is resumed when someone asks
+        for it or at the next start.
+
+        Returns:
+            The ids of the batches resumed.
+
+        Raises:
+            StorageUnavailableError: The store cannot list its batches.
+        """
+        resumed: list[str] = []
+        for record in self.store.list_batches():
+            if record.state.terminal:
+                continue
+            try:
+                self._supervisor(record.batch_id)
+            except BatchNotFound:
+                continue  # Deleted since it was listed.
+            except StorageUnavailableError:
+                log.exception("batch_not_resumed", batch_id=record.batch_id)
+                continue
+            resumed.append(record.batch_id)
+        log.info("batches_resumed", count=len(resumed))
+        return resumed
 
     def submit(
         self,
@@ -298,6 +337,16 @@ class Runtime:
             ref.stop(block=True, timeout=self._stop_timeout)
         self.store.delete_batch(batch_id)
         self._passwords.forget_batch(batch_id)
+
+    def sweep_retention(self) -> SweepReport | None:
+        """Remove now what the retention policy no longer keeps (a timer does it too).
+
+        Returns:
+            What was removed; ``None`` without a retention policy, or when the store
+            failed (the next sweep carries on).
+        """
+        report: SweepReport | None = self._manager.ask(SweepRetention(), block=True)
+        return report
 
     def close(self) -> None:
         """Stop every batch's children and actors, leaving unfinished work to resume.

@@ -7,6 +7,7 @@ stored. Durable implementations (SQLite) keep this same interface.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -67,7 +68,26 @@ class Store(Protocol):
         ...
 
     def blob_in_use(self, digest: str) -> bool:
-        """Whether any stored batch has a file with the blob ``digest``."""
+        """Whether a stored batch whose bytes are kept has a file with the blob ``digest``."""
+        ...
+
+    def release_bytes(self, batch_id: str, at: float) -> bool:
+        """Mark a terminal batch's uploaded bytes as removed (retention), at time ``at``.
+
+        Its blobs then no longer count as in use, and its files cannot be retried.
+
+        Returns:
+            Whether the batch was marked now (not: unknown, not terminal, or marked
+            before).
+        """
+        ...
+
+    def prune_events(self, before: float) -> int:
+        """Forget each batch's events up to its newest one before ``before``.
+
+        What is kept of a batch's history stays contiguous, even if the clock went
+        back. Returns how many events were forgotten.
+        """
         ...
 
 
@@ -106,9 +126,13 @@ class MemoryStore:
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         batch_id = changes.batch.batch_id
         with self._lock:
-            if batch_id not in self._batches:
+            stored = self._batches.get(batch_id)
+            if stored is None:
                 raise KeyError(batch_id)
-            self._batches[batch_id] = changes.batch
+            # Whether the bytes were released is the store's to say, not the writer's.
+            self._batches[batch_id] = dataclasses.replace(
+                changes.batch, bytes_released_at=stored.bytes_released_at
+            )
             files = self._files[batch_id]
             for record in changes.files:
                 files[record.file_id] = record
@@ -179,5 +203,26 @@ class MemoryStore:
     def blob_in_use(self, digest: str) -> bool:
         with self._lock:
             return any(
-                record.blob == digest for files in self._files.values() for record in files.values()
+                record.blob == digest
+                for batch_id, files in self._files.items()
+                if self._batches[batch_id].bytes_released_at is None
+                for record in files.values()
             )
+
+    def release_bytes(self, batch_id: str, at: float) -> bool:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or not batch.state.terminal or batch.bytes_released_at is not None:
+                return False
+            self._batches[batch_id] = dataclasses.replace(batch, bytes_released_at=at)
+            return True
+
+    def prune_events(self, before: float) -> int:
+        with self._lock:
+            pruned = 0
+            for events in self._events.values():
+                # Up to the newest old event, so what is kept never has a gap.
+                old = max((i + 1 for i, e in enumerate(events) if e.at < before), default=0)
+                del events[:old]
+                pruned += old
+            return pruned

@@ -46,7 +46,14 @@ from actors.model import (
     FileState,
     settled_batch_state,
 )
-from actors.policy import GiveUp, GiveUpReason, RestartWindow, decide_after_failure
+from actors.policy import (
+    MAX_WRONG_PASSWORDS,
+    GiveUp,
+    GiveUpReason,
+    RestartWindow,
+    decide_after_failure,
+    password_guesses_exhausted,
+)
 from actors.refusals import FileNotFound, RetryRefused
 from actors.store import Store
 from actors.vault import PasswordVault
@@ -56,6 +63,10 @@ __all__ = ["BatchSupervisor", "SupervisorDeps"]
 log = structlog.get_logger(__name__)
 
 _RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
+_PASSWORD_LOST = (
+    "This file is password-protected, and the service restarted since its password was "
+    "given; passwords are never stored. Retry the file with its password."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,9 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._stopping = False
         # Set once the batch settled with nothing running: the actor is on its way out.
         self._retiring = False
+        # Set when it failed: what it holds may be ahead of the store, so it takes no
+        # more messages and the manager starts a fresh one from the store.
+        self._failed = False
         self._log = log.bind(batch_id=view.batch.batch_id)
 
     # Lifecycle ---------------------------------------------------------------------
@@ -148,6 +162,9 @@ class BatchSupervisor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._failed:
+            return
+        self._failed = True
         self._log.error(
             "batch_supervisor_failed", exc_info=(exception_type, exception_value, traceback)
         )
@@ -164,11 +181,16 @@ class BatchSupervisor(pykka.ThreadingActor):
     # Messages ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        was_settled = self._book.batch.state.terminal
-        reply = self._handle(message)
-        if not was_settled and not self._retiring and self._idle():
-            self._retire()
-        return reply
+        if self._failed:
+            # The caller asks the manager again and reaches a fresh supervisor.
+            raise pykka.ActorDeadError("the batch supervisor failed")
+        try:
+            return self._handle(message)
+        finally:
+            # Settled with nothing running (a refused retry of a settled batch included):
+            # free the thread, and leave the batch to retention.
+            if not self._failed and not self._retiring and self._idle():
+                self._retire()
 
     def _handle(self, message: Any) -> Any:
         match message:
@@ -257,7 +279,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             worker_pid=report.worker_pid,
             decision=decision,
         )
-        error = FileError.of(report.code, now)
+        error = self._error_of(file_id, report.code, now)
         if isinstance(decision, GiveUp):
             attempts = self._end_last(
                 file_id, record.attempts, now, outcome, code=report.code, pid=report.worker_pid
@@ -303,6 +325,16 @@ class BatchSupervisor(pykka.ThreadingActor):
             error=error,
         )
         self._arm_backoff(file_id, len(attempts), decision.delay)
+
+    def _error_of(self, file_id: str, code: ErrorCode, now: float) -> FileError:
+        error = FileError.of(code, now)
+        lost = (
+            code is ErrorCode.PDF_ENCRYPTED
+            and self._book.file(file_id).encrypted_with_password
+            and self._deps.passwords.get(self._book.batch.batch_id, file_id) is None
+        )
+        # Passwords live in memory only: after a restart the one given is gone.
+        return dataclasses.replace(error, message=_PASSWORD_LOST) if lost else error
 
     def _interrupt(self, file_id: str) -> None:
         """The file's actor stopped before it reported: the attempt was cancelled."""
@@ -438,6 +470,12 @@ class BatchSupervisor(pykka.ThreadingActor):
                 "The batch is being cancelled; retry its files once it is cancelled.",
                 reason="BATCH_CANCELLING",
             )
+        if batch.bytes_released_at is not None:
+            raise RetryRefused(
+                "This batch ended long enough ago that its uploaded files were removed; "
+                "submit them again as a new batch.",
+                reason="FILES_EXPIRED",
+            )
         chosen = self._retry_targets(request.file_ids)
         now = self._now()
         vault = self._deps.passwords
@@ -469,12 +507,14 @@ class BatchSupervisor(pykka.ThreadingActor):
             chosen = [
                 f.file_id
                 for f in self._book.files()
-                if f.state in _RETRYABLE_STATES and f.manual_retries < cap
+                if f.state in _RETRYABLE_STATES
+                and f.manual_retries < cap
+                and not password_guesses_exhausted(a.code for a in f.attempts)
             ]
             if not chosen:
                 raise RetryRefused(
                     "No file of this batch can be retried: none failed or was cancelled, "
-                    "or each has used up its manual retries.",
+                    "or each has used up its manual retries or its password attempts.",
                     reason="NOTHING_TO_RETRY",
                 )
             return chosen
@@ -503,6 +543,14 @@ class BatchSupervisor(pykka.ThreadingActor):
                     f"This file has been retried {record.manual_retries} times, the most "
                     "allowed. Submit it again as a new batch if it should still be processed.",
                     reason="MANUAL_RETRY_LIMIT",
+                    file_id=file_id,
+                )
+            if password_guesses_exhausted(a.code for a in record.attempts):
+                raise RetryRefused(
+                    f"This file failed with a wrong password {MAX_WRONG_PASSWORDS} times, the "
+                    "most allowed, so no more passwords are tried. Submit it again as a new "
+                    "batch with the right password.",
+                    reason="PASSWORD_ATTEMPTS_EXHAUSTED",
                     file_id=file_id,
                 )
         return list(dict.fromkeys(file_ids))
@@ -578,7 +626,14 @@ class BatchSupervisor(pykka.ThreadingActor):
                 for f in changes.files
                 if f.file_id in self._results
             }
-            self._deps.store.commit(changes, results)
+            try:
+                self._deps.store.commit(changes, results)
+            except Exception:
+                # Fail now even inside an ask (where pykka would carry on): memory is
+                # ahead of the store, and only a restart from the store is consistent.
+                self.on_failure(*sys.exc_info())
+                self.stop()
+                raise
             for file_id in results:
                 del self._results[file_id]
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -36,6 +36,7 @@ from actors.errors import ErrorCode, classify
 from actors.execution import AttemptJob
 from actors.extract import PdfLimits, configure_pdf_limits
 from actors.model import DocumentInfo, ExtractionResult
+from actors.worker_limits import ProcessLimits, apply_process_limits, start_cpu_budget
 
 __all__ = [
     "MAX_DETAIL_CHARS",
@@ -73,12 +74,14 @@ class WorkerConfig:
         memory_limit_bytes: The worker's address-space cap; ``None`` for none.
         pdf_limits: pypdf's limits in the worker.
         temp_dir: The worker's private temporary directory, emptied after each attempt.
+        process_limits: CPU time per attempt and open files. Default: none.
     """
 
     processor: str
     memory_limit_bytes: int | None
     pdf_limits: PdfLimits
     temp_dir: str
+    process_limits: ProcessLimits = field(default_factory=ProcessLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     _die_with_parent()
     if config.memory_limit_bytes is not None:
         _cap_address_space(config.memory_limit_bytes)
+    apply_process_limits(config.process_limits)
     os.environ["TMPDIR"] = config.temp_dir
     tempfile.tempdir = config.temp_dir
     logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -197,6 +201,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             return
         if job is None:
             return
+        start_cpu_budget(config.process_limits)
         reply, payload = _encoded(_attempt(processor, takes_attempt, job))
         _empty_directory(Path(config.temp_dir))
         try:

@@ -31,7 +31,7 @@ from typing import TypeVar
 import structlog
 
 from actors import worker_main
-from actors.errors import ErrorCode, classify
+from actors.errors import ErrorCode, classify, classify_exit
 from actors.execution import (
     AttemptFailure,
     AttemptHandle,
@@ -42,6 +42,7 @@ from actors.execution import (
     OnStarted,
 )
 from actors.extract import PdfLimits
+from actors.worker_limits import ProcessLimits
 from actors.worker_main import (
     WorkerConfig,
     WorkerFailed,
@@ -128,9 +129,10 @@ class WorkerPool:
     """Runs attempts in long-lived worker processes started from a fork server.
 
     Each worker has a private temporary directory (mode 0700) under ``temp_root``, an
-    address-space cap and pypdf limits. A worker that dies is replaced; its attempt, if
-    any, fails with ``WORKER_CRASHED``. Like ``concurrent.futures``, the pool closes
-    itself when the interpreter shuts down (the main thread has ended).
+    address-space cap, pypdf limits and the :class:`~actors.worker_limits.ProcessLimits`.
+    A worker that dies is replaced; its attempt, if any, fails with ``WORKER_CRASHED``
+    (``PDF_LIMIT_EXCEEDED`` if it ran out of CPU time). Like ``concurrent.futures``, the
+    pool closes itself when the interpreter shuts down (the main thread has ended).
 
     Args:
         workers: How many processes. Default ``os.cpu_count()``.
@@ -141,6 +143,8 @@ class WorkerPool:
         memory_limit_bytes: ``RLIMIT_AS`` of each worker. Default 2 GiB; ``None`` for
             no cap.
         pdf_limits: pypdf limits in the workers. Default ``PdfLimits()``.
+        process_limits: CPU time per attempt and open files of each worker. Default:
+            none.
         temp_root: Where the workers' temporary directories go. Default a fresh
             directory under the system's, removed by :meth:`close`.
 
@@ -156,6 +160,7 @@ class WorkerPool:
         processor: str = DEFAULT_PROCESSOR,
         memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
         pdf_limits: PdfLimits | None = None,
+        process_limits: ProcessLimits | None = None,
         temp_root: Path | None = None,
     ) -> None:
         self._size = workers if workers is not None else os.cpu_count() or 1
@@ -167,6 +172,7 @@ class WorkerPool:
         self._own_temp_root = temp_root is None
         self._temp_root = temp_root or Path(tempfile.mkdtemp(prefix="pdfbatch-"))
         self._settings = (processor, memory_limit_bytes, pdf_limits or PdfLimits())
+        self._process_limits = process_limits or ProcessLimits()
         self._context = multiprocessing.get_context("forkserver")
         # Read when the fork server starts: every worker then forks with these imported.
         self._context.set_forkserver_preload([worker_main.__name__, processor.partition(":")[0]])
@@ -360,7 +366,12 @@ class WorkerPool:
     def _start_worker(self) -> _Worker:
         temp_dir = tempfile.mkdtemp(prefix="worker-", dir=self._temp_root)
         try:
-            return _Worker(self._context, WorkerConfig(*self._settings, temp_dir=temp_dir))
+            return _Worker(
+                self._context,
+                WorkerConfig(
+                    *self._settings, temp_dir=temp_dir, process_limits=self._process_limits
+                ),
+            )
         except BaseException:
             remove_tree(Path(temp_dir))
             raise
@@ -481,7 +492,8 @@ class WorkerPool:
         exitcode = self._dispose(worker)
         status = describe_exit(exitcode)
         if attempt is not None:
-            attempt.deliver_done(AttemptFailure(ErrorCode.WORKER_CRASHED, worker.pid, "", status))
+            code = classify_exit(exitcode)
+            attempt.deliver_done(AttemptFailure(code, worker.pid, "", status))
             return
         log.warning("idle worker died", pid=worker.pid, status=status)
         if worker.replies == 0 and (exitcode or 0) > 0:

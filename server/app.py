@@ -10,10 +10,13 @@ next start), then the workers and the timers.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -27,20 +30,29 @@ from actors.blobs import BlobStore
 from actors.clock import ThreadScheduler
 from actors.model import FileState
 from actors.runtime import Runtime
-from actors.store import MemoryStore, Store
+from actors.screening import ScreenedExecutor
+from actors.sqlite_store import SQLiteStore
+from actors.store import Store
+from actors.worker_limits import ProcessLimits
 from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
+from server.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.metrics import ServiceMetrics
+from server.quotas import TenantQuotas
+from server.ratelimit import RateLimiter
 from server.servicer import BatchServicer
 from server.settings import ServerSettings
+from server.tls import server_credentials
 from server.upload import Uploads
 from server.watch import WatchHub
 
-__all__ = ["SERVICE_NAME", "Service", "serve"]
+__all__ = ["DATABASE_NAME", "SERVICE_NAME", "Service", "serve"]
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+# The batch database, in the data directory.
+DATABASE_NAME = "pdfbatch.sqlite3"
 
 
 class Service:
@@ -48,12 +60,18 @@ class Service:
 
     Args:
         settings: Address, data directory, workers and limits.
-        store: Batch records. Default a :class:`MemoryStore` keeping
-            ``settings.max_events_per_batch`` events per batch.
-        processor: What workers run on each file. Default the PDF extractor.
+        store: Batch records. Default a :class:`SQLiteStore` in
+            ``<data_dir>/pdfbatch.sqlite3`` keeping ``settings.max_events_per_batch``
+            events per batch, closed by :meth:`stop`.
+        processor: What workers run on each file. Default ``settings.processor``,
+            else the PDF extractor.
+        clock: Monotonic seconds for the per-tenant rate limits. Default
+            ``time.monotonic``.
 
     Raises:
         RuntimeError: The address cannot be bound.
+        server.auth.ConfigurationError: The tokens or TLS files cannot be used, or the
+            address is not loopback while no tokens are configured.
     """
 
     def __init__(
@@ -61,9 +79,17 @@ class Service:
         settings: ServerSettings,
         *,
         store: Store | None = None,
-        processor: str = DEFAULT_PROCESSOR,
+        processor: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        security = settings.security
+        tokens = TenantTokens.load(security.tokens_file) if security.tokens_file else None
+        self.authenticator = Authenticator(tokens)
+        credentials = server_credentials(
+            security.tls_cert, security.tls_key, security.tls_client_ca
+        )
+        check_listen_address(settings.address, self.authenticator, tls=credentials is not None)
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
         self._stopping = False
@@ -71,13 +97,22 @@ class Service:
         with contextlib.ExitStack() as undo:
             data = settings.data_dir
             (data / "work").mkdir(parents=True, exist_ok=True)
-            self.store = store or MemoryStore(max_events_per_batch=settings.max_events_per_batch)
+            # A killed service leaves its workers' directories and half-written uploads.
+            _empty(data / "work")
+            self._own_store: SQLiteStore | None = None
+            if store is None:
+                store = self._own_store = SQLiteStore(
+                    data / DATABASE_NAME, max_events_per_batch=settings.max_events_per_batch
+                )
+                undo.callback(self._own_store.close)
+            self.store: Store = store
             self.blobs = BlobStore(data / "blobs")
             self.blobs.sweep_temp()
             self.pool = WorkerPool(
                 workers=settings.workers,
-                processor=processor,
+                processor=processor or settings.processor or DEFAULT_PROCESSOR,
                 memory_limit_bytes=settings.memory_limit_bytes,
+                process_limits=ProcessLimits(settings.cpu_limit_seconds, settings.open_files_limit),
                 temp_root=data / "work",
             )
             undo.callback(self.pool.close)
@@ -86,9 +121,10 @@ class Service:
             self.runtime = Runtime(
                 store=self.store,
                 blobs=self.blobs,
-                executor=self.pool,
+                executor=ScreenedExecutor(self.pool),
                 scheduler=self.scheduler,
                 stop_timeout=settings.stop_timeout,
+                retention=settings.retention,
             )
             undo.callback(self.runtime.close)
             self.hub = WatchHub(
@@ -97,14 +133,42 @@ class Service:
                 max_watchers=settings.max_watchers,
             )
             undo.callback(self.hub.close)
-            uploads = Uploads(self.runtime, self.store, self.blobs, settings.limits)
-            self.servicer = BatchServicer(self.runtime, self.store, uploads, self.hub)
+            quotas = TenantQuotas(
+                self.store,
+                max_active_batches=security.max_active_batches,
+                max_stored_bytes=security.max_stored_bytes,
+            )
+            uploads = Uploads(self.runtime, self.store, self.blobs, settings.limits, quotas=quotas)
+            self.servicer = BatchServicer(
+                self.runtime,
+                self.store,
+                uploads,
+                self.hub,
+                auth=self.authenticator,
+                submissions=RateLimiter(
+                    "submissions",
+                    "SUBMISSION_RATE_EXCEEDED",
+                    rate=security.submissions_per_second,
+                    burst=security.submission_burst,
+                    clock=clock,
+                ),
+                retries=RateLimiter(
+                    "retries",
+                    "RETRY_RATE_EXCEEDED",
+                    rate=security.retries_per_second,
+                    burst=security.retry_burst,
+                    clock=clock,
+                ),
+            )
             self.metrics_address = self._start_metrics(undo)
             self.health = health.HealthServicer()
             self.server = self._build_server()
             undo.callback(self._rpc_threads.shutdown)
             undo.callback(self.server.stop, None)
-            self.port = self.server.add_insecure_port(settings.address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(settings.address)
+            else:
+                self.port = self.server.add_secure_port(settings.address, credentials)
             if self.port == 0:
                 raise RuntimeError(f"cannot listen on {settings.address}")
             undo.pop_all()
@@ -138,6 +202,8 @@ class Service:
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
+            # Health and reflection stay open; see server.auth.
+            interceptors=[AuthInterceptor(self.authenticator)],
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -153,11 +219,17 @@ class Service:
         return f"{host}:{self.port}"
 
     def start(self) -> None:
-        """Start serving and report ``SERVING``."""
+        """Start serving and report ``SERVING``, then resume the unfinished batches."""
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", address=self.address)
+        try:
+            self.runtime.resume()
+        except Exception:
+            # A batch not resumed now is resumed when it is cancelled or retried, or
+            # at the next start.
+            log.exception("batches_not_resumed")
 
     def stop(self, grace: float | None = None) -> None:
         """Shut down in order (see the module's description). Idempotent; blocks.
@@ -178,6 +250,8 @@ class Service:
             # Run last to first, each even if an earlier one failed.
             steps.callback(self._stopped.set)
             steps.callback(log.info, "stopped")
+            if self._own_store is not None:
+                steps.callback(self._own_store.close)
             steps.callback(self.scheduler.close)
             steps.callback(self.pool.close)
             steps.callback(self._stop_metrics)
@@ -234,6 +308,15 @@ class Service:
                 changed.clear()
         finally:
             unsubscribe()
+
+
+def _empty(directory: Path) -> None:
+    """Remove everything inside ``directory``."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def serve(settings: ServerSettings) -> int:

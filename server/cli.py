@@ -18,6 +18,14 @@ from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from pydantic import ValidationError
 
+from server.cli_security import (
+    add_client_flags,
+    add_hash_token_flags,
+    add_serve_flags,
+    connect,
+    hash_token_command,
+    security_settings,
+)
 from server.client import Client, UploadFile, collect_files, describe_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.progress import (
@@ -28,7 +36,7 @@ from server.progress import (
     file_state_name,
     summary,
 )
-from server.settings import ClientSettings, ServerSettings, UploadLimits
+from server.settings import ServerSettings, UploadLimits
 
 __all__ = ["main"]
 
@@ -92,7 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
         if (value := getattr(args, name)) is not None
     }
     try:
-        settings = ServerSettings(limits=UploadLimits(**limits), **given)
+        settings = ServerSettings(
+            limits=UploadLimits(**limits), security=security_settings(args), **given
+        )
     except ValidationError as error:
         print(f"pdfbatch serve: invalid settings:\n{error}", file=sys.stderr)
         return EXIT_FAILED_COMMAND
@@ -256,9 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
-        if name != "serve":
+        if name not in ("serve", "hash-token"):
             sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
             sub.add_argument("--json", action="store_true", help="print protobuf JSON")
+            add_client_flags(sub)
         return sub
 
     serve = command("serve", _serve, "Run the service until SIGTERM or SIGINT.")
@@ -271,6 +282,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", type=float, help="seconds running work gets on stop")
     serve.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (default off)"
+    )
+    add_serve_flags(serve)
+    add_hash_token_flags(
+        command(
+            "hash-token",
+            hash_token_command,
+            "Print the hash of a token (read from --token-file or standard input) for a "
+            "tokens file.",
+        )
     )
 
     submit = command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
@@ -333,9 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    address = args.address or ClientSettings().address
+    if args.command == "hash-token":
+        return hash_token_command(args)
     try:
-        with Client(address) as client:
+        client = connect(args)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"pdfbatch {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+    try:
+        with client:
             code: int = args.handler(client, args)
             return code
     except grpc.RpcError as error:

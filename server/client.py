@@ -29,6 +29,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from server.client_auth import BearerToken
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 
@@ -170,15 +171,30 @@ class Client:
         timeout: Deadline of each unary call, in seconds. Default 30.
         channel: Use this channel instead of opening one (the client then does not
             close it).
+        token: Bearer token sent with every call. Default none.
+        credentials: Connect with TLS using these. Default plaintext.
     """
 
     def __init__(
-        self, address: str, *, timeout: float = 30.0, channel: grpc.Channel | None = None
+        self,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        channel: grpc.Channel | None = None,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            address, options=[("grpc.service_config", SERVICE_CONFIG)]
-        )
+        if channel is None:
+            options = [("grpc.service_config", SERVICE_CONFIG)]
+            channel = (
+                grpc.insecure_channel(address, options=options)
+                if credentials is None
+                else grpc.secure_channel(address, credentials, options=options)
+            )
+        if token is not None:
+            channel = grpc.intercept_channel(channel, BearerToken(token))
+        self._channel = channel
         self._stub = batch_pb2_grpc.BatchServiceStub(self._channel)
         self._timeout = timeout
 

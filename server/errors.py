@@ -20,7 +20,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from actors.errors import user_text
+from actors.errors import StorageUnavailableError, user_text
 from actors.refusals import InvalidRequest, Refusal, ServiceClosing
 
 __all__ = [
@@ -43,6 +43,12 @@ _INTERNAL_MESSAGE = (
     "An unexpected error occurred in the service. It has been logged for the operators; "
     "try again later."
 )
+_STORAGE_MESSAGE = (
+    "The service cannot read or write its storage right now; nothing was changed. "
+    "Try again shortly."
+)
+# Long enough for a locked database or a full disk to have a chance to clear.
+_STORAGE_WAIT = 5.0
 _TIMED_OUT_MESSAGE = (
     "The service did not finish the request in time; it may still complete. "
     "Check the batch, then try again."
@@ -104,6 +110,7 @@ _REFUSALS: Mapping[str, tuple[grpc.StatusCode, float | None]] = {
     "NOTHING_TO_RETRY": (_PRECONDITION, None),
     "MANUAL_RETRY_LIMIT": (_PRECONDITION, None),
     "BATCH_CANCELLING": (_PRECONDITION, _SHORT_WAIT),
+    "FILES_EXPIRED": (_PRECONDITION, None),
 }
 
 
@@ -129,6 +136,14 @@ def _classify(exc: BaseException) -> WireError:
             return exc
         case Refusal():
             return _from_refusal(exc)
+        case StorageUnavailableError():
+            log.warning("storage_unavailable", exc_info=exc)
+            return WireError(
+                grpc.StatusCode.UNAVAILABLE,
+                "STORAGE_UNAVAILABLE",
+                _STORAGE_MESSAGE,
+                retry_after=_STORAGE_WAIT,
+            )
         case pykka.Timeout():
             # The runtime waited its stop timeout for attempts to stop (cancel, delete).
             log.warning("runtime_wait_timed_out", exc_info=exc)

@@ -56,7 +56,12 @@ def _decode(token: str, states: Collection[BatchState]) -> tuple[float, str]:
 
 
 def list_page(
-    store: Store, page_size: int, page_token: str, states: Collection[BatchState]
+    store: Store,
+    page_size: int,
+    page_token: str,
+    states: Collection[BatchState],
+    *,
+    owner: str | None = None,
 ) -> tuple[list[BatchView], str]:
     """One page of batches, newest first, and the token of the next page ("" at the end).
 
@@ -65,6 +70,7 @@ def list_page(
         page_size: 1 to 1,000; 0 means 50; more than 1,000 means 1,000.
         page_token: "" for the first page, else a previous page's token.
         states: Only batches in these states; empty for all.
+        owner: Only this owner's batches. Default ``None``: everyone's.
 
     Raises:
         WireError: ``INVALID_ARGUMENT`` for a negative size or a bad token.
@@ -78,7 +84,11 @@ def list_page(
         )
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     records = sorted(
-        (r for r in store.list_batches() if not states or r.state in states),
+        (
+            r
+            for r in store.list_batches()
+            if (not states or r.state in states) and (owner is None or r.owner == owner)
+        ),
         key=lambda r: (r.created_at, r.batch_id),
         reverse=True,
     )

@@ -3,6 +3,10 @@
 Every method checks its request's shape, calls the runtime (or the upload and watch
 helpers), converts the answer, and turns any refusal into a status with rich details.
 Nothing here decides anything about batches.
+
+Every call acts for the calling tenant (:meth:`server.auth.Authenticator.caller`): it
+owns the batches it submits, and another tenant's batch is answered for exactly as a
+batch that does not exist (same status, reason and message), so ids leak nothing.
 """
 
 from __future__ import annotations
@@ -16,27 +20,24 @@ import grpc
 from google.protobuf import empty_pb2
 
 from actors.model import BatchView
+from actors.refusals import BatchNotFound
 from actors.runtime import Runtime
 from actors.store import Store
 from server import convert
+from server.auth import Authenticator
 from server.errors import FieldViolation, WireError, abort, service_closing
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.paging import list_page
+from server.ratelimit import RateLimiter
 from server.upload import Uploads
 from server.watch import WatchHub
 
 __all__ = ["BatchServicer"]
 
 
-def _caller(context: grpc.ServicerContext) -> str:
-    """Who is calling, for idempotency keys.
-
-    The service has no authentication yet, so every caller is the same anonymous owner;
-    an authenticated identity (``context.auth_context()``) belongs here once there is one.
-    """
-    del context
-    return ""
+# The runtime's words for a batch that does not exist, for one that is someone else's.
+_NO_SUCH_BATCH = "No batch with this id exists."
 
 
 def _require(value: str, field: str) -> str:
@@ -102,13 +103,29 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         store: Read for listings.
         uploads: Receives ``SubmitBatch`` streams.
         hub: Streams ``WatchBatch`` events.
+        auth: Tells the calling tenant. Default: single-tenant, everyone is ``""``.
+        submissions: Rate limit of ``SubmitBatch`` per tenant. Default none.
+        retries: Rate limit of ``RetryFiles`` per tenant. Default none.
     """
 
-    def __init__(self, runtime: Runtime, store: Store, uploads: Uploads, hub: WatchHub) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: Store,
+        uploads: Uploads,
+        hub: WatchHub,
+        *,
+        auth: Authenticator | None = None,
+        submissions: RateLimiter | None = None,
+        retries: RateLimiter | None = None,
+    ) -> None:
         self._runtime = runtime
         self._store = store
         self._uploads = uploads
         self._hub = hub
+        self._auth = auth or Authenticator(None)
+        self._submissions = submissions
+        self._retries = retries
         self._closing = threading.Event()
 
     def start_closing(self) -> None:
@@ -120,16 +137,31 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         """Whether new calls are refused."""
         return self._closing.is_set()
 
+    def _owned(self, batch_id: str, caller: str) -> BatchView:
+        """The caller's batch ``batch_id``; someone else's is refused as a missing one.
+
+        Raises:
+            WireError: ``batch_id`` is empty.
+            BatchNotFound: No such batch, or not the caller's.
+        """
+        view = self._runtime.get(_require(batch_id, "batch_id"))
+        if view.batch.owner != caller:
+            raise BatchNotFound(_NO_SUCH_BATCH)
+        return view
+
     @_unary
     def SubmitBatch(
         self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
     ) -> pb.Batch:
-        view = self._uploads.submit(request_iterator, owner=_caller(context))
+        caller = self._auth.caller(context)
+        if self._submissions is not None:
+            self._submissions.acquire(caller)
+        view = self._uploads.submit(request_iterator, owner=caller)
         return convert.batch_to_proto(view)
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
-        return convert.batch_to_proto(self._runtime.get(_require(request.batch_id, "batch_id")))
+        return convert.batch_to_proto(self._owned(request.batch_id, self._auth.caller(context)))
 
     @_unary
     def ListBatches(
@@ -139,7 +171,13 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             convert.batch_state_from_proto(state, f"states[{index}]")
             for index, state in enumerate(request.states)
         }
-        views, token = list_page(self._store, request.page_size, request.page_token, states)
+        views, token = list_page(
+            self._store,
+            request.page_size,
+            request.page_token,
+            states,
+            owner=self._auth.caller(context),
+        )
         return pb.ListBatchesResponse(
             batches=[convert.batch_to_proto(v, with_files=False) for v in views],
             next_page_token=token,
@@ -149,11 +187,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def WatchBatch(
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.BatchEvent]:
-        session = self._hub.open(
-            _require(request.batch_id, "batch_id"),
-            request.after_sequence,
-            follow=request.follow,
-        )
+        self._owned(request.batch_id, self._auth.caller(context))
+        session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
         if not context.add_callback(session.cancel):
             session.cancel()
         for item in session:
@@ -164,11 +199,16 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
 
     @_unary
     def RetryFiles(self, request: pb.RetryFilesRequest, context: grpc.ServicerContext) -> pb.Batch:
+        caller = self._auth.caller(context)
+        # Before the batch is looked up: a refusal must not depend on whose it is.
+        if self._retries is not None:
+            self._retries.acquire(caller)
+        self._owned(request.batch_id, caller)
         view = self._runtime.retry(
-            _require(request.batch_id, "batch_id"),
+            request.batch_id,
             list(request.file_ids) or None,
             passwords=dict(request.passwords),
-            requested_by=_caller(context),
+            requested_by=caller,
         )
         return convert.batch_to_proto(view)
 
@@ -176,15 +216,16 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def CancelBatch(
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
-        view = self._runtime.cancel(_require(request.batch_id, "batch_id"), reason="client")
+        self._owned(request.batch_id, self._auth.caller(context))
+        view = self._runtime.cancel(request.batch_id, reason="client")
         return convert.batch_to_proto(view)
 
     @_streaming
     def GetFileResult(
         self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FileResultChunk]:
-        batch_id = _require(request.batch_id, "batch_id")
         file_id = _require(request.file_id, "file_id")
+        batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
         result = self._runtime.result(batch_id, file_id)
         record = self._runtime.get(batch_id).file(file_id)
         if record is not None:
@@ -194,8 +235,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def DeleteBatch(
         self, request: pb.DeleteBatchRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
-        batch_id = _require(request.batch_id, "batch_id")
-        digests = [f.blob for f in self._runtime.get(batch_id).files]
+        batch_id = request.batch_id
+        digests = [f.blob for f in self._owned(batch_id, self._auth.caller(context)).files]
         self._runtime.delete(batch_id)
         self._hub.batch_deleted(batch_id)
         self._uploads.release(digests)

@@ -9,15 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actors.retention import RetentionPolicy
 from actors.runtime import MAX_NAME_CHARS
 
-__all__ = ["DEFAULT_ADDRESS", "ClientSettings", "ServerSettings", "UploadLimits"]
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "ClientSettings",
+    "SecuritySettings",
+    "ServerSettings",
+    "UploadLimits",
+]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _MIB = 1024 * 1024
+_DAY = 86_400.0
 
 
 class UploadLimits(BaseSettings):
@@ -38,22 +46,81 @@ class UploadLimits(BaseSettings):
     max_name_chars: int = Field(default=MAX_NAME_CHARS, ge=1, le=MAX_NAME_CHARS)
 
 
+class SecuritySettings(BaseSettings):
+    """Who may call the service, over what, and how much each tenant may ask of it.
+
+    Attributes:
+        tokens_file: TOML or JSON file of each tenant's token hashes (see
+            :mod:`server.auth`). Default ``None``: one anonymous tenant, and the
+            service listens on loopback only.
+        tls_cert: PEM certificate chain to serve TLS with. Default ``None``: plaintext.
+        tls_key: PEM private key of ``tls_cert``.
+        tls_client_ca: PEM CA certificates that sign clients' certificates; given,
+            every client must present one (mutual TLS). Default ``None``.
+        submissions_per_second: Submissions a tenant may make per second in the long
+            run. Default 2.
+        submission_burst: Submissions a tenant may make at once. Default 50.
+        retries_per_second: ``RetryFiles`` calls a tenant may make per second in the
+            long run. Default 2.
+        retry_burst: ``RetryFiles`` calls a tenant may make at once. Default 50.
+        max_active_batches: Batches in progress per tenant. Default 100.
+        max_stored_bytes: Bytes of uploaded files held per tenant. Default 50 GiB.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
+
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    submissions_per_second: float = Field(default=2.0, gt=0)
+    submission_burst: int = Field(default=50, ge=1)
+    retries_per_second: float = Field(default=2.0, gt=0)
+    retry_burst: int = Field(default=50, ge=1)
+    max_active_batches: int = Field(default=100, ge=1)
+    max_stored_bytes: int = Field(default=50 * 1024 * _MIB, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_files_in_pairs(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
+
+
 class ServerSettings(BaseSettings):
     """How ``pdfbatch serve`` runs.
 
     Attributes:
         address: ``host:port`` to listen on; port 0 picks a free one.
             Default ``127.0.0.1:50051``.
-        data_dir: Where uploaded bytes are kept. Default ``./data``.
+        data_dir: Where uploaded bytes and the batch database
+            (``pdfbatch.sqlite3``) are kept. Default ``./data``.
         workers: Worker processes. Default: one per CPU.
         memory_limit_bytes: Address-space cap of each worker. Default 2 GiB.
+        cpu_limit_seconds: CPU time one attempt may use; past it the worker is killed
+            and the file fails with ``PDF_LIMIT_EXCEEDED``, without automatic retries.
+            Default 240, below the default file timeout, so that a file that loops
+            forever costs one attempt. ``None`` for no limit.
+        open_files_limit: File descriptors each worker may hold. Default 64.
         limits: Upload limits.
+        security: Authentication, TLS and per-tenant limits.
         max_watchers: Concurrent ``WatchBatch`` streams; more are refused with
             ``RESOURCE_EXHAUSTED``. Default 64.
         watch_queue_size: Events buffered per watcher before it falls back to reading
             the store. Default 256.
         max_events_per_batch: Events kept per batch for ``WatchBatch`` resumes.
-            Default: all.
+            Default 100,000; ``None`` keeps all.
+        event_retention_seconds: Age past which events are forgotten. Default 7 days;
+            ``None`` keeps them as long as their batch.
+        bytes_retention_seconds: How long an ended batch keeps its uploaded bytes, so
+            that its files can be retried. Default 7 days.
+        records_retention_seconds: How long an ended batch's records and results are
+            kept. Default ``None``: until ``DeleteBatch``.
+        retention_sweep_seconds: Seconds between two retention sweeps. Default 3600.
+        processor: Import path of what workers run on each file. Default the PDF
+            extractor; only tests set it (``PDFBATCH_PROCESSOR``), to script workers.
         rpc_threads: Threads serving calls; more than ``max_watchers`` so that a full
             house of watchers never starves other calls. Default ``max_watchers + 32``.
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
@@ -69,10 +136,18 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Path("data")
     workers: int | None = Field(default=None, ge=1, le=256)
     memory_limit_bytes: int | None = Field(default=2048 * _MIB, ge=64 * _MIB)
+    cpu_limit_seconds: int | None = Field(default=240, ge=1)
+    open_files_limit: int | None = Field(default=64, ge=16)
     limits: UploadLimits = Field(default_factory=UploadLimits)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
     watch_queue_size: int = Field(default=256, ge=1)
-    max_events_per_batch: int | None = Field(default=None, ge=0)
+    max_events_per_batch: int | None = Field(default=100_000, ge=0)
+    event_retention_seconds: float | None = Field(default=7 * _DAY, ge=0)
+    bytes_retention_seconds: float = Field(default=7 * _DAY, ge=0)
+    records_retention_seconds: float | None = Field(default=None, ge=0)
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    processor: str | None = None
     rpc_threads: int | None = Field(default=None, ge=2)
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
@@ -89,14 +164,43 @@ class ServerSettings(BaseSettings):
         """Threads serving calls."""
         return self.rpc_threads or self.max_watchers + 32
 
+    @property
+    def retention(self) -> RetentionPolicy:
+        """What ended batches keep, and for how long."""
+        return RetentionPolicy(
+            bytes_after_end=self.bytes_retention_seconds,
+            records_after_end=self.records_retention_seconds,
+            events_max_age=self.event_retention_seconds,
+            sweep_interval=self.retention_sweep_seconds,
+        )
+
 
 class ClientSettings(BaseSettings):
-    """Where the command-line client connects.
+    """Where the command-line client connects, and how it proves who it is.
 
     Attributes:
         address: The server's ``host:port``. Default ``127.0.0.1:50051``.
+        token: The bearer token (``PDFBATCH_TOKEN``). Default none.
+        token_file: A file whose first line is the token; wins over ``token``.
+        tls: Connect with TLS, trusting the system's CAs unless ``tls_ca`` is given.
+            Implied by any of the three files below. Default ``False``.
+        tls_ca: PEM CA certificates to trust the server by.
+        tls_client_cert: The client's PEM certificate chain, for mutual TLS.
+        tls_client_key: PEM private key of ``tls_client_cert``.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
 
     address: str = DEFAULT_ADDRESS
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether to connect with TLS."""
+        files = (self.tls_ca, self.tls_client_cert, self.tls_client_key)
+        return self.tls or any(path is not None for path in files)

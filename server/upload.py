@@ -3,8 +3,9 @@
 Each file is written to a temporary file in the blob store while it arrives, hashed on
 the way, and checked against its header. Nothing is stored under a digest until the
 stream has closed successfully; a stream that breaks off (client gone, deadline, a limit)
-leaves no batch, no blob and no temporary file. Limits are enforced as early as they can
-be: a header that declares too much is refused before any of its bytes are read.
+leaves no batch, no blob and no temporary file. Limits, and the tenant's quotas, are
+enforced as early as they can be: a header that declares too much is refused before any
+of its bytes are read.
 
 Blobs are content-addressed and shared between batches. Placing the blobs, submitting
 the batch and deleting blobs nobody refers to any more all happen under one lock, so a
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +31,7 @@ from actors.store import Store
 from server import convert
 from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.quotas import Admission, TenantQuotas
 from server.settings import UploadLimits
 
 __all__ = ["Uploads"]
@@ -63,16 +64,25 @@ class Uploads:
         store: Tells which blobs are still referred to.
         blobs: Where the bytes go.
         limits: What one upload may hold.
+        quotas: What each tenant may hold. Default: no quotas.
     """
 
     def __init__(
-        self, runtime: Runtime, store: Store, blobs: BlobStore, limits: UploadLimits
+        self,
+        runtime: Runtime,
+        store: Store,
+        blobs: BlobStore,
+        limits: UploadLimits,
+        *,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
         self._blobs = blobs
         self._limits = limits
-        self._lock = threading.Lock()
+        self._quotas = quotas
+        # Shared with retention, which deletes blobs nobody refers to.
+        self._lock = blobs.reference_lock
 
     def submit(self, requests: Iterator[pb.SubmitBatchRequest], *, owner: str) -> BatchView:
         """Receive the whole stream, then submit the batch.
@@ -88,7 +98,7 @@ class Uploads:
         """
         with contextlib.ExitStack() as stack:
             try:
-                spec, staged = self._receive(requests, stack)
+                spec, staged = self._receive(requests, stack, owner)
                 return self._commit(spec, staged, owner)
             except OSError as exc:
                 raise _storage_error(exc) from exc
@@ -100,12 +110,18 @@ class Uploads:
 
     # Receiving ---------------------------------------------------------------------
 
+    def _admit(self, owner: str, idempotency_key: str) -> Admission:
+        if self._quotas is None:
+            return Admission.unlimited()
+        return self._quotas.admit(owner, idempotency_key)
+
     def _receive(
-        self, requests: Iterator[pb.SubmitBatchRequest], stack: contextlib.ExitStack
+        self, requests: Iterator[pb.SubmitBatchRequest], stack: contextlib.ExitStack, owner: str
     ) -> tuple[convert.BatchSpec, list[_Staged]]:
         spec: convert.BatchSpec | None = None
         staged: list[_Staged] = []
         total = 0
+        admission = Admission.unlimited()
         for request in requests:
             kind = request.WhichOneof("item")
             if spec is None:
@@ -114,10 +130,12 @@ class Uploads:
                         "SPEC_REQUIRED", "The first message of an upload must be its spec.", "spec"
                     )
                 spec = convert.spec_from_proto(request.spec)
+                admission = self._admit(owner, spec.idempotency_key)
             elif kind == "file":
                 if staged:
                     self._finish(staged[-1], len(staged) - 1)
                 total += request.file.size_bytes
+                admission.check(total)
                 staged.append(self._open(request.file, len(staged), total, stack))
             elif kind == "chunk":
                 if not staged:
@@ -215,6 +233,8 @@ class Uploads:
 
     def _commit(self, spec: convert.BatchSpec, staged: Sequence[_Staged], owner: str) -> BatchView:
         with self._lock:
+            # Again, now that no other upload can commit meanwhile.
+            self._admit(owner, spec.idempotency_key).check(sum(f.declared for f in staged))
             created: list[str] = []
             files: list[NewFile] = []
             for file in staged:

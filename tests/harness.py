@@ -12,8 +12,9 @@ from actors.book import Changes
 from actors.clock import FakeScheduler
 from actors.errors import StorageUnavailableError
 from actors.model import BatchEvent, BatchView, ExtractionResult
+from actors.retention import RetentionPolicy
 from actors.runtime import NewFile, Runtime
-from actors.store import MemoryStore
+from actors.store import MemoryStore, Store
 from actors.worker_pool import WorkerPool
 
 SCRIPTED = "tests.processors:scripted"
@@ -22,7 +23,7 @@ SCRIPTED = "tests.processors:scripted"
 class Waiter:
     """Blocks until a batch, as stored, satisfies a condition; woken by every commit."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._changed = threading.Condition()
         self.events: list[BatchEvent] = []
@@ -59,7 +60,7 @@ class Harness:
     runtime: Runtime
     clock: FakeScheduler
     pool: WorkerPool
-    store: MemoryStore
+    store: Store
     blobs: BlobStore
     waiter: Waiter
     temp_root: Path
@@ -82,7 +83,9 @@ def build_harness(
     workers: int = 2,
     memory_limit_bytes: int | None = 1 << 30,
     rand: Callable[[], float] = lambda: 0.5,
-    store: MemoryStore | None = None,
+    store: Store | None = None,
+    processor: str = SCRIPTED,
+    retention: RetentionPolicy | None = None,
 ) -> Iterator[Harness]:
     """Yield a harness; on exit close everything and check no temp file is left."""
     clock = FakeScheduler()
@@ -92,11 +95,13 @@ def build_harness(
     temp_root.mkdir()
     pool = WorkerPool(
         workers=workers,
-        processor=SCRIPTED,
+        processor=processor,
         memory_limit_bytes=memory_limit_bytes,
         temp_root=temp_root,
     )
-    runtime = Runtime(store=store, blobs=blobs, executor=pool, scheduler=clock, rand=rand)
+    runtime = Runtime(
+        store=store, blobs=blobs, executor=pool, scheduler=clock, rand=rand, retention=retention
+    )
     waiter = Waiter(store)
     try:
         yield Harness(runtime, clock, pool, store, blobs, waiter, temp_root)

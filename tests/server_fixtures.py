@@ -25,8 +25,10 @@ from grpc_status import rpc_status
 from pypdf import PdfWriter
 from pypdf.generic import ContentStream, DictionaryObject, NameObject
 
+from actors.model import BatchView
+from actors.sqlite_store import SQLiteStore
 from actors.store import Store
-from server.app import Service
+from server.app import DATABASE_NAME, Service
 from server.client import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
@@ -84,8 +86,16 @@ class RunningServer:
 
     @property
     def store(self) -> Store:
-        """The server's store."""
+        """The server's store, open while the server runs."""
         return self.service.store
+
+    def stored(self, batch_id: str) -> BatchView | None:
+        """The batch as its database file holds it; readable after the server stopped."""
+        store = SQLiteStore(self.data_dir / DATABASE_NAME)
+        try:
+            return store.load(batch_id)
+        finally:
+            store.close()
 
     def blob_files(self) -> list[Path]:
         """Every file under the blob store: blobs and temporary files alike."""

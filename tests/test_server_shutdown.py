@@ -71,7 +71,7 @@ def test_shutdown_reports_not_serving_refuses_new_calls_and_lets_running_attempt
     stopping.join(WAIT)
     assert not stopping.is_alive()
 
-    after = server.store.load(batch.batch_id)
+    after = server.stored(batch.batch_id)
     assert after is not None
     states = {f.file_id: f.state for f in after.files}
     # What ran at the signal had its grace and finished. Whatever started meanwhile was
@@ -89,7 +89,7 @@ def test_without_grace_running_attempts_are_stopped_and_left_to_resume(
 
     server.service.stop()
 
-    first = server.store.load(batch.batch_id).files[0]  # type: ignore[union-attr]
+    first = server.stored(batch.batch_id).files[0]  # type: ignore[union-attr]
     assert first.state is FileState.RUNNING
     assert first.attempts[-1].ended_at is None
     assert server.blob_files() != []

@@ -1,0 +1,215 @@
+"""Every record survives its stored form unchanged: rows, JSON and a real SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors import records_codec as codec
+from actors.errors import ErrorCode
+from actors.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    DocumentInfo,
+    FileError,
+    FileRecord,
+    FileState,
+)
+from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.sqlite_store import SQLiteStore
+
+# Strings as they reach the store: valid Unicode (gRPC strings are UTF-8).
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+optional_times = st.none() | times
+counts = st.integers(min_value=0, max_value=2**31)
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> BatchPolicy:
+    initial = draw(st.floats(min_value=0.001, max_value=3600))
+    retry = RetryPolicy(
+        max_attempts=draw(st.integers(1, 100)),
+        initial_backoff=initial,
+        max_backoff=draw(st.floats(min_value=initial, max_value=86_400)),
+        multiplier=draw(st.floats(min_value=1, max_value=100)),
+        jitter=draw(st.sampled_from(["full", "none"])),
+        non_retryable_codes=draw(st.frozensets(st.sampled_from(ErrorCode))),
+    )
+    return BatchPolicy(
+        retry=retry,
+        max_concurrency=draw(st.integers(1, 1024)),
+        file_timeout=draw(st.floats(min_value=0.001, max_value=86_400)),
+        tolerated_failures=FailureThreshold(
+            max_failed_files=draw(st.none() | st.integers(0, 10_000)),
+            max_failed_percent=draw(st.none() | st.floats(min_value=0, max_value=100)),
+        ),
+        restart_intensity=RestartIntensity(
+            max_restarts=draw(st.integers(0, 1000)),
+            within_seconds=draw(st.floats(min_value=0.001, max_value=1e6)),
+        ),
+        max_manual_retries=draw(st.integers(0, 1000)),
+    )
+
+
+errors = st.builds(
+    FileError, code=st.sampled_from(ErrorCode), at=times, message=texts, retryable=st.booleans()
+)
+attempts = st.builds(
+    Attempt,
+    number=st.integers(1, 10_000),
+    started_at=times,
+    ended_at=optional_times,
+    outcome=st.none() | st.sampled_from(AttemptOutcome),
+    code=st.none() | st.sampled_from(ErrorCode),
+    worker_pid=st.none() | st.integers(1, 2**22),
+    retry_delay=optional_times,
+)
+digests = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@st.composite
+def files(draw: st.DrawFn, file_id: str | None = None) -> FileRecord:
+    history = draw(st.lists(attempts, max_size=4))
+    numbered = tuple(
+        Attempt(n, a.started_at, a.ended_at, a.outcome, a.code, a.worker_pid, a.retry_delay)
+        for n, a in enumerate(history, start=1)
+    )
+    return FileRecord(
+        file_id=file_id or draw(texts),
+        name=draw(texts),
+        blob=draw(digests),
+        size=draw(counts),
+        state=draw(st.sampled_from(FileState)),
+        attempts=numbered,
+        round_failures=draw(counts),
+        manual_retries=draw(counts),
+        next_attempt_at=draw(optional_times),
+        error=draw(st.none() | errors),
+        encrypted_with_password=draw(st.booleans()),
+    )
+
+
+batches = st.builds(
+    BatchRecord,
+    batch_id=texts,
+    name=texts,
+    policy=policies(),
+    state=st.sampled_from(BatchState),
+    created_at=times,
+    updated_at=times,
+    sequence=counts,
+    reason=texts,
+    labels=st.dictionaries(texts, texts, max_size=3),
+    owner=texts,
+    idempotency_key=texts,
+    bytes_released_at=optional_times,
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> BatchEvent:
+    file = draw(st.none() | files())
+    # A file event's previous state is the file's, a batch event's the batch's.
+    states = st.sampled_from(BatchState) if file is None else st.sampled_from(FileState)
+    return BatchEvent(
+        sequence=draw(st.integers(1, 2**40)),
+        batch_id=draw(texts),
+        at=draw(times),
+        batch_state=draw(st.sampled_from(BatchState)),
+        file=file,
+        reason=draw(texts),
+        previous_state=draw(st.none() | states),
+    )
+
+
+infos = st.builds(
+    DocumentInfo,
+    **{name: st.none() | texts for name in ("title", "author", "subject", "creation_date")},
+)
+
+
+@pytest.mark.parametrize(
+    ("record", "encoded"),
+    [
+        (BatchRecord, codec.BATCH_COLUMNS),
+        (FileRecord, (*codec.FILE_COLUMNS, "attempts")),
+        (Attempt, codec.ATTEMPT_COLUMNS),
+        (BatchEvent, json.loads(codec.event_to_json(BatchEvent(1, "b", 0.0, BatchState.RUNNING)))),
+        (FileError, codec.error_to_dict(FileError(ErrorCode.INTERNAL, 0.0))),
+        (DocumentInfo, json.loads(codec.info_to_json(DocumentInfo()))),
+    ],
+)
+def test_every_field_of_every_record_is_stored(record: type, encoded: Iterable[str]) -> None:
+    # A field added to a record and not to the codec would be lost on every restart.
+    assert sorted(f.name for f in dataclasses.fields(record)) == sorted(encoded)
+
+
+@given(batches)
+def test_a_batch_survives_its_row(batch: BatchRecord) -> None:
+    assert codec.batch_from_row(codec.batch_to_row(batch)) == batch
+
+
+@given(files())
+def test_a_file_survives_its_row_with_its_attempts_beside_it(record: FileRecord) -> None:
+    rows = [codec.attempt_to_row(a) for a in record.attempts]
+    rebuilt = codec.file_from_row(
+        codec.file_to_row(record), [codec.attempt_from_row(r) for r in rows]
+    )
+    assert rebuilt == record
+
+
+@given(attempts)
+def test_an_attempt_survives_its_row_and_its_json(attempt: Attempt) -> None:
+    assert codec.attempt_from_row(codec.attempt_to_row(attempt)) == attempt
+    as_json = json.loads(json.dumps(codec.attempt_to_dict(attempt)))
+    assert codec.attempt_from_dict(as_json) == attempt
+
+
+@given(events())
+def test_an_event_survives_its_json_with_the_file_it_carries(event: BatchEvent) -> None:
+    assert codec.event_from_json(codec.event_to_json(event)) == event
+
+
+@given(infos)
+def test_document_information_survives_its_json(info: DocumentInfo) -> None:
+    assert codec.info_from_json(codec.info_to_json(info)) == info
+
+
+@given(policies())
+def test_a_policy_survives_its_json_and_is_validated_again(policy: BatchPolicy) -> None:
+    assert codec.policy_from_json(codec.policy_to_json(policy)) == policy
+
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteStore]:
+    """One database for every example; each example stores a batch of its own."""
+    opened = SQLiteStore(tmp_path_factory.mktemp("codec") / "db.sqlite3")
+    yield opened
+    opened.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches, records=st.lists(files(), max_size=5))
+def test_a_batch_and_its_files_survive_the_sqlite_store(
+    store: SQLiteStore, batch: BatchRecord, records: list[FileRecord]
+) -> None:
+    batch = dataclasses.replace(batch, batch_id=f"batch-{next(_ids)}", idempotency_key="")
+    unique = tuple(
+        dataclasses.replace(record, file_id=f"f{index:05d}") for index, record in enumerate(records)
+    )
+    store.create_batch(BatchView(batch, unique))
+    assert store.load(batch.batch_id) == BatchView(batch, unique)
