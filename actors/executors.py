@@ -13,6 +13,7 @@ from typing import Literal
 
 from actors.execution import Executor
 from actors.extract import PdfLimits
+from actors.worker_limits import ProcessLimits
 from actors.worker_pool import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_PROCESSOR, WorkerPool
 
 __all__ = ["ExecutorKind", "make_executor", "ray_available"]
@@ -34,6 +35,7 @@ def make_executor(
     pdf_limits: PdfLimits | None = None,
     temp_root: Path | None = None,
     processor: str = DEFAULT_PROCESSOR,
+    process_limits: ProcessLimits | None = None,
 ) -> Executor:
     """Build the executor the service runs its attempts on.
 
@@ -53,6 +55,7 @@ def make_executor(
             use their own node's temporary directory.
         processor: Import path of the processor. Default
             :func:`actors.extract.extract_pdf`.
+        process_limits: Local only: CPU time per attempt and open files per worker.
 
     Raises:
         ValueError: An unknown ``kind``, or what the executor refuses.
@@ -68,6 +71,7 @@ def make_executor(
             processor=processor,
             memory_limit_bytes=memory_limit_bytes,
             pdf_limits=pdf_limits,
+            process_limits=process_limits,
             temp_root=temp_root,
         )
     if kind == "ray":

@@ -28,6 +28,7 @@ from prometheus_client import start_http_server
 
 from actors.blobs import BlobStore
 from actors.clock import ThreadScheduler
+from actors.executors import make_executor
 from actors.model import FileState
 from actors.runtime import Runtime
 from actors.screening import ScreenedExecutor
@@ -108,8 +109,10 @@ class Service:
             self.store: Store = store
             self.blobs = BlobStore(data / "blobs")
             self.blobs.sweep_temp()
-            self.pool = WorkerPool(
+            self.pool = make_executor(
+                settings.executor,
                 workers=settings.workers,
+                ray_address=settings.ray_address,
                 processor=processor or settings.processor or DEFAULT_PROCESSOR,
                 memory_limit_bytes=settings.memory_limit_bytes,
                 process_limits=ProcessLimits(settings.cpu_limit_seconds, settings.open_files_limit),
@@ -178,7 +181,8 @@ class Service:
         port = self.settings.metrics_port
         if port is None:
             return None
-        metrics = ServiceMetrics(self.store, self.pool, lambda: self.hub.open_watches)
+        pool = self.pool if isinstance(self.pool, WorkerPool) else None
+        metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
         undo.callback(self.store.subscribe(metrics.observe))
         host = self.settings.address.rpartition(":")[0].strip("[]")
         httpd, thread = start_http_server(port, addr=host, registry=metrics.registry)

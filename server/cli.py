@@ -96,7 +96,10 @@ def _serve(args: argparse.Namespace) -> int:
     }
     given = {
         name: value
-        for name in ("address", "data_dir", "workers", "shutdown_grace", "metrics_port")
+        for name in (
+            *("address", "data_dir", "workers", "shutdown_grace", "metrics_port"),
+            *("executor", "ray_address"),
+        )
         if (value := getattr(args, name)) is not None
     }
     try:
@@ -283,6 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (default off)"
     )
+    serve.add_argument(
+        "--executor",
+        choices=("local", "ray", "auto"),
+        help="where attempts run: local worker processes (default) or a Ray cluster",
+    )
+    serve.add_argument("--ray-address", help="the Ray cluster to join (env RAY_ADDRESS)")
     add_serve_flags(serve)
     add_hash_token_flags(
         command(

@@ -36,11 +36,14 @@ class ServiceMetrics:
 
     Args:
         store: Counted for batches by state at scrape time.
-        pool: Read for running workers and queue depth at scrape time.
+        pool: Read for running workers and queue depth at scrape time; ``None`` when
+            the executor has no such figures (Ray reports its own).
         watchers: Returns the number of open watches.
     """
 
-    def __init__(self, store: Store, pool: _StatsSource, watchers: Callable[[], int]) -> None:
+    def __init__(
+        self, store: Store, pool: _StatsSource | None, watchers: Callable[[], int]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.files = Counter(
             "pdfbatch_files_total",
@@ -99,7 +102,9 @@ class ServiceMetrics:
 class _Gauges(Collector):
     """Values read at scrape time: they describe now, not a history."""
 
-    def __init__(self, store: Store, pool: _StatsSource, watchers: Callable[[], int]) -> None:
+    def __init__(
+        self, store: Store, pool: _StatsSource | None, watchers: Callable[[], int]
+    ) -> None:
         self._store = store
         self._pool = pool
         self._watchers = watchers
@@ -110,6 +115,11 @@ class _Gauges(Collector):
         for state in BatchState:
             batches.add_metric([state.value.lower()], tally[state])
         yield batches
+        yield GaugeMetricFamily(
+            "pdfbatch_watchers", "Open WatchBatch streams.", value=self._watchers()
+        )
+        if self._pool is None:
+            return
         stats = self._pool.stats()
         yield GaugeMetricFamily("pdfbatch_workers", "Worker processes alive.", value=stats.workers)
         yield GaugeMetricFamily(
@@ -117,7 +127,4 @@ class _Gauges(Collector):
         )
         yield GaugeMetricFamily(
             "pdfbatch_queue_depth", "Attempts waiting for a worker.", value=stats.queued
-        )
-        yield GaugeMetricFamily(
-            "pdfbatch_watchers", "Open WatchBatch streams.", value=self._watchers()
         )

@@ -7,7 +7,7 @@ Every setting can come from the environment (``PDFBATCH_ADDRESS``, ``PDFBATCH_DA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -128,6 +128,11 @@ class ServerSettings(BaseSettings):
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
         metrics_port: Serve Prometheus metrics over HTTP on this port, on the host of
             ``address``. Default ``None``: no metrics endpoint.
+        executor: Where attempts run: ``"local"`` worker processes (default),
+            ``"ray"`` tasks on a Ray cluster, or ``"auto"`` (Ray when it is installed
+            and a cluster is named).
+        ray_address: The Ray cluster to join. Default ``RAY_ADDRESS``, else a Ray
+            started on this machine.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -152,6 +157,8 @@ class ServerSettings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    executor: Literal["local", "ray", "auto"] = "local"
+    ray_address: str | None = None
 
     @model_validator(mode="after")
     def _threads_beyond_watchers(self) -> Self:

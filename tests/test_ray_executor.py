@@ -26,12 +26,15 @@ from actors.policy import BatchPolicy, RetryPolicy
 from actors.ray_executor import RayExecutor
 from actors.ray_processes import BUSY_MARKER, WorkerLocation, reap_on_nodes
 from actors.worker_pool import WorkerPool
+from bench.samples import not_a_pdf, text_pdf
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.harness import Harness, build_harness
 from tests.pool_fixtures import Recorder, blob
 from tests.processors import SCRIPTED
 from tests.ray_fixtures import RayInstance, build_ray_harness, process_gone, ray_instance
+from tests.server_fixtures import ServerFactory, serve
 
-__all__ = ["blob", "ray_instance"]  # fixtures, imported for pytest
+__all__ = ["blob", "ray_instance", "serve"]  # fixtures, imported for pytest
 
 Blob = Callable[[bytes], str]
 MIXED = (
@@ -328,3 +331,19 @@ def _pages(outcome: object) -> tuple[str, ...]:
 
 def _start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+def test_the_service_runs_on_ray_when_asked(
+    ray_instance: RayInstance,
+    serve: ServerFactory,
+) -> None:
+    server = serve(executor="ray")
+    assert isinstance(server.service.pool, RayExecutor)
+    batch = server.submit(("good.pdf", text_pdf("on ray")), ("notes.pdf", not_a_pdf()))
+    server.settle(batch.batch_id)
+    stored = server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=60)
+    assert stored.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
+    assert [(f.name, f.error.code) for f in stored.files] == [
+        ("good.pdf", ""),
+        ("notes.pdf", "NOT_A_PDF"),
+    ]
