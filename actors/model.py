@@ -19,6 +19,7 @@ __all__ = [
     "FILE_TRANSITIONS",
     "Attempt",
     "AttemptOutcome",
+    "AuditEntry",
     "BatchEvent",
     "BatchRecord",
     "BatchState",
@@ -320,3 +321,27 @@ class ExtractionResult:
     encrypted: bool
     info: DocumentInfo
     pages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One request, as the audit trail keeps it: who did what to which batch, and how
+    it ended. Append-only; it outlives the batch it names.
+
+    Attributes:
+        at: When the request ended.
+        request_id: The request's id, as in the log.
+        caller: The tenant that made it.
+        action: What was asked (the RPC's name).
+        batch_id: The batch concerned, if any.
+        outcome: ``OK`` or the status code and reason it was refused with.
+        detail: What else was asked (file ids of a retry, a cancel's reason).
+    """
+
+    at: float
+    request_id: str
+    caller: str
+    action: str
+    batch_id: str
+    outcome: str
+    detail: str = ""

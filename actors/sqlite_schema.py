@@ -112,7 +112,32 @@ _V2 = (
     "CREATE INDEX events_by_time ON events (at)",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2)
+# Version 3: the audit trail of requests, append-only and kept when its batch is deleted.
+_V3 = (
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        request_id TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        action TEXT NOT NULL,
+        batch_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX audit_by_batch ON audit (batch_id, id)",
+    """
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
+    """,
+    """
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
+    """,
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from actors import records_codec as codec
 from actors.book import Changes
-from actors.model import Attempt, BatchEvent, BatchRecord, BatchState, BatchView, ExtractionResult
+from actors.model import (
+    Attempt,
+    AuditEntry,
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+)
 from actors.sqlite_connections import Connections, Synchronous
 from actors.store import EventListener
 
@@ -30,6 +38,9 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
+
+
+_AUDIT_COLUMNS = "at, request_id, caller, action, batch_id, outcome, detail"
 
 
 def _columns(names: tuple[str, ...]) -> str:
@@ -258,7 +269,29 @@ class SQLiteStore:
                 ).rowcount
             return pruned
 
+    def append_audit(self, entry: AuditEntry) -> None:
+        with self._db.write() as db:
+            db.execute(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.at,
+                    entry.request_id,
+                    entry.caller,
+                    entry.action,
+                    entry.batch_id,
+                    entry.outcome,
+                    entry.detail,
+                ),
+            )
+
     # Reads -------------------------------------------------------------------------
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        with self._db.read() as db:
+            rows = db.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE batch_id = ? ORDER BY id", (batch_id,)
+            ).fetchall()
+        return [AuditEntry(*row) for row in rows]
 
     def load(self, batch_id: str) -> BatchView | None:
         with self._db.read() as db:

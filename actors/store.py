@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from actors.book import Changes
-from actors.model import BatchEvent, BatchRecord, BatchView, ExtractionResult, FileRecord
+from actors.model import (
+    AuditEntry,
+    BatchEvent,
+    BatchRecord,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+)
 
 __all__ = ["EventListener", "MemoryStore", "Store"]
 
@@ -57,6 +64,14 @@ class Store(Protocol):
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         """Call ``listener`` with every event after it is committed; returns unsubscribe."""
+        ...
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        """Add ``entry`` to the append-only audit trail."""
+        ...
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        """The audit trail of requests about ``batch_id``, oldest first."""
         ...
 
     def oldest_sequence(self, batch_id: str) -> int | None:
@@ -113,6 +128,7 @@ class MemoryStore:
         self._events: dict[str, list[BatchEvent]] = {}
         self._results: dict[tuple[str, str], ExtractionResult] = {}
         self._listeners: list[EventListener] = []
+        self._audit: list[AuditEntry] = []
 
     def create_batch(self, view: BatchView) -> None:
         with self._lock:
@@ -226,3 +242,11 @@ class MemoryStore:
                 del events[:old]
                 pruned += old
             return pruned
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        with self._lock:
+            self._audit.append(entry)
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        with self._lock:
+            return [entry for entry in self._audit if entry.batch_id == batch_id]

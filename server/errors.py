@@ -30,6 +30,7 @@ __all__ = [
     "abort",
     "service_closing",
     "status_of",
+    "wire_error",
 ]
 
 log = structlog.get_logger(__name__)
@@ -162,6 +163,11 @@ def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def wire_error(exc: BaseException) -> WireError:
+    """What the caller is told of ``exc``: code, reason, message (logs unexpected ones)."""
+    return _classify(exc)
 
 
 def status_of(exc: BaseException) -> Any:

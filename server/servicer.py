@@ -11,6 +11,7 @@ batch that does not exist (same status, reason and message), so ids leak nothing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
@@ -25,11 +26,12 @@ from actors.runtime import Runtime
 from actors.store import Store
 from server import convert
 from server.auth import Authenticator
-from server.errors import FieldViolation, WireError, abort, service_closing
+from server.errors import FieldViolation, WireError, abort, service_closing, wire_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.paging import list_page
 from server.ratelimit import RateLimiter
+from server.requests import RequestContext, request_scope
 from server.upload import Uploads
 from server.watch import WatchHub
 
@@ -65,13 +67,19 @@ def _unary(method: _Unary[_S, _Request, _Response]) -> _Unary[_S, _Request, _Res
     def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> _Response:
         if self.closing:
             abort(context, service_closing())
-        try:
-            return method(self, request, context)
-        except grpc.RpcError:
-            # The client's side of the call broke off; gRPC already knows.
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
-            abort(context, exc)
+        with self.request(context, method.__name__, request) as call:
+            try:
+                response = method(self, request, context)
+            except grpc.RpcError:
+                # The client's side of the call broke off; gRPC already knows.
+                call.outcome = "ABANDONED_BY_CLIENT"
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+                error = wire_error(exc)
+                call.outcome = f"{error.code.name} {error.reason}"
+                abort(context, error)
+            call.batch_id = call.batch_id or str(getattr(response, "batch_id", ""))
+            return response
 
     return answer
 
@@ -85,12 +93,16 @@ def _streaming(
     def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> Iterator[_Response]:
         if self.closing:
             abort(context, service_closing())
-        try:
-            yield from method(self, request, context)
-        except grpc.RpcError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
-            abort(context, exc)
+        with self.request(context, method.__name__, request) as call:
+            try:
+                yield from method(self, request, context)
+            except grpc.RpcError:
+                call.outcome = "ABANDONED_BY_CLIENT"
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+                error = wire_error(exc)
+                call.outcome = f"{error.code.name} {error.reason}"
+                abort(context, error)
 
     return answer
 
@@ -136,6 +148,20 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def closing(self) -> bool:
         """Whether new calls are refused."""
         return self._closing.is_set()
+
+    @contextlib.contextmanager
+    def request(
+        self, context: grpc.ServicerContext, action: str, request: object
+    ) -> Iterator[RequestContext]:
+        """The call's id, log context and audit entry (see :mod:`server.requests`)."""
+        try:
+            caller = self._auth.caller(context)
+        except WireError:
+            caller = "<unauthenticated>"  # the interceptor refuses such calls earlier
+        with request_scope(self._store, context, action, caller) as call:
+            call.batch_id = str(getattr(request, "batch_id", ""))
+            call.detail = ",".join(getattr(request, "file_ids", ()))
+            yield call
 
     def _owned(self, batch_id: str, caller: str) -> BatchView:
         """The caller's batch ``batch_id``; someone else's is refused as a missing one.

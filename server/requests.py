@@ -1,0 +1,88 @@
+"""Each call's identity: a request id, bound to the log and recorded in the audit trail.
+
+The id comes from the caller's ``x-request-id`` metadata when it is a sane token, else
+it is made here; it is sent back in the initial metadata, bound to every log line of the
+call (structlog context variables: the call runs on one gRPC thread) and written, with
+who asked what about which batch and how it ended, to the store's append-only audit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+
+from actors.errors import StorageUnavailableError
+from actors.model import AuditEntry
+from actors.store import Store
+
+__all__ = ["RequestContext", "request_scope"]
+
+log = structlog.get_logger(__name__)
+
+_HEADER = "x-request-id"
+_SANE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass
+class RequestContext:
+    """What is known of one call while it runs; the wrapper fills in the outcome."""
+
+    request_id: str
+    caller: str
+    action: str
+    batch_id: str = ""
+    detail: str = ""
+    outcome: str = "OK"
+    started: float = field(default_factory=time.monotonic)
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == _HEADER and isinstance(value, str) and _SANE.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def request_scope(
+    store: Store, context: grpc.ServicerContext, action: str, caller: str
+) -> Iterator[RequestContext]:
+    """Bind the call's id and caller to the log; audit it when it ends.
+
+    An audit entry that cannot be stored (the store is down) is logged and does not
+    fail the call: the call's own outcome is what the caller must get.
+    """
+    call = RequestContext(_request_id(context), caller, action)
+    context.send_initial_metadata(((_HEADER, call.request_id),))
+    with structlog.contextvars.bound_contextvars(
+        request_id=call.request_id, caller=call.caller, rpc=action
+    ):
+        try:
+            yield call
+        finally:
+            log.info(
+                "rpc",
+                batch_id=call.batch_id,
+                outcome=call.outcome,
+                duration=time.monotonic() - call.started,
+            )
+            entry = AuditEntry(
+                at=time.time(),
+                request_id=call.request_id,
+                caller=call.caller,
+                action=action,
+                batch_id=call.batch_id,
+                outcome=call.outcome,
+                detail=call.detail,
+            )
+            try:
+                store.append_audit(entry)
+            except StorageUnavailableError:
+                log.exception("audit_not_stored")
