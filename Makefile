@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m bench.demo
 
+## bench: run every benchmark scenario, print the table, write bench/results/latest.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 ## test: lint, type-check and run the whole test suite (what CI runs).
 test: lint typecheck protos-check pytest
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 
 from pypdf import PdfWriter
 from pypdf.generic import ContentStream, DictionaryObject, NameObject
 
-__all__ = ["encrypted_pdf", "not_a_pdf", "text_pdf", "truncated_pdf"]
+__all__ = ["encrypted_pdf", "not_a_pdf", "report_pdf", "text_pdf", "truncated_pdf"]
 
 
 def text_pdf(*texts: str, padding: int = 0, password: str | None = None) -> bytes:
@@ -62,3 +63,37 @@ def truncated_pdf() -> bytes:
 def not_a_pdf() -> bytes:
     """A text file that someone named ``.pdf``."""
     return b"Meeting notes, not a PDF at all.\n"
+
+
+def report_pdf(*pages: Sequence[str], padding: int = 0) -> bytes:
+    """A PDF with one US Letter page per sequence of lines, like a page of a report.
+
+    Args:
+        pages: Each page's lines; ASCII without parentheses or backslashes.
+        padding: Random bytes attached to the file, to make it bigger.
+    """
+    writer = PdfWriter()
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    for lines in pages:
+        page = writer.add_blank_page(width=612, height=792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        shown = " T* ".join(f"({line}) Tj" for line in lines)
+        stream = ContentStream(None, None)
+        stream.set_data(f"BT /F1 10 Tf 12 TL 50 740 Td {shown} ET".encode())
+        page.replace_contents(stream)
+    writer.add_metadata(
+        {"/Title": pages[0][0] if pages and pages[0] else "", "/Producer": "pdfbatch samples"}
+    )
+    if padding:
+        writer.add_attachment("padding.bin", os.urandom(padding))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

@@ -1,0 +1,51 @@
+"""A scripted processor for the scenarios that measure the service, not pypdf.
+
+Workers import it when a server runs with ``PDFBATCH_PROCESSOR=bench.processors:scripted``
+(or ``Service(processor=SCRIPTED)``). The file's bytes say what to do, after the
+``%PDF-`` signature that gets them past the service's screening:
+
+- ``%PDF-ok``: succeed at once with a one-page result.
+- ``%PDF-hang``: leave a file named ``hang-<pid>`` in the worker's temporary directory,
+  then wait forever, so that a cancel has a process to kill and a file to clean up.
+
+A copy of the idea in ``tests/processors.py``, so that the bench does not import tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from actors.extract import PDF_SIGNATURE
+from actors.model import DocumentInfo, ExtractionResult
+
+__all__ = ["HANG", "OK", "SCRIPTED", "hang_marker", "scripted"]
+
+SCRIPTED = "bench.processors:scripted"
+OK = PDF_SIGNATURE + b"ok"
+HANG = PDF_SIGNATURE + b"hang"
+
+
+def hang_marker(temp_dir: Path, pid: int) -> Path:
+    """The file a hanging worker leaves in its temporary directory."""
+    return temp_dir / f"hang-{pid}"
+
+
+def scripted(data: bytes, password: str | None) -> ExtractionResult:
+    """Do what ``data`` says (see the module's description).
+
+    Raises:
+        ValueError: ``data`` is no script of this module.
+    """
+    del password
+    match data.removeprefix(PDF_SIGNATURE):
+        case b"ok":
+            return ExtractionResult(
+                page_count=1, encrypted=False, info=DocumentInfo(title="ok"), pages=("ok",)
+            )
+        case b"hang":
+            hang_marker(Path(tempfile.gettempdir()), os.getpid()).write_bytes(b"")
+            threading.Event().wait()
+    raise ValueError(f"not a script: {data[:32]!r}")

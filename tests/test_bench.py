@@ -1,0 +1,58 @@
+"""The benchmark's smallest runs, so that ``python -m bench`` does not rot between uses.
+
+Each test runs one scenario end to end at a size that takes seconds: real servers,
+real worker processes, real gRPC. The numbers mean nothing at this size; what is
+checked is that every scenario still measures what it says and leaves nothing behind
+(the leak check of ``conftest`` runs after each test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bench.__main__ import main
+from bench.cancel import cancel_latency
+from bench.options import Options
+from bench.watch import watch_latency
+
+WORKERS = 2
+
+
+def test_throughput_runs_the_same_files_through_the_bare_pool_and_the_service(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "results.json"
+    code = main(
+        ["--scenario", "throughput", "--files", "6", "--repeat", "1", "--json", str(output)]
+    )
+    assert code == 0
+    [figure] = json.loads(output.read_text())["figures"]
+    assert figure["scenario"] == "throughput"
+    assert figure["value"] > 0
+    outcomes = figure["detail"]["outcomes_last_pair"]
+    assert outcomes["bare"] == {"succeeded": 6, "failed": 0}
+    assert outcomes["service"]["succeeded"] == 6
+    assert figure["target"] == ">= 0.95"
+    assert isinstance(figure["passed"], bool)
+
+
+def test_cancel_latency_is_measured_on_every_run() -> None:
+    p50, p99 = cancel_latency(Options(files=20, repeat=2, workers=WORKERS))
+    latencies = p50.detail["latencies_ms"]
+    assert len(latencies) == 2
+    assert all(0 < ms < 60_000 for ms in latencies)
+    assert p99.value == max(latencies)
+    assert p99.target == "< 250"
+
+
+def test_watch_latency_is_measured_for_every_watcher() -> None:
+    figures = watch_latency(Options(files=30, workers=WORKERS))
+    assert len(figures) == 2
+    for figure in figures:
+        assert figure.detail["watchers"] == 50
+        # Every live event reached every watcher that was connected by then.
+        assert figure.detail["deliveries"] >= figure.detail["events"] > 0
+        assert figure.value is not None
+        assert not math.isnan(figure.value)
