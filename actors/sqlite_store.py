@@ -286,6 +286,20 @@ class SQLiteStore:
 
     # Reads -------------------------------------------------------------------------
 
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        terminal = _marks(len(_TERMINAL_STATES))
+        with self._db.read() as db:
+            (active,) = db.execute(
+                f"SELECT COUNT(*) FROM batches WHERE owner = ? AND state NOT IN ({terminal})",
+                (owner, *_TERMINAL_STATES),
+            ).fetchone()
+            (stored,) = db.execute(
+                "SELECT COALESCE(SUM(files.size), 0) FROM files JOIN batches USING (batch_id) "
+                "WHERE batches.owner = ? AND batches.bytes_released_at IS NULL",
+                (owner,),
+            ).fetchone()
+        return int(active), int(stored)
+
     def audit_entries(self, batch_id: str) -> list[AuditEntry]:
         with self._db.read() as db:
             rows = db.execute(

@@ -70,6 +70,10 @@ class Store(Protocol):
         """Add ``entry`` to the append-only audit trail."""
         ...
 
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        """``owner``'s batches not yet settled, and the bytes its batches still hold."""
+        ...
+
     def audit_entries(self, batch_id: str) -> list[AuditEntry]:
         """The audit trail of requests about ``batch_id``, oldest first."""
         ...
@@ -250,3 +254,14 @@ class MemoryStore:
     def audit_entries(self, batch_id: str) -> list[AuditEntry]:
         with self._lock:
             return [entry for entry in self._audit if entry.batch_id == batch_id]
+
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        with self._lock:
+            active = stored = 0
+            for batch_id, batch in self._batches.items():
+                if batch.owner != owner:
+                    continue
+                active += not batch.state.terminal
+                if batch.bytes_released_at is None:
+                    stored += sum(f.size for f in self._files[batch_id].values())
+            return active, stored
