@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from actors.model import (
     Attempt,
+    AuditEntry,
     BatchEvent,
     BatchState,
     BatchView,
@@ -385,3 +386,37 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{_FIELD_NAMES.get(part, part)}"
     return path
+
+
+def history_to_proto(
+    record: FileRecord, events: Sequence[BatchEvent], audit: Sequence[AuditEntry]
+) -> pb.FileHistory:
+    """A file's transitions and its batch's requests, merged oldest first."""
+    entries: list[tuple[float, pb.HistoryEntry]] = []
+    for event in events:
+        if event.file is None or event.file.file_id != record.file_id:
+            continue
+        previous = event.previous_state
+        transition = pb.FileTransition(
+            sequence=event.sequence,
+            to_state=_file_state(event.file.state),
+            reason=event.reason,
+        )
+        if isinstance(previous, FileState):
+            transition.from_state = _file_state(previous)
+        entries.append(
+            (event.at, pb.HistoryEntry(time=_timestamp(event.at), transition=transition))
+        )
+    for entry in audit:
+        if entry.detail and record.file_id not in entry.detail.split(","):
+            continue  # a retry of other files of the batch
+        request = pb.AuditRecord(
+            request_id=entry.request_id,
+            caller=entry.caller,
+            action=entry.action,
+            outcome=entry.outcome,
+            detail=entry.detail,
+        )
+        entries.append((entry.at, pb.HistoryEntry(time=_timestamp(entry.at), request=request)))
+    entries.sort(key=lambda pair: pair[0])
+    return pb.FileHistory(file=file_to_proto(record), entries=[e for _, e in entries])

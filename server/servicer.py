@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from actors.model import BatchView
-from actors.refusals import BatchNotFound
+from actors.refusals import BatchNotFound, FileNotFound
 from actors.runtime import Runtime
 from actors.store import Store
 from server import convert
@@ -256,6 +256,19 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         record = self._runtime.get(batch_id).file(file_id)
         if record is not None:
             yield from convert.result_chunks(batch_id, record, result)
+
+    @_unary
+    def GetFileHistory(
+        self, request: pb.GetFileHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.FileHistory:
+        file_id = _require(request.file_id, "file_id")
+        view = self._owned(request.batch_id, self._auth.caller(context))
+        record = view.file(file_id)
+        if record is None:
+            raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
+        batch_id = view.batch.batch_id
+        events = self._store.events_after(batch_id, 0)
+        return convert.history_to_proto(record, events, self._store.audit_entries(batch_id))
 
     @_unary
     def DeleteBatch(

@@ -53,6 +53,29 @@ def test_submit_fail_retry_cancel_is_audited_in_order(server: RunningServer) -> 
     assert line["rpc"] == "CancelBatch"
     assert line["request_id"] == trail[-1].request_id
     assert line["batch_id"] == batch.batch_id
+    history = server.stub.GetFileHistory(
+        pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=bad), timeout=60
+    )
+    lines = [
+        (e.request.action, e.request.outcome)
+        if e.HasField("request")
+        else (pb.FileState.Name(e.transition.to_state), e.transition.reason)
+        for e in history.entries
+    ]
+    assert ("SubmitBatch", "OK") in lines  # audited when the upload's call ended
+    assert ("FILE_STATE_RUNNING", "attempt 1 started") in lines
+    failed = (
+        "FILE_STATE_FAILED",
+        "attempt 1 failed with NOT_A_PDF, which another attempt cannot fix",
+    )
+    assert failed in lines
+    assert ("RetryFiles", "OK") in lines
+    assert ("FILE_STATE_PENDING", "retried by a client") in lines
+    assert ("RetryFiles", "FAILED_PRECONDITION FILE_ALREADY_SUCCEEDED") not in lines, (
+        "a retry of another file is not this file's history"
+    )
+    assert lines[-1] == ("CancelBatch", "OK")
+    assert history.file.file_id == bad
     # The trail survives the batch it describes.
     server.stub.DeleteBatch(pb.DeleteBatchRequest(batch_id=batch.batch_id), timeout=60)
     assert [e.action for e in server.store.audit_entries(batch.batch_id)][-1] == "DeleteBatch"

@@ -76,6 +76,11 @@ class BatchServiceStub:
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetFileHistory = channel.unary_unary(
+                '/pdfbatch.v1.BatchService/GetFileHistory',
+                request_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.FileHistory.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -148,6 +153,14 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFileHistory(self, request, context):
+        """A file's whole history: every state change (from, to, why: attempts, codes,
+        delays chosen) and every request about its batch (who retried or cancelled it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +203,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.DeleteBatch,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetFileHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFileHistory,
+                    request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.FromString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.FileHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -409,6 +427,33 @@ class BatchService:
             '/pdfbatch.v1.BatchService/DeleteBatch',
             pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFileHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdfbatch.v1.BatchService/GetFileHistory',
+            pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
+            pdfbatch_dot_v1_dot_batch__pb2.FileHistory.FromString,
             options,
             channel_credentials,
             insecure,

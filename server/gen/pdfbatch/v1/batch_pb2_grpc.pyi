@@ -67,6 +67,10 @@ class BatchServiceStub:
     """Streams a succeeded file's metadata, then its pages' text."""
     DeleteBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _empty_pb2.Empty]
     """Cancels the batch if needed, then removes it, its results and its stored bytes."""
+    GetFileHistory: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.FileHistory]
+    """A file's whole history: every state change (from, to, why: attempts, codes,
+    delays chosen) and every request about its batch (who retried or cancelled it).
+    """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
@@ -101,6 +105,10 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """Streams a succeeded file's metadata, then its pages' text."""
     DeleteBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Cancels the batch if needed, then removes it, its results and its stored bytes."""
+    GetFileHistory: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.FileHistory]  # type: ignore[assignment]
+    """A file's whole history: every state change (from, to, why: attempts, codes,
+    delays chosen) and every request about its batch (who retried or cancelled it).
+    """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """Batches of PDF files, processed by supervised workers."""
@@ -180,5 +188,15 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Cancels the batch if needed, then removes it, its results and its stored bytes."""
+
+    @_abc_1.abstractmethod
+    def GetFileHistory(
+        self,
+        request: _batch_pb2.GetFileHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.FileHistory, _abc.Awaitable[_batch_pb2.FileHistory]]:
+        """A file's whole history: every state change (from, to, why: attempts, codes,
+        delays chosen) and every request about its batch (who retried or cancelled it).
+        """
 
 def add_BatchServiceServicer_to_server(servicer: BatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
