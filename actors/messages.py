@@ -69,9 +69,14 @@ class GetView:
 
 @dataclass(frozen=True, slots=True)
 class CancelBatch:
-    """Cancel the batch; the reply is the list of futures of the children's stops."""
+    """Cancel the batch; the reply is the list of futures of the children's stops.
+
+    ``request_id`` names the request in the supervisor's log lines: pykka's threads do
+    not inherit the caller's context variables, so it travels in the message.
+    """
 
     reason: str
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class RetryFiles:
     file_ids: tuple[str, ...] | None
     passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     requested_by: str = ""
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

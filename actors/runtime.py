@@ -268,8 +268,11 @@ class Runtime:
         *,
         passwords: Mapping[str, str] | None = None,
         requested_by: str = "",
+        request_id: str = "",
     ) -> BatchView:
         """Retry chosen files, or every failed and cancelled file when none are chosen.
+
+        ``requested_by`` and ``request_id`` say who asked, in the events and the log.
 
         Raises:
             BatchNotFound: No such batch.
@@ -278,12 +281,15 @@ class Runtime:
         """
         self._check_open()
         request = RetryFiles(
-            tuple(file_ids) if file_ids else None, dict(passwords or {}), requested_by
+            tuple(file_ids) if file_ids else None,
+            dict(passwords or {}),
+            requested_by,
+            request_id,
         )
         view: BatchView = self._ask(batch_id, request)
         return view
 
-    def cancel(self, batch_id: str, reason: str = "client") -> BatchView:
+    def cancel(self, batch_id: str, reason: str = "client", request_id: str = "") -> BatchView:
         """Cancel the batch; returns once nothing of it runs.
 
         Idempotent: cancelling a finished or cancelled batch returns it unchanged.
@@ -294,7 +300,7 @@ class Runtime:
         settled = self.get(batch_id)
         if settled.batch.state.terminal:
             return settled
-        stops: list[pykka.Future[Any]] = self._ask(batch_id, CancelBatch(reason))
+        stops: list[pykka.Future[Any]] = self._ask(batch_id, CancelBatch(reason, request_id))
         # Kill the batch's processes here, on the caller's thread, rather than one by
         # one in each file actor: the actors then only learn that their attempts ended.
         self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)

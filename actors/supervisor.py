@@ -215,8 +215,8 @@ class BatchSupervisor(pykka.ThreadingActor):
                 self._backoff_over(file_id, attempt)
             case GetView():
                 return self._book.view()
-            case CancelBatch(reason=reason):
-                return self._cancel(reason)
+            case CancelBatch(reason=reason, request_id=request_id):
+                return self._cancel(reason, request_id)
             case RetryFiles():
                 if self._retiring:
                     # The caller asks the manager again and reaches a fresh supervisor.
@@ -434,12 +434,12 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     # Cancel and retry --------------------------------------------------------------
 
-    def _cancel(self, reason: str) -> list[pykka.Future[Any]]:
+    def _cancel(self, reason: str, request_id: str = "") -> list[pykka.Future[Any]]:
         batch = self._book.batch
         if batch.state.terminal or batch.state is BatchState.CANCELLING:
             return []
         now = self._now()
-        self._log.info("batch_cancelling", reason=reason)
+        self._log.info("batch_cancelling", reason=reason, request_id=request_id)
         self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
         self._cancel_waiting(now)
         stops = self._stop_children(forget=False)
@@ -498,7 +498,12 @@ class BatchSupervisor(pykka.ThreadingActor):
             self._ready.append(file_id)
         if batch.state.terminal:
             self._book.set_batch(BatchState.RUNNING, now, "")
-        self._log.info("files_retried", count=len(chosen), requested_by=request.requested_by)
+        self._log.info(
+            "files_retried",
+            count=len(chosen),
+            requested_by=request.requested_by,
+            request_id=request.request_id,
+        )
 
     def _retry_targets(self, file_ids: tuple[str, ...] | None) -> list[str]:
         """Which files a retry covers; refuses the whole request if any file cannot."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
+import structlog
 from google.protobuf import empty_pb2
 
 from actors.model import BatchView
@@ -40,6 +41,11 @@ __all__ = ["BatchServicer"]
 
 # The runtime's words for a batch that does not exist, for one that is someone else's.
 _NO_SUCH_BATCH = "No batch with this id exists."
+
+
+def _current_request_id() -> str:
+    """The running call's id, bound by :func:`server.requests.request_scope`."""
+    return str(structlog.contextvars.get_contextvars().get("request_id", ""))
 
 
 def _require(value: str, field: str) -> str:
@@ -235,6 +241,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             list(request.file_ids) or None,
             passwords=dict(request.passwords),
             requested_by=caller,
+            request_id=_current_request_id(),
         )
         return convert.batch_to_proto(view)
 
@@ -243,7 +250,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
         self._owned(request.batch_id, self._auth.caller(context))
-        view = self._runtime.cancel(request.batch_id, reason="client")
+        view = self._runtime.cancel(
+            request.batch_id, reason="client", request_id=_current_request_id()
+        )
         return convert.batch_to_proto(view)
 
     @_streaming

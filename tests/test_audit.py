@@ -20,11 +20,15 @@ def test_submit_fail_retry_cancel_is_audited_in_order(server: RunningServer) -> 
     bad = next(f.file_id for f in batch.files if f.name == "bad.pdf")
     good = next(f.file_id for f in batch.files if f.name == "good.pdf")
     metadata = (("x-request-id", "retry-42"),)
-    _, call = server.stub.RetryFiles.with_call(
-        pb.RetryFilesRequest(batch_id=batch.batch_id, file_ids=[bad]),
-        metadata=metadata,
-        timeout=60,
-    )
+    with capture_logs() as actor_logs:
+        _, call = server.stub.RetryFiles.with_call(
+            pb.RetryFilesRequest(batch_id=batch.batch_id, file_ids=[bad]),
+            metadata=metadata,
+            timeout=60,
+        )
+    # The id crosses into the supervisor's thread inside the message.
+    (retried,) = [entry for entry in actor_logs if entry["event"] == "files_retried"]
+    assert retried["request_id"] == "retry-42"
     assert ("x-request-id", "retry-42") in call.initial_metadata()
     server.settle(batch.batch_id)
     with pytest.raises(grpc.RpcError) as refused:
