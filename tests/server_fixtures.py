@@ -8,8 +8,6 @@ one down completely after its test, so the leak checks in ``conftest`` hold.
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 import socket
 import threading
 import time
@@ -22,12 +20,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pypdf import PdfWriter
-from pypdf.generic import ContentStream, DictionaryObject, NameObject
 
 from actors.model import BatchView
 from actors.sqlite_store import SQLiteStore
 from actors.store import Store
+from bench.samples import text_pdf
 from server.app import DATABASE_NAME, Service
 from server.client import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -39,29 +36,7 @@ WAIT = 60.0
 
 def make_pdf(*texts: str, padding: int = 0, password: str | None = None) -> bytes:
     """A PDF with one page per text; ``padding`` random bytes ride along as an attachment."""
-    writer = PdfWriter()
-    font = DictionaryObject(
-        {
-            NameObject("/Type"): NameObject("/Font"),
-            NameObject("/Subtype"): NameObject("/Type1"),
-            NameObject("/BaseFont"): NameObject("/Helvetica"),
-        }
-    )
-    for text in texts:
-        page = writer.add_blank_page(width=300, height=200)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-        )
-        stream = ContentStream(None, None)
-        stream.set_data(f"BT /F1 12 Tf 20 100 Td ({text}) Tj ET".encode())
-        page.replace_contents(stream)
-    if padding:
-        writer.add_attachment("padding.bin", os.urandom(padding))
-    if password is not None:
-        writer.encrypt(user_password=password, owner_password="owner", algorithm="AES-256")
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    return text_pdf(*texts, padding=padding, password=password)
 
 
 def many_pages(count: int, prefix: str = "page") -> bytes:
