@@ -7,14 +7,22 @@ job over or to kill a process.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import structlog
 
 from actors.errors import ErrorCode
 from actors.model import ExtractionResult
 
+log = structlog.get_logger(__name__)
+
+_A = TypeVar("_A")
+
 __all__ = [
+    "AttemptCallbacks",
     "AttemptFailure",
     "AttemptHandle",
     "AttemptJob",
@@ -112,3 +120,42 @@ class Executor(Protocol):
     def close(self) -> None:
         """Stop every worker; unfinished attempts end as ``CANCELLED``."""
         ...
+
+
+class AttemptCallbacks:
+    """Delivers an attempt's two callbacks as the :class:`Executor` contract promises.
+
+    ``on_started`` never follows ``on_done``; ``on_done`` runs exactly once if the
+    executor delivers it once; a callback that raises is logged and the executor goes
+    on. The lock is re-entrant so that a callback may cancel its own attempt.
+    Executors' attempt handles extend this class.
+    """
+
+    def __init__(self, on_started: OnStarted, on_done: OnDone) -> None:
+        # Set once nothing of the attempt runs any more and its temporary files are gone.
+        self.finished = threading.Event()
+        self._on_started = on_started
+        self._on_done = on_done
+        self._delivery = threading.RLock()
+        self._done_delivered = False
+
+    def deliver_started(self, pid: int | None) -> None:
+        """Report that a worker picked the attempt up, unless it already ended."""
+        with self._delivery:
+            if not self._done_delivered:
+                _call_safely(self._on_started, pid)
+
+    def deliver_done(self, outcome: AttemptOutcomeReport) -> None:
+        """Report the attempt's outcome."""
+        self.finished.set()
+        with self._delivery:
+            self._done_delivered = True
+            _call_safely(self._on_done, outcome)
+
+
+def _call_safely(callback: Callable[[_A], None], arg: _A) -> None:
+    try:
+        callback(arg)
+    # A callback must not raise; if one does, the executor must still go on.
+    except Exception:
+        log.exception("executor callback raised", callback=repr(callback))

@@ -26,15 +26,16 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 import structlog
 
 from actors.errors import ErrorCode
 from actors.execution import (
+    AttemptCallbacks,
     AttemptFailure,
     AttemptHandle,
     AttemptJob,
@@ -63,7 +64,6 @@ __all__ = ["RayExecutor"]
 
 log = structlog.get_logger(__name__)
 
-_A = TypeVar("_A")
 
 RESTART_BACKOFF = 1.0
 # How long the monitor waits in one ray.wait: a new attempt joins the wait set after it.
@@ -78,12 +78,13 @@ class _State(enum.Enum):
     DONE = "done"  # claimed by whoever reports the outcome
 
 
-class _Attempt:
+class _Attempt(AttemptCallbacks):
     """The handle of one submitted job; its fields are guarded by the executor's lock."""
 
     def __init__(
         self, executor: RayExecutor, job: AttemptJob, on_started: OnStarted, on_done: OnDone
     ) -> None:
+        super().__init__(on_started, on_done)
         self.job = job
         self.state = _State.SUBMITTED
         self.stream: ray.ObjectRefGenerator[bytes] | None = None
@@ -92,14 +93,7 @@ class _Attempt:
         self.answered = False
         # Set once the monitor read the stream to its end, location included if any.
         self.stream_closed = threading.Event()
-        self.finished = threading.Event()
         self._executor = executor
-        self._on_started = on_started
-        self._on_done = on_done
-        # Keeps on_started before on_done across threads; re-entrant so that a callback
-        # may cancel its own attempt.
-        self._delivery = threading.RLock()
-        self._done_delivered = False
 
     @property
     def pid(self) -> int | None:
@@ -108,17 +102,6 @@ class _Attempt:
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.AttemptHandle.cancel`."""
         self._executor._cancel(self, code)
-
-    def deliver_started(self, pid: int) -> None:
-        with self._delivery:
-            if not self._done_delivered:
-                _call_safely(self._on_started, pid)
-
-    def deliver_done(self, outcome: AttemptOutcomeReport) -> None:
-        self.finished.set()
-        with self._delivery:
-            self._done_delivered = True
-            _call_safely(self._on_done, outcome)
 
 
 class RayExecutor:
@@ -426,11 +409,3 @@ def _failure(exc: BaseException, pid: int | None) -> AttemptFailure:
 
 def _process_of(where: WorkerLocation) -> tuple[int, int, str, str]:
     return where.pid, where.start_ticks, where.temp_dir, where.task_id
-
-
-def _call_safely(callback: Callable[[_A], None], arg: _A) -> None:
-    try:
-        callback(arg)
-    # A callback must not raise; if one does, the executor must still go on.
-    except Exception:
-        log.exception("executor callback raised", callback=repr(callback))

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
 from actors import worker_main
 from actors.errors import ErrorCode, classify, classify_exit
 from actors.execution import (
+    AttemptCallbacks,
     AttemptFailure,
     AttemptHandle,
     AttemptJob,
-    AttemptOutcomeReport,
     AttemptSuccess,
     OnDone,
     OnStarted,
@@ -57,7 +56,6 @@ __all__ = ["DEFAULT_MEMORY_LIMIT_BYTES", "DEFAULT_PROCESSOR", "PoolStats", "Work
 
 log = structlog.get_logger(__name__)
 
-_A = TypeVar("_A")
 
 DEFAULT_PROCESSOR = "actors.extract:extract_pdf"
 DEFAULT_MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -92,37 +90,19 @@ class _Worker(WorkerProcess):
         self.replies = 0
 
 
-class _Attempt:
+class _Attempt(AttemptCallbacks):
     """The handle of one submitted job; ``state`` is guarded by the pool's lock."""
 
     def __init__(self, pool: WorkerPool, job: AttemptJob, on_started: OnStarted, on_done: OnDone):
+        super().__init__(on_started, on_done)
         self.job = job
         self.state = _State.QUEUED
         self.worker: _Worker | None = None
-        # Set once nothing of the attempt runs any more and its temporary files are gone.
-        self.finished = threading.Event()
         self._pool = pool
-        self._on_started = on_started
-        self._on_done = on_done
-        # Keeps on_started before on_done across threads; re-entrant so that a callback
-        # may cancel its own attempt.
-        self._delivery = threading.RLock()
-        self._done_delivered = False
 
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.AttemptHandle.cancel`."""
         self._pool._cancel(self, code)
-
-    def deliver_started(self, pid: int) -> None:
-        with self._delivery:
-            if not self._done_delivered:
-                _call_safely(self._on_started, pid)
-
-    def deliver_done(self, outcome: AttemptOutcomeReport) -> None:
-        self.finished.set()
-        with self._delivery:
-            self._done_delivered = True
-            _call_safely(self._on_done, outcome)
 
 
 class WorkerPool:
@@ -504,11 +484,3 @@ class WorkerPool:
 
 def _of(attempt: _Attempt, batch_id: str) -> bool:
     return attempt.job.batch_id == batch_id
-
-
-def _call_safely(callback: Callable[[_A], None], arg: _A) -> None:
-    try:
-        callback(arg)
-    # A callback must not raise; if one does, the pool must still go on.
-    except Exception:
-        log.exception("executor callback raised", callback=repr(callback))

@@ -24,6 +24,20 @@ def text_pdf(*texts: str, padding: int = 0, password: str | None = None) -> byte
         padding: Random bytes attached to the file, to make it bigger.
         password: Encrypt with AES-256 and this user password.
     """
+    contents = [f"BT /F1 12 Tf 20 100 Td ({text}) Tj ET" for text in texts]
+    title = texts[0] if texts else ""
+    return _pdf(contents, (300, 200), title=title, padding=padding, password=password)
+
+
+def _pdf(
+    contents: Sequence[str],
+    size: tuple[int, int],
+    *,
+    title: str,
+    padding: int,
+    password: str | None = None,
+) -> bytes:
+    """One page per content stream, with Helvetica as /F1."""
     writer = PdfWriter()
     font = DictionaryObject(
         {
@@ -32,15 +46,15 @@ def text_pdf(*texts: str, padding: int = 0, password: str | None = None) -> byte
             NameObject("/BaseFont"): NameObject("/Helvetica"),
         }
     )
-    for text in texts:
-        page = writer.add_blank_page(width=300, height=200)
+    for content in contents:
+        page = writer.add_blank_page(width=size[0], height=size[1])
         page[NameObject("/Resources")] = DictionaryObject(
             {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
         )
         stream = ContentStream(None, None)
-        stream.set_data(f"BT /F1 12 Tf 20 100 Td ({text}) Tj ET".encode())
+        stream.set_data(content.encode())
         page.replace_contents(stream)
-    writer.add_metadata({"/Title": texts[0] if texts else "", "/Producer": "pdfbatch samples"})
+    writer.add_metadata({"/Title": title, "/Producer": "pdfbatch samples"})
     if padding:
         writer.add_attachment("padding.bin", os.urandom(padding))
     if password is not None:
@@ -72,28 +86,9 @@ def report_pdf(*pages: Sequence[str], padding: int = 0) -> bytes:
         pages: Each page's lines; ASCII without parentheses or backslashes.
         padding: Random bytes attached to the file, to make it bigger.
     """
-    writer = PdfWriter()
-    font = DictionaryObject(
-        {
-            NameObject("/Type"): NameObject("/Font"),
-            NameObject("/Subtype"): NameObject("/Type1"),
-            NameObject("/BaseFont"): NameObject("/Helvetica"),
-        }
-    )
-    for lines in pages:
-        page = writer.add_blank_page(width=612, height=792)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-        )
-        shown = " T* ".join(f"({line}) Tj" for line in lines)
-        stream = ContentStream(None, None)
-        stream.set_data(f"BT /F1 10 Tf 12 TL 50 740 Td {shown} ET".encode())
-        page.replace_contents(stream)
-    writer.add_metadata(
-        {"/Title": pages[0][0] if pages and pages[0] else "", "/Producer": "pdfbatch samples"}
-    )
-    if padding:
-        writer.add_attachment("padding.bin", os.urandom(padding))
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    contents = [
+        "BT /F1 10 Tf 12 TL 50 740 Td " + " T* ".join(f"({line}) Tj" for line in lines) + " ET"
+        for lines in pages
+    ]
+    title = pages[0][0] if pages and pages[0] else ""
+    return _pdf(contents, (612, 792), title=title, padding=padding)
