@@ -15,6 +15,8 @@ import psutil
 import pykka
 import pytest
 
+from tests.reliability import REPORT
+
 _GRACE_SECONDS = 5.0
 
 # A local Ray started by a test module binds to loopback only with this setting (despite
@@ -93,3 +95,22 @@ def no_leaks() -> Iterator[None]:
     assert not actors, f"actors left running: {actors}"
     assert not leaked_threads, f"threads left running: {leaked_threads}"
     assert not leaked_children, f"child processes left running: {leaked_children}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip soak tests unless the marker expression names them (``pytest -m soak``)."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak run: select with -m soak")
+    for item in items:
+        if item.get_closest_marker("soak"):
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the reliability suite did, if any of it ran."""
+    if REPORT.empty():
+        return
+    terminalreporter.section("reliability report")
+    for line in REPORT.lines():
+        terminalreporter.write_line(line)
