@@ -77,6 +77,11 @@ class BatchBook:
         """Files not in a terminal state."""
         return sum(n for state, n in self._counts.items() if not state.terminal)
 
+    @property
+    def pending_events(self) -> int:
+        """Events since the last :meth:`take_changes`."""
+        return len(self._events)
+
     def view(self) -> BatchView:
         """A snapshot of the batch and its files."""
         return BatchView(self._batch, tuple(self._files.values()))

@@ -2,7 +2,8 @@
 
 Pending files are records in a queue, not threads: at most ``max_concurrency`` file
 actors exist at once. Children report by ``tell``; backoffs are timers that ``tell``
-back later. Every message's changes are stored in one commit before the next message.
+back later. Changes are stored before anyone sees them; reports that arrive together
+are stored together (a group commit).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ __all__ = ["BatchSupervisor", "SupervisorDeps"]
 
 log = structlog.get_logger(__name__)
 
+# The most events held back for one group commit: bounds what a crash makes redo.
+_GROUP_COMMIT_EVENTS = 256
 _RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
 _PASSWORD_LOST = (
     "This file is password-protected, and the service restarted since its password was "
@@ -155,6 +158,13 @@ class BatchSupervisor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._stop_children()
         self._drop_backoffs()
+        if not self._failed:
+            # Changes held back for a group commit are stored before the actor goes.
+            try:
+                self._store_changes()
+            # on_failure logs it and has the manager restart the batch from the store.
+            except Exception:  # noqa: BLE001
+                self.on_failure(*sys.exc_info())
 
     def on_failure(
         self,
@@ -214,6 +224,8 @@ class BatchSupervisor(pykka.ThreadingActor):
             case BackoffElapsed(file_id=file_id, attempt=attempt):
                 self._backoff_over(file_id, attempt)
             case GetView():
+                # A reply never shows what is not stored yet.
+                self._commit()
                 return self._book.view()
             case CancelBatch(reason=reason, request_id=request_id):
                 return self._cancel(reason, request_id)
@@ -225,12 +237,16 @@ class BatchSupervisor(pykka.ThreadingActor):
             case StopSupervisor():
                 self._stopping = True
                 self._drop_backoffs()
+                self._commit()
                 return self._stop_children()
             case _:
                 return super().on_receive(message)
         self._advance(self._now())
-        self._commit()
-        return self._book.view() if isinstance(message, RetryFiles) else None
+        if isinstance(message, RetryFiles):
+            self._commit()
+            return self._book.view()
+        self._commit_unless_more_coming()
+        return None
 
     # Outcomes ----------------------------------------------------------------------
 
@@ -437,6 +453,7 @@ class BatchSupervisor(pykka.ThreadingActor):
     def _cancel(self, reason: str, request_id: str = "") -> list[pykka.Future[Any]]:
         batch = self._book.batch
         if batch.state.terminal or batch.state is BatchState.CANCELLING:
+            self._commit()
             return []
         now = self._now()
         self._log.info("batch_cancelling", reason=reason, request_id=request_id)
@@ -573,6 +590,7 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _retire(self) -> None:
         """Free this batch's thread; a retry starts a new supervisor from the store."""
+        self._commit()
         self._retiring = True
         if self._manager is not None:
             tell_if_alive(
@@ -623,7 +641,30 @@ class BatchSupervisor(pykka.ThreadingActor):
     def _counts(self) -> Mapping[FileState, int]:
         return {state: self._book.count(state) for state in FileState}
 
+    def _commit_unless_more_coming(self) -> None:
+        """Commit now, or hold the changes back while more reports wait in the inbox.
+
+        A report is followed by another one already queued when workers finish faster
+        than one commit (and its fsync) takes: storing them together is a group commit,
+        which keeps the supervisor ahead of its workers. Nothing held back has been
+        shown to anyone: events reach watchers and replies only once stored. A crash
+        before the commit loses only work that is then done again.
+        """
+        if self._book.pending_events < _GROUP_COMMIT_EVENTS and not self.actor_inbox.empty():
+            return
+        self._commit()
+
     def _commit(self) -> None:
+        try:
+            self._store_changes()
+        except Exception:
+            # Fail now even inside an ask (where pykka would carry on): memory is
+            # ahead of the store, and only a restart from the store is consistent.
+            self.on_failure(*sys.exc_info())
+            self.stop()
+            raise
+
+    def _store_changes(self) -> None:
         changes = self._book.take_changes()
         if changes:
             results = {
@@ -631,14 +672,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 for f in changes.files
                 if f.file_id in self._results
             }
-            try:
-                self._deps.store.commit(changes, results)
-            except Exception:
-                # Fail now even inside an ask (where pykka would carry on): memory is
-                # ahead of the store, and only a restart from the store is consistent.
-                self.on_failure(*sys.exc_info())
-                self.stop()
-                raise
+            self._deps.store.commit(changes, results)
             for file_id in results:
                 del self._results[file_id]
 
