@@ -6,16 +6,22 @@ delays are checked exactly and no test sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
+import pykka
 import pytest
 
+from actors.book import Changes
 from actors.errors import ErrorCode
-from actors.model import AttemptOutcome, BatchState, BatchView, FileState
+from actors.file_actor import FileActor
+from actors.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
 from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
 from actors.refusals import FileNotFound, RetryRefused
+from actors.store import MemoryStore
 from tests.harness import Harness, build_harness
 
 
@@ -263,3 +269,46 @@ def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
         (BatchState.PENDING, BatchState.RUNNING),
         (BatchState.RUNNING, BatchState.SUCCEEDED),
     ]
+
+
+class _GatedStore(MemoryStore):
+    """Holds the first commit that stores a success until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+        self.gate = threading.Event()
+        self.committed: list[list[FileState | None]] = []
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        states = [e.file.state if e.file else None for e in changes.events]
+        if FileState.SUCCEEDED in states and not self.held.is_set():
+            self.held.set()
+            assert self.gate.wait(30)
+        super().commit(changes, results)
+        self.committed.append(states)
+
+
+def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
+    tmp_path: Path,
+) -> None:
+    store = _GatedStore()
+    for h in build_harness(tmp_path, store=store):
+        files = h.files(b"ok", b"ok", b"ok", b"ok")
+        batch_id = h.runtime.submit(files, policy=BatchPolicy(max_concurrency=4)).batch.batch_id
+        assert store.held.wait(30)
+        # A file actor stops right after it told the supervisor its outcome: once none
+        # is left, every outcome waits in the supervisor's inbox behind the held commit.
+        deadline = time.monotonic() + 30
+        while pykka.ActorRegistry.get_by_class(FileActor):
+            assert time.monotonic() < deadline, "the attempts did not finish"
+            time.sleep(0.01)
+        store.gate.set()
+        assert h.settled(batch_id).batch.state is BatchState.SUCCEEDED
+        after_held = store.committed[
+            store.committed.index(next(c for c in store.committed if FileState.SUCCEEDED in c))
+            + 1 :
+        ]
+        assert after_held == [[FileState.SUCCEEDED] * 3 + [None]], (
+            "the three outcomes that queued up, and the batch's end, in one commit"
+        )
