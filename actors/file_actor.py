@@ -14,6 +14,7 @@ import pykka
 import structlog
 
 from actors.clock import Scheduler, Timer
+from actors.dispatch import DispatchedActor, Dispatcher
 from actors.errors import ErrorCode
 from actors.execution import (
     AttemptFailure,
@@ -48,10 +49,12 @@ def tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
         log.debug("message_to_stopped_actor", message=type(message).__name__)
 
 
-class FileActor(pykka.ThreadingActor):
-    """Runs one attempt of one file.
+class FileActor(DispatchedActor):
+    """Runs one attempt of one file, on a dispatcher's thread (it lives too briefly for
+    a thread of its own).
 
     Args:
+        dispatcher: Runs the actor.
         supervisor: The batch supervisor to report to.
         executor: Runs the attempt in a killable process.
         scheduler: Arms the attempt's deadline.
@@ -61,13 +64,15 @@ class FileActor(pykka.ThreadingActor):
 
     def __init__(
         self,
+        dispatcher: Dispatcher,
         supervisor: pykka.ActorRef[Any],
+        *,
         executor: Executor,
         scheduler: Scheduler,
         job: AttemptJob,
         timeout: float,
     ) -> None:
-        super().__init__()
+        super().__init__(dispatcher)
         self._supervisor = supervisor
         self._executor = executor
         self._scheduler = scheduler

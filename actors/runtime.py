@@ -20,6 +20,7 @@ import structlog
 
 from actors.blobs import BlobStore
 from actors.clock import Scheduler
+from actors.dispatch import Dispatcher
 from actors.errors import ErrorCode, StorageUnavailableError
 from actors.execution import Executor
 from actors.manager import (
@@ -127,8 +128,10 @@ class Runtime:
         self._stop_timeout = stop_timeout
         self._closed = False
         self._submit_lock = threading.Lock()
+        self._dispatcher = Dispatcher(name="pdfbatch-file-actors")
         deps = SupervisorDeps(
             store=store,
+            dispatcher=self._dispatcher,
             blobs=blobs,
             executor=executor,
             scheduler=scheduler,
@@ -373,6 +376,7 @@ class Runtime:
         for ref in supervisors:
             ref.stop(block=True, timeout=self._stop_timeout)
         self._manager.stop(block=True, timeout=self._stop_timeout)
+        self._dispatcher.close(self._stop_timeout)
 
     # Plumbing ----------------------------------------------------------------------
 

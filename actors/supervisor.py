@@ -22,6 +22,7 @@ import structlog
 from actors.blobs import BlobStore
 from actors.book import BatchBook
 from actors.clock import Scheduler, Timer
+from actors.dispatch import Dispatcher
 from actors.errors import ErrorCode
 from actors.execution import AttemptFailure, AttemptJob, AttemptSuccess, Executor
 from actors.file_actor import FileActor, tell_if_alive
@@ -77,6 +78,7 @@ class SupervisorDeps:
     """What a batch supervisor works with; shared by every batch of the process."""
 
     store: Store
+    dispatcher: Dispatcher
     blobs: BlobStore
     executor: Executor
     scheduler: Scheduler
@@ -421,11 +423,12 @@ class BatchSupervisor(pykka.ThreadingActor):
         )
         self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(
+            self._deps.dispatcher,
             self.actor_ref,
-            self._deps.executor,
-            self._deps.scheduler,
-            job,
-            self._policy.file_timeout,
+            executor=self._deps.executor,
+            scheduler=self._deps.scheduler,
+            job=job,
+            timeout=self._policy.file_timeout,
         )
 
     def _arm_backoff(self, file_id: str, attempt: int, delay: float) -> None:

@@ -1,0 +1,204 @@
+"""Many small actors on a few shared threads, instead of a thread per actor.
+
+pykka's :class:`~pykka.ThreadingActor` gives every actor its own thread. That suits the
+long-lived actors (the manager, one supervisor per batch), but a file actor lives for
+one attempt: starting a thread for it cost its batch supervisor more than a millisecond
+per file, mostly waiting for the new thread to be scheduled. A
+:class:`DispatchedActor` is a pykka actor in every other way (registry, refs, ``tell``,
+``ask``, ``stop``, the ``on_*`` hooks, the same failure handling) whose messages run on
+the threads of a :class:`Dispatcher`, one message at a time per actor and in order.
+
+The price is the one every dispatcher-based actor system pays: a dispatched actor must
+not block its thread waiting for another actor on the same dispatcher (an ``ask`` with
+``block=True``); a short blocking call into the executor (killing a process) is fine.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import structlog
+from pykka._envelope import Envelope
+
+__all__ = ["DispatchedActor", "Dispatcher"]
+
+log = structlog.get_logger(__name__)
+
+# Messages one actor handles before the thread moves on to the next actor.
+_BURST = 32
+
+
+class Dispatcher:
+    """A few threads that run dispatched actors' messages.
+
+    Args:
+        threads: How many actors may run at the same moment. Default 2.
+        name: Prefix of the threads' names.
+    """
+
+    def __init__(self, threads: int = 2, name: str = "pdfbatch-dispatch") -> None:
+        if threads < 1:
+            raise ValueError("a dispatcher needs at least one thread")
+        self._ready: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._actors: set[DispatchedActor] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{index}") for index in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every actor still running here, then the threads. Idempotent.
+
+        Raises:
+            pykka.Timeout: An actor did not stop within ``timeout`` seconds.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            actors = list(self._actors)
+        stops = [actor.actor_ref.stop(block=False) for actor in actors]
+        try:
+            pykka.get_all(stops, timeout=timeout)
+        finally:
+            with self._lock:
+                self._closed = True
+            for _ in self._threads:
+                self._ready.put(None)
+            for thread in self._threads:
+                thread.join()
+
+    def running(self) -> int:
+        """Actors started here and not stopped yet."""
+        with self._lock:
+            return sum(not actor.actor_stopped.is_set() for actor in self._actors)
+
+    def _run_later(self, run: Callable[[], None]) -> None:
+        self._ready.put(run)
+
+    def _admit(self, actor: DispatchedActor) -> None:
+        with self._lock:
+            if self._closed:
+                raise pykka.ActorDeadError("the dispatcher is closed")
+            self._actors.add(actor)
+
+    def _forget(self, actor: DispatchedActor) -> None:
+        with self._lock:
+            self._actors.discard(actor)
+
+    def _loop(self) -> None:
+        while (run := self._ready.get()) is not None:
+            try:
+                run()
+            # An actor's own failures are handled inside run(); this is a bug of ours,
+            # and the thread must go on serving the other actors.
+            except Exception:
+                log.exception("dispatcher_task_failed")
+
+
+class _Mailbox:
+    """An actor's inbox that asks the dispatcher for a turn when a message arrives."""
+
+    def __init__(self, schedule: Callable[[], None]) -> None:
+        self._messages: deque[Envelope[Any]] = deque()
+        self._lock = threading.Lock()
+        self._schedule = schedule
+        # True while the actor holds or waits for a turn, and before it starts.
+        self._scheduled = True
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        with self._lock:
+            self._messages.append(envelope)
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._schedule()
+
+    def get(self) -> Envelope[Any]:
+        return self._messages.popleft()
+
+    def empty(self) -> bool:
+        return not self._messages
+
+    def release(self) -> bool:
+        """End the actor's turn; ``False`` (and the turn kept) if messages wait."""
+        with self._lock:
+            if self._messages:
+                return False
+            self._scheduled = False
+            return True
+
+
+class DispatchedActor(pykka.ThreadingActor):
+    """A pykka actor whose messages run on a :class:`Dispatcher`'s threads.
+
+    Args:
+        dispatcher: Runs the actor. Subclasses take it as their first argument and
+            pass it on before anything else touches the actor.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._started = False
+        super().__init__()
+
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]
+        return _Mailbox(lambda: self._dispatcher._run_later(self._run_turn))
+
+    def _start_actor_loop(self) -> None:
+        try:
+            self._dispatcher._admit(self)
+        except pykka.ActorDeadError:
+            # pykka registered the actor already: it must not look alive.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise
+        self._dispatcher._run_later(self._run_turn)
+
+    def _run_turn(self) -> None:
+        """Handle up to a burst of messages; give the thread back; ask for another turn."""
+        mailbox: _Mailbox = self.actor_inbox  # type: ignore[assignment]
+        if not self._started:
+            self._started = True
+            self._actor_loop_setup()
+        handled = 0
+        while not self.actor_stopped.is_set():
+            if mailbox.empty() or handled == _BURST:
+                if handled == _BURST or not mailbox.release():
+                    self._dispatcher._run_later(self._run_turn)
+                return
+            self._handle_envelope(mailbox.get())
+            handled += 1
+        self._actor_loop_teardown()
+        self._dispatcher._forget(self)
+
+    def _handle_envelope(self, envelope: Envelope[Any]) -> None:
+        # The same outcomes as pykka's own loop: a reply or the exception to the asker;
+        # for a tell, the failure stops the actor after on_failure.
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        # The actor's failure boundary: whatever a handler raises is the actor's failure.
+        except Exception:  # noqa: BLE001
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception()
+                return
+            self._handle_failure(*sys.exc_info())
+            try:
+                self.on_failure(*sys.exc_info())
+            except Exception:  # noqa: BLE001
+                self._handle_failure(*sys.exc_info())
+        except BaseException:  # noqa: BLE001
+            # As in pykka: stop everything. Not waiting, since the actors to stop may
+            # need this very thread to do it.
+            self._stop()
+            pykka.ActorRegistry.stop_all(block=False)

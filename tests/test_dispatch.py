@@ -1,0 +1,144 @@
+"""Dispatched actors: pykka actors that share a dispatcher's few threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.dispatch import DispatchedActor, Dispatcher
+
+
+class Recorder(DispatchedActor):
+    """Notes what it handles and on which thread; fails on request."""
+
+    def __init__(self, dispatcher: Dispatcher, log: list[Any], gate: threading.Event) -> None:
+        super().__init__(dispatcher)
+        self.log = log
+        self.gate = gate
+        self.busy = False
+        self.stopped = False
+        self.failed: BaseException | None = None
+
+    def on_receive(self, message: Any) -> Any:
+        assert not self.busy, "two threads ran one actor at once"
+        self.busy = True
+        try:
+            match message:
+                case ("wait", name):
+                    assert self.gate.wait(10)
+                    self.log.append(name)
+                case ("raise", text):
+                    raise ValueError(text)
+                case ("echo", value):
+                    return (value, threading.current_thread().name)
+                case name:
+                    self.log.append(name)
+            return None
+        finally:
+            self.busy = False
+
+    def on_stop(self) -> None:
+        self.log.append(("stopped", self.actor_urn))
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.log.append(("failed", str(exc_info[1])))
+
+
+class FailsToStart(DispatchedActor):
+    def on_start(self) -> None:
+        raise RuntimeError("no start")
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    d = Dispatcher(threads=2, name="test-dispatch")
+    yield d
+    d.close()
+
+
+def test_each_actor_handles_its_messages_in_order_one_at_a_time(dispatcher: Dispatcher) -> None:
+    logs: list[list[Any]] = [[] for _ in range(20)]
+    gate = threading.Event()
+    refs = [Recorder.start(dispatcher, log, gate) for log in logs]
+    for n in range(200):
+        for ref in refs:
+            ref.tell(n)
+    for ref in refs:
+        ref.ask(("echo", None))
+    assert all(log == list(range(200)) for log in logs)
+
+
+def test_hundreds_of_actors_run_on_the_dispatchers_threads_only(dispatcher: Dispatcher) -> None:
+    before = threading.active_count()
+    refs = [Recorder.start(dispatcher, [], threading.Event()) for _ in range(300)]
+    threads = {ref.ask(("echo", 1))[1] for ref in refs}
+    assert threading.active_count() == before
+    assert threads <= {"test-dispatch-0", "test-dispatch-1"}
+    assert dispatcher.running() == 300
+    for ref in refs:
+        ref.stop()
+    assert dispatcher.running() == 0
+
+
+def test_an_ask_gets_the_handlers_exception_and_the_actor_lives_on(
+    dispatcher: Dispatcher,
+) -> None:
+    log: list[Any] = []
+    ref = Recorder.start(dispatcher, log, threading.Event())
+    with pytest.raises(ValueError, match="asked"):
+        ref.ask(("raise", "asked"))
+    assert ref.ask(("echo", 7))[0] == 7
+
+
+def test_a_tell_that_raises_fails_the_actor_without_on_stop(dispatcher: Dispatcher) -> None:
+    log: list[Any] = []
+    ref = Recorder.start(dispatcher, log, threading.Event())
+    ref.tell(("raise", "told"))
+    ref.tell("after")
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask(("echo", None), timeout=10)
+    assert log == [("failed", "told")]
+    assert dispatcher.running() == 0
+
+
+def test_an_actor_whose_start_fails_is_stopped(dispatcher: Dispatcher) -> None:
+    ref = FailsToStart.start(dispatcher)
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("anything", timeout=10)
+    assert not ref.is_alive()
+
+
+def test_a_busy_actor_gives_the_thread_back_to_the_others() -> None:
+    dispatcher = Dispatcher(threads=1, name="test-dispatch")
+    try:
+        log: list[Any] = []
+        gate = threading.Event()
+        flood = Recorder.start(dispatcher, log, gate)
+        other = Recorder.start(dispatcher, log, gate)
+        flood.tell(("wait", "flood-0"))
+        for n in range(1, 200):
+            flood.tell(f"flood-{n}")
+        other.tell("other")
+        gate.set()
+        flood.ask(("echo", None))
+        other.ask(("echo", None))
+        assert log.index("other") < log.index("flood-199")
+        assert log.index("other") <= 40, "the other actor waited for more than one burst"
+    finally:
+        dispatcher.close()
+
+
+def test_close_stops_the_actors_still_running_and_refuses_new_ones() -> None:
+    dispatcher = Dispatcher(threads=2, name="test-dispatch")
+    log: list[Any] = []
+    refs = [Recorder.start(dispatcher, log, threading.Event()) for _ in range(5)]
+    dispatcher.close()
+    assert sorted(entry[1] for entry in log) == sorted(ref.actor_urn for ref in refs)
+    assert not any(ref.is_alive() for ref in refs)
+    with pytest.raises(pykka.ActorDeadError):
+        Recorder.start(dispatcher, log, threading.Event())
+    dispatcher.close()
