@@ -19,6 +19,8 @@ from actors.model import (
     BatchRecord,
     BatchState,
     BatchView,
+    BulkChange,
+    FileError,
     FileRecord,
     FileState,
     check_batch_transition,
@@ -104,6 +106,42 @@ class BatchBook:
         self._announce(now, file=updated, reason=reason, previous=current.state)
         return updated
 
+    def set_files(
+        self,
+        file_ids: list[str],
+        state: FileState,
+        now: float,
+        reason: str,
+        *,
+        error: FileError | None,
+    ) -> None:
+        """Move many files to ``state`` with one :class:`BulkChange` event.
+
+        Each file's ``next_attempt_at`` is cleared and its ``error`` set. Nothing
+        happens for an empty list.
+
+        Raises:
+            IllegalTransitionError: The state machine does not allow a file's move;
+                then no file was moved.
+        """
+        if not file_ids:
+            return
+        for previous in {self._files[file_id].state for file_id in file_ids}:
+            check_file_transition(previous, state)
+        for file_id in file_ids:
+            current = self._files[file_id]
+            updated = dataclasses.replace(current, state=state, next_attempt_at=None, error=error)
+            self._files[file_id] = updated
+            self._counts[current.state] -= 1
+            # A change of the same file held back for this commit is now out of date;
+            # the bulk change carries the rest.
+            if file_id in self._dirty:
+                self._dirty[file_id] = updated
+        self._counts[state] += len(file_ids)
+        self._announce(
+            now, reason=reason, previous=None, bulk=BulkChange(tuple(file_ids), state, error)
+        )
+
     def set_batch(self, state: BatchState, now: float, reason: str = "") -> None:
         """Move the batch to ``state`` for ``reason`` and log the event.
 
@@ -128,7 +166,8 @@ class BatchBook:
         *,
         file: FileRecord | None = None,
         reason: str,
-        previous: FileState | BatchState,
+        previous: FileState | BatchState | None,
+        bulk: BulkChange | None = None,
     ) -> None:
         sequence = self._batch.sequence + 1
         self._batch = dataclasses.replace(self._batch, sequence=sequence, updated_at=now)
@@ -141,5 +180,6 @@ class BatchBook:
                 file=file,
                 reason=reason,
                 previous_state=previous,
+                bulk=bulk,
             )
         )

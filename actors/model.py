@@ -24,6 +24,7 @@ __all__ = [
     "BatchRecord",
     "BatchState",
     "BatchView",
+    "BulkChange",
     "DocumentInfo",
     "ExtractionResult",
     "FileError",
@@ -277,8 +278,27 @@ class BatchView:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkChange:
+    """Many files moved to one state by one decision (waiting files cancelled at once).
+
+    Each file's ``next_attempt_at`` is cleared and its ``error`` set; nothing else of
+    it changes. One event instead of one per file keeps a cancel of a big batch as
+    cheap to store and to watch as a cancel of a small one.
+
+    Attributes:
+        file_ids: The files, in submission order.
+        state: Their new state.
+        error: Their new error.
+    """
+
+    file_ids: tuple[str, ...]
+    state: FileState
+    error: FileError | None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchEvent:
-    """One change of a batch or of one of its files.
+    """One change of a batch, of one of its files, or of many files at once.
 
     Attributes:
         sequence: Per batch, starting at 1, without gaps.
@@ -288,7 +308,8 @@ class BatchEvent:
         file: The changed file's new record, for file changes.
         reason: Why, in words for people (never an exception's text).
         previous_state: The state the file or the batch left (the batch's for batch
-            changes, the file's for file changes).
+            changes, the file's for file changes, ``None`` for bulk changes).
+        bulk: The files changed together, for bulk changes.
     """
 
     sequence: int
@@ -298,6 +319,7 @@ class BatchEvent:
     file: FileRecord | None = None
     reason: str = ""
     previous_state: FileState | BatchState | None = None
+    bulk: BulkChange | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from actors.model import (
     BatchEvent,
     BatchRecord,
     BatchState,
+    BulkChange,
     DocumentInfo,
     FileError,
     FileRecord,
@@ -40,6 +41,7 @@ __all__ = [
     "batch_to_row",
     "error_from_dict",
     "error_to_dict",
+    "error_to_json",
     "event_from_json",
     "event_to_json",
     "file_from_dict",
@@ -162,7 +164,7 @@ def file_to_row(record: FileRecord) -> Row:
         record.round_failures,
         record.manual_retries,
         record.next_attempt_at,
-        None if record.error is None else json.dumps(error_to_dict(record.error)),
+        error_to_json(record.error),
         int(record.encrypted_with_password),
     )
 
@@ -223,6 +225,11 @@ def error_to_dict(error: FileError) -> Json:
         "message": error.message,
         "retryable": error.retryable,
     }
+
+
+def error_to_json(error: FileError | None) -> str | None:
+    """A file's error as the JSON text of its column, ``None`` for none."""
+    return None if error is None else json.dumps(error_to_dict(error))
 
 
 def error_from_dict(data: Mapping[str, Any]) -> FileError:
@@ -292,15 +299,33 @@ def event_to_json(event: BatchEvent) -> str:
             "file": None if event.file is None else file_to_dict(event.file),
             "reason": event.reason,
             "previous_state": None if previous is None else previous.value,
+            "bulk": None if event.bulk is None else _bulk_to_dict(event.bulk),
         },
         separators=(",", ":"),
+    )
+
+
+def _bulk_to_dict(bulk: BulkChange) -> Json:
+    return {
+        "file_ids": list(bulk.file_ids),
+        "state": bulk.state.value,
+        "error": None if bulk.error is None else error_to_dict(bulk.error),
+    }
+
+
+def _bulk_from_dict(data: Mapping[str, Any]) -> BulkChange:
+    error = data["error"]
+    return BulkChange(
+        file_ids=tuple(data["file_ids"]),
+        state=FileState(data["state"]),
+        error=None if error is None else error_from_dict(error),
     )
 
 
 def event_from_json(text: str) -> BatchEvent:
     """The event :func:`event_to_json` made."""
     data = json.loads(text)
-    file, previous = data["file"], data.get("previous_state")
+    file, previous, bulk = data["file"], data.get("previous_state"), data.get("bulk")
     # A file event's previous state is the file's, a batch event's the batch's.
     state_type: type[FileState | BatchState] = BatchState if file is None else FileState
     return BatchEvent(
@@ -311,6 +336,7 @@ def event_from_json(text: str) -> BatchEvent:
         file=None if file is None else file_from_dict(file),
         reason=data["reason"],
         previous_state=None if previous is None else state_type(previous),
+        bulk=None if bulk is None else _bulk_from_dict(bulk),
     )
 
 

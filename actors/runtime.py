@@ -300,9 +300,6 @@ class Runtime:
         Raises:
             BatchNotFound: No such batch.
         """
-        settled = self.get(batch_id)
-        if settled.batch.state.terminal:
-            return settled
         stops: list[pykka.Future[Any]] = self._ask(batch_id, CancelBatch(reason, request_id))
         # Kill the batch's processes here, on the caller's thread, rather than one by
         # one in each file actor: the actors then only learn that their attempts ended.
@@ -310,6 +307,17 @@ class Runtime:
         pykka.get_all(stops, timeout=self._stop_timeout)
         view: BatchView = self._ask(batch_id, GetView())
         return view
+
+    def record(self, batch_id: str) -> BatchRecord:
+        """The batch as last stored, without its files (cheap for any batch size).
+
+        Raises:
+            BatchNotFound: No such batch.
+        """
+        record = self.store.load_batch(batch_id)
+        if record is None:
+            raise BatchNotFound("No batch with this id exists.")
+        return record
 
     def result(self, batch_id: str, file_id: str) -> ExtractionResult:
         """The result of a succeeded file.

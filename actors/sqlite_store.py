@@ -72,6 +72,10 @@ _UPDATE_FILE = (
     + ", ".join(f"{name} = ?" for name in codec.FILE_COLUMNS[1:])
     + " WHERE batch_id = ? AND file_id = ?"
 )
+_UPDATE_FILE_BULK = (
+    "UPDATE files SET state = ?, next_attempt_at = NULL, error = ? "
+    "WHERE batch_id = ? AND file_id = ?"
+)
 _SELECT_ATTEMPTS = (
     f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
     "WHERE batch_id = ? ORDER BY file_id, number"
@@ -183,6 +187,13 @@ class SQLiteStore:
             )
             if updated.rowcount != 1:
                 self._refuse_commit(db, batch_id, previous)
+            # Bulk changes first: a file's own record in the same commit is newer.
+            for bulk in (e.bulk for e in changes.events if e.bulk is not None):
+                error = codec.error_to_json(bulk.error)
+                db.executemany(
+                    _UPDATE_FILE_BULK,
+                    ((bulk.state.value, error, batch_id, file_id) for file_id in bulk.file_ids),
+                )
             db.executemany(
                 _UPDATE_FILE,
                 ((*codec.file_to_row(f)[1:], batch_id, f.file_id) for f in changes.files),
@@ -319,6 +330,11 @@ class SQLiteStore:
             attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
         files = tuple(codec.file_from_row(r, attempts.get(r[0], ())) for r in file_rows)
         return BatchView(codec.batch_from_row(row), files)
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        with self._db.read() as db:
+            row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
+        return None if row is None else codec.batch_from_row(row)
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:

@@ -42,6 +42,10 @@ class Store(Protocol):
         """The batch and its files as last committed, or ``None``."""
         ...
 
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's record as last committed, without its files, or ``None``."""
+        ...
+
     def list_batches(self) -> list[BatchRecord]:
         """Every batch, newest first."""
         ...
@@ -154,6 +158,12 @@ class MemoryStore:
                 changes.batch, bytes_released_at=stored.bytes_released_at
             )
             files = self._files[batch_id]
+            # Bulk changes first: a file's own record in the same commit is newer.
+            for bulk in (e.bulk for e in changes.events if e.bulk is not None):
+                for file_id in bulk.file_ids:
+                    files[file_id] = dataclasses.replace(
+                        files[file_id], state=bulk.state, next_attempt_at=None, error=bulk.error
+                    )
             for record in changes.files:
                 files[record.file_id] = record
             events = self._events[batch_id]
@@ -173,6 +183,10 @@ class MemoryStore:
             if batch is None:
                 return None
             return BatchView(batch, tuple(self._files[batch_id].values()))
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        with self._lock:
+            return self._batches.get(batch_id)
 
     def list_batches(self) -> list[BatchRecord]:
         with self._lock:

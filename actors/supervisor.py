@@ -471,17 +471,18 @@ class BatchSupervisor(pykka.ThreadingActor):
         """Cancel every file that is waiting for a slot or for its backoff."""
         self._drop_backoffs()
         self._ready.clear()
-        error = FileError.of(ErrorCode.CANCELLED, now)
-        for record in self._book.files():
-            if record.state in (FileState.PENDING, FileState.BACKOFF):
-                self._book.set_file(
-                    record.file_id,
-                    FileState.CANCELLED,
-                    now,
-                    f"cancelled before its next attempt: {self._stop_cause()}",
-                    next_attempt_at=None,
-                    error=error,
-                )
+        waiting = [
+            record.file_id
+            for record in self._book.files()
+            if record.state in (FileState.PENDING, FileState.BACKOFF)
+        ]
+        self._book.set_files(
+            waiting,
+            FileState.CANCELLED,
+            now,
+            f"cancelled before its next attempt: {self._stop_cause()}",
+            error=FileError.of(ErrorCode.CANCELLED, now),
+        )
 
     def _retry(self, request: RetryFiles) -> None:
         batch = self._book.batch

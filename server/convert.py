@@ -23,6 +23,7 @@ from actors.model import (
     BatchState,
     BatchView,
     ExtractionResult,
+    FileError,
     FileRecord,
     FileState,
 )
@@ -131,17 +132,19 @@ def file_to_proto(record: FileRecord) -> pb.FileStatus:
         password_supplied=record.encrypted_with_password,
     )
     if record.error is not None:
-        message.error.CopyFrom(
-            pb.FileError(
-                code=record.error.code.value,
-                message=record.error.message,
-                retryable=record.error.retryable,
-                time=_timestamp(record.error.at),
-            )
-        )
+        message.error.CopyFrom(_error_to_proto(record.error))
     if record.next_attempt_at is not None:
         message.next_attempt_time.CopyFrom(_timestamp(record.next_attempt_at))
     return message
+
+
+def _error_to_proto(error: FileError) -> pb.FileError:
+    return pb.FileError(
+        code=error.code.value,
+        message=error.message,
+        retryable=error.retryable,
+        time=_timestamp(error.at),
+    )
 
 
 def policy_to_proto(policy: BatchPolicy) -> pb.BatchPolicy:
@@ -223,6 +226,14 @@ def event_to_proto(event: BatchEvent) -> pb.BatchEvent:
     )
     if event.file is not None:
         message.file.CopyFrom(file_to_proto(event.file))
+    elif event.bulk is not None:
+        bulk = event.bulk
+        change = message.files
+        change.file_ids.extend(bulk.file_ids)
+        change.state = _file_state(bulk.state)
+        change.reason = event.reason
+        if bulk.error is not None:
+            change.error.CopyFrom(_error_to_proto(bulk.error))
     else:
         message.batch_state_change.CopyFrom(
             pb.BatchStateChange(state=message.batch_state, reason=event.reason)
@@ -393,14 +404,20 @@ def history_to_proto(
 ) -> pb.FileHistory:
     """A file's transitions and its batch's requests, merged oldest first."""
     entries: list[tuple[float, pb.HistoryEntry]] = []
+    # Every file starts PENDING; unknown if the oldest events are no longer kept.
+    complete = bool(events) and events[0].sequence == 1
+    state: FileState | None = FileState.PENDING if complete else None
     for event in events:
-        if event.file is None or event.file.file_id != record.file_id:
+        if event.file is not None and event.file.file_id == record.file_id:
+            previous, state = event.previous_state, event.file.state
+        elif event.bulk is not None and record.file_id in event.bulk.file_ids:
+            # A bulk change does not say where each file came from; the file's own
+            # history does, unless it starts beyond the events still kept.
+            previous, state = state, event.bulk.state
+        else:
             continue
-        previous = event.previous_state
         transition = pb.FileTransition(
-            sequence=event.sequence,
-            to_state=_file_state(event.file.state),
-            reason=event.reason,
+            sequence=event.sequence, to_state=_file_state(state), reason=event.reason
         )
         if isinstance(previous, FileState):
             transition.from_state = _file_state(previous)

@@ -90,6 +90,21 @@ class BatchTracker:
                         f"RETRYING  {file.name} [{file.file_id}] {file.error.code}: attempt "
                         f"{file.attempt_count} failed, next in {delay:.1f} s"
                     )
+            case "files":
+                change = event.files
+                for file_id in change.file_ids:
+                    status = self.files.setdefault(file_id, pb.FileStatus(file_id=file_id))
+                    status.state = change.state
+                    status.ClearField("next_attempt_time")
+                    if change.HasField("error"):
+                        status.error.CopyFrom(change.error)
+                    else:
+                        status.ClearField("error")
+                if change.file_ids:
+                    notes.append(
+                        f"{len(change.file_ids)} files {file_state_name(change.state)}: "
+                        f"{change.reason}"
+                    )
             case "batch_state_change":
                 self.reason = event.batch_state_change.reason
                 if event.batch_state != self.state:

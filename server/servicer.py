@@ -181,6 +181,11 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             raise BatchNotFound(_NO_SUCH_BATCH)
         return view
 
+    def _check_owner(self, batch_id: str, caller: str) -> None:
+        """As :meth:`_owned`, reading only the batch's record, not its files."""
+        if self._runtime.record(_require(batch_id, "batch_id")).owner != caller:
+            raise BatchNotFound(_NO_SUCH_BATCH)
+
     @_unary
     def SubmitBatch(
         self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
@@ -249,7 +254,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def CancelBatch(
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
-        self._owned(request.batch_id, self._auth.caller(context))
+        self._check_owner(request.batch_id, self._auth.caller(context))
         view = self._runtime.cancel(
             request.batch_id, reason="client", request_id=_current_request_id()
         )

@@ -7,11 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.book import BatchBook
+from actors.errors import ErrorCode
 from actors.model import (
     FILE_TRANSITIONS,
     BatchRecord,
     BatchState,
     BatchView,
+    BulkChange,
+    FileError,
     FileRecord,
     FileState,
     IllegalTransitionError,
@@ -92,3 +95,36 @@ def test_settled_state(succeeded: int, failed: int, cancelled: int, expected: Ba
         FileState.CANCELLED: cancelled,
     }
     assert settled_batch_state(counts) is expected
+
+
+def test_many_files_move_in_one_event_that_names_them() -> None:
+    book = _book(4)
+    book.set_batch(BatchState.RUNNING, 1.0)
+    book.set_file("f1", FileState.RUNNING, 2.0)
+    book.set_file("f1", FileState.BACKOFF, 3.0, next_attempt_at=9.0)
+    error = FileError.of(ErrorCode.CANCELLED, 4.0)
+    book.set_files(["f0", "f1", "f3"], FileState.CANCELLED, 4.0, "cancelled", error=error)
+    changes = book.take_changes()
+    bulk = changes.events[-1]
+    assert bulk.bulk == BulkChange(("f0", "f1", "f3"), FileState.CANCELLED, error)
+    assert (bulk.sequence, bulk.file, bulk.reason) == (4, None, "cancelled")
+    assert book.count(FileState.CANCELLED) == 3
+    assert book.count(FileState.PENDING) == 1
+    f1 = book.file("f1")
+    assert (f1.state, f1.next_attempt_at, f1.error) == (FileState.CANCELLED, None, error)
+    # f1's own record, held for the same commit, is brought up to date with the bulk.
+    assert [f.file_id for f in changes.files] == ["f1"]
+    assert changes.files[0] == f1
+
+
+def test_a_bulk_move_with_one_illegal_file_moves_none() -> None:
+    book = _book(2)
+    book.set_file("f1", FileState.RUNNING, 1.0)
+    book.take_changes()
+    with pytest.raises(IllegalTransitionError, match="from PENDING to SUCCEEDED"):
+        book.set_files(["f0", "f1"], FileState.SUCCEEDED, 2.0, "", error=None)
+    assert book.count(FileState.PENDING) == 1
+    assert book.count(FileState.RUNNING) == 1
+    assert not book.take_changes()
+    book.set_files([], FileState.CANCELLED, 3.0, "nothing waits", error=None)
+    assert not book.take_changes(), "an empty bulk move is no event"

@@ -20,6 +20,7 @@ from actors.model import (
     BatchRecord,
     BatchState,
     BatchView,
+    BulkChange,
     DocumentInfo,
     FileError,
     FileRecord,
@@ -120,7 +121,15 @@ batches = st.builds(
 @st.composite
 def events(draw: st.DrawFn) -> BatchEvent:
     file = draw(st.none() | files())
-    # A file event's previous state is the file's, a batch event's the batch's.
+    bulk = None
+    if file is None and draw(st.booleans()):
+        bulk = BulkChange(
+            file_ids=tuple(draw(st.lists(texts, max_size=5))),
+            state=draw(st.sampled_from(FileState)),
+            error=draw(st.none() | errors),
+        )
+    # A file event's previous state is the file's, a batch event's the batch's; a bulk
+    # change has none.
     states = st.sampled_from(BatchState) if file is None else st.sampled_from(FileState)
     return BatchEvent(
         sequence=draw(st.integers(1, 2**40)),
@@ -129,7 +138,8 @@ def events(draw: st.DrawFn) -> BatchEvent:
         batch_state=draw(st.sampled_from(BatchState)),
         file=file,
         reason=draw(texts),
-        previous_state=draw(st.none() | states),
+        previous_state=None if bulk else draw(st.none() | states),
+        bulk=bulk,
     )
 
 

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.progress import BatchTracker
 from tests.server_fixtures import (
     WAIT,
     RunningServer,
@@ -208,6 +209,34 @@ def test_cancel_returns_once_the_batch_is_cancelled_and_nothing_runs(
     # Cancelling again changes nothing.
     again = server.client.cancel(batch.batch_id)
     assert again.sequence == cancelled.sequence
+
+    # The files that waited were cancelled by one event, which a watcher can apply.
+    replay = list(
+        server.stub.WatchBatch(
+            # Event 1 started the batch; the files' changes come after it.
+            pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=1),
+            timeout=WAIT,
+        )
+    )
+    (bulk,) = [e.files for e in replay if e.WhichOneof("change") == "files"]
+    waiting = [f.file_id for f in cancelled.files if not f.attempts]
+    assert list(bulk.file_ids) == waiting
+    assert len(waiting) >= 4
+    assert (bulk.state, bulk.error.code) == (pb.FILE_STATE_CANCELLED, "CANCELLED")
+    tracker = BatchTracker()
+    for event in (pb.BatchEvent(batch_id=batch.batch_id, snapshot=batch), *replay):
+        tracker.apply(event)
+    assert {i: f.state for i, f in tracker.files.items()} == {
+        f.file_id: f.state for f in cancelled.files
+    }
+    history = server.stub.GetFileHistory(
+        pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=waiting[-1]), timeout=WAIT
+    )
+    (transition,) = [e.transition for e in history.entries if e.HasField("transition")]
+    assert (transition.from_state, transition.to_state) == (
+        pb.FILE_STATE_PENDING,
+        pb.FILE_STATE_CANCELLED,
+    )
 
 
 def test_get_file_result_streams_metadata_then_every_page(server: RunningServer) -> None:

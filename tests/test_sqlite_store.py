@@ -11,21 +11,24 @@ from pathlib import Path
 import pytest
 
 from actors.book import BatchBook, Changes
-from actors.errors import StorageUnavailableError
+from actors.errors import ErrorCode, StorageUnavailableError
 from actors.model import (
     Attempt,
     BatchEvent,
     BatchRecord,
     BatchState,
     BatchView,
+    BulkChange,
     DocumentInfo,
     ExtractionResult,
+    FileError,
     FileRecord,
     FileState,
 )
 from actors.policy import BatchPolicy
 from actors.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError, migrate
 from actors.sqlite_store import SQLiteStore
+from actors.store import MemoryStore, Store
 
 DIGEST = "ab" * 32
 OTHER = "cd" * 32
@@ -380,3 +383,38 @@ def _assert_intact(path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_bulk_change_updates_every_file_it_names_and_yields_to_newer_records(
+    tmp_path: Path, kind: str
+) -> None:
+    opened: Store = SQLiteStore(tmp_path / "db.sqlite3") if kind == "sqlite" else MemoryStore()
+    opened.create_batch(new_batch(files=4))
+    book = BatchBook(opened.load("b1"))  # type: ignore[arg-type]
+    book.set_batch(BatchState.RUNNING, 101.0)
+    book.set_file("f00002", FileState.RUNNING, 101.0, attempts=_started(book, "f00002", 101.0))
+    book.set_file("f00002", FileState.BACKOFF, 102.0, next_attempt_at=110.0)
+    opened.commit(book.take_changes(), {})
+    book.set_file("f00003", FileState.RUNNING, 103.0, attempts=_started(book, "f00003", 103.0))
+    error = FileError.of(ErrorCode.CANCELLED, 104.0)
+    book.set_files(["f00001", "f00002", "f00004"], FileState.CANCELLED, 104.0, "gone", error=error)
+    # f00004 moves again in the same commit: its own record is the newer one.
+    book.set_file("f00004", FileState.PENDING, 105.0, error=None)
+    opened.commit(book.take_changes(), {})
+    stored = opened.load("b1")
+    assert stored is not None
+    assert stored.files == book.view().files
+    assert [f.state for f in stored.files] == [
+        FileState.CANCELLED,
+        FileState.CANCELLED,
+        FileState.RUNNING,
+        FileState.PENDING,
+    ]
+    assert stored.files[1].next_attempt_at is None
+    assert stored.files[1].error == error
+    assert len(stored.files[1].attempts) == 1, "a bulk change leaves the attempts alone"
+    (bulk,) = [e for e in opened.events_after("b1", 0) if e.bulk is not None]
+    assert bulk.bulk == BulkChange(("f00001", "f00002", "f00004"), FileState.CANCELLED, error)
+    if isinstance(opened, SQLiteStore):
+        opened.close()

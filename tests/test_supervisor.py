@@ -166,6 +166,28 @@ def test_cancel_kills_hung_workers_and_returns_with_nothing_running(h: Harness) 
     assert view.batch.sequence < cancelled.batch.sequence
 
 
+def test_cancel_moves_every_waiting_file_in_one_event(h: Harness) -> None:
+    contents = [b"hang", b"hang", *[b"ok"] * 6]
+    policy = BatchPolicy(max_concurrency=2)
+    batch_id = h.runtime.submit(h.files(*contents), policy=policy).batch.batch_id
+    before = h.waiter.until(batch_id, _in_state(FileState.RUNNING, 2))  # type: ignore[arg-type]
+    cancelled = h.runtime.cancel(batch_id)
+    assert cancelled.counts[FileState.CANCELLED] == 8
+    events = h.store.events_after(batch_id, before.batch.sequence)
+    bulk = [e for e in events if e.bulk is not None]
+    assert len(bulk) == 1, "the six waiting files are cancelled by one event"
+    waiting = tuple(f.file_id for f in before.files[2:])
+    assert bulk[0].bulk is not None
+    assert bulk[0].bulk.file_ids == waiting
+    assert bulk[0].reason == "cancelled before its next attempt: Cancelled (client)."
+    stopped = [(e.previous_state, e.file.state) for e in events if e.file is not None]
+    assert stopped == [(FileState.RUNNING, FileState.CANCELLED)] * 2
+    assert len(events) == 1 + 1 + 2 + 1, "CANCELLING, the bulk, the two running, CANCELLED"
+    stored = h.store.load(batch_id)
+    assert stored is not None
+    assert all(f.error is not None and f.error.code is ErrorCode.CANCELLED for f in stored.files)
+
+
 def test_a_hung_attempt_times_out_by_the_clock(h: Harness) -> None:
     policy = BatchPolicy(file_timeout=30, retry=RetryPolicy(max_attempts=1))
     batch_id = h.runtime.submit(h.files(b"hang"), policy=policy).batch.batch_id
@@ -272,7 +294,7 @@ def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
 
 
 class _GatedStore(MemoryStore):
-    """Holds the first commit that stores a success until the test opens the gate."""
+    """Holds the commit that starts the batch's attempts until the test opens the gate."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -282,7 +304,7 @@ class _GatedStore(MemoryStore):
 
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         states = [e.file.state if e.file else None for e in changes.events]
-        if FileState.SUCCEEDED in states and not self.held.is_set():
+        if FileState.RUNNING in states and not self.held.is_set():
             self.held.set()
             assert self.gate.wait(30)
         super().commit(changes, results)
@@ -296,6 +318,7 @@ def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
     for h in build_harness(tmp_path, store=store):
         files = h.files(b"ok", b"ok", b"ok", b"ok")
         batch_id = h.runtime.submit(files, policy=BatchPolicy(max_concurrency=4)).batch.batch_id
+        # The attempts are handed to the workers before the commit that says they run.
         assert store.held.wait(30)
         # A file actor stops right after it told the supervisor its outcome: once none
         # is left, every outcome waits in the supervisor's inbox behind the held commit.
@@ -305,10 +328,7 @@ def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
             time.sleep(0.01)
         store.gate.set()
         assert h.settled(batch_id).batch.state is BatchState.SUCCEEDED
-        after_held = store.committed[
-            store.committed.index(next(c for c in store.committed if FileState.SUCCEEDED in c))
-            + 1 :
-        ]
-        assert after_held == [[FileState.SUCCEEDED] * 3 + [None]], (
-            "the three outcomes that queued up, and the batch's end, in one commit"
+        assert store.committed[-2][-4:] == [FileState.RUNNING] * 4
+        assert store.committed[-1] == [FileState.SUCCEEDED] * 4 + [None], (
+            "the four outcomes that queued up, and the batch's end, in one commit"
         )

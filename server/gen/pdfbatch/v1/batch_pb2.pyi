@@ -860,6 +860,7 @@ class BatchEvent(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
     BATCH_STATE_CHANGE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per batch; only grows. A snapshot carries the sequence of the last event it includes."""
     batch_id: _builtins.str
@@ -879,6 +880,10 @@ class BatchEvent(_message.Message):
     def batch_state_change(self) -> Global___BatchStateChange:
         """The batch's new state."""
 
+    @_builtins.property
+    def files(self) -> Global___FilesChange:
+        """Many files' new state at once (a cancel's waiting files)."""
+
     def __init__(
         self,
         *,
@@ -889,16 +894,53 @@ class BatchEvent(_message.Message):
         snapshot: Global___Batch | None = ...,
         file: Global___FileStatus | None = ...,
         batch_state_change: Global___BatchStateChange | None = ...,
+        files: Global___FilesChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "files", b"files", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "files", b"files", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["snapshot", "file", "batch_state_change"]  # noqa: Y015
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["snapshot", "file", "batch_state_change", "files"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
 Global___BatchEvent: _TypeAlias = BatchEvent  # noqa: Y015
+
+@_typing.final
+class FilesChange(_message.Message):
+    """Many files moved to one state by one decision. Each listed file now has `state` and
+    `error`, and no next attempt time; nothing else of it changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_IDS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___FileState.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error(self) -> Global___FileError:
+        """Unset when the files' errors were cleared."""
+
+    def __init__(
+        self,
+        *,
+        file_ids: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___FileState.ValueType = ...,
+        error: Global___FileError | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "file_ids", b"file_ids", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FilesChange: _TypeAlias = FilesChange  # noqa: Y015
 
 @_typing.final
 class RetryFilesRequest(_message.Message):
