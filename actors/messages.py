@@ -13,6 +13,7 @@ __all__ = [
     "AttemptStarted",
     "BackoffElapsed",
     "CancelBatch",
+    "CancelStarted",
     "DeadlineReached",
     "FileActorStopped",
     "GetView",
@@ -69,7 +70,7 @@ class GetView:
 
 @dataclass(frozen=True, slots=True)
 class CancelBatch:
-    """Cancel the batch; the reply is the list of futures of the children's stops.
+    """Cancel the batch; the reply is a :class:`CancelStarted`.
 
     ``request_id`` names the request in the supervisor's log lines: pykka's threads do
     not inherit the caller's context variables, so it travels in the message.
@@ -77,6 +78,20 @@ class CancelBatch:
 
     reason: str
     request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStarted:
+    """The reply to :class:`CancelBatch`.
+
+    Attributes:
+        stops: The futures of the children's stops.
+        settled: Gets the batch as stored once it is terminal (at once if it was); an
+            ``ActorDeadError`` if the supervisor died first.
+    """
+
+    stops: list[Any]
+    settled: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from actors.manager import (
     ListSupervisors,
     SweepRetention,
 )
-from actors.messages import CancelBatch, GetView, RetryFiles, StopSupervisor
+from actors.messages import CancelBatch, CancelStarted, GetView, RetryFiles, StopSupervisor
 from actors.model import BatchRecord, BatchState, BatchView, ExtractionResult, FileRecord, FileState
 from actors.policy import BatchPolicy, RestartIntensity, RetryPolicy
 from actors.refusals import (
@@ -300,12 +300,17 @@ class Runtime:
         Raises:
             BatchNotFound: No such batch.
         """
-        stops: list[pykka.Future[Any]] = self._ask(batch_id, CancelBatch(reason, request_id))
+        started: CancelStarted = self._ask(batch_id, CancelBatch(reason, request_id))
         # Kill the batch's processes here, on the caller's thread, rather than one by
         # one in each file actor: the actors then only learn that their attempts ended.
         self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)
-        pykka.get_all(stops, timeout=self._stop_timeout)
-        view: BatchView = self._ask(batch_id, GetView())
+        pykka.get_all(started.stops, timeout=self._stop_timeout)
+        try:
+            view: BatchView = started.settled.get(timeout=self._stop_timeout)
+        except pykka.ActorDeadError:
+            # The supervisor died before it stored the end; its successor, started from
+            # the store, finishes the cancel.
+            view = self._ask(batch_id, GetView())
         return view
 
     def record(self, batch_id: str) -> BatchRecord:

@@ -31,6 +31,7 @@ from actors.messages import (
     AttemptStarted,
     BackoffElapsed,
     CancelBatch,
+    CancelStarted,
     FileActorStopped,
     GetView,
     RetryFiles,
@@ -110,6 +111,8 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._backoffs: dict[str, Timer] = {}
         self._window = RestartWindow()
         self._results: dict[str, ExtractionResult] = {}
+        # Cancels waiting for the batch to be stored as terminal.
+        self._settle_waiters: list[pykka.Future[BatchView]] = []
         # Set on shutdown: stopped children leave their files RUNNING, to resume later.
         self._stopping = False
         # Set once the batch settled with nothing running: the actor is on its way out.
@@ -167,6 +170,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             # on_failure logs it and has the manager restart the batch from the store.
             except Exception:  # noqa: BLE001
                 self.on_failure(*sys.exc_info())
+        self._abandon_settle_waiters()
 
     def on_failure(
         self,
@@ -182,6 +186,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         )
         self._stop_children()
         self._drop_backoffs()
+        self._abandon_settle_waiters()
         if self._manager is not None:
             tell_if_alive(
                 self._manager,
@@ -453,11 +458,13 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     # Cancel and retry --------------------------------------------------------------
 
-    def _cancel(self, reason: str, request_id: str = "") -> list[pykka.Future[Any]]:
+    def _cancel(self, reason: str, request_id: str = "") -> CancelStarted:
+        settled: pykka.Future[BatchView] = pykka.ThreadingFuture()
+        self._settle_waiters.append(settled)
         batch = self._book.batch
         if batch.state.terminal or batch.state is BatchState.CANCELLING:
             self._commit()
-            return []
+            return CancelStarted([], settled)
         now = self._now()
         self._log.info("batch_cancelling", reason=reason, request_id=request_id)
         self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
@@ -465,7 +472,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         stops = self._stop_children(forget=False)
         self._advance(now)
         self._commit()
-        return stops
+        return CancelStarted(stops, settled)
 
     def _cancel_waiting(self, now: float) -> None:
         """Cancel every file that is waiting for a slot or for its backoff."""
@@ -679,6 +686,19 @@ class BatchSupervisor(pykka.ThreadingActor):
             self._deps.store.commit(changes, results)
             for file_id in results:
                 del self._results[file_id]
+        if self._settle_waiters and self._book.batch.state.terminal:
+            view = self._book.view()
+            for waiter in self._settle_waiters:
+                waiter.set(view)
+            self._settle_waiters.clear()
+
+    def _abandon_settle_waiters(self) -> None:
+        """Tell those waiting for the batch to settle that this supervisor will not."""
+        for waiter in self._settle_waiters:
+            waiter.set_exception(
+                (pykka.ActorDeadError, pykka.ActorDeadError("the batch supervisor stopped"), None)
+            )
+        self._settle_waiters.clear()
 
     def _now(self) -> float:
         return self._deps.scheduler.now()
