@@ -56,7 +56,9 @@ def cancel_latency(options: Options) -> list[Figure]:
                     ).batch_id
                 hanging = _wait_for_markers(work, workers)
                 started = time.perf_counter()
-                reply = client.cancel(batch_id)
+                # A client cancelling 10,000 files wants the end state and counts, not
+                # every file back (BATCH_VIEW_BASIC).
+                reply = client.cancel(batch_id, with_files=False)
                 latencies.append(time.perf_counter() - started)
                 _check(reply, hanging)
     ms = [1000 * s for s in latencies]
@@ -76,7 +78,7 @@ def cancel_latency(options: Options) -> list[Figure]:
             percentile(ms, 0.99),
             "ms",
             at_most(250),
-            note=f"{runs} runs: the slowest; median {median(ms):.0f} ms",
+            note=f"{runs} runs: the slowest; median {median(ms):.0f} ms; reply without files",
         ),
     ]
 

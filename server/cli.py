@@ -221,7 +221,8 @@ def _retry(client: Client, args: argparse.Namespace) -> int:
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
-    batch = client.cancel(args.batch_id)
+    # The files only matter to a caller who reads the whole batch as JSON.
+    batch = client.cancel(args.batch_id, with_files=args.json)
     if args.json:
         _print_json(batch)
     else:

@@ -339,9 +339,16 @@ class Client:
         )
         return self._stub.RetryFiles(request, timeout=self._timeout)
 
-    def cancel(self, batch_id: str) -> pb.Batch:
-        """Cancel the batch; returns once nothing of it runs."""
-        request = pb.CancelBatchRequest(batch_id=batch_id)
+    def cancel(self, batch_id: str, *, with_files: bool = True) -> pb.Batch:
+        """Cancel the batch; returns once nothing of it runs.
+
+        Args:
+            batch_id: The batch.
+            with_files: Whether the reply lists every file; without, it has the end
+                state and counts only, which is much cheaper for big batches.
+        """
+        view = pb.BATCH_VIEW_FULL if with_files else pb.BATCH_VIEW_BASIC
+        request = pb.CancelBatchRequest(batch_id=batch_id, view=view)
         return self._stub.CancelBatch(request, timeout=self._timeout)
 
     def result_chunks(self, batch_id: str, file_id: str) -> Iterator[pb.FileResultChunk]:

@@ -204,6 +204,22 @@ def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
     )
 
 
+def wants_files(view: pb.BatchView.ValueType) -> bool:
+    """Whether a reply in ``view`` carries the batch's files.
+
+    Raises:
+        WireError: ``view`` is no value of the enum (INVALID_ARGUMENT).
+    """
+    if view in (pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_FULL):
+        return True
+    if view == pb.BATCH_VIEW_BASIC:
+        return False
+    raise _invalid(
+        "INVALID_VIEW",
+        [FieldViolation("view", f"{view} is not a BatchView; use BATCH_VIEW_BASIC or _FULL.")],
+    )
+
+
 def snapshot_to_proto(view: BatchView) -> pb.BatchEvent:
     """The event that opens a watch from sequence 0: the whole batch."""
     batch = view.batch

@@ -198,7 +198,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
-        return convert.batch_to_proto(self._owned(request.batch_id, self._auth.caller(context)))
+        view = self._owned(request.batch_id, self._auth.caller(context))
+        return convert.batch_to_proto(view, with_files=convert.wants_files(request.view))
 
     @_unary
     def ListBatches(
@@ -255,10 +256,11 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
         self._check_owner(request.batch_id, self._auth.caller(context))
+        with_files = convert.wants_files(request.view)
         view = self._runtime.cancel(
             request.batch_id, reason="client", request_id=_current_request_id()
         )
-        return convert.batch_to_proto(view)
+        return convert.batch_to_proto(view, with_files=with_files)
 
     @_streaming
     def GetFileResult(

@@ -239,6 +239,36 @@ def test_cancel_returns_once_the_batch_is_cancelled_and_nothing_runs(
     )
 
 
+def test_a_basic_view_leaves_the_files_out_and_a_bad_view_changes_nothing(
+    server: RunningServer,
+) -> None:
+    policy = pb.BatchPolicy(max_concurrency=1)
+    batch = server.submit(*((f"{n}.pdf", many_pages(300)) for n in range(3)), policy=policy)
+    wait_until_running(server.stub, batch.batch_id)
+    bad = refused(
+        lambda: server.stub.CancelBatch(
+            pb.CancelBatchRequest(batch_id=batch.batch_id, view=7),
+            timeout=WAIT,  # type: ignore[arg-type]
+        )
+    )
+    assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_VIEW")
+    assert server.client.get(batch.batch_id).state == pb.BATCH_STATE_RUNNING, "not cancelled"
+
+    basic = server.client.cancel(batch.batch_id, with_files=False)
+    assert basic.state == pb.BATCH_STATE_CANCELLED
+    assert list(basic.files) == []
+    assert basic.file_count == 3
+    assert basic.counts.cancelled + basic.counts.succeeded == 3
+    full = server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
+    assert [f.state for f in full.files].count(pb.FILE_STATE_CANCELLED) == basic.counts.cancelled
+    summary = server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_BASIC), timeout=WAIT
+    )
+    assert (list(summary.files), summary.counts) == ([], basic.counts)
+
+
 def test_get_file_result_streams_metadata_then_every_page(server: RunningServer) -> None:
     data = many_pages(2000)
     batch = server.submit(("long.pdf", data))

@@ -130,6 +130,30 @@ ATTEMPT_OUTCOME_INTERRUPTED: AttemptOutcome.ValueType  # 4
 """Cut short by a restart of the service; not the file's fault."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
+class _BatchView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BatchViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BATCH_VIEW_UNSPECIFIED: _BatchView.ValueType  # 0
+    BATCH_VIEW_BASIC: _BatchView.ValueType  # 1
+    """The batch, its counts and its policy; `files` empty."""
+    BATCH_VIEW_FULL: _BatchView.ValueType  # 2
+    """The batch with every file."""
+
+class BatchView(_BatchView, metaclass=_BatchViewEnumTypeWrapper):
+    """How retry delays are randomised.
+    How much of a batch a reply carries.
+    """
+
+BATCH_VIEW_UNSPECIFIED: BatchView.ValueType  # 0
+BATCH_VIEW_BASIC: BatchView.ValueType  # 1
+"""The batch, its counts and its policy; `files` empty."""
+BATCH_VIEW_FULL: BatchView.ValueType  # 2
+"""The batch with every file."""
+Global___BatchView: _TypeAlias = BatchView  # noqa: Y015
+
 class _Jitter:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -142,8 +166,7 @@ class _JitterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jitter.ValueTy
     JITTER_NONE: _Jitter.ValueType  # 2
     """Exactly the cap."""
 
-class Jitter(_Jitter, metaclass=_JitterEnumTypeWrapper):
-    """How retry delays are randomised."""
+class Jitter(_Jitter, metaclass=_JitterEnumTypeWrapper): ...
 
 JITTER_UNSPECIFIED: Jitter.ValueType  # 0
 JITTER_FULL: Jitter.ValueType  # 1
@@ -728,15 +751,19 @@ class GetBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    view: Global___BatchView.ValueType
+    """Unspecified: BATCH_VIEW_FULL."""
     def __init__(
         self,
         *,
         batch_id: _builtins.str = ...,
+        view: Global___BatchView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -998,15 +1025,22 @@ class CancelBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    view: Global___BatchView.ValueType
+    """How much of the batch the reply carries. Unspecified: BATCH_VIEW_FULL. A client
+    that cancels a big batch and needs only its end state and counts asks for
+    BATCH_VIEW_BASIC, which spares converting and sending every file.
+    """
     def __init__(
         self,
         *,
         batch_id: _builtins.str = ...,
+        view: Global___BatchView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
