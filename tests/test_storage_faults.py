@@ -7,6 +7,7 @@ small tmpfs mounted for the test, the lock taken by another connection.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from actors import blobs
 from actors.book import Changes
 from actors.errors import StorageUnavailableError
 from actors.model import AttemptOutcome, ExtractionResult, FileState
@@ -232,3 +234,23 @@ def test_a_storage_failure_on_the_wire_is_retryable_and_names_no_path() -> None:
     assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "/var/lib" not in str(status)
     assert "STORAGE_UNAVAILABLE" in str(status)
+
+
+def test_an_upload_whose_bytes_cannot_be_flushed_leaves_no_batch_and_no_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that fails its flush cannot be made here; the flush is the one call faked.
+    def failing_flush(path: Path) -> None:
+        raise OSError(errno.EIO, f"injected flush failure under {path}")
+
+    monkeypatch.setattr(blobs, "_sync_file_system", failing_flush)
+    with running(tmp_path / "data") as server:
+        error = refused(lambda: server.submit(b"ok", b"ok"))
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        assert str(tmp_path) not in error.message
+        listed = server.stub.ListBatches(pb.ListBatchesRequest(), timeout=WAIT)
+        assert list(listed.batches) == []
+        left = [
+            p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.parent.name != "data"
+        ]
+        assert [p for p in left if "blobs" in p.parts] == []
