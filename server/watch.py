@@ -254,8 +254,8 @@ class WatchSession:
     def frames(self) -> Iterator[bytes]:
         """The watch as serialized ``pb.BatchEvent`` messages, ready for the wire.
 
-        An event that reached the watch live is the same ``bytes`` object for every
-        watcher of the batch.
+        An event that reached the watch live was serialized once, for every watcher of
+        the batch.
         """
         with contextlib.closing(self._items()) as items:
             for item in items:
