@@ -41,7 +41,7 @@ from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.metrics import ServiceMetrics
 from server.quotas import TenantQuotas
 from server.ratelimit import RateLimiter
-from server.servicer import BatchServicer
+from server.servicer import BatchServicer, watch_handler
 from server.settings import ServerSettings
 from server.tls import server_credentials
 from server.upload import Uploads
@@ -210,6 +210,10 @@ class Service:
             interceptors=[AuthInterceptor(self.authenticator)],
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
+        # Replaces the generated one, which would serialize the serialized events again.
+        server.add_registered_method_handlers(
+            SERVICE_NAME, {"WatchBatch": watch_handler(self.servicer)}
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

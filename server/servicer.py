@@ -36,7 +36,7 @@ from server.requests import RequestContext, request_scope
 from server.upload import Uploads
 from server.watch import WatchHub
 
-__all__ = ["BatchServicer"]
+__all__ = ["BatchServicer", "watch_handler"]
 
 
 # The runtime's words for a batch that does not exist, for one that is someone else's.
@@ -222,18 +222,14 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         )
 
     @_streaming
-    def WatchBatch(
+    def WatchBatch(  # type: ignore[override]  # serialized events: see watch_handler
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.BatchEvent]:
+    ) -> Iterator[bytes]:
         self._owned(request.batch_id, self._auth.caller(context))
         session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
         if not context.add_callback(session.cancel):
             session.cancel()
-        for item in session:
-            if isinstance(item, BatchView):
-                yield convert.snapshot_to_proto(item)
-            else:
-                yield convert.event_to_proto(item)
+        yield from session.frames()
 
     @_unary
     def RetryFiles(self, request: pb.RetryFilesRequest, context: grpc.ServicerContext) -> pb.Batch:
@@ -296,3 +292,17 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self._hub.batch_deleted(batch_id)
         self._uploads.release(digests)
         return empty_pb2.Empty()
+
+
+def watch_handler(servicer: BatchServicer) -> grpc.RpcMethodHandler[pb.WatchBatchRequest, bytes]:
+    """``WatchBatch`` sending the bytes its events were serialized to, as they are.
+
+    Register it over the generated handler, which would serialize them again:
+    ``server.add_registered_method_handlers(service, {"WatchBatch": watch_handler(s)})``
+    after ``add_BatchServiceServicer_to_server``.
+    """
+    return grpc.unary_stream_rpc_method_handler(
+        servicer.WatchBatch,
+        request_deserializer=pb.WatchBatchRequest.FromString,
+        response_serializer=None,
+    )

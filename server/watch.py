@@ -7,19 +7,25 @@ sent. So a slow or stalled watcher costs the batch nothing, and still misses not
 
 A watcher registers before it reads the store, so an event committed while it reads is
 either in what it read or in its queue (or both: duplicates are dropped by sequence).
+
+Every watcher of a batch is handed the same :class:`_Shared` event, which is converted to
+protobuf and serialized once, by the first watcher that sends it: with many watchers,
+converting each event again for each of them cost more than sending it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import grpc
 
 from actors.model import BatchEvent, BatchState, BatchView
 from actors.refusals import BatchNotFound
 from actors.store import Store
+from server import convert
 from server.errors import WireError, service_closing
 
 __all__ = ["WatchHub", "WatchItem", "WatchSession"]
@@ -38,29 +44,55 @@ def _expired(after: int) -> WireError:
     )
 
 
+class _Shared:
+    """An event and its wire bytes, serialized at most once for all the watchers."""
+
+    __slots__ = ("_frame", "event")
+
+    def __init__(self, event: BatchEvent) -> None:
+        self.event = event
+        self._frame: bytes | None = None
+
+    @property
+    def sequence(self) -> int:
+        """The event's sequence."""
+        return self.event.sequence
+
+    def frame(self) -> bytes:
+        """The serialized ``pb.BatchEvent``."""
+        frame = self._frame
+        if frame is None:
+            # Watchers woken together may both get here; either's bytes are the same.
+            frame = self._frame = convert.event_to_proto(self.event).SerializeToString()
+        return frame
+
+
 class _Watcher:
     """One watcher's queue; filled by the store's listener, drained by the watch."""
 
     def __init__(self, batch_id: str, capacity: int) -> None:
         self.batch_id = batch_id
         self._capacity = capacity
-        self._changed = threading.Condition()
-        self._queue: deque[BatchEvent] = deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._queue: deque[_Shared] = deque()
         self._overflowed = False
         self._stopped = False
         self._stop_error: BaseException | None = None
 
-    def offer(self, event: BatchEvent) -> None:
+    def offer(self, event: _Shared) -> None:
         """Queue ``event``, or flag the overflow; never waits for the watcher."""
         with self._changed:
             if self._stopped or self._overflowed:
                 return
+            # The watch waits only while nothing is queued: only the first event wakes it.
+            waiting = not self._queue
             if len(self._queue) >= self._capacity:
                 self._overflowed = True
                 self._queue.clear()
             else:
                 self._queue.append(event)
-            self._changed.notify()
+            if waiting:
+                self._changed.notify()
 
     def stop(self, error: BaseException | None) -> None:
         """End the watch: quietly (``None``), or with ``error``. The first call wins."""
@@ -76,7 +108,7 @@ class _Watcher:
         with self._changed:
             return not self._queue and not self._overflowed
 
-    def take(self, timeout: float) -> tuple[list[BatchEvent], bool] | None:
+    def take(self, timeout: float) -> tuple[list[_Shared], bool] | None:
         """Wait up to ``timeout`` for events; ``None`` once stopped.
 
         Returns:
@@ -188,12 +220,18 @@ class WatchHub:
     def _on_event(self, event: BatchEvent) -> None:
         with self._lock:
             watchers = tuple(self._watchers.get(event.batch_id, ()))
+        if not watchers:
+            return
+        shared = _Shared(event)
         for watcher in watchers:
-            watcher.offer(event)
+            watcher.offer(shared)
 
 
 class WatchSession:
-    """One ``WatchBatch`` call. Iterate it once; :meth:`cancel` ends it from any thread."""
+    """One ``WatchBatch`` call. Iterate it, or its :meth:`frames`, once.
+
+    :meth:`cancel` ends it from any thread.
+    """
 
     def __init__(self, hub: WatchHub, watcher: _Watcher, after: int, *, follow: bool) -> None:
         self._hub = hub
@@ -209,6 +247,24 @@ class WatchSession:
         self._hub._remove(self._watcher)
 
     def __iter__(self) -> Iterator[WatchItem]:
+        with contextlib.closing(self._items()) as items:
+            for item in items:
+                yield item if isinstance(item, BatchView) else item.event
+
+    def frames(self) -> Iterator[bytes]:
+        """The watch as serialized ``pb.BatchEvent`` messages, ready for the wire.
+
+        An event that reached the watch live was serialized once, for every watcher of
+        the batch.
+        """
+        with contextlib.closing(self._items()) as items:
+            for item in items:
+                if isinstance(item, BatchView):
+                    yield convert.snapshot_to_proto(item).SerializeToString()
+                else:
+                    yield item.frame()
+
+    def _items(self) -> Generator[BatchView | _Shared, None, None]:
         try:
             yield from self._start()
             while not self._done():
@@ -223,7 +279,7 @@ class WatchSession:
         finally:
             self.cancel()
 
-    def _start(self) -> Iterator[WatchItem]:
+    def _start(self) -> Iterator[BatchView | _Shared]:
         store = self._hub.store
         batch_id = self._watcher.batch_id
         view = store.load(batch_id)
@@ -264,12 +320,12 @@ class WatchSession:
             and self._watcher.idle()
         )
 
-    def _send(self, events: list[BatchEvent]) -> Iterator[BatchEvent]:
-        for event in events:
-            self._last, self._state = event.sequence, event.batch_state
-            yield event
+    def _send(self, events: list[_Shared]) -> Iterator[_Shared]:
+        for shared in events:
+            self._last, self._state = shared.event.sequence, shared.event.batch_state
+            yield shared
 
-    def _catch_up(self, queued: list[BatchEvent], overflowed: bool) -> list[BatchEvent]:
+    def _catch_up(self, queued: list[_Shared], overflowed: bool) -> list[_Shared]:
         """The events after the last one sent, without gaps or repeats."""
         fresh = [e for e in queued if e.sequence > self._last]
         contiguous = all(e.sequence == self._last + i for i, e in enumerate(fresh, start=1))
@@ -277,11 +333,11 @@ class WatchSession:
             return self._read(self._last)
         return fresh
 
-    def _read(self, after: int) -> list[BatchEvent]:
+    def _read(self, after: int) -> list[_Shared]:
         events = self._hub.store.events_after(self._watcher.batch_id, after)
         if events and events[0].sequence != after + 1:
             raise _expired(after)
-        return events
+        return [_Shared(event) for event in events]
 
     def _check_exists(self) -> None:
         if self._hub.store.oldest_sequence(self._watcher.batch_id) is None:

@@ -14,6 +14,7 @@ from actors.model import BatchRecord, BatchState, BatchView, FileRecord, FileSta
 from actors.policy import BatchPolicy
 from actors.refusals import BatchNotFound, ServiceClosing
 from actors.store import MemoryStore
+from server import convert
 from server.client import Client
 from server.errors import WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -330,3 +331,73 @@ def test_deletion_and_shutdown_end_open_watches() -> None:
     assert isinstance(results["closing"], ServiceClosing)
     with pytest.raises(ServiceClosing):
         hub.open("b1", 0, follow=False)
+
+
+def _events(frames: list[bytes]) -> list[pb.BatchEvent]:
+    return [pb.BatchEvent.FromString(frame) for frame in frames]
+
+
+def test_every_watcher_sends_the_same_bytes_for_an_event_serialized_once() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store)
+    book = _new_batch(store, files=10)
+    watches = [hub.open("b1", 0, follow=False).frames() for _ in range(3)]
+    snapshots = [pb.BatchEvent.FromString(next(frames)) for frames in watches]
+
+    _run_batch(store, book)
+    sent = [list(frames) for frames in watches]
+
+    assert all(s.WhichOneof("change") == "snapshot" for s in snapshots)
+    first, *others = sent
+    assert [e.sequence for e in _events(first)] == list(range(1, 23))
+    stored = store.events_after("b1", 0)
+    assert first == [convert.event_to_proto(e).SerializeToString() for e in stored]
+    for other in others:
+        assert all(mine is theirs for mine, theirs in zip(first, other, strict=True))
+    assert hub.open_watches == 0
+    hub.close()
+
+
+def test_a_watcher_stalled_while_sending_does_not_delay_the_others() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store, queue_size=2)
+    book = _new_batch(store, files=10)
+    stalled = hub.open("b1", 0, follow=False).frames()
+    other = hub.open("b1", 0, follow=False).frames()
+    next(stalled)
+    next(other)
+    sending, release = threading.Event(), threading.Event()
+    received: dict[str, list[bytes]] = {"stalled": [], "other": []}
+
+    def stall(frames: Iterator[bytes]) -> None:
+        for frame in frames:
+            received["stalled"].append(frame)
+            sending.set()
+            release.wait(WAIT)  # its client reads nothing, so its send never returns
+
+    def read(frames: Iterator[bytes]) -> None:
+        received["other"].extend(frames)
+
+    stalled_reader = threading.Thread(target=stall, args=(stalled,))
+    stalled_reader.start()
+    book.set_batch(BatchState.RUNNING, 1.0)
+    store.commit(book.take_changes(), {})
+    assert sending.wait(WAIT)
+    other_reader = threading.Thread(target=read, args=(other,))
+    other_reader.start()
+    for record in book.files():
+        for state in (FileState.RUNNING, FileState.SUCCEEDED):
+            book.set_file(record.file_id, state, 2.0)
+            store.commit(book.take_changes(), {})
+    book.set_batch(BatchState.SUCCEEDED, 3.0)
+    store.commit(book.take_changes(), {})
+
+    other_reader.join(WAIT)
+    assert not other_reader.is_alive()
+    assert len(received["stalled"]) == 1
+    release.set()
+    stalled_reader.join(WAIT)
+    # Overflowed meanwhile, it caught up from the store: nothing missed, nothing twice.
+    for name in ("stalled", "other"):
+        assert [e.sequence for e in _events(received[name])] == list(range(1, 23)), name
+    hub.close()
