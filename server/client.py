@@ -150,6 +150,14 @@ def _upload_requests(
             header = pb.FileHeader(name=file.name, size_bytes=size)
             if file.password is not None:
                 header.password = file.password
+            if size <= chunk_bytes:
+                # Small enough to travel with its header: one message instead of two.
+                header.content = handle.read()
+                sent += size
+                yield pb.SubmitBatchRequest(file=header)
+                if progress is not None:
+                    progress(sent, total)
+                continue
             yield pb.SubmitBatchRequest(file=header)
             while chunk := handle.read(chunk_bytes):
                 yield pb.SubmitBatchRequest(chunk=chunk)

@@ -50,6 +50,8 @@ class _Staged:
     declared: int
     sha256: str
     writer: BlobWriter
+    # The header carried the bytes: no chunk may follow.
+    inline: bool = False
 
 
 def _bad(reason: str, message: str, field: str, code: grpc.StatusCode = _INVALID) -> WireError:
@@ -137,12 +139,21 @@ class Uploads:
                 total += request.file.size_bytes
                 admission.check(total)
                 staged.append(self._open(request.file, len(staged), total, stack))
+                if request.file.content:
+                    self._write(staged[-1], len(staged) - 1, request.file.content)
+                    staged[-1].inline = True
             elif kind == "chunk":
                 if not staged:
                     raise _bad(
                         "CHUNK_BEFORE_HEADER",
                         "File bytes must follow a file header.",
                         "chunk",
+                    )
+                if staged[-1].inline:
+                    raise _bad(
+                        "CHUNK_AFTER_CONTENT",
+                        "A file whose header carries its content takes no chunks.",
+                        f"file[{len(staged) - 1}].content",
                     )
                 self._write(staged[-1], len(staged) - 1, request.chunk)
             else:

@@ -319,3 +319,44 @@ def test_an_upload_that_breaks_off_leaves_nothing_behind(server: RunningServer, 
         upload(pb.BatchSpec(idempotency_key="broken"), files), timeout=WAIT
     )
     server.settle(batch.batch_id)
+
+
+def test_a_small_file_may_travel_inside_its_header(server: RunningServer) -> None:
+    inline, chunked = make_pdf("inline"), make_pdf("chunked")
+    requests = [
+        pb.SubmitBatchRequest(spec=pb.BatchSpec()),
+        pb.SubmitBatchRequest(
+            file=pb.FileHeader(name="a.pdf", size_bytes=len(inline), content=inline)
+        ),
+        pb.SubmitBatchRequest(file=pb.FileHeader(name="b.pdf", size_bytes=len(chunked))),
+        pb.SubmitBatchRequest(chunk=chunked),
+    ]
+    batch = server.stub.SubmitBatch(iter(requests), timeout=WAIT)
+    server.settle(batch.batch_id)
+    pages = [server.client.result(batch.batch_id, f.file_id).pages for f in batch.files]
+    assert pages == [["inline"], ["chunked"]]
+
+
+@pytest.mark.parametrize(
+    ("header", "then", "reason"),
+    [
+        (
+            pb.FileHeader(name="a.pdf", size_bytes=3, content=b"abc"),
+            [b"more"],
+            "CHUNK_AFTER_CONTENT",
+        ),
+        (pb.FileHeader(name="a.pdf", size_bytes=2, content=b"abc"), [], "SIZE_MISMATCH"),
+        (pb.FileHeader(name="a.pdf", size_bytes=9, content=b"abc"), [], "SIZE_MISMATCH"),
+    ],
+)
+def test_a_header_with_content_that_breaks_the_rules_is_refused(
+    server: RunningServer, header: pb.FileHeader, then: list[bytes], reason: str
+) -> None:
+    requests = [
+        pb.SubmitBatchRequest(spec=pb.BatchSpec()),
+        pb.SubmitBatchRequest(file=header),
+        *(pb.SubmitBatchRequest(chunk=c) for c in then),
+    ]
+    error = refused(lambda: server.stub.SubmitBatch(iter(requests), timeout=WAIT))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    _nothing_left(server)

@@ -691,6 +691,7 @@ class FileHeader(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A label, not a path: no '/', '\\\\' or control characters."""
     password: _builtins.str
@@ -699,6 +700,10 @@ class FileHeader(_message.Message):
     """Exact size in bytes; the upload is refused if the bytes differ."""
     sha256: _builtins.str
     """Hex SHA-256 of the bytes; when given, the upload is refused if it differs."""
+    content: _builtins.bytes
+    """The whole file, for one that fits in this message: then no chunk follows. Halves
+    the messages of an upload of many small files. Its length must be `size_bytes`.
+    """
     def __init__(
         self,
         *,
@@ -706,10 +711,11 @@ class FileHeader(_message.Message):
         password: _builtins.str | None = ...,
         size_bytes: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        content: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "password", b"password"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "name", b"name", "password", b"password", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "content", b"content", "name", b"name", "password", b"password", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
     _WhichOneofArgType__password: _TypeAlias = _typing.Literal["_password", b"_password"]  # noqa: Y015
