@@ -214,7 +214,7 @@ class Submitter:
             try:
                 self.ledger.submit(self.life.stub, name, files, policy=policy(max_attempts=5))
             except grpc.RpcError as error:
-                self.cut_off.append(error.code())  # type: ignore[attr-defined]
+                self.cut_off.append(error.code())
                 return
             pause.wait(self.rng.uniform(0, 0.2))
 

@@ -18,6 +18,7 @@ import pytest
 
 from actors.errors import CATALOGUE, ErrorCode
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from tests.crash_fixtures import ServerProcess
 from tests.malformed_pdfs import CORPUS, corpus_pdfs, generated, mutated_corpus
 from tests.reliability import REPORT
 from tests.reliability_checks import (
@@ -129,15 +130,14 @@ def _check_time_limits(batch: pb.Batch) -> None:
     print(f"longest attempt: {longest:.2f} s")
 
 
-def _check_results(life: object, batch: pb.Batch) -> None:
+def _check_results(life: ServerProcess, batch: pb.Batch) -> None:
     """Every file that succeeded has its text: one page of result per page counted.
 
     A damaged file may be read as a document of no pages; an intact real one may not.
     """
-    client = life.client  # type: ignore[attr-defined]
     for file in batch.files:
         if file.state == pb.FILE_STATE_SUCCEEDED:
-            result = client.result(batch.batch_id, file.file_id)
+            result = life.client.result(batch.batch_id, file.file_id)
             assert result.metadata.page_count == len(result.pages), file.name
             if file.name.startswith("corpus-"):
                 assert result.pages, f"{file.name}: a real file read as no pages"

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psutil
@@ -52,7 +53,8 @@ class StalledWatchers:
     address: str
     rng: random.Random
     _channels: list[grpc.Channel] = field(default_factory=list)
-    _calls: list[grpc.Future] = field(default_factory=list)
+    # Each a grpc.Call that is also an iterator of events; the stubs type it as one only.
+    _calls: list[Any] = field(default_factory=list)
 
     def open(self, batch_id: str, count: int) -> None:
         for _ in range(count):
@@ -105,7 +107,7 @@ class Probe:
                     pb.ListBatchesRequest(page_size=10), timeout=PROMPT_ENOUGH_SECONDS
                 )
             except grpc.RpcError as error:
-                self.errors.append(error.code())  # type: ignore[attr-defined]
+                self.errors.append(error.code())
             self.latencies.append(time.monotonic() - began)
 
     def close(self) -> None:
