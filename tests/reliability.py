@@ -1,7 +1,8 @@
 """What the reliability suite did, counted as it runs and printed at the end of the session.
 
 Tests of the suite record each attack they make, each invariant they check and each
-fault the service survived; ``tests/conftest.py`` prints the totals in pytest's
+fault the service survived, and the figures they measured on the way (a rate, a peak
+of memory: measured, never asserted); ``tests/conftest.py`` prints it all in pytest's
 terminal summary, so a green run also says how hard it pushed.
 """
 
@@ -21,6 +22,7 @@ class ReliabilityReport:
     attacks: Counter[str] = field(default_factory=Counter)
     invariants: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    figures: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attack(self, kind: str, count: int = 1) -> None:
@@ -38,8 +40,13 @@ class ReliabilityReport:
         with self._lock:
             self.faults[kind] += count
 
+    def figure(self, name: str, value: float, unit: str) -> None:
+        """Record a measured figure (the last value measured under ``name`` is kept)."""
+        with self._lock:
+            self.figures[name] = f"{value:.4g} {unit}"
+
     def empty(self) -> bool:
-        return not (self.attacks or self.invariants or self.faults)
+        return not (self.attacks or self.invariants or self.faults or self.figures)
 
     def lines(self) -> list[str]:
         """The report as text, one line per kind, largest first within each section."""
@@ -52,6 +59,9 @@ class ReliabilityReport:
             total = sum(counter.values())
             out.append(f"{title}: {total}")
             out.extend(f"  {count:>8}  {kind}" for kind, count in counter.most_common())
+        if self.figures:
+            out.append("figures measured:")
+            out.extend(f"  {value:>14}  {name}" for name, value in sorted(self.figures.items()))
         return out
 
 
