@@ -54,7 +54,8 @@ def _slow_batch(server: RunningServer, files: int = 4) -> pb.Batch:
 def test_watch_starts_with_a_snapshot_and_ends_after_the_terminal_state(
     server: RunningServer,
 ) -> None:
-    batch = server.submit(("a.pdf", make_pdf("a")), ("b.pdf", b"junk"))
+    # A file of 300 pages keeps the batch running while the watch opens.
+    batch = server.submit(("a.pdf", many_pages(300)), ("b.pdf", b"junk"))
 
     events = server.settle(batch.batch_id)
 
