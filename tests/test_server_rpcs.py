@@ -337,3 +337,45 @@ def test_an_unexpected_failure_is_internal_without_details(serve: ServerFactory)
     assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
     assert "secret" not in error.message
     assert "Traceback" not in error.message
+
+
+def test_a_request_that_does_not_decode_is_refused_as_invalid_not_internal(
+    server: RunningServer,
+) -> None:
+    # Field 1 of every request below is a string: these bytes give it invalid UTF-8.
+    not_utf8 = b"\x0a\x02\xc3\x28"
+    truncated = b"\x0a\x05ab"
+    get = server.channel.unary_unary(
+        "/pdfbatch.v1.BatchService/GetBatch", request_serializer=lambda b: b
+    )
+    watch = server.channel.unary_stream(
+        "/pdfbatch.v1.BatchService/WatchBatch", request_serializer=lambda b: b
+    )
+    submit = server.channel.stream_unary(
+        "/pdfbatch.v1.BatchService/SubmitBatch", request_serializer=lambda b: b
+    )
+    health_check = server.channel.unary_unary(
+        "/grpc.health.v1.Health/Check", request_serializer=lambda b: b
+    )
+    spec = pb.SubmitBatchRequest(spec=pb.BatchSpec()).SerializeToString()
+    header = pb.SubmitBatchRequest(file=pb.FileHeader(name="a.pdf", size_bytes=4))
+
+    refusals = {
+        "GetBatch": refused(lambda: get(not_utf8, timeout=WAIT)),
+        "WatchBatch": refused(lambda: list(watch(truncated, timeout=WAIT))),
+        "SubmitBatch": refused(
+            lambda: submit(iter([spec, header.SerializeToString(), b"\x1a\x02ab", b"\xff"]))
+        ),
+        "Health/Check": refused(lambda: health_check(not_utf8, timeout=WAIT)),
+    }
+
+    for method, refusal in refusals.items():
+        assert (refusal.code, refusal.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_REQUEST",
+        ), method
+        assert refusal.message.startswith("The request is not a valid "), method
+    assert "pdfbatch.v1.SubmitBatchRequest" in refusals["SubmitBatch"].message
+    # The upload was refused midway: nothing of it is kept, not even a temporary file.
+    assert server.blob_files() == []
+    assert server.stub.ListBatches(pb.ListBatchesRequest(), timeout=WAIT).batches == []
