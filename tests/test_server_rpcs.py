@@ -17,6 +17,7 @@ from tests.server_fixtures import (
     refused,
     serve,
     server,
+    upload,
     wait_until_running,
 )
 
@@ -379,3 +380,42 @@ def test_a_request_that_does_not_decode_is_refused_as_invalid_not_internal(
     # The upload was refused midway: nothing of it is kept, not even a temporary file.
     assert server.blob_files() == []
     assert server.stub.ListBatches(pb.ListBatchesRequest(), timeout=WAIT).batches == []
+
+
+def test_a_refusal_that_quotes_a_huge_caller_id_still_arrives_as_that_refusal(
+    server: RunningServer,
+) -> None:
+    # Quoted whole, these ids made the refusal's metadata larger than a gRPC client
+    # accepts (8 KiB): the caller got RESOURCE_EXHAUSTED from its own library instead.
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    huge = "\U0001f4a5" * 100_000
+
+    history = refused(
+        lambda: server.stub.GetFileHistory(
+            pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=huge), timeout=WAIT
+        )
+    )
+    retry = refused(
+        lambda: server.stub.RetryFiles(
+            pb.RetryFilesRequest(batch_id=batch.batch_id, file_ids=[huge]), timeout=WAIT
+        )
+    )
+    labels = {"\U0001f511" * 200 + str(n): "\n" for n in range(80)}
+    spec = refused(
+        lambda: server.stub.SubmitBatch(
+            upload(pb.BatchSpec(labels=labels), [("a.pdf", b"%PDF-")]), timeout=WAIT
+        )
+    )
+
+    for refusal in (history, retry):
+        assert (refusal.code, refusal.reason) == (grpc.StatusCode.NOT_FOUND, "FILE_NOT_FOUND")
+        assert refusal.metadata["file_id"].startswith("\U0001f4a5")
+        assert len(refusal.metadata["file_id"].encode()) <= 128
+    assert (spec.code, spec.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BATCH_SPEC")
+    assert spec.violations[0] == ("spec.labels", "At most 64 labels.")
+    assert 1 < len(spec.violations) < 80
+    # Nor is the id written out whole into the log and the audit trail of every call.
+    (audited,) = [e for e in server.store.audit_entries(batch.batch_id) if e.action == "RetryFiles"]
+    assert audited.detail.startswith("\U0001f4a5")
+    assert len(audited.detail) <= 64
