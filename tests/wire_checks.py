@@ -383,8 +383,6 @@ class UploadOracle:
 
     def _admit(self, header: pb.FileHeader, index: int, total: int, key: str) -> None:
         limits = self._limits
-        if key not in self._by_key and self._stored + total > limits.max_stored_bytes:
-            raise _Refused(EXHAUSTED, "TENANT_STORAGE_FULL")
         checks = [
             (index >= limits.max_files_per_batch, "TOO_MANY_FILES"),
             (not name_is_valid(header.name, limits.max_name_chars), "INVALID_FILE_NAME"),
@@ -399,6 +397,8 @@ class UploadOracle:
         for broken, reason in checks:
             if broken:
                 raise _Refused(_HEADER_RULES[reason], reason)
+        if key not in self._by_key and self._stored + total > limits.max_stored_bytes:
+            raise _Refused(EXHAUSTED, "TENANT_STORAGE_FULL")
 
     @staticmethod
     def _finish(file: _File) -> None:
