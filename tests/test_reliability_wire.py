@@ -316,7 +316,7 @@ def test_every_request_of_every_rpc_ends_with_a_precise_status_soak(
 def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase) -> Answer:
     """Send the stream; cancel it after ``case.cancel_after`` messages if asked to."""
     if case.cancel_after is None:
-        return answer_of(lambda: stub.SubmitBatch(iter(case.messages), timeout=WAIT))
+        return _finished(stub.SubmitBatch, case.messages)
     # The client stops midway: the stream stays open until the call is cancelled.
     reached, release = _Latch(), _Latch()
 
@@ -334,6 +334,23 @@ def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase) -> Answer:
         return Answer(grpc.StatusCode.CANCELLED)
     try:
         return Answer(OK, response=future.result())
+    except grpc.RpcError as error:
+        return failed(error)
+
+
+def _finished(submit: Any, messages: Sequence[Any]) -> Answer:
+    """Send a whole upload and wait, bounded, for its answer.
+
+    The future API rather than a blocking call: one soak run saw grpcio's blocking
+    stream-unary call wait forever for an answer, its deadline long past, while the
+    server had finished the call. A hang must fail the test, not stop the run.
+    """
+    future = submit.future(iter(messages), timeout=WAIT)
+    try:
+        return Answer(OK, response=future.result(timeout=2 * WAIT))
+    except grpc.FutureTimeoutError:
+        future.cancel()
+        raise AssertionError("SubmitBatch never ended") from None
     except grpc.RpcError as error:
         return failed(error)
 
@@ -463,7 +480,7 @@ def raw_example(world: Wire, data: st.DataObject) -> None:
         call = world.channel.stream_unary(
             METHOD.format(rpc), request_serializer=bytes, response_deserializer=pb.Batch.FromString
         )
-        answer = answer_of(lambda: call(iter(messages), timeout=WAIT))
+        answer = _finished(call, messages)
         event(f"raw {rpc}: {answer.code.name} {_reason(answer)}")
         check_answer(rpc, answer, expected, secrets=world.secrets)
         if answer.code == OK:
