@@ -98,6 +98,7 @@ class Wire:
     tokens: list[PageToken] = field(default_factory=list)
     by_key: dict[str, Accepted] = field(default_factory=dict)
     stored_bytes: int = 0
+    cut_off: list[UploadCase] = field(default_factory=list)
 
     @property
     def known(self) -> Known:
@@ -161,6 +162,8 @@ class Wire:
                 lambda b=batch_id: self.stub.GetBatch(pb.GetBatchRequest(batch_id=b), timeout=WAIT)
             )
             assert missing.code == grpc.StatusCode.NOT_FOUND
+        extra = self.listed() - set(self.batches)
+        assert not extra, f"batches no answer accepted: {[self.describe(b) for b in extra]}"
         assert self.listed() == set(self.batches)
         REPORT.invariant("wire: nothing accepted was lost")
         self.no_temp_files()
@@ -176,6 +179,11 @@ class Wire:
         REPORT.invariant("wire: a valid batch still succeeds")
         eventually(lambda: self.server.service.hub.open_watches == 0)
         REPORT.invariant("wire: no watch left open")
+
+    def describe(self, batch_id: str) -> str:
+        batch = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        files = [(f.name, f.size_bytes) for f in batch.files]
+        return f"{batch_id} key={batch.idempotency_key!r} files={files}"
 
     def listed(self) -> set[str]:
         seen: set[str] = set()
@@ -386,6 +394,8 @@ def upload_example(world: Wire, data: st.DataObject) -> None:
     if answer.code == OK:
         spec = case.messages[0].spec
         world.accept(answer.response, oracle.contents(case.messages), spec.idempotency_key)
+    elif case.cancel_after is not None:
+        world.cut_off.append(case)
     world.no_temp_files()
     world.still_serving()
 
