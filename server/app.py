@@ -37,6 +37,7 @@ from actors.store import Store
 from actors.worker_limits import ProcessLimits
 from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
 from server.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
+from server.decoding import DecodingInterceptor
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.metrics import ServiceMetrics
 from server.quotas import TenantQuotas
@@ -206,8 +207,9 @@ class Service:
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
-            # Health and reflection stay open; see server.auth.
-            interceptors=[AuthInterceptor(self.authenticator)],
+            # Health and reflection stay open (see server.auth); a request that does not
+            # decode is the caller's mistake, not an internal error (see server.decoding).
+            interceptors=[AuthInterceptor(self.authenticator), DecodingInterceptor()],
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
         # Replaces the generated one, which would serialize the serialized events again.

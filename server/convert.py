@@ -292,7 +292,8 @@ class BatchSpec:
 
 
 def _invalid(reason: str, violations: list[FieldViolation]) -> WireError:
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:3])
+    # Descriptions are sentences; the summary ends with its own full stop.
+    summary = "; ".join(f"{v.field}: {v.description.rstrip('.')}" for v in violations[:3])
     more = f" (and {len(violations) - 3} more)" if len(violations) > 3 else ""
     return WireError(
         grpc.StatusCode.INVALID_ARGUMENT,

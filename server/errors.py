@@ -50,6 +50,19 @@ _STORAGE_MESSAGE = (
 )
 # Long enough for a locked database or a full disk to have a chance to clear.
 _STORAGE_WAIT = 5.0
+# What a refusal may say, in UTF-8 bytes. gRPC clients refuse response metadata over
+# 8 KiB by default, and a refusal travels twice: its message percent-encoded in
+# ``grpc-message`` (up to 3 characters a byte) and the Status base64-encoded in
+# ``grpc-status-details-bin``, where the message is twice again (Status, LocalizedMessage).
+# Caller-supplied text (ids, label keys) must not push a refusal past that limit, or the
+# caller gets RESOURCE_EXHAUSTED from its own library instead of the refusal.
+_MAX_MESSAGE_BYTES = 400
+_MAX_METADATA_BYTES = 128
+_MAX_FIELD_BYTES = 128
+_MAX_DESCRIPTION_BYTES = 200
+# The serialized Status; violations that do not fit are left out.
+_MAX_STATUS_BYTES = 3072
+
 _TIMED_OUT_MESSAGE = (
     "The service did not finish the request in time; it may still complete. "
     "Check the batch, then try again."
@@ -87,14 +100,33 @@ class WireError(Exception):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         # Refusals may quote the caller's own ids: one line, capped, like every message.
-        message = user_text(message)
+        message = _clip(user_text(message), _MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
-        self.violations = tuple(violations)
+        self.violations = tuple(
+            FieldViolation(
+                _clip(user_text(v.field), _MAX_FIELD_BYTES),
+                _clip(user_text(v.description), _MAX_DESCRIPTION_BYTES),
+            )
+            for v in violations
+        )
         self.retry_after = retry_after
-        self.metadata = dict(metadata or {})
+        self.metadata = {
+            key: _clip(user_text(value), _MAX_METADATA_BYTES)
+            for key, value in (metadata or {}).items()
+        }
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, on a character, with an ellipsis."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    ellipsis = "\u2026"
+    kept = encoded[: max_bytes - len(ellipsis.encode())].decode(errors="ignore")
+    return kept.rstrip() + ellipsis
 
 
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -181,26 +213,32 @@ def status_of(exc: BaseException) -> Any:
         error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata),
         error_details_pb2.LocalizedMessage(locale=LOCALE, message=error.message),
     ]
-    if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(round(error.retry_after * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    return status_pb2.Status(
+    status = status_pb2.Status(
         code=error.code.value[0],
         message=error.message,
         details=[_pack(detail) for detail in details],
     )
+    if error.violations:
+        _add_violations(status, error.violations)
+    return status
+
+
+def _add_violations(status: Any, violations: Sequence[FieldViolation]) -> None:
+    """Add a ``BadRequest`` with as many of ``violations`` as fit the size limit."""
+    room = _MAX_STATUS_BYTES - status.ByteSize()
+    bad = error_details_pb2.BadRequest()
+    for violation in violations:
+        bad.field_violations.add(field=violation.field, description=violation.description)
+        # Packing adds the type URL and a few bytes of framing.
+        if bad.ByteSize() + 64 > room:
+            del bad.field_violations[-1]
+            break
+    if bad.field_violations:
+        status.details.append(_pack(bad))
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Collection
 
 import grpc
@@ -22,6 +23,8 @@ __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "list_page"]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
+# Tokens given out are a few hundred characters; anything much longer is not one of them.
+MAX_TOKEN_CHARS = 1_024
 
 
 def _bad_token() -> WireError:
@@ -44,15 +47,32 @@ def _encode(last: BatchRecord, states: Collection[BatchState]) -> str:
 
 
 def _decode(token: str, states: Collection[BatchState]) -> tuple[float, str]:
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _bad_token()
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         created_at, batch_id, filter_key = payload["t"], payload["id"], payload["f"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    # RecursionError: JSON nested deeper than the parser goes.
+    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
         raise _bad_token() from None
-    valid = isinstance(created_at, int | float) and isinstance(batch_id, str)
-    if not valid or filter_key != _filter_key(states):
+    # Only a token made here: a finite number (not a bool, not an int too big for a
+    # float) and a string id.
+    valid = (
+        type(created_at) in (int, float)
+        and isinstance(batch_id, str)
+        and _finite(created_at)
+        and filter_key == _filter_key(states)
+    )
+    if not valid:
         raise _bad_token()
     return float(created_at), batch_id
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def list_page(

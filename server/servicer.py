@@ -43,6 +43,18 @@ __all__ = ["BatchServicer", "watch_handler"]
 _NO_SUCH_BATCH = "No batch with this id exists."
 
 
+# Longer than any id this service makes (batch ids have 32 characters, file ids 6).
+_MAX_RECORDED_ID = 64
+_MAX_RECORDED_DETAIL = 16_384
+
+
+def _recorded(caller_id: str) -> str:
+    """``caller_id`` as logged and audited: whole if it could be an id, else cut short."""
+    if len(caller_id) <= _MAX_RECORDED_ID:
+        return caller_id
+    return caller_id[: _MAX_RECORDED_ID - 1] + "\u2026"
+
+
 def _current_request_id() -> str:
     """The running call's id, bound by :func:`server.requests.request_scope`."""
     return str(structlog.contextvars.get_contextvars().get("request_id", ""))
@@ -165,8 +177,11 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         except WireError:
             caller = "<unauthenticated>"  # the interceptor refuses such calls earlier
         with request_scope(self._store, context, action, caller) as call:
-            call.batch_id = str(getattr(request, "batch_id", ""))
-            call.detail = ",".join(getattr(request, "file_ids", ()))
+            # What the caller sent goes into every log line and the audit trail: ids that
+            # cannot be real are cut short, so a 4 MB id is not written out again per call.
+            call.batch_id = _recorded(str(getattr(request, "batch_id", "")))
+            file_ids = (_recorded(file_id) for file_id in getattr(request, "file_ids", ()))
+            call.detail = ",".join(file_ids)[:_MAX_RECORDED_DETAIL]
             yield call
 
     def _owned(self, batch_id: str, caller: str) -> BatchView:

@@ -137,8 +137,11 @@ class Uploads:
                 if staged:
                     self._finish(staged[-1], len(staged) - 1)
                 total += request.file.size_bytes
+                # The file's own limits first: they are what such a header breaks, and
+                # they keep the total within reach of any quota.
+                self._check_header(request.file, len(staged), total)
                 admission.check(total)
-                staged.append(self._open(request.file, len(staged), total, stack))
+                staged.append(self._open(request.file, stack))
                 if request.file.content:
                     self._write(staged[-1], len(staged) - 1, request.file.content)
                     staged[-1].inline = True
@@ -169,9 +172,7 @@ class Uploads:
         self._finish(staged[-1], len(staged) - 1)
         return spec, staged
 
-    def _open(
-        self, header: pb.FileHeader, index: int, total: int, stack: contextlib.ExitStack
-    ) -> _Staged:
+    def _check_header(self, header: pb.FileHeader, index: int, total: int) -> None:
         limits = self._limits
         where = f"file[{index}]"
         if index >= limits.max_files_per_batch:
@@ -211,6 +212,8 @@ class Uploads:
             raise _bad(
                 "INVALID_CHECKSUM", "Give sha256 as 64 lowercase hex digits.", f"{where}.sha256"
             )
+
+    def _open(self, header: pb.FileHeader, stack: contextlib.ExitStack) -> _Staged:
         password = header.password if header.HasField("password") else None
         writer = stack.enter_context(self._blobs.writer())
         return _Staged(header.name, password, header.size_bytes, header.sha256, writer)

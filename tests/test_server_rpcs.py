@@ -18,6 +18,7 @@ from tests.server_fixtures import (
     refused,
     serve,
     server,
+    upload,
     wait_until_running,
 )
 
@@ -396,3 +397,84 @@ def test_an_unexpected_failure_is_internal_without_details(serve: ServerFactory)
     assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL_ERROR")
     assert "secret" not in error.message
     assert "Traceback" not in error.message
+
+
+def test_a_request_that_does_not_decode_is_refused_as_invalid_not_internal(
+    server: RunningServer,
+) -> None:
+    # Field 1 of every request below is a string: these bytes give it invalid UTF-8.
+    not_utf8 = b"\x0a\x02\xc3\x28"
+    truncated = b"\x0a\x05ab"
+    get = server.channel.unary_unary(
+        "/pdfbatch.v1.BatchService/GetBatch", request_serializer=lambda b: b
+    )
+    watch = server.channel.unary_stream(
+        "/pdfbatch.v1.BatchService/WatchBatch", request_serializer=lambda b: b
+    )
+    submit = server.channel.stream_unary(
+        "/pdfbatch.v1.BatchService/SubmitBatch", request_serializer=lambda b: b
+    )
+    health_check = server.channel.unary_unary(
+        "/grpc.health.v1.Health/Check", request_serializer=lambda b: b
+    )
+    spec = pb.SubmitBatchRequest(spec=pb.BatchSpec()).SerializeToString()
+    header = pb.SubmitBatchRequest(file=pb.FileHeader(name="a.pdf", size_bytes=4))
+
+    refusals = {
+        "GetBatch": refused(lambda: get(not_utf8, timeout=WAIT)),
+        "WatchBatch": refused(lambda: list(watch(truncated, timeout=WAIT))),
+        "SubmitBatch": refused(
+            lambda: submit(iter([spec, header.SerializeToString(), b"\x1a\x02ab", b"\xff"]))
+        ),
+        "Health/Check": refused(lambda: health_check(not_utf8, timeout=WAIT)),
+    }
+
+    for method, refusal in refusals.items():
+        assert (refusal.code, refusal.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_REQUEST",
+        ), method
+        assert refusal.message.startswith("The request is not a valid "), method
+    assert "pdfbatch.v1.SubmitBatchRequest" in refusals["SubmitBatch"].message
+    # The upload was refused midway: nothing of it is kept, not even a temporary file.
+    assert server.blob_files() == []
+    assert server.stub.ListBatches(pb.ListBatchesRequest(), timeout=WAIT).batches == []
+
+
+def test_a_refusal_that_quotes_a_huge_caller_id_still_arrives_as_that_refusal(
+    server: RunningServer,
+) -> None:
+    # Quoted whole, these ids made the refusal's metadata larger than a gRPC client
+    # accepts (8 KiB): the caller got RESOURCE_EXHAUSTED from its own library instead.
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    huge = "\U0001f4a5" * 100_000
+
+    history = refused(
+        lambda: server.stub.GetFileHistory(
+            pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=huge), timeout=WAIT
+        )
+    )
+    retry = refused(
+        lambda: server.stub.RetryFiles(
+            pb.RetryFilesRequest(batch_id=batch.batch_id, file_ids=[huge]), timeout=WAIT
+        )
+    )
+    labels = {"\U0001f511" * 200 + str(n): "\n" for n in range(80)}
+    spec = refused(
+        lambda: server.stub.SubmitBatch(
+            upload(pb.BatchSpec(labels=labels), [("a.pdf", b"%PDF-")]), timeout=WAIT
+        )
+    )
+
+    for refusal in (history, retry):
+        assert (refusal.code, refusal.reason) == (grpc.StatusCode.NOT_FOUND, "FILE_NOT_FOUND")
+        assert refusal.metadata["file_id"].startswith("\U0001f4a5")
+        assert len(refusal.metadata["file_id"].encode()) <= 128
+    assert (spec.code, spec.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BATCH_SPEC")
+    assert spec.violations[0] == ("spec.labels", "At most 64 labels.")
+    assert 1 < len(spec.violations) < 80
+    # Nor is the id written out whole into the log and the audit trail of every call.
+    (audited,) = [e for e in server.store.audit_entries(batch.batch_id) if e.action == "RetryFiles"]
+    assert audited.detail.startswith("\U0001f4a5")
+    assert len(audited.detail) <= 64

@@ -3,6 +3,7 @@ additions it relies on (streamed blob writes, bounded event history, blob refere
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -252,6 +253,41 @@ def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
     assert token == ""
     with pytest.raises(WireError, match="page token"):
         list_page(store, 2, "eyJ0IjogMX0=", set())
+
+
+def _token(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(payload).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        # Each of these was an INTERNAL error (OverflowError, RecursionError) or was taken
+        # for a token (NaN, true) before tokens were checked for what this service makes.
+        _token(b'{"t": 1' + b"0" * 400 + b', "id": "b1", "f": []}'),
+        _token(b"[" * 5000),
+        _token(b'{"t": NaN, "id": "b1", "f": []}'),
+        _token(b'{"t": Infinity, "id": "b1", "f": []}'),
+        _token(b'{"t": true, "id": "b1", "f": []}'),
+        "A" * 1025,
+    ],
+    ids=["huge-number", "deep-nesting", "nan", "infinity", "bool", "over-long"],
+)
+def test_a_page_token_not_made_here_is_refused_as_invalid(token: str) -> None:
+    with pytest.raises(WireError) as raised:
+        list_page(MemoryStore(), 2, token, set())
+    assert (raised.value.code, raised.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    )
+
+
+def test_a_spec_refusal_summary_ends_in_one_full_stop() -> None:
+    with pytest.raises(WireError) as raised:
+        convert.spec_from_proto(pb.BatchSpec(display_name="x" * 201))
+    assert (
+        raised.value.message == "The request is invalid: spec.display_name: At most 200 characters."
+    )
 
 
 def test_settings_come_from_the_environment_and_flags_win(

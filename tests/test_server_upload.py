@@ -360,3 +360,25 @@ def test_a_header_with_content_that_breaks_the_rules_is_refused(
     error = refused(lambda: server.stub.SubmitBatch(iter(requests), timeout=WAIT))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
     _nothing_left(server)
+
+
+@pytest.mark.parametrize("key", ["", "used-key"])
+def test_a_header_declaring_an_absurd_size_is_too_large_whatever_the_quota(
+    server: RunningServer, key: str
+) -> None:
+    # Before, the tenant's quota was checked first: such a header got TENANT_STORAGE_FULL,
+    # and under a used key (no quota: an upload that creates nothing) a message saying
+    # the tenant's batches would hold more than 9223372036854775807 bytes.
+    if key:
+        server.submit(("a.pdf", make_pdf("a")), idempotency_key=key)
+    messages = [
+        pb.SubmitBatchRequest(spec=pb.BatchSpec(idempotency_key=key)),
+        pb.SubmitBatchRequest(file=pb.FileHeader(name="a.pdf", size_bytes=3)),
+        pb.SubmitBatchRequest(chunk=b"abc"),
+        pb.SubmitBatchRequest(file=pb.FileHeader(name="b.pdf", size_bytes=2**63 - 1)),
+    ]
+
+    error = refused(lambda: server.stub.SubmitBatch(iter(messages), timeout=WAIT))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "FILE_TOO_LARGE")
+    assert error.violations == [("file[1].size_bytes", error.message)]
