@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
@@ -205,7 +206,7 @@ def test_book_state_machine() -> None:
 def test_book_state_machine_soak() -> None:
     run_state_machine_as_test(
         BookMachine,
-        settings=settings(max_examples=5000, stateful_step_count=100, deadline=None),
+        settings=settings(max_examples=5000, stateful_step_count=100, deadline=None, database=None),
     )
 
 
@@ -213,6 +214,16 @@ def test_book_state_machine_soak() -> None:
 
 BLOB = "ab" * 32
 MAX_BATCHES = 4
+RETRYABLE = (ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.PROCESSING_TIMEOUT)
+PERMANENT = (
+    ErrorCode.NOT_A_PDF,
+    ErrorCode.PDF_MALFORMED,
+    ErrorCode.PDF_WRONG_PASSWORD,
+    ErrorCode.MEMORY_LIMIT_EXCEEDED,
+    ErrorCode.INTERNAL,
+)
+_RETRYABLE_STATES = (FileState.FAILED, FileState.CANCELLED)
+_INTERRUPTED = AttemptOutcome.INTERRUPTED
 QUIET_TIMEOUT = 20.0
 QUIET_TIMEOUT_ONCE_FAILED = 1.0
 _timed_out = threading.Event()
@@ -224,22 +235,10 @@ def _quiet_timeout() -> float:
     return QUIET_TIMEOUT_ONCE_FAILED if _timed_out.is_set() else QUIET_TIMEOUT
 
 
-RETRYABLE = (ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.PROCESSING_TIMEOUT)
-PERMANENT = (
-    ErrorCode.NOT_A_PDF,
-    ErrorCode.PDF_MALFORMED,
-    ErrorCode.PDF_WRONG_PASSWORD,
-    ErrorCode.MEMORY_LIMIT_EXCEEDED,
-    ErrorCode.INTERNAL,
-)
-_RETRYABLE_STATES = (FileState.FAILED, FileState.CANCELLED)
-_INTERRUPTED = AttemptOutcome.INTERRUPTED
-
-
 def _half() -> float:
-    # Constant, so that a delay does not depend on which batch asked first; every
-    # delay is then a sum of halves and quarters, exact in binary, so a due time
-    # computed by the supervisor equals the one the clock computed, to the bit.
+    # Constant, so that a delay does not depend on which batch asked first. With the
+    # policies below every delay and time is then a multiple of 1/16 s, exact in binary,
+    # so a due time the supervisor computes equals the clock's to the bit.
     return 0.5
 
 
@@ -357,15 +356,15 @@ class RuntimeMachine(RuleBasedStateMachine):
             return list(self.heard.get(batch_id, ()))
 
     def teardown(self) -> None:
-        try:
-            self._unsubscribe()
-            self.runtime.close()
-            self.executor.close()
-            self.clock.close()
+        # Every step runs, even after one fails; in the reverse order of these lines.
+        with ExitStack() as stack:
+            stack.callback(shutil.rmtree, self.root, ignore_errors=True)
             if isinstance(self.store, SQLiteStore):
-                self.store.close()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+                stack.callback(self.store.close)
+            stack.callback(self.clock.close)
+            stack.callback(self.executor.close)
+            stack.callback(self.runtime.close)
+            stack.callback(self._unsubscribe)
 
     # Waiting -------------------------------------------------------------------------
 
