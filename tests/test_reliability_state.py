@@ -930,7 +930,7 @@ def test_runtime_state_machine() -> None:
 
 
 def test_durable_runtime_state_machine() -> None:
-    run_state_machine_as_test(DurableRuntimeMachine, settings=_ci(60))
+    run_state_machine_as_test(DurableRuntimeMachine, settings=_ci(40))
 
 
 @pytest.mark.soak
