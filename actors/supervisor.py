@@ -397,6 +397,9 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _advance(self, now: float) -> None:
         """Start what may start, and settle the batch when nothing is left to do."""
+        if self._stopping:
+            # Shutting down: what waits stays waiting, to be resumed by the next start.
+            return
         batch = self._book.batch
         if batch.state is BatchState.RUNNING:
             while self._ready and len(self._children) < self._policy.max_concurrency:
