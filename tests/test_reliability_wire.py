@@ -274,6 +274,11 @@ def _send(world: Wire, rpc: str, request: Any) -> Answer:
 def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
     """Keep the model in step with what an accepted request changed; check replies."""
     if answer.code != OK:
+        if rpc == "CancelBatch" and request.batch_id in world.batches:
+            before = world.batches[request.batch_id]
+            after = world.refresh(request.batch_id)
+            assert (after.state, after.sequence) == (before.state, before.sequence)
+            REPORT.invariant("wire: a refused cancel changes nothing")
         return
     match rpc:
         case "ListBatches":
@@ -287,7 +292,13 @@ def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
         case "RetryFiles":
             world.settle(request.batch_id)
         case "GetBatch" | "CancelBatch":
-            assert answer.response.batch_id == request.batch_id
+            reply = answer.response
+            assert reply.batch_id == request.batch_id
+            if request.view == pb.BATCH_VIEW_BASIC:
+                assert not reply.files, f"{rpc} BATCH_VIEW_BASIC carried files"
+            else:
+                assert len(reply.files) == reply.file_count
+            REPORT.invariant("wire: a reply carries the files its view asks for")
         case "GetFileResult":
             assert answer.response[0].metadata.file_id == request.file_id
         case "WatchBatch" if request.after_sequence == 0:

@@ -156,6 +156,7 @@ def check_answer(
 # Unary and server-streaming RPCs ---------------------------------------------------------
 
 _RETRYABLE = (pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)
+_VIEWS = (pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_BASIC, pb.BATCH_VIEW_FULL)
 
 
 def _missing() -> Expected:
@@ -236,6 +237,9 @@ def expect_unary(
     if isinstance(found, Expected):
         return found
     match rpc:
+        case "GetBatch" | "CancelBatch" if request.view not in _VIEWS:
+            # Checked before anything is done: an unknown view cancels nothing.
+            return Expected.exactly(INVALID, "INVALID_VIEW")
         case "WatchBatch":
             return _expect_watch(request, found)
         case "RetryFiles":

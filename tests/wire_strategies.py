@@ -363,6 +363,12 @@ class Known:
     deletable: Callable[[], Sequence[str]]
 
 
+def views() -> st.SearchStrategy[int]:
+    """A ``BatchView``: mostly a real one, sometimes a value the enum does not have."""
+    real = st.sampled_from([pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_BASIC, pb.BATCH_VIEW_FULL])
+    return st.one_of(real, real, real, st.integers(3, 5), int32s())
+
+
 def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
     """``(rpc, request)`` for every RPC but ``SubmitBatch``, aimed at what ``known`` holds.
 
@@ -372,7 +378,7 @@ def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
     file = ids(known.file_ids)
     sequence = st.one_of(st.integers(-2, 40), int64s())
     return st.one_of(
-        st.tuples(st.just("GetBatch"), st.builds(pb.GetBatchRequest, batch_id=batch)),
+        st.tuples(st.just("GetBatch"), st.builds(pb.GetBatchRequest, batch_id=batch, view=views())),
         st.tuples(st.just("ListBatches"), list_requests(known.tokens)),
         st.tuples(
             st.just("WatchBatch"),
@@ -392,7 +398,10 @@ def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
                 passwords=st.dictionaries(file, texts(), max_size=2),
             ),
         ),
-        st.tuples(st.just("CancelBatch"), st.builds(pb.CancelBatchRequest, batch_id=batch)),
+        st.tuples(
+            st.just("CancelBatch"),
+            st.builds(pb.CancelBatchRequest, batch_id=batch, view=views()),
+        ),
         st.tuples(
             st.just("GetFileResult"),
             st.builds(pb.GetFileResultRequest, batch_id=batch, file_id=file),
