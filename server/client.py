@@ -164,6 +164,8 @@ def _upload_requests(
                 sent += len(chunk)
                 if progress is not None:
                     progress(sent, total)
+    # Without it the service stores nothing: a cancel can look like a closed stream.
+    yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=len(files)))
 
 
 def _backoff(attempt: int) -> float:

@@ -208,7 +208,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         caller = self._auth.caller(context)
         if self._submissions is not None:
             self._submissions.acquire(caller)
-        view = self._uploads.submit(request_iterator, owner=caller)
+        view = self._uploads.submit(request_iterator, owner=caller, still_wanted=context.is_active)
         return convert.batch_to_proto(view)
 
     @_unary

@@ -2,10 +2,13 @@
 
 Each file is written to a temporary file in the blob store while it arrives, hashed on
 the way, and checked against its header. Nothing is stored under a digest until the
-stream has closed successfully; a stream that breaks off (client gone, deadline, a limit)
-leaves no batch, no blob and no temporary file. Limits, and the tenant's quotas, are
-enforced as early as they can be: a header that declares too much is refused before any
-of its bytes are read.
+client has sent ``end`` and closed the stream; a stream that breaks off (client gone,
+deadline, a limit) or ends without ``end`` leaves no batch, no blob and no temporary
+file. ``end`` is what tells a complete upload from a cancelled one: grpcio's sync server
+can hand a cancel to the request iterator as a plain end of stream.
+
+Limits, and the tenant's quotas, are enforced as early as they can be: a header that
+declares too much is refused before any of its bytes are read.
 
 Blobs are content-addressed and shared between batches. Placing the blobs, submitting
 the batch and deleting blobs nobody refers to any more all happen under one lock, so a
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,22 +89,34 @@ class Uploads:
         # Shared with retention, which deletes blobs nobody refers to.
         self._lock = blobs.reference_lock
 
-    def submit(self, requests: Iterator[pb.SubmitBatchRequest], *, owner: str) -> BatchView:
+    def submit(
+        self,
+        requests: Iterator[pb.SubmitBatchRequest],
+        *,
+        owner: str,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> BatchView:
         """Receive the whole stream, then submit the batch.
 
         With an idempotency key ``owner`` used before for the same files, the existing
         batch is returned and nothing new is stored.
 
+        Args:
+            requests: The upload's messages.
+            owner: The tenant the batch is for.
+            still_wanted: Asked right before the batch is submitted: whether the client
+                still waits for it (the call's ``is_active``). Default: always.
+
         Raises:
-            WireError: The stream broke a rule or a limit, the disk failed, or the
-                idempotency key was used before for other files.
+            WireError: The stream broke a rule or a limit, ended without ``end``, the
+                disk failed, or the idempotency key was used before for other files.
             Refusal: The runtime refused the batch.
-            grpc.RpcError: The stream broke off.
+            grpc.RpcError: The stream broke off, or the client was gone by the commit.
         """
         with contextlib.ExitStack() as stack:
             try:
                 spec, staged = self._receive(requests, stack, owner)
-                return self._commit(spec, staged, owner)
+                return self._commit(spec, staged, owner, still_wanted)
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
@@ -124,8 +139,15 @@ class Uploads:
         staged: list[_Staged] = []
         total = 0
         admission = Admission.unlimited()
+        ended = False
         for request in requests:
             kind = request.WhichOneof("item")
+            if ended:
+                raise _bad(
+                    "MESSAGE_AFTER_END",
+                    "`end` must be the last message of an upload: close the stream after it.",
+                    kind or "item",
+                )
             if spec is None:
                 if kind != "spec":
                     raise _bad(
@@ -159,18 +181,38 @@ class Uploads:
                         f"file[{len(staged) - 1}].content",
                     )
                 self._write(staged[-1], len(staged) - 1, request.chunk)
+            elif kind == "end":
+                self._end(request.end, staged)
+                ended = True
             else:
                 raise _bad(
                     "UNEXPECTED_MESSAGE",
-                    "After the spec, send a file header, then its bytes in chunks.",
+                    "After the spec, send a file header, then its bytes in chunks; then `end`.",
                     kind or "item",
                 )
         if spec is None:
             raise _bad("SPEC_REQUIRED", "The upload sent no spec.", "spec")
+        if not ended:
+            raise _bad(
+                "UPLOAD_INCOMPLETE",
+                "The upload ended before its `end` message, so nothing was stored. Send `end` "
+                "with the number of files as the last message, then close the stream.",
+                "end",
+            )
+        return spec, staged
+
+    def _end(self, end: pb.UploadEnd, staged: list[_Staged]) -> None:
+        """The client says it sent everything: check that it did."""
         if not staged:
             raise _bad("NO_FILES", "A batch needs at least one file.", "file")
         self._finish(staged[-1], len(staged) - 1)
-        return spec, staged
+        if end.file_count != len(staged):
+            raise _bad(
+                "FILE_COUNT_MISMATCH",
+                f"The upload's `end` counts {_files(end.file_count)}, but "
+                f"{_files(len(staged))} arrived.",
+                "end.file_count",
+            )
 
     def _check_header(self, header: pb.FileHeader, index: int, total: int) -> None:
         limits = self._limits
@@ -246,8 +288,18 @@ class Uploads:
 
     # Submitting --------------------------------------------------------------------
 
-    def _commit(self, spec: convert.BatchSpec, staged: Sequence[_Staged], owner: str) -> BatchView:
+    def _commit(
+        self,
+        spec: convert.BatchSpec,
+        staged: Sequence[_Staged],
+        owner: str,
+        still_wanted: Callable[[], bool],
+    ) -> BatchView:
         with self._lock:
+            if not still_wanted():
+                # Cancelled after `end`: the client will never see the batch. (A cancel
+                # that arrives after this check is too late, as for any complete call.)
+                raise grpc.RpcError()
             # Again, now that no other upload can commit meanwhile.
             self._admit(owner, spec.idempotency_key).check(sum(f.declared for f in staged))
             created: list[str] = []
@@ -296,6 +348,10 @@ class _Content(Protocol):
     def blob(self) -> str: ...
     @property
     def size(self) -> int: ...
+
+
+def _files(count: int) -> str:
+    return "1 file" if count == 1 else f"{count} files"
 
 
 def _contents(files: Iterable[_Content]) -> list[tuple[str, str, int]]:

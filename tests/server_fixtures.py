@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -104,12 +105,15 @@ def wait_until_running(stub: batch_pb2_grpc.BatchServiceStub, batch_id: str) -> 
 def upload(
     spec: pb.BatchSpec, files: Iterable[tuple[str, bytes]], chunk: int = 64 * 1024
 ) -> Iterator[pb.SubmitBatchRequest]:
-    """The messages of an upload: spec, then each file's header and chunks."""
+    """The messages of an upload: spec, each file's header and chunks, then ``end``."""
     yield pb.SubmitBatchRequest(spec=spec)
+    count = 0
     for name, data in files:
         yield pb.SubmitBatchRequest(file=pb.FileHeader(name=name, size_bytes=len(data)))
         for start in range(0, len(data), chunk):
             yield pb.SubmitBatchRequest(chunk=data[start : start + chunk])
+        count += 1
+    yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=count))
 
 
 @pytest.fixture
@@ -216,6 +220,21 @@ def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         pause.wait(0.02)
+
+
+def audited(data_dir: Path, action: str, request_id: str | None = None) -> list[str]:
+    """The outcome of every ``action`` call (with ``request_id``, if given) the service
+    in ``data_dir`` is done with.
+
+    A call is audited before its answer leaves, and also when its client has gone: a
+    test waits on this for the server to finish a call whose client cancelled it.
+    """
+    query = "SELECT outcome FROM audit WHERE action = ?"
+    if request_id is not None:
+        query += " AND request_id = ?"
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_NAME)) as db:
+        rows = db.execute(f"{query} ORDER BY id", (action, *filter(None, [request_id])))
+        return [str(outcome) for (outcome,) in rows]
 
 
 def free_port() -> int:

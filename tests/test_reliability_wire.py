@@ -32,7 +32,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from tests.reliability import REPORT
 from tests.security_fixtures import SecureFactory, SecureServer, secure_serve
-from tests.server_fixtures import WAIT, eventually, make_pdf, upload
+from tests.server_fixtures import WAIT, audited, eventually, make_pdf, upload
 from tests.wire_checks import (
     OK,
     Accepted,
@@ -180,6 +180,11 @@ class Wire:
         eventually(lambda: self.server.service.hub.open_watches == 0)
         REPORT.invariant("wire: no watch left open")
 
+    def newest(self) -> str | None:
+        """The id of the batch created last, if any batch is listed."""
+        page = self.stub.ListBatches(pb.ListBatchesRequest(page_size=1), timeout=WAIT)
+        return page.batches[0].batch_id if page.batches else None
+
     def describe(self, batch_id: str) -> str:
         batch = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
         files = [(f.name, f.size_bytes) for f in batch.files]
@@ -269,6 +274,11 @@ def _send(world: Wire, rpc: str, request: Any) -> Answer:
 def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
     """Keep the model in step with what an accepted request changed; check replies."""
     if answer.code != OK:
+        if rpc == "CancelBatch" and request.batch_id in world.batches:
+            before = world.batches[request.batch_id]
+            after = world.refresh(request.batch_id)
+            assert (after.state, after.sequence) == (before.state, before.sequence)
+            REPORT.invariant("wire: a refused cancel changes nothing")
         return
     match rpc:
         case "ListBatches":
@@ -282,7 +292,13 @@ def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
         case "RetryFiles":
             world.settle(request.batch_id)
         case "GetBatch" | "CancelBatch":
-            assert answer.response.batch_id == request.batch_id
+            reply = answer.response
+            assert reply.batch_id == request.batch_id
+            if request.view == pb.BATCH_VIEW_BASIC:
+                assert not reply.files, f"{rpc} BATCH_VIEW_BASIC carried files"
+            else:
+                assert len(reply.files) == reply.file_count
+            REPORT.invariant("wire: a reply carries the files its view asks for")
         case "GetFileResult":
             assert answer.response[0].metadata.file_id == request.file_id
         case "WatchBatch" if request.after_sequence == 0:
@@ -321,10 +337,11 @@ def test_every_request_of_every_rpc_ends_with_a_precise_status_soak(
 # Uploads -------------------------------------------------------------------------------
 
 
-def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase) -> Answer:
+def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase, request_id: str) -> Answer:
     """Send the stream; cancel it after ``case.cancel_after`` messages if asked to."""
+    metadata = [("x-request-id", request_id)]
     if case.cancel_after is None:
-        return _finished(stub.SubmitBatch, case.messages)
+        return _finished(stub.SubmitBatch, case.messages, metadata)
     # The client stops midway: the stream stays open until the call is cancelled.
     reached, release = _Latch(), _Latch()
 
@@ -333,7 +350,7 @@ def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase) -> Answer:
         reached.open()
         release.wait()
 
-    future = stub.SubmitBatch.future(stream(), timeout=WAIT)
+    future = stub.SubmitBatch.future(stream(), timeout=WAIT, metadata=metadata)
     future.add_done_callback(lambda _: reached.open())  # refused before the end
     reached.wait()
     future.cancel()
@@ -346,14 +363,14 @@ def _submit(stub: batch_pb2_grpc.BatchServiceStub, case: UploadCase) -> Answer:
         return failed(error)
 
 
-def _finished(submit: Any, messages: Sequence[Any]) -> Answer:
+def _finished(submit: Any, messages: Sequence[Any], metadata: Sequence[Any] = ()) -> Answer:
     """Send a whole upload and wait, bounded, for its answer.
 
     The future API rather than a blocking call: one soak run saw grpcio's blocking
     stream-unary call wait forever for an answer, its deadline long past, while the
     server had finished the call. A hang must fail the test, not stop the run.
     """
-    future = submit.future(iter(messages), timeout=WAIT)
+    future = submit.future(iter(messages), timeout=WAIT, metadata=metadata)
     try:
         return Answer(OK, response=future.result(timeout=2 * WAIT))
     except grpc.FutureTimeoutError:
@@ -388,16 +405,41 @@ def upload_example(world: Wire, data: st.DataObject) -> None:
     REPORT.attack(
         "wire: SubmitBatch" if case.cancel_after is None else "wire: SubmitBatch, cut off"
     )
-    answer = _submit(world.stub, case)
-    event(f"SubmitBatch: {answer.code.name} {_reason(answer)}")
+    request_id = uuid.uuid4().hex
+    answer = _submit(world.stub, case, request_id)
+    cut = ""
+    if case.cancel_after is not None:
+        sent = case.messages[: case.cancel_after]
+        after_end = any(m.WhichOneof("item") == "end" for m in sent)
+        cut = ", cut off after end" if after_end else ", cut off"
+    event(f"SubmitBatch ({case.ending}{cut}): {answer.code.name} {_reason(answer)}")
     check_answer("SubmitBatch", answer, expected, secrets=world.secrets)
     if answer.code == OK:
         spec = case.messages[0].spec
         world.accept(answer.response, oracle.contents(case.messages), spec.idempotency_key)
     elif case.cancel_after is not None:
         world.cut_off.append(case)
+        _after_cancel(world, case, oracle, request_id)
     world.no_temp_files()
     world.still_serving()
+
+
+def _after_cancel(world: Wire, case: UploadCase, oracle: UploadOracle, request_id: str) -> None:
+    """A cancel before a right ``end`` left no batch; one after it may have been too late."""
+    sent = case.messages[: case.cancel_after]
+    complete = oracle.complete(sent, case.spec_valid)
+    if complete:
+        # The service is done with the call, batch or not, once it has audited it.
+        eventually(lambda: bool(audited(world.server.data_dir, "SubmitBatch", request_id)))
+    newest = world.newest()
+    if newest is None or newest in world.batches:
+        REPORT.invariant("wire: a cancelled upload left no batch")
+        return
+    assert complete, f"an upload cancelled before its end made a batch: {world.describe(newest)}"
+    # The whole upload and its `end` were sent: the cancel came too late, as it may.
+    REPORT.invariant("wire: a cancel after end may come too late")
+    batch = world.stub.GetBatch(pb.GetBatchRequest(batch_id=newest), timeout=WAIT)
+    world.accept(batch, oracle.contents(sent), sent[0].spec.idempotency_key)
 
 
 @wire_settings(400)
@@ -438,6 +480,7 @@ def _raw_bytes() -> st.SearchStrategy[bytes]:
             pb.GetBatchRequest(batch_id="b" * 40).SerializeToString(),
             pb.SubmitBatchRequest(spec=pb.BatchSpec(display_name="n")).SerializeToString(),
             pb.SubmitBatchRequest(file=pb.FileHeader(name="a", size_bytes=3)).SerializeToString(),
+            pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=1)).SerializeToString(),
             pb.RetryFilesRequest(batch_id="b", file_ids=["f"]).SerializeToString(),
         ]
     )

@@ -30,12 +30,15 @@ SECRETS = (RIGHT, *WRONG)
 
 def _upload(files: Iterable[tuple[str, bytes, str | None]]) -> Iterator[pb.SubmitBatchRequest]:
     yield pb.SubmitBatchRequest(spec=pb.BatchSpec(display_name="locked"))
+    count = 0
     for name, data, password in files:
         header = pb.FileHeader(name=name, size_bytes=len(data))
         if password is not None:
             header.password = password
         yield pb.SubmitBatchRequest(file=header)
         yield pb.SubmitBatchRequest(chunk=data)
+        count += 1
+    yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=count))
 
 
 class Transcript:

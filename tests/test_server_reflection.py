@@ -49,6 +49,7 @@ def test_a_reflection_client_lists_services_submits_and_watches(server: RunningS
             submit_request(spec={"display_name": "reflected"}),
             submit_request(file={"name": "r.pdf", "size_bytes": len(pdf)}),
             submit_request(chunk=pdf),
+            submit_request(end={"file_count": 1}),
         ]
         call = channel.stream_unary(
             submit,

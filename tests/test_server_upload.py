@@ -10,11 +10,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from server.client import UploadFile, _upload_requests
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.settings import UploadLimits
+from server.upload import Uploads
 from tests.server_fixtures import (
     WAIT,
     RunningServer,
     ServerFactory,
+    audited,
     eventually,
     make_pdf,
     refused,
@@ -97,6 +101,10 @@ LIMITS = {"max_file_bytes": 1000, "max_batch_bytes": 1500, "max_files_per_batch"
 
 def _header(name: str = "a.pdf", size: int = 10, **extra: str) -> pb.SubmitBatchRequest:
     return pb.SubmitBatchRequest(file=pb.FileHeader(name=name, size_bytes=size, **extra))
+
+
+def _end(file_count: int) -> pb.SubmitBatchRequest:
+    return pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=file_count))
 
 
 SPEC = pb.SubmitBatchRequest(spec=pb.BatchSpec())
@@ -187,7 +195,64 @@ CHUNK = pb.SubmitBatchRequest(chunk=b"x" * 10)
             id="second-spec",
         ),
         pytest.param([], grpc.StatusCode.INVALID_ARGUMENT, "SPEC_REQUIRED", "spec", id="empty"),
-        pytest.param([SPEC], grpc.StatusCode.INVALID_ARGUMENT, "NO_FILES", "file", id="no-files"),
+        pytest.param(
+            [_end(0)], grpc.StatusCode.INVALID_ARGUMENT, "SPEC_REQUIRED", "spec", id="end-first"
+        ),
+        pytest.param(
+            [SPEC, _end(0)], grpc.StatusCode.INVALID_ARGUMENT, "NO_FILES", "file", id="no-files"
+        ),
+        pytest.param(
+            [SPEC], grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_INCOMPLETE", "end", id="spec-only"
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UPLOAD_INCOMPLETE",
+            "end",
+            id="no-end",
+        ),
+        pytest.param(
+            [SPEC, _header(size=20), CHUNK],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UPLOAD_INCOMPLETE",
+            "end",
+            id="no-end-file-short",
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK, _end(2)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "FILE_COUNT_MISMATCH",
+            "end.file_count",
+            id="count-too-high",
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK, _header(size=10), CHUNK, _end(1)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "FILE_COUNT_MISMATCH",
+            "end.file_count",
+            id="count-too-low",
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK, _end(1), CHUNK],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MESSAGE_AFTER_END",
+            "chunk",
+            id="chunk-after-end",
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK, _end(1), _header(size=10), CHUNK, _end(2)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MESSAGE_AFTER_END",
+            "file",
+            id="file-after-end",
+        ),
+        pytest.param(
+            [SPEC, _header(size=10), CHUNK, _end(1), _end(1)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MESSAGE_AFTER_END",
+            "end",
+            id="second-end",
+        ),
         pytest.param(
             [SPEC, _header(size=5), CHUNK],
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -196,14 +261,14 @@ CHUNK = pb.SubmitBatchRequest(chunk=b"x" * 10)
             id="more-than-declared",
         ),
         pytest.param(
-            [SPEC, _header(size=20), CHUNK],
+            [SPEC, _header(size=20), CHUNK, _end(1)],
             grpc.StatusCode.INVALID_ARGUMENT,
             "SIZE_MISMATCH",
             "file[0].size_bytes",
             id="less-than-declared",
         ),
         pytest.param(
-            [SPEC, _header(sha256="0" * 64), CHUNK],
+            [SPEC, _header(sha256="0" * 64), CHUNK, _end(1)],
             grpc.StatusCode.INVALID_ARGUMENT,
             "CHECKSUM_MISMATCH",
             "file[0].sha256",
@@ -330,6 +395,7 @@ def test_a_small_file_may_travel_inside_its_header(server: RunningServer) -> Non
         ),
         pb.SubmitBatchRequest(file=pb.FileHeader(name="b.pdf", size_bytes=len(chunked))),
         pb.SubmitBatchRequest(chunk=chunked),
+        _end(2),
     ]
     batch = server.stub.SubmitBatch(iter(requests), timeout=WAIT)
     server.settle(batch.batch_id)
@@ -356,6 +422,7 @@ def test_a_header_with_content_that_breaks_the_rules_is_refused(
         pb.SubmitBatchRequest(spec=pb.BatchSpec()),
         pb.SubmitBatchRequest(file=header),
         *(pb.SubmitBatchRequest(chunk=c) for c in then),
+        _end(1),
     ]
     error = refused(lambda: server.stub.SubmitBatch(iter(requests), timeout=WAIT))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
@@ -382,3 +449,121 @@ def test_a_header_declaring_an_absurd_size_is_too_large_whatever_the_quota(
 
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "FILE_TOO_LARGE")
     assert error.violations == [("file[1].size_bytes", error.message)]
+
+
+# The end of an upload ------------------------------------------------------------------
+
+# What grpcio's sync server can hand the servicer when a client cancels after sending the
+# spec and a header: the same messages as a client that closed the stream after them.
+CANCELLED_SHAPE = [SPEC, pb.SubmitBatchRequest(file=pb.FileHeader(name="empty.pdf"))]
+
+
+def test_an_upload_closed_without_end_stores_nothing_and_says_what_to_send(
+    server: RunningServer,
+) -> None:
+    error = refused(lambda: server.stub.SubmitBatch(iter(CANCELLED_SHAPE), timeout=WAIT))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_INCOMPLETE")
+    assert error.message == (
+        "The upload ended before its `end` message, so nothing was stored. Send `end` with "
+        "the number of files as the last message, then close the stream."
+    )
+    assert error.violations == [("end", error.message)]
+    _nothing_left(server)
+    # The same messages and `end` are a batch: `end` is what decides.
+    batch = server.stub.SubmitBatch(iter([*CANCELLED_SHAPE, _end(1)]), timeout=WAIT)
+    assert [(f.name, f.size_bytes) for f in batch.files] == [("empty.pdf", 0)]
+    server.settle(batch.batch_id)
+
+
+@pytest.mark.parametrize(
+    ("sent", "count", "message"),
+    [
+        (1, 2, "The upload's `end` counts 2 files, but 1 file arrived."),
+        (2, 1, "The upload's `end` counts 1 file, but 2 files arrived."),
+        (1, 0, "The upload's `end` counts 0 files, but 1 file arrived."),
+        (1, -1, "The upload's `end` counts -1 files, but 1 file arrived."),
+    ],
+)
+def test_an_end_with_the_wrong_file_count_is_refused(
+    server: RunningServer, sent: int, count: int, message: str
+) -> None:
+    files = [(f"{n}.pdf", make_pdf(str(n))) for n in range(sent)]
+    messages = [*upload(pb.BatchSpec(), files)][:-1]  # all but its own `end`
+
+    error = refused(lambda: server.stub.SubmitBatch(iter([*messages, _end(count)]), timeout=WAIT))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "FILE_COUNT_MISMATCH")
+    assert error.violations == [("end.file_count", message)]
+    _nothing_left(server)
+
+
+def test_a_message_after_end_is_refused_with_what_to_do(server: RunningServer) -> None:
+    messages = [*upload(pb.BatchSpec(), [("a.pdf", make_pdf("a"))]), CHUNK]
+
+    error = refused(lambda: server.stub.SubmitBatch(iter(messages), timeout=WAIT))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MESSAGE_AFTER_END")
+    assert error.violations == [
+        ("chunk", "`end` must be the last message of an upload: close the stream after it.")
+    ]
+    _nothing_left(server)
+
+
+def test_the_python_client_ends_its_upload_with_the_file_count(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.pdf", tmp_path / "big.pdf"
+    small.write_bytes(b"%PDF-small")
+    big.write_bytes(b"%PDF-" + b"x" * 100)
+    files = [UploadFile(small, "small.pdf"), UploadFile(big, "big.pdf")]
+
+    messages = list(_upload_requests(files, pb.BatchSpec(), 64, None))
+
+    kinds = [m.WhichOneof("item") for m in messages]
+    assert kinds == ["spec", "file", "file", "chunk", "chunk", "end"]
+    assert messages[-1].end.file_count == 2
+
+
+def _spec_and_header_then_wait(
+    header_sent: threading.Event, cancelled: threading.Event
+) -> Iterator[pb.SubmitBatchRequest]:
+    yield from CANCELLED_SHAPE
+    header_sent.set()
+    cancelled.wait(WAIT)
+
+
+def test_a_client_that_cancels_after_the_spec_and_a_header_never_leaves_a_batch(
+    server: RunningServer,
+) -> None:
+    # The wire fuzzing found it: grpcio's sync server let such a cancel through to the
+    # servicer as a plain end of stream, and the upload was committed.
+    for done in range(1, 41):
+        header_sent, cancelled = threading.Event(), threading.Event()
+        future = server.stub.SubmitBatch.future(
+            _spec_and_header_then_wait(header_sent, cancelled), timeout=WAIT
+        )
+        assert header_sent.wait(WAIT)
+        # The server opened the file's temporary file: it has the header.
+        eventually(lambda: len(_temp_files(server)) == 1)
+        assert future.cancel()
+        cancelled.set()
+        # The server is done with the call once it audited it.
+        eventually(lambda n=done: len(audited(server.data_dir, "SubmitBatch")) == n)
+
+    assert set(audited(server.data_dir, "SubmitBatch")) <= {
+        "ABANDONED_BY_CLIENT",
+        "INVALID_ARGUMENT UPLOAD_INCOMPLETE",
+    }
+    _nothing_left(server)
+
+
+def test_an_upload_whose_client_is_gone_by_the_commit_stores_nothing(
+    server: RunningServer,
+) -> None:
+    service = server.service
+    uploads = Uploads(service.runtime, server.store, service.blobs, UploadLimits())
+    messages = upload(pb.BatchSpec(), [("a.pdf", make_pdf("a"))])
+
+    with pytest.raises(grpc.RpcError):
+        uploads.submit(messages, owner="", still_wanted=lambda: False)
+
+    _nothing_left(server)

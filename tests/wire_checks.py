@@ -156,6 +156,7 @@ def check_answer(
 # Unary and server-streaming RPCs ---------------------------------------------------------
 
 _RETRYABLE = (pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)
+_VIEWS = (pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_BASIC, pb.BATCH_VIEW_FULL)
 
 
 def _missing() -> Expected:
@@ -236,6 +237,9 @@ def expect_unary(
     if isinstance(found, Expected):
         return found
     match rpc:
+        case "GetBatch" | "CancelBatch" if request.view not in _VIEWS:
+            # Checked before anything is done: an unknown view cancels nothing.
+            return Expected.exactly(INVALID, "INVALID_VIEW")
         case "WatchBatch":
             return _expect_watch(request, found)
         case "RetryFiles":
@@ -285,6 +289,15 @@ class _File:
     header: pb.FileHeader
     data: bytearray = field(default_factory=bytearray)
 
+    @classmethod
+    def opened(cls, header: pb.FileHeader) -> _File:
+        return cls(header, bytearray(header.content))
+
+    @property
+    def inline(self) -> bool:
+        """Its header carried its bytes (an empty ``content`` is no content)."""
+        return bool(self.header.content)
+
 
 @dataclass
 class Accepted:
@@ -316,7 +329,8 @@ class UploadOracle:
         Args:
             messages: What the client sent.
             spec_valid: Whether the stream's spec is certainly valid (``None``: unknown).
-            closed: Whether the client closed the stream after them (else it cancels).
+            closed: Whether the client closed the stream after them (else it cancels:
+                then ``None`` means the client gets CANCELLED).
         """
         messages = list(messages)
         result: Expected | None
@@ -331,6 +345,16 @@ class UploadOracle:
             return bad_spec if result is None else result | bad_spec
         return result
 
+    def complete(self, messages: Iterable[pb.SubmitBatchRequest], spec_valid: bool | None) -> bool:
+        """Whether the service may accept ``messages`` once the stream ends.
+
+        True only for a whole upload ending with a right ``end``: a cancel after it may
+        reach the service too late to stop the batch, as for any call whose request was
+        complete. A cancel before ``end`` never leaves a batch.
+        """
+        result = self.outcome(messages, spec_valid, closed=True)
+        return result is not None and OK in result.codes
+
     def contents(self, messages: Iterable[pb.SubmitBatchRequest]) -> list[tuple[str, str, int]]:
         """(name, sha256, size) of each file of an upload that was accepted."""
         files = self._files(messages)
@@ -341,7 +365,7 @@ class UploadOracle:
         files: list[_File] = []
         for message in messages:
             if message.WhichOneof("item") == "file":
-                files.append(_File(message.file))
+                files.append(_File.opened(message.file))
             elif message.WhichOneof("item") == "chunk" and files:
                 files[-1].data += message.chunk
         return files
@@ -352,8 +376,11 @@ class UploadOracle:
         spec: pb.BatchSpec | None = None
         files: list[_File] = []
         total = 0
+        ended = False
         for message in messages:
             kind = message.WhichOneof("item")
+            if ended:
+                raise _Refused(INVALID, "MESSAGE_AFTER_END")
             if spec is None:
                 if kind != "spec":
                     raise _Refused(INVALID, "SPEC_REQUIRED")
@@ -365,22 +392,31 @@ class UploadOracle:
                     self._finish(files[-1])
                 total += message.file.size_bytes
                 self._admit(message.file, len(files), total, spec.idempotency_key)
-                files.append(_File(message.file))
+                files.append(_File.opened(message.file))
+                self._check_received(files[-1])
             elif kind == "chunk":
                 if not files:
                     raise _Refused(INVALID, "CHUNK_BEFORE_HEADER")
+                if files[-1].inline:
+                    raise _Refused(INVALID, "CHUNK_AFTER_CONTENT")
                 files[-1].data += message.chunk
-                if len(files[-1].data) > files[-1].header.size_bytes:
-                    raise _Refused(INVALID, "SIZE_MISMATCH")
+                self._check_received(files[-1])
+            elif kind == "end":
+                if not files:
+                    raise _Refused(INVALID, "NO_FILES")
+                self._finish(files[-1])
+                if message.end.file_count != len(files):
+                    raise _Refused(INVALID, "FILE_COUNT_MISMATCH")
+                ended = True
             else:
                 raise _Refused(INVALID, "UNEXPECTED_MESSAGE")
         if not closed:
             return None
         if spec is None:
             raise _Refused(INVALID, "SPEC_REQUIRED")
-        if not files:
-            raise _Refused(INVALID, "NO_FILES")
-        self._finish(files[-1])
+        if not ended:
+            # Whatever the last file lacks: a stream without `end` may be a cancel.
+            raise _Refused(INVALID, "UPLOAD_INCOMPLETE")
         earlier = self._by_key.get(spec.idempotency_key) if spec.idempotency_key else None
         contents = self.contents(messages)
         if earlier is not None and earlier.contents != contents:
@@ -405,6 +441,11 @@ class UploadOracle:
                 raise _Refused(_HEADER_RULES[reason], reason)
         if key not in self._by_key and self._stored + total > limits.max_stored_bytes:
             raise _Refused(EXHAUSTED, "TENANT_STORAGE_FULL")
+
+    @staticmethod
+    def _check_received(file: _File) -> None:
+        if len(file.data) > file.header.size_bytes:
+            raise _Refused(INVALID, "SIZE_MISMATCH")
 
     @staticmethod
     def _finish(file: _File) -> None:

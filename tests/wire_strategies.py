@@ -363,6 +363,12 @@ class Known:
     deletable: Callable[[], Sequence[str]]
 
 
+def views() -> st.SearchStrategy[int]:
+    """A ``BatchView``: mostly a real one, sometimes a value the enum does not have."""
+    real = st.sampled_from([pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_BASIC, pb.BATCH_VIEW_FULL])
+    return st.one_of(real, real, real, st.integers(3, 5), int32s())
+
+
 def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
     """``(rpc, request)`` for every RPC but ``SubmitBatch``, aimed at what ``known`` holds.
 
@@ -372,7 +378,7 @@ def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
     file = ids(known.file_ids)
     sequence = st.one_of(st.integers(-2, 40), int64s())
     return st.one_of(
-        st.tuples(st.just("GetBatch"), st.builds(pb.GetBatchRequest, batch_id=batch)),
+        st.tuples(st.just("GetBatch"), st.builds(pb.GetBatchRequest, batch_id=batch, view=views())),
         st.tuples(st.just("ListBatches"), list_requests(known.tokens)),
         st.tuples(
             st.just("WatchBatch"),
@@ -392,7 +398,10 @@ def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
                 passwords=st.dictionaries(file, texts(), max_size=2),
             ),
         ),
-        st.tuples(st.just("CancelBatch"), st.builds(pb.CancelBatchRequest, batch_id=batch)),
+        st.tuples(
+            st.just("CancelBatch"),
+            st.builds(pb.CancelBatchRequest, batch_id=batch, view=views()),
+        ),
         st.tuples(
             st.just("GetFileResult"),
             st.builds(pb.GetFileResultRequest, batch_id=batch, file_id=file),
@@ -420,11 +429,14 @@ class UploadCase:
         spec_valid: Whether the stream's spec, if it has one, is certainly valid.
         cancel_after: The client cancels the call after sending this many messages
             (``None``: it closes the stream after the last one).
+        ending: How the upload ends: ``"end"`` (a right ``end``), ``"wrong-count"``,
+            ``"no-end"`` or ``"after-end"`` (messages follow a right ``end``).
     """
 
     messages: tuple[pb.SubmitBatchRequest, ...]
     spec_valid: bool | None
     cancel_after: int | None
+    ending: str = "end"
 
 
 # A few contents shared between examples, so that idempotency keys meet the same files.
@@ -438,7 +450,18 @@ def _chunks(draw: st.DrawFn, data: bytes) -> list[bytes]:
 
 
 @st.composite
-def _file_messages(draw: st.DrawFn, max_bytes: int) -> list[pb.SubmitBatchRequest]:
+def _file_messages(
+    draw: st.DrawFn, max_bytes: int, honest: bool = False
+) -> list[pb.SubmitBatchRequest]:
+    """A header and its bytes; unless ``honest``, the header may lie about them."""
+    if honest:
+        data = draw(st.one_of(st.sampled_from(CONTENTS[:3]), st.binary(max_size=256)))
+        header = pb.FileHeader(
+            name=draw(st.sampled_from(["a.pdf", "b.pdf", "report 2024.pdf", "名前.pdf"])),
+            size_bytes=len(data),
+            sha256=draw(st.sampled_from(["", sha256_of(data)])),
+        )
+        return _file_bytes(draw, header, data)
     data = draw(st.one_of(st.sampled_from(CONTENTS), st.binary(max_size=max_bytes)))
     declared = len(data) + draw(
         st.sampled_from([0] * 16 + [1, -1, 1, -1, 5_000, 5_000, 2**62, -(2**40)])
@@ -451,11 +474,27 @@ def _file_messages(draw: st.DrawFn, max_bytes: int) -> list[pb.SubmitBatchReques
     header = pb.FileHeader(name=draw(file_names()), size_bytes=declared, sha256=sha)
     if draw(st.booleans()):
         header.password = draw(texts())
-    chunks = _chunks(draw, data)
+    return _file_bytes(draw, header, data)
+
+
+def _file_bytes(draw: st.DrawFn, header: pb.FileHeader, data: bytes) -> list[pb.SubmitBatchRequest]:
+    # The bytes in chunks, inside the header (`content`), or both: then any chunk that
+    # follows a non-empty content is refused.
+    inline = draw(st.sampled_from(["chunks", "chunks", "chunks", "content", "content", "both"]))
+    if inline == "content":
+        header.content = data
+        return [pb.SubmitBatchRequest(file=header)]
+    if inline == "both":
+        cut = draw(st.integers(0, len(data)))
+        header.content, data = data[:cut], data[cut:]
     return [
         pb.SubmitBatchRequest(file=header),
-        *(pb.SubmitBatchRequest(chunk=c) for c in chunks),
+        *(pb.SubmitBatchRequest(chunk=c) for c in _chunks(draw, data)),
     ]
+
+
+def _end(file_count: int) -> pb.SubmitBatchRequest:
+    return pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=file_count))
 
 
 def _stray_messages(keys: Sequence[str]) -> st.SearchStrategy[pb.SubmitBatchRequest]:
@@ -468,20 +507,46 @@ def _stray_messages(keys: Sequence[str]) -> st.SearchStrategy[pb.SubmitBatchRequ
             file_names(),
             int64s(),
         ),
+        st.builds(_end, st.one_of(st.integers(0, 4), int32s())),
     )
+
+
+def _wrong_counts(right: int) -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.sampled_from([right + 1, right - 1, 0, -1, INT32[1], INT32[0]]), int32s()
+    ).filter(lambda count: count != right)
 
 
 @st.composite
 def upload_cases(draw: st.DrawFn, keys: Sequence[str], max_bytes: int) -> UploadCase:
-    """Mostly well-formed uploads with lies and stray messages mixed in; some truncated."""
-    case = draw(spec_cases(keys))
+    """Mostly well-formed uploads with lies and stray messages mixed in; some truncated.
+
+    Most end with a right ``end``; some with a wrong ``file_count``, none, or messages
+    after it. Some are cancelled: anywhere, and often just before or just after ``end``.
+    """
+    # An honest upload breaks no rule but maybe its ending's: the ending decides.
+    honest = draw(st.sampled_from([True, False, False]))
+    case = SpecCase(draw(valid_specs(keys)), True) if honest else draw(spec_cases(keys))
     messages: list[pb.SubmitBatchRequest] = []
-    if draw(st.sampled_from([True] * 19 + [False])):
+    if honest or draw(st.sampled_from([True] * 19 + [False])):
         messages.append(pb.SubmitBatchRequest(spec=case.spec))
-    for _ in range(draw(st.sampled_from([1, 2, 1, 3, 0, 2, 4, 1, 3, 5]))):
-        messages += draw(_file_messages(max_bytes))
-    for _ in range(draw(st.sampled_from([0] * 6 + [1, 2]))):
+    counts = [1, 2, 1, 3] if honest else [1, 2, 1, 3, 0, 2, 4, 1, 3, 5]
+    for _ in range(draw(st.sampled_from(counts))):
+        messages += draw(_file_messages(max_bytes, honest))
+    for _ in range(0 if honest else draw(st.sampled_from([0] * 6 + [1, 2]))):
         messages.insert(draw(st.integers(1, max(1, len(messages)))), draw(_stray_messages(keys)))
-    cut = st.integers(0, len(messages))
+    # The count the service will have received: every header sent, stray ones too.
+    right = sum(m.WhichOneof("item") == "file" for m in messages)
+    ending = draw(
+        st.sampled_from(["end"] * 12 + ["wrong-count"] * 2 + ["no-end"] * 2 + ["after-end"])
+    )
+    if ending == "wrong-count":
+        messages.append(_end(draw(_wrong_counts(right))))
+    elif ending != "no-end":
+        messages.append(_end(right))
+    if ending == "after-end":
+        messages += draw(st.lists(_stray_messages(keys), min_size=1, max_size=2))
+    last = len(messages)
+    cut = st.one_of(st.integers(0, last), st.sampled_from([max(0, last - 1), last]))
     cancel_after = draw(st.one_of(st.none(), st.none(), st.none(), st.none(), cut))
-    return UploadCase(tuple(messages), case.valid, cancel_after)
+    return UploadCase(tuple(messages), case.valid, cancel_after, ending)

@@ -143,9 +143,7 @@ class _BatchViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchView.V
     """The batch with every file."""
 
 class BatchView(_BatchView, metaclass=_BatchViewEnumTypeWrapper):
-    """How retry delays are randomised.
-    How much of a batch a reply carries.
-    """
+    """How much of a batch a reply carries."""
 
 BATCH_VIEW_UNSPECIFIED: BatchView.ValueType  # 0
 BATCH_VIEW_BASIC: BatchView.ValueType  # 1
@@ -166,7 +164,8 @@ class _JitterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jitter.ValueTy
     JITTER_NONE: _Jitter.ValueType  # 2
     """Exactly the cap."""
 
-class Jitter(_Jitter, metaclass=_JitterEnumTypeWrapper): ...
+class Jitter(_Jitter, metaclass=_JitterEnumTypeWrapper):
+    """How retry delays are randomised."""
 
 JITTER_UNSPECIFIED: Jitter.ValueType  # 0
 JITTER_FULL: Jitter.ValueType  # 1
@@ -724,29 +723,66 @@ class FileHeader(_message.Message):
 Global___FileHeader: _TypeAlias = FileHeader  # noqa: Y015
 
 @_typing.final
+class UploadEnd(_message.Message):
+    """The last message of an upload: the client has sent everything."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_COUNT_FIELD_NUMBER: _builtins.int
+    file_count: _builtins.int
+    """How many `file` headers the upload sent; the upload is refused with
+    FILE_COUNT_MISMATCH if the service received another number.
+    """
+    def __init__(
+        self,
+        *,
+        file_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_count", b"file_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadEnd: _TypeAlias = UploadEnd  # noqa: Y015
+
+@_typing.final
 class SubmitBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next bytes of the last file announced."""
     @_builtins.property
-    def spec(self) -> Global___BatchSpec: ...
+    def spec(self) -> Global___BatchSpec:
+        """Always the first message."""
+
     @_builtins.property
-    def file(self) -> Global___FileHeader: ...
+    def file(self) -> Global___FileHeader:
+        """Opens a file; its bytes follow in `chunk` messages unless it carries `content`."""
+
+    @_builtins.property
+    def end(self) -> Global___UploadEnd:
+        """Always the last message: without it nothing is stored. Nothing may follow it
+        (MESSAGE_AFTER_END) but the end of the stream.
+        """
+
     def __init__(
         self,
         *,
         spec: Global___BatchSpec | None = ...,
         file: Global___FileHeader | None = ...,
         chunk: _builtins.bytes = ...,
+        end: Global___UploadEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["spec", "file", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["spec", "file", "chunk", "end"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

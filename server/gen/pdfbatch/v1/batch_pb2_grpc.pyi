@@ -40,11 +40,17 @@ class BatchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BatchServiceAsyncStub: ...
     SubmitBatch: _grpc.StreamUnaryMultiCallable[_batch_pb2.SubmitBatchRequest, _batch_pb2.Batch]
-    """Uploads a batch and starts processing it once the stream closes successfully.
+    """Uploads a batch and starts processing it once the upload is complete.
 
     The first message is a `spec`; then, for each file, a `file` header followed by
-    its bytes in `chunk` messages (any number, each below the 4 MiB message limit).
-    A stream that breaks off leaves no batch and no stored bytes behind. With an
+    its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
+    the last message is `end`, with the number of files sent; then the client closes
+    the stream. The batch is created only once `end` arrived and the stream closed.
+    A stream that breaks off or ends without `end` (cancelled, deadline, a client
+    that stopped early) leaves no batch and no stored bytes behind; one that closes
+    without `end` is refused with UPLOAD_INCOMPLETE. A cancel sent after `end` may
+    come too late to stop the batch, as with any call whose request was complete:
+    give an `idempotency_key` to find out by submitting again. With an
     `idempotency_key` already used by the same caller, the existing batch is returned.
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]
@@ -78,11 +84,17 @@ class BatchServiceAsyncStub(BatchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitBatch: _aio.StreamUnaryMultiCallable[_batch_pb2.SubmitBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Uploads a batch and starts processing it once the stream closes successfully.
+    """Uploads a batch and starts processing it once the upload is complete.
 
     The first message is a `spec`; then, for each file, a `file` header followed by
-    its bytes in `chunk` messages (any number, each below the 4 MiB message limit).
-    A stream that breaks off leaves no batch and no stored bytes behind. With an
+    its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
+    the last message is `end`, with the number of files sent; then the client closes
+    the stream. The batch is created only once `end` arrived and the stream closed.
+    A stream that breaks off or ends without `end` (cancelled, deadline, a client
+    that stopped early) leaves no batch and no stored bytes behind; one that closes
+    without `end` is refused with UPLOAD_INCOMPLETE. A cancel sent after `end` may
+    come too late to stop the batch, as with any call whose request was complete:
+    give an `idempotency_key` to find out by submitting again. With an
     `idempotency_key` already used by the same caller, the existing batch is returned.
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
@@ -119,11 +131,17 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_batch_pb2.SubmitBatchRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Uploads a batch and starts processing it once the stream closes successfully.
+        """Uploads a batch and starts processing it once the upload is complete.
 
         The first message is a `spec`; then, for each file, a `file` header followed by
-        its bytes in `chunk` messages (any number, each below the 4 MiB message limit).
-        A stream that breaks off leaves no batch and no stored bytes behind. With an
+        its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
+        the last message is `end`, with the number of files sent; then the client closes
+        the stream. The batch is created only once `end` arrived and the stream closed.
+        A stream that breaks off or ends without `end` (cancelled, deadline, a client
+        that stopped early) leaves no batch and no stored bytes behind; one that closes
+        without `end` is refused with UPLOAD_INCOMPLETE. A cancel sent after `end` may
+        come too late to stop the batch, as with any call whose request was complete:
+        give an `idempotency_key` to find out by submitting again. With an
         `idempotency_key` already used by the same caller, the existing batch is returned.
         """
 
