@@ -109,7 +109,9 @@ class ServerSettings(BaseSettings):
         max_watchers: Concurrent ``WatchBatch`` streams; more are refused with
             ``RESOURCE_EXHAUSTED``. Default 64.
         watch_queue_size: Events buffered per watcher before it falls back to reading
-            the store. Default 256.
+            the store. Default 4,096: the events are shared by every watcher of the
+            batch, so a watcher's queue costs a pointer per event, while a fallback
+            costs reading and converting every missed event again for that watcher.
         max_events_per_batch: Events kept per batch for ``WatchBatch`` resumes.
             Default 100,000; ``None`` keeps all.
         event_retention_seconds: Age past which events are forgotten. Default 7 days;
@@ -146,7 +148,7 @@ class ServerSettings(BaseSettings):
     limits: UploadLimits = Field(default_factory=UploadLimits)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
-    watch_queue_size: int = Field(default=256, ge=1)
+    watch_queue_size: int = Field(default=4096, ge=1)
     max_events_per_batch: int | None = Field(default=100_000, ge=0)
     event_retention_seconds: float | None = Field(default=7 * _DAY, ge=0)
     bytes_retention_seconds: float = Field(default=7 * _DAY, ge=0)

@@ -251,7 +251,7 @@ def run_load(
         f"round {', '.join(f'{r / _MB:.0f}' for r in after_rounds)} MB; "
         f"slowest probe {slowest:.2f} s"
     )
-    # Generous: a stalled watcher may hold its queue (256 events) and a stream window,
+    # Generous: a stalled watcher may hold its queue (4,096 shared events) and a stream window,
     # but never the whole history it has not read.
     assert growth < 150, f"server RSS grew {growth:.0f} MB under stalled watchers"
     assert drift < 50, f"server RSS kept growing round after round: {drift:.0f} MB"
