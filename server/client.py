@@ -272,9 +272,11 @@ class Client:
                 time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
-    def get(self, batch_id: str) -> pb.Batch:
-        """The batch with its files."""
-        return self._stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=self._timeout)
+    def get(self, batch_id: str, *, with_files: bool = True) -> pb.Batch:
+        """The batch, with its files unless ``with_files`` is false."""
+        view = pb.BATCH_VIEW_FULL if with_files else pb.BATCH_VIEW_BASIC
+        request = pb.GetBatchRequest(batch_id=batch_id, view=view)
+        return self._stub.GetBatch(request, timeout=self._timeout)
 
     def list(
         self, *, states: Iterable[pb.BatchState.ValueType] = (), page_size: int = 50
