@@ -300,6 +300,12 @@ class Runtime:
         Raises:
             BatchNotFound: No such batch.
         """
+        if self.record(batch_id).state.terminal:
+            # Settled, so its supervisor may have retired: no need to start one from the
+            # store only to hear that nothing runs (unless a retry came in meanwhile).
+            settled = self.get(batch_id)
+            if settled.batch.state.terminal:
+                return settled
         started: CancelStarted = self._ask(batch_id, CancelBatch(reason, request_id))
         # Kill the batch's processes here, on the caller's thread, rather than one by
         # one in each file actor: the actors then only learn that their attempts ended.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pykka
+import pytest
 
 from actors.manager import BatchManager
 from actors.model import AttemptOutcome, BatchState, FileState
@@ -96,3 +97,22 @@ def test_the_manager_survives_a_store_that_stays_down(tmp_path: Path) -> None:
         assert h.runtime.get(batch_id).batch.state is BatchState.RUNNING
         (manager,) = pykka.ActorRegistry.get_by_class(BatchManager)
         assert manager.is_alive()
+
+
+def test_cancelling_a_settled_batch_starts_no_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    original = BatchSupervisor.on_start
+
+    def counted(self: BatchSupervisor) -> None:
+        started.append(self.actor_urn)
+        original(self)
+
+    monkeypatch.setattr(BatchSupervisor, "on_start", counted)
+    for h in build_harness(tmp_path):
+        batch_id = h.runtime.submit(h.files(b"ok")).batch.batch_id
+        settled = h.settled(batch_id)
+        assert len(started) == 1
+        assert h.runtime.cancel(batch_id) == settled
+        assert len(started) == 1, "a supervisor was started from the store for nothing"
