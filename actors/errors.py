@@ -22,6 +22,7 @@ __all__ = [
     "ErrorCode",
     "ErrorSpec",
     "NotAPdfError",
+    "ResultTooLargeError",
     "StorageUnavailableError",
     "WrongPasswordError",
     "classify",
@@ -47,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     MEMORY_LIMIT_EXCEEDED = "MEMORY_LIMIT_EXCEEDED"
     WORKER_CRASHED = "WORKER_CRASHED"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    RESULT_UNSTORABLE = "RESULT_UNSTORABLE"
     INTERNAL = "INTERNAL"
     CANCELLED = "CANCELLED"
 
@@ -136,8 +138,8 @@ CATALOGUE: MappingProxyType[ErrorCode, ErrorSpec] = MappingProxyType(
                 "This PDF exceeds the service's safety limits (for example a huge "
                 "compressed stream or a very deep structure).",
                 "Simplify or split it.",
-                "A decompression bomb, an oversized stream, an over-deep structure, or more "
-                "CPU time than one attempt may use.",
+                "A decompression bomb, an oversized stream, an over-deep structure, more "
+                "CPU time than one attempt may use, or more text than one result may hold.",
             ),
             _spec(
                 _E.PROCESSING_TIMEOUT,
@@ -166,6 +168,15 @@ CATALOGUE: MappingProxyType[ErrorCode, ErrorSpec] = MappingProxyType(
                 "The service could not read or write its storage.",
                 "It will be retried; no action is needed unless it persists.",
                 "The uploaded bytes or the store could not be read or written.",
+            ),
+            _spec(
+                _E.RESULT_UNSTORABLE,
+                False,
+                "The text or metadata read from this file could not be stored.",
+                "Another attempt would read the same; report the batch and file ids to the "
+                "operators.",
+                "The file was read, but its result could not be made fit to store; the "
+                "service log has the details. Other files are not affected.",
             ),
             _spec(
                 _E.INTERNAL,
@@ -209,6 +220,18 @@ def user_text(text: str, limit: int = MAX_USER_MESSAGE_CHARS) -> str:
 
 class NotAPdfError(Exception):
     """The bytes do not start with the PDF signature."""
+
+
+class ResultTooLargeError(Exception):
+    """A file's extracted text is larger than one result may be.
+
+    Attributes:
+        limit: The limit, in bytes of UTF-8.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the extracted text is {size} bytes of UTF-8, over the limit of {limit}")
+        self.limit = limit
 
 
 class WrongPasswordError(Exception):
@@ -255,7 +278,7 @@ def classify(exc: BaseException) -> ErrorCode:
             return ErrorCode.PDF_ENCRYPTED
         case pdf_errors.EmptyFileError():
             return ErrorCode.PDF_EMPTY
-        case pdf_errors.LimitReachedError() | RecursionError():
+        case pdf_errors.LimitReachedError() | RecursionError() | ResultTooLargeError():
             return ErrorCode.PDF_LIMIT_EXCEEDED
         case MemoryError():
             return ErrorCode.MEMORY_LIMIT_EXCEEDED

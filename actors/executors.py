@@ -13,6 +13,7 @@ from typing import Literal
 
 from actors.execution import Executor
 from actors.extract import PdfLimits
+from actors.results import ResultLimits
 from actors.worker_limits import ProcessLimits
 from actors.worker_pool import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_PROCESSOR, WorkerPool
 
@@ -36,6 +37,7 @@ def make_executor(
     temp_root: Path | None = None,
     processor: str = DEFAULT_PROCESSOR,
     process_limits: ProcessLimits | None = None,
+    result_limits: ResultLimits | None = None,
 ) -> Executor:
     """Build the executor the service runs its attempts on.
 
@@ -56,6 +58,7 @@ def make_executor(
         processor: Import path of the processor. Default
             :func:`actors.extract.extract_pdf`.
         process_limits: Local only: CPU time per attempt and open files per worker.
+        result_limits: How big one file's result may be. Default ``ResultLimits()``.
 
     Raises:
         ValueError: An unknown ``kind``, or what the executor refuses.
@@ -72,6 +75,7 @@ def make_executor(
             memory_limit_bytes=memory_limit_bytes,
             pdf_limits=pdf_limits,
             process_limits=process_limits,
+            result_limits=result_limits,
             temp_root=temp_root,
         )
     if kind == "ray":
@@ -85,5 +89,6 @@ def make_executor(
             processor=processor,
             memory_limit_bytes=memory_limit_bytes,
             pdf_limits=pdf_limits,
+            result_limits=result_limits,
         )
     raise ValueError(f"unknown executor kind {kind!r}: choose 'local', 'ray' or 'auto'")

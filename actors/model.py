@@ -6,6 +6,7 @@ snapshot handed to a caller can never change under it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from actors.policy import BatchPolicy
 
 __all__ = [
     "BATCH_TRANSITIONS",
+    "DOCUMENT_INFO_FIELDS",
     "FILE_TRANSITIONS",
     "Attempt",
     "AttemptOutcome",
@@ -31,6 +33,9 @@ __all__ = [
     "FileRecord",
     "FileState",
     "IllegalTransitionError",
+    "ResultSummary",
+    "ResultWarning",
+    "WarningCode",
     "check_batch_transition",
     "check_file_transition",
     "settled_batch_state",
@@ -335,14 +340,101 @@ class DocumentInfo:
     modification_date: str | None = None
 
 
+DOCUMENT_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(DocumentInfo))
+# Where a warning applies: the pages' text, or one field of the information dictionary.
+_WARNING_PLACES = frozenset({"text", *DOCUMENT_INFO_FIELDS})
+
+
+class WarningCode(enum.StrEnum):
+    """Something users should know about a result that is otherwise whole."""
+
+    # Characters no text store or wire can carry, replaced with U+FFFD.
+    CHARACTERS_REPLACED = "CHARACTERS_REPLACED"
+    # A metadata field longer than the limit, cut to it.
+    METADATA_TRUNCATED = "METADATA_TRUNCATED"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultWarning:
+    """One warning about a result: what, where, and how many characters.
+
+    Built from plain values only (a code, a place among a fixed few, a count), so that
+    the message users see is always composed here, whatever process reported it.
+
+    Attributes:
+        code: What happened.
+        place: ``"text"`` for the pages, else the metadata field (``"title"``, ...).
+        count: Characters replaced, or characters cut off.
+
+    Raises:
+        ValueError: An unknown place or a negative count.
+    """
+
+    code: WarningCode
+    place: str
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.place not in _WARNING_PLACES:
+            raise ValueError(f"no such place for a warning: {self.place!r}")
+        if self.count < 0:
+            raise ValueError(f"a warning's count cannot be negative, got {self.count}")
+
+    @property
+    def message(self) -> str:
+        """The warning in a sentence for users."""
+        where = "the text" if self.place == "text" else f"the document's {self.place}"
+        match self.code:
+            case WarningCode.CHARACTERS_REPLACED:
+                return (
+                    f"{self.count} characters of {where} were control characters or invalid "
+                    "Unicode (from a broken font map, usually) and were replaced with U+FFFD."
+                )
+            case WarningCode.METADATA_TRUNCATED:
+                return (
+                    f"{where.capitalize()} was too long; its last {self.count} characters "
+                    "were cut off."
+                )
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractionResult:
-    """What processing one file produced."""
+    """What processing one file produced.
+
+    Attributes:
+        page_count: Pages in the document.
+        encrypted: Whether the document was encrypted.
+        info: The document information dictionary.
+        pages: Each page's text, in order.
+        warnings: What was changed to make the result safe to keep (see
+            :mod:`actors.results`).
+    """
 
     page_count: int
     encrypted: bool
     info: DocumentInfo
     pages: tuple[str, ...]
+    warnings: tuple[ResultWarning, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSummary:
+    """A stored result without its text, which is read piece by piece.
+
+    Attributes:
+        page_count: Pages in the document.
+        encrypted: Whether the document was encrypted.
+        info: The document information dictionary.
+        warnings: What was changed to make the result safe to keep.
+        stored_bytes: What the result takes in the store (its text and metadata in
+            UTF-8); counts against its owner's storage quota.
+    """
+
+    page_count: int
+    encrypted: bool
+    info: DocumentInfo
+    warnings: tuple[ResultWarning, ...]
+    stored_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from actors.ray_processes import (
     runtime_env_option,
 )
 from actors.ray_worker import RayAttemptConfig, run_attempt
+from actors.results import ResultLimits
 from actors.worker_main import MAX_DETAIL_CHARS, WorkerFailed, decode_reply, load_processor
 from actors.worker_pool import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_PROCESSOR
 
@@ -120,6 +121,7 @@ class RayExecutor:
             for itself (several GB: the object store, Ray's threads), enforced with
             ``RLIMIT_AS``. Default 2 GiB; ``None`` for no cap.
         pdf_limits: pypdf limits in the workers. Default ``PdfLimits()``.
+        result_limits: How big one file's result may be. Default ``ResultLimits()``.
         runtime_env: Ray runtime environment of the tasks (``env_vars``, ``py_modules``
             ...). Default none.
 
@@ -137,12 +139,18 @@ class RayExecutor:
         processor: str = DEFAULT_PROCESSOR,
         memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
         pdf_limits: PdfLimits | None = None,
+        result_limits: ResultLimits | None = None,
         runtime_env: Mapping[str, Any] | None = None,
     ) -> None:
         if memory_limit_bytes is not None and memory_limit_bytes <= 0:
             raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes}")
         load_processor(processor)
-        self._config = RayAttemptConfig(processor, memory_limit_bytes, pdf_limits or PdfLimits())
+        self._config = RayAttemptConfig(
+            processor,
+            memory_limit_bytes,
+            pdf_limits or PdfLimits(),
+            result_limits or ResultLimits(),
+        )
         self._runtime_env = dict(runtime_env) if runtime_env is not None else None
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:

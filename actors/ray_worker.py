@@ -32,7 +32,7 @@ import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
@@ -40,16 +40,16 @@ import structlog
 
 from actors.errors import classify
 from actors.extract import PdfLimits, configure_pdf_limits
-from actors.model import ExtractionResult
 from actors.ray_processes import BUSY_MARKER, WorkerLocation, process_alive, process_stat
+from actors.results import ResultLimits
 from actors.worker_main import (
     MAX_DETAIL_CHARS,
     Processor,
     WorkerFailed,
     WorkerReply,
-    WorkerSucceeded,
     encode_reply,
     load_processor,
+    storable_reply,
 )
 
 __all__ = ["RayAttemptConfig", "run_attempt"]
@@ -68,11 +68,13 @@ class RayAttemptConfig:
         memory_limit_bytes: Address space an attempt may add to what the Ray worker
             process maps for itself; ``None`` for no cap.
         pdf_limits: pypdf's limits.
+        result_limits: How big one file's result may be.
     """
 
     processor: str
     memory_limit_bytes: int | None
     pdf_limits: PdfLimits
+    result_limits: ResultLimits = field(default_factory=ResultLimits)
 
 
 def run_attempt(
@@ -171,9 +173,7 @@ def _attempt(
             result = processor(data, password, attempt=attempt)
         else:
             result = processor(data, password)
-        if not isinstance(result, ExtractionResult):
-            raise TypeError(f"processor returned {type(result).__name__}")
-        return WorkerSucceeded(result)
+        return storable_reply(result, config.result_limits)
     # Whatever the processor does, only a real process death may end the attempt.
     except BaseException as exc:  # noqa: BLE001
         return _failure(exc)

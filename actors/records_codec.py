@@ -26,6 +26,8 @@ from actors.model import (
     FileError,
     FileRecord,
     FileState,
+    ResultWarning,
+    WarningCode,
 )
 from actors.policy import BatchPolicy
 
@@ -52,6 +54,8 @@ __all__ = [
     "info_to_json",
     "policy_from_json",
     "policy_to_json",
+    "warnings_from_json",
+    "warnings_to_json",
 ]
 
 Json = dict[str, Any]
@@ -353,10 +357,22 @@ _INFO_FIELDS = (
 
 def info_to_json(info: DocumentInfo) -> str:
     """A result's document information as JSON text."""
-    return json.dumps({name: getattr(info, name) for name in _INFO_FIELDS})
+    return json.dumps({name: getattr(info, name) for name in _INFO_FIELDS}, ensure_ascii=False)
 
 
 def info_from_json(text: str) -> DocumentInfo:
     """The document information :func:`info_to_json` made."""
     data = json.loads(text)
     return DocumentInfo(**{name: data.get(name) for name in _INFO_FIELDS})
+
+
+def warnings_to_json(warnings: Sequence[ResultWarning]) -> str:
+    """A result's warnings as JSON text."""
+    return json.dumps([[w.code.value, w.place, w.count] for w in warnings])
+
+
+def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
+    """The warnings :func:`warnings_to_json` made."""
+    return tuple(
+        ResultWarning(WarningCode(code), place, count) for code, place, count in json.loads(text)
+    )

@@ -11,7 +11,7 @@ import random
 import re
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,15 @@ from actors.manager import (
     SweepRetention,
 )
 from actors.messages import CancelBatch, CancelStarted, GetView, RetryFiles, StopSupervisor
-from actors.model import BatchRecord, BatchState, BatchView, ExtractionResult, FileRecord, FileState
+from actors.model import (
+    BatchRecord,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+    FileState,
+    ResultSummary,
+)
 from actors.policy import BatchPolicy, RestartIntensity, RetryPolicy
 from actors.refusals import (
     BatchNotFound,
@@ -40,6 +48,7 @@ from actors.refusals import (
     ResultNotAvailable,
     ServiceClosing,
 )
+from actors.results import ResultLimits
 from actors.retention import RetentionPolicy, SweepReport
 from actors.store import Store
 from actors.supervisor import SupervisorDeps
@@ -105,6 +114,8 @@ class Runtime:
         stop_timeout: Seconds to wait for children to stop on cancel and close. Default 10.
         retention: What ended batches keep, swept on a timer. Default ``None``: keep
             everything until ``delete``.
+        result_limits: How big one file's result may be; give the executor's workers
+            the same. Default ``ResultLimits()``.
     """
 
     def __init__(
@@ -119,6 +130,7 @@ class Runtime:
         supervisor_backoff: RetryPolicy | None = None,
         stop_timeout: float = 10.0,
         retention: RetentionPolicy | None = None,
+        result_limits: ResultLimits | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -137,6 +149,7 @@ class Runtime:
             scheduler=scheduler,
             passwords=self._passwords,
             rand=rand,
+            result_limits=result_limits or ResultLimits(),
         )
         intensity = supervisor_intensity or RestartIntensity(max_restarts=3, within_seconds=60)
         backoff = supervisor_backoff or RetryPolicy(
@@ -331,7 +344,22 @@ class Runtime:
         return record
 
     def result(self, batch_id: str, file_id: str) -> ExtractionResult:
-        """The result of a succeeded file.
+        """The whole result of a succeeded file, text included: for small results.
+
+        Raises:
+            BatchNotFound: No such batch.
+            FileNotFound: No such file in the batch.
+            ResultNotAvailable: The file has not succeeded.
+        """
+        self.result_summary(batch_id, file_id)
+        result = self.store.load_result(batch_id, file_id)
+        if result is None:  # deleted meanwhile
+            raise BatchNotFound("No batch with this id exists.")
+        return result
+
+    def result_summary(self, batch_id: str, file_id: str) -> tuple[FileRecord, ResultSummary]:
+        """A succeeded file and its result without the text; read that with
+        :meth:`result_text`.
 
         Raises:
             BatchNotFound: No such batch.
@@ -342,13 +370,20 @@ class Runtime:
         record = view.file(file_id)
         if record is None:
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
-        result = self.store.load_result(batch_id, file_id)
-        if record.state is not FileState.SUCCEEDED or result is None:
+        summary = self.store.result_summary(batch_id, file_id)
+        if record.state is not FileState.SUCCEEDED or summary is None:
             raise ResultNotAvailable(
                 f"The file {_STATE_PHRASES[record.state]}; only succeeded files have results.",
                 file_id=file_id,
             )
-        return result
+        return record, summary
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        """The text of a result :meth:`result` found, piece by piece, in bounded memory.
+
+        See :meth:`actors.store.Store.result_text`.
+        """
+        return self.store.result_text(batch_id, file_id)
 
     def delete(self, batch_id: str) -> None:
         """Cancel the batch if needed, then remove it, its results and passwords.

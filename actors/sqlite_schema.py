@@ -137,7 +137,37 @@ _V3 = (
     """,
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3)
+# Version 4: results within bounds. Text in pieces of at most 512 Ki characters (a page
+# of any length is streamed without being read whole); a result's warnings and its size,
+# which counts against its owner's storage quota. Old pages become one piece each.
+_V4 = (
+    "ALTER TABLE results ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE results ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0",
+    """
+    CREATE TABLE result_text (
+        batch_id TEXT NOT NULL,
+        file_id TEXT NOT NULL,
+        page_number INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (batch_id, file_id, page_number, part),
+        FOREIGN KEY (batch_id, file_id) REFERENCES results (batch_id, file_id) ON DELETE CASCADE
+    )
+    """,
+    """
+    INSERT INTO result_text (batch_id, file_id, page_number, part, text)
+    SELECT batch_id, file_id, page_number, 0, text FROM result_pages
+    """,
+    """
+    UPDATE results SET stored_bytes = length(CAST(info AS BLOB)) + COALESCE((
+        SELECT SUM(length(CAST(text AS BLOB))) FROM result_text
+        WHERE result_text.batch_id = results.batch_id AND result_text.file_id = results.file_id
+    ), 0)
+    """,
+    "DROP TABLE result_pages",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

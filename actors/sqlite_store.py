@@ -7,8 +7,9 @@ survives ``kill -9`` too, but a power cut could take the last commits with it, a
 restarted batch would reuse their event sequences for different changes.)
 
 Tables (see :mod:`actors.sqlite_schema`): batches, their files, one row per attempt
-(a file's history can be queried), events (the payload as JSON), results with one row
-per page, and idempotency keys. A transaction is applied whole or not at all; a
+(a file's history can be queried), events (the payload as JSON), results with their
+text in pieces (read a few at a time, so any page streams in bounded memory), and
+idempotency keys. A transaction is applied whole or not at all; a
 database that cannot be used raises :class:`~actors.errors.StorageUnavailableError`
 (see :mod:`actors.sqlite_connections`).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from actors import records_codec as codec
@@ -30,13 +31,16 @@ from actors.model import (
     BatchState,
     BatchView,
     ExtractionResult,
+    ResultSummary,
 )
+from actors.results import result_size, text_pieces
 from actors.sqlite_connections import Connections, Synchronous
 from actors.store import EventListener
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
+_PIECES_PER_READ = 4
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
 
 
@@ -239,19 +243,22 @@ class SQLiteStore:
     ) -> None:
         db.execute("DELETE FROM results WHERE batch_id = ? AND file_id = ?", (batch_id, file_id))
         db.execute(
-            "INSERT INTO results (batch_id, file_id, page_count, encrypted, info) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO results (batch_id, file_id, page_count, encrypted, info, warnings, "
+            "stored_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 batch_id,
                 file_id,
                 result.page_count,
                 int(result.encrypted),
                 codec.info_to_json(result.info),
+                codec.warnings_to_json(result.warnings),
+                result_size(result),
             ),
         )
         db.executemany(
-            "INSERT INTO result_pages (batch_id, file_id, page_number, text) VALUES (?, ?, ?, ?)",
-            ((batch_id, file_id, n, text) for n, text in enumerate(result.pages, start=1)),
+            "INSERT INTO result_text (batch_id, file_id, page_number, part, text) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ((batch_id, file_id, *piece) for piece in text_pieces(result.pages)),
         )
 
     def delete_batch(self, batch_id: str) -> None:
@@ -304,12 +311,17 @@ class SQLiteStore:
                 f"SELECT COUNT(*) FROM batches WHERE owner = ? AND state NOT IN ({terminal})",
                 (owner, *_TERMINAL_STATES),
             ).fetchone()
-            (stored,) = db.execute(
+            (uploads,) = db.execute(
                 "SELECT COALESCE(SUM(files.size), 0) FROM files JOIN batches USING (batch_id) "
                 "WHERE batches.owner = ? AND batches.bytes_released_at IS NULL",
                 (owner,),
             ).fetchone()
-        return int(active), int(stored)
+            (results,) = db.execute(
+                "SELECT COALESCE(SUM(results.stored_bytes), 0) FROM results "
+                "JOIN batches USING (batch_id) WHERE batches.owner = ?",
+                (owner,),
+            ).fetchone()
+        return int(active), int(uploads) + int(results)
 
     def audit_entries(self, batch_id: str) -> list[AuditEntry]:
         with self._db.read() as db:
@@ -357,26 +369,56 @@ class SQLiteStore:
         return [codec.event_from_json(payload) for (payload,) in rows]
 
     def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        summary = self.result_summary(batch_id, file_id)
+        if summary is None:
+            return None
+        pages: dict[int, list[str]] = {}
+        for number, piece in self.result_text(batch_id, file_id):
+            pages.setdefault(number, []).append(piece)
+        return ExtractionResult(
+            page_count=summary.page_count,
+            encrypted=summary.encrypted,
+            info=summary.info,
+            pages=tuple("".join(pieces) for pieces in pages.values()),
+            warnings=summary.warnings,
+        )
+
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
         with self._db.read() as db:
             row = db.execute(
-                "SELECT page_count, encrypted, info FROM results "
+                "SELECT page_count, encrypted, info, warnings, stored_bytes FROM results "
                 "WHERE batch_id = ? AND file_id = ?",
                 (batch_id, file_id),
             ).fetchone()
-            if row is None:
-                return None
-            pages = db.execute(
-                "SELECT text FROM result_pages WHERE batch_id = ? AND file_id = ? "
-                "ORDER BY page_number",
-                (batch_id, file_id),
-            ).fetchall()
-        page_count, encrypted, info = row
-        return ExtractionResult(
+        if row is None:
+            return None
+        page_count, encrypted, info, warnings, stored_bytes = row
+        return ResultSummary(
             page_count=page_count,
             encrypted=bool(encrypted),
             info=codec.info_from_json(info),
-            pages=tuple(text for (text,) in pages),
+            warnings=codec.warnings_from_json(warnings),
+            stored_bytes=stored_bytes,
         )
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        # A few pieces per read transaction: memory stays bounded whatever the text's
+        # size, and a slow reader never holds a transaction open (which would keep the
+        # write-ahead log from being checkpointed).
+        after = (0, 0)
+        while True:
+            with self._db.read() as db:
+                rows = db.execute(
+                    "SELECT page_number, part, text FROM result_text "
+                    "WHERE batch_id = ? AND file_id = ? AND (page_number, part) > (?, ?) "
+                    "ORDER BY page_number, part LIMIT ?",
+                    (batch_id, file_id, *after, _PIECES_PER_READ),
+                ).fetchall()
+            for number, _, text in rows:
+                yield number, text
+            if len(rows) < _PIECES_PER_READ:
+                return
+            after = rows[-1][:2]
 
     def oldest_sequence(self, batch_id: str) -> int | None:
         with self._db.read() as db:

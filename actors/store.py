@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from actors.book import Changes
@@ -20,7 +20,9 @@ from actors.model import (
     BatchView,
     ExtractionResult,
     FileRecord,
+    ResultSummary,
 )
+from actors.results import result_size, text_pieces
 
 __all__ = ["EventListener", "MemoryStore", "Store"]
 
@@ -59,7 +61,20 @@ class Store(Protocol):
         ...
 
     def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
-        """The result of a succeeded file, or ``None``."""
+        """The whole result of a succeeded file, or ``None``: for tests and small results."""
+        ...
+
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
+        """The result of a succeeded file without its text, or ``None``."""
+        ...
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        """The result's text as ``(page_number, piece)``, in order, in bounded memory.
+
+        A page comes in one or more pieces of at most
+        :data:`actors.results.TEXT_PIECE_CHARS` characters, to be joined in order; an
+        empty page is one empty piece. Nothing for a file without a result.
+        """
         ...
 
     def delete_batch(self, batch_id: str) -> None:
@@ -75,7 +90,11 @@ class Store(Protocol):
         ...
 
     def tenant_usage(self, owner: str) -> tuple[int, int]:
-        """``owner``'s batches not yet settled, and the bytes its batches still hold."""
+        """``owner``'s batches not yet settled, and the bytes its batches still hold.
+
+        The bytes are the uploads its batches keep (until retention releases them) and
+        the results they keep (until the batch is deleted).
+        """
         ...
 
     def audit_entries(self, batch_id: str) -> list[AuditEntry]:
@@ -207,6 +226,19 @@ class MemoryStore:
         with self._lock:
             return self._results.get((batch_id, file_id))
 
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
+        result = self.load_result(batch_id, file_id)
+        if result is None:
+            return None
+        return ResultSummary(
+            result.page_count, result.encrypted, result.info, result.warnings, result_size(result)
+        )
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        result = self.load_result(batch_id, file_id)
+        for number, _, piece in text_pieces(result.pages if result is not None else ()):
+            yield number, piece
+
     def delete_batch(self, batch_id: str) -> None:
         with self._lock:
             self._batches.pop(batch_id, None)
@@ -278,4 +310,9 @@ class MemoryStore:
                 active += not batch.state.terminal
                 if batch.bytes_released_at is None:
                     stored += sum(f.size for f in self._files[batch_id].values())
+                stored += sum(
+                    result_size(result)
+                    for (owner_batch, _), result in self._results.items()
+                    if owner_batch == batch_id
+                )
             return active, stored

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -23,7 +24,7 @@ from actors.blobs import BlobStore
 from actors.book import BatchBook
 from actors.clock import Scheduler, Timer
 from actors.dispatch import Dispatcher
-from actors.errors import ErrorCode
+from actors.errors import ErrorCode, ResultTooLargeError
 from actors.execution import AttemptFailure, AttemptJob, AttemptSuccess, Executor
 from actors.file_actor import FileActor, tell_if_alive
 from actors.messages import (
@@ -58,6 +59,7 @@ from actors.policy import (
     password_guesses_exhausted,
 )
 from actors.refusals import FileNotFound, RetryRefused
+from actors.results import ResultLimits, make_storable
 from actors.store import Store
 from actors.vault import PasswordVault
 
@@ -67,6 +69,8 @@ log = structlog.get_logger(__name__)
 
 # The most events held back for one group commit: bounds what a crash makes redo.
 _GROUP_COMMIT_EVENTS = 256
+# The exception's name is all that crosses from a worker; it picks one of our messages.
+_TEXT_TOO_LARGE = ResultTooLargeError.__name__
 _RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
 _PASSWORD_LOST = (
     "This file is password-protected, and the service restarted since its password was "
@@ -85,6 +89,7 @@ class SupervisorDeps:
     scheduler: Scheduler
     passwords: PasswordVault
     rand: Callable[[], float]
+    result_limits: ResultLimits = field(default_factory=ResultLimits)
 
 
 class BatchSupervisor(pykka.ThreadingActor):
@@ -258,9 +263,32 @@ class BatchSupervisor(pykka.ThreadingActor):
     # Outcomes ----------------------------------------------------------------------
 
     def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
+        try:
+            # Whatever the executor hands over, only a result fit to store joins the
+            # group commit: one file's data can then fail that file only.
+            result = make_storable(report.result, self._deps.result_limits)
+        except ResultTooLargeError as exc:
+            self._fail(
+                file_id,
+                AttemptFailure(
+                    ErrorCode.PDF_LIMIT_EXCEEDED, report.worker_pid, type(exc).__name__, str(exc)
+                ),
+            )
+            return
+        except Exception as exc:  # noqa: BLE001 (classified: the result's fault, not ours)
+            self._fail(
+                file_id,
+                AttemptFailure(
+                    ErrorCode.RESULT_UNSTORABLE,
+                    report.worker_pid,
+                    type(exc).__name__,
+                    "".join(traceback.format_exception(exc)),
+                ),
+            )
+            return
         now = self._now()
         record = self._book.file(file_id)
-        self._results[file_id] = report.result
+        self._results[file_id] = result
         self._book.set_file(
             file_id,
             FileState.SUCCEEDED,
@@ -302,7 +330,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             worker_pid=report.worker_pid,
             decision=decision,
         )
-        error = self._error_of(file_id, report.code, now)
+        error = self._error_of(file_id, report, now)
         if isinstance(decision, GiveUp):
             attempts = self._end_last(
                 file_id, record.attempts, now, outcome, code=report.code, pid=report.worker_pid
@@ -349,8 +377,16 @@ class BatchSupervisor(pykka.ThreadingActor):
         )
         self._arm_backoff(file_id, len(attempts), decision.delay)
 
-    def _error_of(self, file_id: str, code: ErrorCode, now: float) -> FileError:
+    def _error_of(self, file_id: str, report: AttemptFailure, now: float) -> FileError:
+        code = report.code
         error = FileError.of(code, now)
+        if code is ErrorCode.PDF_LIMIT_EXCEEDED and report.exception_type == _TEXT_TOO_LARGE:
+            limit = self._deps.result_limits.max_text_bytes
+            return dataclasses.replace(
+                error,
+                message=f"This PDF holds more text than the {limit:,} bytes one file's result "
+                "may hold. Split the file, or ask an operator to raise max_result_text_bytes.",
+            )
         lost = (
             code is ErrorCode.PDF_ENCRYPTED
             and self._book.file(file_id).encrypted_with_password

@@ -35,7 +35,8 @@ import structlog
 from actors.errors import ErrorCode, classify
 from actors.execution import AttemptJob
 from actors.extract import PdfLimits, configure_pdf_limits
-from actors.model import DocumentInfo, ExtractionResult
+from actors.model import DocumentInfo, ExtractionResult, ResultWarning, WarningCode
+from actors.results import ResultLimits, make_storable
 from actors.worker_limits import ProcessLimits, apply_process_limits, start_cpu_budget
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "load_processor",
     "remove_tree",
     "run_worker",
+    "storable_reply",
 ]
 
 log = structlog.get_logger(__name__)
@@ -75,6 +77,7 @@ class WorkerConfig:
         pdf_limits: pypdf's limits in the worker.
         temp_dir: The worker's private temporary directory, emptied after each attempt.
         process_limits: CPU time per attempt and open files. Default: none.
+        result_limits: How big a result may be. Default ``ResultLimits()``.
     """
 
     processor: str
@@ -82,6 +85,7 @@ class WorkerConfig:
     pdf_limits: PdfLimits
     temp_dir: str
     process_limits: ProcessLimits = field(default_factory=ProcessLimits)
+    result_limits: ResultLimits = field(default_factory=ResultLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +116,18 @@ WorkerReply = WorkerSucceeded | WorkerFailed
 
 
 def encode_reply(reply: WorkerReply) -> bytes:
-    """Serialize ``reply`` for the pipe."""
+    """Serialize ``reply`` for the pipe.
+
+    Raises:
+        UnicodeEncodeError: A text holds a surrogate: a result must pass through
+            :func:`actors.results.make_storable` first.
+    """
     if isinstance(reply, WorkerSucceeded):
         payload: dict[str, Any] = {"ok": asdict(reply.result)}
     else:
         payload = {"failed": asdict(reply)}
-    return json.dumps(payload).encode()
+    # UTF-8 rather than ASCII escapes: three bytes for a CJK character, not six.
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
 
 def decode_reply(data: bytes) -> WorkerReply:
@@ -135,6 +145,14 @@ def decode_reply(data: bytes) -> WorkerReply:
                 encrypted=_typed(fields["encrypted"], bool),
                 info=DocumentInfo(**{k: _optional_str(v) for k, v in fields["info"].items()}),
                 pages=tuple(_typed(page, str) for page in fields["pages"]),
+                warnings=tuple(
+                    ResultWarning(
+                        WarningCode(warning["code"]),
+                        _typed(warning["place"], str),
+                        _typed(warning["count"], int),
+                    )
+                    for warning in fields["warnings"]
+                ),
             )
             return WorkerSucceeded(result)
         fields = payload["failed"]
@@ -176,6 +194,18 @@ def load_processor(path: str) -> Processor:
     return function  # type: ignore[no-any-return]
 
 
+def storable_reply(result: object, limits: ResultLimits) -> WorkerSucceeded:
+    """The reply for what a processor returned: its result, made fit to store and send.
+
+    Shared by the local and the Ray worker, so that both report a result the same way.
+
+    Raises:
+        ResultTooLargeError: The text is over the limit.
+        TypeError: The processor returned something else than a result.
+    """
+    return WorkerSucceeded(make_storable(result, limits))  # type: ignore[arg-type]
+
+
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
     """Serve attempts from ``conn`` until it closes, ``None`` arrives or memory runs out.
 
@@ -202,7 +232,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
         if job is None:
             return
         start_cpu_budget(config.process_limits)
-        reply, payload = _encoded(_attempt(processor, takes_attempt, job))
+        reply, payload = _encoded(_attempt(processor, takes_attempt, job, config.result_limits))
         _empty_directory(Path(config.temp_dir))
         try:
             conn.send_bytes(payload)
@@ -225,16 +255,16 @@ def _cap_address_space(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _attempt(processor: Processor, takes_attempt: bool, job: AttemptJob) -> WorkerReply:
+def _attempt(
+    processor: Processor, takes_attempt: bool, job: AttemptJob, limits: ResultLimits
+) -> WorkerReply:
     try:
         data = Path(job.blob_path).read_bytes()
         if takes_attempt:
             result = processor(data, job.password, attempt=job.attempt)
         else:
             result = processor(data, job.password)
-        if not isinstance(result, ExtractionResult):
-            raise TypeError(f"processor returned {type(result).__name__}")
-        return WorkerSucceeded(result)
+        return storable_reply(result, limits)
     # Whatever the processor does, only a real process death may end the worker.
     except BaseException as exc:  # noqa: BLE001
         return _failure(exc)

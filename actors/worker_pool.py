@@ -41,6 +41,7 @@ from actors.execution import (
     OnStarted,
 )
 from actors.extract import PdfLimits
+from actors.results import ResultLimits
 from actors.worker_limits import ProcessLimits
 from actors.worker_main import (
     WorkerConfig,
@@ -125,6 +126,7 @@ class WorkerPool:
         pdf_limits: pypdf limits in the workers. Default ``PdfLimits()``.
         process_limits: CPU time per attempt and open files of each worker. Default:
             none.
+        result_limits: How big one file's result may be. Default ``ResultLimits()``.
         temp_root: Where the workers' temporary directories go. Default a fresh
             directory under the system's, removed by :meth:`close`.
 
@@ -141,6 +143,7 @@ class WorkerPool:
         memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
         pdf_limits: PdfLimits | None = None,
         process_limits: ProcessLimits | None = None,
+        result_limits: ResultLimits | None = None,
         temp_root: Path | None = None,
     ) -> None:
         self._size = workers if workers is not None else os.cpu_count() or 1
@@ -153,6 +156,9 @@ class WorkerPool:
         self._temp_root = temp_root or Path(tempfile.mkdtemp(prefix="pdfbatch-"))
         self._settings = (processor, memory_limit_bytes, pdf_limits or PdfLimits())
         self._process_limits = process_limits or ProcessLimits()
+        self._result_limits = result_limits or ResultLimits()
+        # A reply past this did not come from make_storable: the worker is broken.
+        self._max_reply_bytes = self._result_limits.max_reply_bytes()
         self._context = multiprocessing.get_context("forkserver")
         # Read when the fork server starts: every worker then forks with these imported.
         self._context.set_forkserver_preload([worker_main.__name__, processor.partition(":")[0]])
@@ -349,7 +355,10 @@ class WorkerPool:
             return _Worker(
                 self._context,
                 WorkerConfig(
-                    *self._settings, temp_dir=temp_dir, process_limits=self._process_limits
+                    *self._settings,
+                    temp_dir=temp_dir,
+                    process_limits=self._process_limits,
+                    result_limits=self._result_limits,
                 ),
             )
         except BaseException:
@@ -438,7 +447,7 @@ class WorkerPool:
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
-            reply = decode_reply(worker.conn.recv_bytes())
+            reply = decode_reply(worker.conn.recv_bytes(self._max_reply_bytes))
         except (EOFError, OSError):
             self._on_lost(worker)
             return

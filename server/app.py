@@ -117,6 +117,7 @@ class Service:
                 processor=processor or settings.processor or DEFAULT_PROCESSOR,
                 memory_limit_bytes=settings.memory_limit_bytes,
                 process_limits=ProcessLimits(settings.cpu_limit_seconds, settings.open_files_limit),
+                result_limits=settings.result_limits,
                 temp_root=data / "work",
             )
             undo.callback(self.pool.close)
@@ -129,6 +130,7 @@ class Service:
                 scheduler=self.scheduler,
                 stop_timeout=settings.stop_timeout,
                 retention=settings.retention,
+                result_limits=settings.result_limits,
             )
             undo.callback(self.runtime.close)
             self.hub = WatchHub(

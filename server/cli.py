@@ -35,6 +35,7 @@ from server.progress import (
     exit_code,
     file_state_name,
     summary,
+    terminal_safe,
 )
 from server.settings import ServerSettings, UploadLimits
 
@@ -241,16 +242,21 @@ def _results(client: Client, args: argparse.Namespace) -> int:
             continue
         result = client.result(args.batch_id, file_id)
         meta = result.metadata
+        name = terminal_safe(meta.name)
+        for warning in meta.warnings:
+            print(f"{name} [{file_id}]: warning: {warning.message}", file=sys.stderr)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             target = args.out / f"{Path(meta.name).stem}.{file_id}.txt"
-            target.write_text("\f".join(result.pages))
-            print(f"{meta.name} [{file_id}]: {meta.page_count} pages -> {target}")
+            target.write_text("\f".join(result.pages), encoding="utf-8")
+            print(f"{name} [{file_id}]: {meta.page_count} pages -> {terminal_safe(str(target))}")
             continue
-        print(f"==> {meta.name} [{file_id}]: {meta.page_count} pages <==")
+        # The text is the document's own; only a terminal must not obey what it holds.
+        shown = terminal_safe if sys.stdout.isatty() else str
+        print(f"==> {shown(meta.name)} [{file_id}]: {meta.page_count} pages <==")
         for number, text in enumerate(result.pages, start=1):
             print(f"--- page {number} ---")
-            print(text)
+            print(shown(text))
     return 0
 
 

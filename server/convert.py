@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,13 @@ from actors.model import (
     BatchEvent,
     BatchState,
     BatchView,
-    ExtractionResult,
     FileError,
     FileRecord,
     FileState,
+    ResultSummary,
 )
 from actors.policy import BatchPolicy
+from actors.results import TEXT_PIECE_CHARS
 from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
@@ -50,8 +51,6 @@ MAX_LABELS = 64
 MAX_LABEL_KEY_CHARS = 63
 MAX_LABEL_VALUE_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 128
-# 512 Ki characters are at most 2 MiB of UTF-8: well inside gRPC's 4 MiB message limit.
-PAGE_PIECE_CHARS = 512 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -258,23 +257,34 @@ def event_to_proto(event: BatchEvent) -> pb.BatchEvent:
 
 
 def result_chunks(
-    batch_id: str, record: FileRecord, result: ExtractionResult
+    batch_id: str,
+    record: FileRecord,
+    summary: ResultSummary,
+    pieces: Iterable[tuple[int, str]],
 ) -> Iterator[pb.FileResultChunk]:
-    """The file's metadata, then every page's text in pieces that fit a message."""
-    info = {k: v for k, v in dataclasses.asdict(result.info).items() if v is not None}
+    """The file's metadata, then its text as ``pieces`` come, each piece in one message.
+
+    A piece longer than :data:`actors.results.TEXT_PIECE_CHARS` (a page stored whole
+    before results were kept in pieces) is cut here, so that no message grows with it.
+    """
+    info = {k: v for k, v in dataclasses.asdict(summary.info).items() if v is not None}
     yield pb.FileResultChunk(
         metadata=pb.FileResultMetadata(
             batch_id=batch_id,
             file_id=record.file_id,
             name=record.name,
-            page_count=result.page_count,
-            encrypted=result.encrypted,
+            page_count=summary.page_count,
+            encrypted=summary.encrypted,
             info=pb.DocumentInfo(**info),
+            warnings=[
+                pb.ResultWarning(code=w.code.value, message=w.message, place=w.place, count=w.count)
+                for w in summary.warnings
+            ],
         )
     )
-    for number, text in enumerate(result.pages, start=1):
-        for start in range(0, max(len(text), 1), PAGE_PIECE_CHARS):
-            piece = text[start : start + PAGE_PIECE_CHARS]
+    for number, text in pieces:
+        for start in range(0, max(len(text), 1), TEXT_PIECE_CHARS):
+            piece = text[start : start + TEXT_PIECE_CHARS]
             yield pb.FileResultChunk(page=pb.PageText(page_number=number, text=piece))
 
 

@@ -7,6 +7,7 @@ batch's state changes are printed, never a redraw.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TextIO
 
@@ -21,7 +22,16 @@ __all__ = [
     "exit_code",
     "file_state_name",
     "summary",
+    "terminal_safe",
 ]
+
+# What a terminal would obey rather than show: controls but tab and line feed (escape
+# sequences, carriage returns that overwrite a line), and the invisible characters that
+# reorder or hide what follows (bidirectional overrides and isolates, line separators).
+_OBEYED = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # controls
+    "\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069]"  # invisible, reordering
+)
 
 _OUTCOME_CODES = {
     pb.BATCH_STATE_SUCCEEDED: 0,
@@ -29,6 +39,15 @@ _OUTCOME_CODES = {
     pb.BATCH_STATE_FAILED: 3,
     pb.BATCH_STATE_CANCELLED: 3,
 }
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` as a terminal shows it faithfully: what it would obey is escaped, ``\\u202e``.
+
+    For printing to a terminal only: the text itself (in a file, in JSON) is the
+    document's, kept as it is.
+    """
+    return _OBEYED.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def exit_code(state: pb.BatchState.ValueType) -> int:

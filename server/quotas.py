@@ -1,8 +1,9 @@
 """Per-tenant quotas: batches in progress and bytes stored.
 
 A tenant may have at most ``max_active_batches`` batches that are not settled, and its
-batches may hold at most ``max_stored_bytes`` of uploaded files in all (each batch's
-files counted in full, however many batches share a blob). Uploads ask before they take
+batches may hold at most ``max_stored_bytes`` in all: uploaded files (each batch's
+files counted in full, however many batches share a blob, until retention releases
+them) and extracted results (until the batch is deleted). Uploads ask before they take
 bytes (:meth:`TenantQuotas.admit` when the spec arrives, :meth:`Admission.check` at each
 file header) and again when they commit, under the upload lock, so two uploads at once
 cannot both take the last room.
@@ -57,9 +58,9 @@ class Admission:
             raise WireError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "TENANT_STORAGE_FULL",
-                f"Your batches already hold {self.stored_bytes} bytes; with this upload they "
-                f"would hold more than the {self.max_stored_bytes} allowed. Delete batches "
-                "you no longer need, or upload less.",
+                f"Your batches already hold {self.stored_bytes} bytes of uploads and results; "
+                f"with this upload they would hold more than the {self.max_stored_bytes} "
+                "allowed. Delete batches you no longer need, or upload less.",
                 metadata={"max_stored_bytes": str(self.max_stored_bytes)},
             )
 

@@ -279,10 +279,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     ) -> Iterator[pb.FileResultChunk]:
         file_id = _require(request.file_id, "file_id")
         batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
-        result = self._runtime.result(batch_id, file_id)
-        record = self._runtime.get(batch_id).file(file_id)
-        if record is not None:
-            yield from convert.result_chunks(batch_id, record, result)
+        record, summary = self._runtime.result_summary(batch_id, file_id)
+        yield from convert.result_chunks(
+            batch_id, record, summary, self._runtime.result_text(batch_id, file_id)
+        )
 
     @_unary
     def GetFileHistory(

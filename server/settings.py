@@ -12,6 +12,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actors.results import DEFAULT_MAX_METADATA_FIELD_BYTES, DEFAULT_MAX_TEXT_BYTES, ResultLimits
 from actors.retention import RetentionPolicy
 from actors.runtime import MAX_NAME_CHARS
 
@@ -104,6 +105,11 @@ class ServerSettings(BaseSettings):
             Default 240, below the default file timeout, so that a file that loops
             forever costs one attempt. ``None`` for no limit.
         open_files_limit: File descriptors each worker may hold. Default 64.
+        max_result_text_bytes: Text one file's result may hold, all pages together, in
+            bytes of UTF-8. Default 64 MiB; a file with more fails with
+            ``PDF_LIMIT_EXCEEDED`` (a cut text would pass for a whole one).
+        max_metadata_field_bytes: One field of a result's document information, in
+            bytes of UTF-8. Default 64 KiB; a longer field is cut, with a warning.
         limits: Upload limits.
         security: Authentication, TLS and per-tenant limits.
         max_watchers: Concurrent ``WatchBatch`` streams; more are refused with
@@ -145,6 +151,8 @@ class ServerSettings(BaseSettings):
     memory_limit_bytes: int | None = Field(default=2048 * _MIB, ge=64 * _MIB)
     cpu_limit_seconds: int | None = Field(default=240, ge=1)
     open_files_limit: int | None = Field(default=64, ge=16)
+    max_result_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1)
+    max_metadata_field_bytes: int = Field(default=DEFAULT_MAX_METADATA_FIELD_BYTES, ge=1)
     limits: UploadLimits = Field(default_factory=UploadLimits)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
@@ -172,6 +180,11 @@ class ServerSettings(BaseSettings):
     def threads(self) -> int:
         """Threads serving calls."""
         return self.rpc_threads or self.max_watchers + 32
+
+    @property
+    def result_limits(self) -> ResultLimits:
+        """How big one file's result may be."""
+        return ResultLimits(self.max_result_text_bytes, self.max_metadata_field_bytes)
 
     @property
     def retention(self) -> RetentionPolicy:

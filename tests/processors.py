@@ -40,7 +40,7 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
     ``exit:N``; ``sigkill``; ``segv``; ``alloc:BYTES``;
     ``gate:FIFO`` (waits until the test writes to the FIFO); ``tempfile`` (leaves a
     file in the temporary directory); ``environment`` (reports the worker's limits);
-    ``password``; ``not-a-result``.
+    ``password``; ``not-a-result``; ``echo:JSON`` (returns what the JSON says).
     """
     command, _, argument = data.decode().partition(":")
     match command:
@@ -91,6 +91,13 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
             return result(repr(password))
         case "not-a-result":
             return "a string"  # type: ignore[return-value]
+        case "echo":
+            # ``echo:JSON``: the pages and information fields the JSON holds, as they are
+            # (JSON escapes carry any code point, lone surrogates included).
+            given = json.loads(argument)
+            return ExtractionResult(
+                len(given["pages"]), False, DocumentInfo(**given["info"]), tuple(given["pages"])
+            )
     raise ValueError(f"unknown script {command!r}")
 
 

@@ -1,11 +1,14 @@
 """Hostile and real files: the real corpus and generated malformed PDFs in one batch.
 
 A real ``pdfbatch serve`` child runs the real extractor in fenced workers. Every PDF of
-``../shared/corpus`` (when it is there), damaged copies of some of them, and the
-generated malformed and hostile files of ``tests/malformed_pdfs.py`` go through it in
-ONE batch. Every file must end terminal; every failure must carry a catalogue code
-other than ``INTERNAL`` (the code each generated file must get, where only one is
-right); no attempt may run past its time limit; and no worker may leave a file behind.
+``../shared/corpus`` (when it is there), damaged copies of some of them, the generated
+malformed and hostile files of ``tests/malformed_pdfs.py`` and the poison results of
+``tests/poison_pdfs.py`` go through it in ONE batch. Every file must end terminal; every
+failure must carry a catalogue code other than ``INTERNAL`` (the code each generated
+file must get, where only one is right); every poison file must succeed at its first
+attempt, its result readable; no attempt may run past its time limit; no worker may
+leave a file behind; and the service's memory must stay under 400 MB throughout, a
+text of 60 million characters included.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from actors.errors import CATALOGUE, ErrorCode
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.crash_fixtures import ServerProcess
 from tests.malformed_pdfs import CORPUS, corpus_pdfs, generated, mutated_corpus
+from tests.poison_pdfs import poison_files
 from tests.reliability import REPORT
 from tests.reliability_checks import (
     Ledger,
@@ -29,7 +33,7 @@ from tests.reliability_checks import (
     seeded,
     server_workers,
 )
-from tests.reliability_fixtures import Launch, launch
+from tests.reliability_fixtures import Launch, RssGauge, launch
 from tests.server_fixtures import eventually
 
 __all__ = ["launch"]  # fixtures, imported for pytest
@@ -40,6 +44,8 @@ FILE_TIMEOUT_SECONDS = 30
 # What stopping an attempt at its limit may take beyond it: the kill, the commit.
 STOP_ALLOWANCE_SECONDS = 5.0
 EXTRACTOR = "actors.extract:extract_pdf"
+# What the issue that bounded results asked of the service with a 60-million-character text.
+MAX_RSS_MB = 400
 WORKERS = 2
 
 
@@ -50,6 +56,7 @@ def run_files(launch: Launch, rng: random.Random, *, damaged_copies: int, rounds
         pytest.skip(f"no corpus at {CORPUS}")
     launcher = launch(processor=EXTRACTOR, cpu_limit_seconds=CPU_LIMIT_SECONDS)
     life = launcher.start()
+    gauge = RssGauge(life.process.pid)
     ledger = Ledger()
     outcomes: Counter[str] = Counter()
     began = time.monotonic()
@@ -59,6 +66,7 @@ def run_files(launch: Launch, rng: random.Random, *, damaged_copies: int, rounds
             *((f"corpus-{path.name}", path.read_bytes(), None) for path in corpus),
             *mutated_corpus(corpus, rng, damaged_copies),
             *generated(rng),
+            *((name, data, None) for name, data in poison_files()),
         ]
         rng.shuffle(files)
         expected = {name: code for name, _, code in files}
@@ -77,6 +85,7 @@ def run_files(launch: Launch, rng: random.Random, *, damaged_copies: int, rounds
             pass
         final = check_batches(life.stub, ledger)[batch.batch_id]
         _check_outcomes(final, expected)
+        _check_poison(final)
         _check_time_limits(final)
         _check_results(life, final)
         check_history_safe(life.stub, final)
@@ -86,9 +95,15 @@ def run_files(launch: Launch, rng: random.Random, *, damaged_copies: int, rounds
 
     eventually(lambda: len(server_workers(life.process.pid)) == WORKERS)
     REPORT.invariant("pool back to full strength")
+    gauge.close()
+    peak_mb = gauge.peak / 1e6
+    REPORT.figure("service peak RSS, hostile and poison files", peak_mb, "MB")
+    assert peak_mb < MAX_RSS_MB, f"the service's RSS peaked at {peak_mb:.0f} MB"
+    REPORT.invariant("service memory bounded by poison results")
     life.stop()
     check_no_temp_files(launcher.data_dir, stopped=True)
     REPORT.attack("hostile and real files", sent)
+    REPORT.attack("poison results", len(poison_files()) * rounds)
     for code, count in outcomes.items():
         if code != "SUCCEEDED":
             REPORT.fault(f"file failed as {code}, batch unharmed", count)
@@ -112,6 +127,15 @@ def _check_outcomes(batch: pb.Batch, expected: dict[str, ErrorCode | None]) -> N
         assert file.attempt_count == 1, f"{file.name}: {code} must not be retried"
         checked += 1
     REPORT.invariant("hostile files fail with their own code", checked)
+
+
+def _check_poison(batch: pb.Batch) -> None:
+    """Each poison file succeeded at its first attempt: its result was made fit to keep."""
+    poison = [f for f in batch.files if f.name.startswith("poison-")]
+    assert len(poison) == len(poison_files())
+    for file in poison:
+        assert (file.state, file.attempt_count) == (pb.FILE_STATE_SUCCEEDED, 1), file.name
+    REPORT.invariant("poison results stored and sent, their batch unharmed", len(poison))
 
 
 def _check_time_limits(batch: pb.Batch) -> None:

@@ -19,13 +19,16 @@ from actors.model import (
     BatchState,
     BatchView,
     DocumentInfo,
-    ExtractionResult,
     FileError,
     FileRecord,
     FileState,
+    ResultSummary,
+    ResultWarning,
+    WarningCode,
 )
 from actors.policy import BatchPolicy
 from actors.refusals import InvalidRequest, RetryRefused
+from actors.results import TEXT_PIECE_CHARS
 from actors.store import MemoryStore
 from server import convert
 from server.errors import WireError, status_of
@@ -192,14 +195,19 @@ def test_policy_violations_name_proto_fields() -> None:
 
 
 def test_a_long_page_is_sent_in_pieces_that_fit_a_message() -> None:
-    text = "é" * (convert.PAGE_PIECE_CHARS * 2 + 5)
-    result = ExtractionResult(2, False, DocumentInfo(title="T"), (text, ""))
+    text = "é" * (TEXT_PIECE_CHARS * 2 + 5)
+    warning = ResultWarning(WarningCode.METADATA_TRUNCATED, "title", 7)
+    summary = ResultSummary(2, False, DocumentInfo(title="T"), (warning,), 0)
     record = FileRecord("f1", "a.pdf", "c" * 64, 1)
 
-    chunks = list(convert.result_chunks("b", record, result))
+    # A page stored whole (before results were kept in pieces) is cut here.
+    chunks = list(convert.result_chunks("b", record, summary, [(1, text), (2, "")]))
 
     assert chunks[0].metadata.info.title == "T"
     assert not chunks[0].metadata.info.HasField("author")
+    (sent,) = chunks[0].metadata.warnings
+    assert (sent.code, sent.place, sent.count) == ("METADATA_TRUNCATED", "title", 7)
+    assert sent.message == warning.message
     pages = [c.page for c in chunks[1:]]
     assert [p.page_number for p in pages] == [1, 1, 1, 2]
     assert "".join(p.text for p in pages[:3]) == text

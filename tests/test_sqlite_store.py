@@ -220,7 +220,7 @@ def test_deleting_a_batch_removes_everything_it_had(store: SQLiteStore) -> None:
     assert store.find_by_idempotency_key("alice", "k1") is None
     assert not store.blob_in_use(DIGEST)
     with sqlite3.connect(store.path) as db:
-        for table in ("files", "attempts", "events", "results", "result_pages"):
+        for table in ("files", "attempts", "events", "results", "result_text"):
             assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
     db.close()
 

@@ -1179,7 +1179,13 @@ Global___DocumentInfo: _TypeAlias = DocumentInfo  # noqa: Y015
 
 @_typing.final
 class FileResultMetadata(_message.Message):
-    """What the file is, sent before its pages."""
+    """What the file is, sent before its pages.
+
+    Texts are valid Unicode and hold every character the PDF maps to, except lone
+    surrogates and control characters other than tab, line feed, carriage return and
+    form feed, which are replaced with U+FFFD (and counted in `warnings`). Format
+    characters such as U+202E are kept: escape them before printing to a terminal.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1189,6 +1195,7 @@ class FileResultMetadata(_message.Message):
     PAGE_COUNT_FIELD_NUMBER: _builtins.int
     ENCRYPTED_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     file_id: _builtins.str
     name: _builtins.str
@@ -1196,6 +1203,10 @@ class FileResultMetadata(_message.Message):
     encrypted: _builtins.bool
     @_builtins.property
     def info(self) -> Global___DocumentInfo: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultWarning]:
+        """What was changed to make the result safe to store and send; empty for most files."""
+
     def __init__(
         self,
         *,
@@ -1205,14 +1216,51 @@ class FileResultMetadata(_message.Message):
         page_count: _builtins.int = ...,
         encrypted: _builtins.bool = ...,
         info: Global___DocumentInfo | None = ...,
+        warnings: _abc.Iterable[Global___ResultWarning] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "encrypted", b"encrypted", "file_id", b"file_id", "info", b"info", "name", b"name", "page_count", b"page_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "encrypted", b"encrypted", "file_id", b"file_id", "info", b"info", "name", b"name", "page_count", b"page_count", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileResultMetadata: _TypeAlias = FileResultMetadata  # noqa: Y015
+
+@_typing.final
+class ResultWarning(_message.Message):
+    """Something a user should know about a result that is otherwise whole."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """"CHARACTERS_REPLACED": characters replaced with U+FFFD. "METADATA_TRUNCATED": a
+    metadata field was longer than the service keeps, and was cut.
+    """
+    message: _builtins.str
+    """The warning in a sentence for people."""
+    place: _builtins.str
+    """"text" for the pages, else the DocumentInfo field, e.g. "title"."""
+    count: _builtins.int
+    """Characters replaced, or cut off."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        place: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "message", b"message", "place", b"place"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultWarning: _TypeAlias = ResultWarning  # noqa: Y015
 
 @_typing.final
 class PageText(_message.Message):
