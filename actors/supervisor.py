@@ -224,6 +224,8 @@ class BatchSupervisor(pykka.ThreadingActor):
                 if self._is_current(file_id, attempt):
                     self._children.pop(file_id, None)
                     if isinstance(report, AttemptSuccess):
+                        report = self._storable(report)
+                    if isinstance(report, AttemptSuccess):
                         self._succeed(file_id, report)
                     elif self._book.batch.state is BatchState.CANCELLING:
                         self._interrupt(file_id)
@@ -262,33 +264,31 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     # Outcomes ----------------------------------------------------------------------
 
-    def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
+    def _storable(self, report: AttemptSuccess) -> AttemptSuccess | AttemptFailure:
+        """The report with its result fit to store, or the failure of a result that is not.
+
+        Whatever the executor hands over, only such a result joins a group commit: one
+        file's data can then fail that file only, never the commit of the others.
+        """
         try:
-            # Whatever the executor hands over, only a result fit to store joins the
-            # group commit: one file's data can then fail that file only.
             result = make_storable(report.result, self._deps.result_limits)
         except ResultTooLargeError as exc:
-            self._fail(
-                file_id,
-                AttemptFailure(
-                    ErrorCode.PDF_LIMIT_EXCEEDED, report.worker_pid, type(exc).__name__, str(exc)
-                ),
+            return AttemptFailure(
+                ErrorCode.PDF_LIMIT_EXCEEDED, report.worker_pid, type(exc).__name__, str(exc)
             )
-            return
         except Exception as exc:  # noqa: BLE001 (classified: the result's fault, not ours)
-            self._fail(
-                file_id,
-                AttemptFailure(
-                    ErrorCode.RESULT_UNSTORABLE,
-                    report.worker_pid,
-                    type(exc).__name__,
-                    "".join(traceback.format_exception(exc)),
-                ),
+            return AttemptFailure(
+                ErrorCode.RESULT_UNSTORABLE,
+                report.worker_pid,
+                type(exc).__name__,
+                "".join(traceback.format_exception(exc)),
             )
-            return
+        return dataclasses.replace(report, result=result)
+
+    def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
         now = self._now()
         record = self._book.file(file_id)
-        self._results[file_id] = result
+        self._results[file_id] = report.result
         self._book.set_file(
             file_id,
             FileState.SUCCEEDED,
