@@ -387,14 +387,19 @@ class ResultWarning:
         match self.code:
             case WarningCode.CHARACTERS_REPLACED:
                 return (
-                    f"{self.count} characters of {where} were control characters or invalid "
-                    "Unicode (from a broken font map, usually) and were replaced with U+FFFD."
+                    f"{_characters(self.count)} of {where} could not be kept (control "
+                    "characters or invalid Unicode, from a broken font map usually) and "
+                    "became U+FFFD."
                 )
             case WarningCode.METADATA_TRUNCATED:
                 return (
-                    f"{where.capitalize()} was too long; its last {self.count} characters "
+                    f"{where.capitalize()} was too long; its last {_characters(self.count)} "
                     "were cut off."
                 )
+
+
+def _characters(count: int) -> str:
+    return "1 character" if count == 1 else f"{count:,} characters"
 
 
 @dataclass(frozen=True, slots=True)

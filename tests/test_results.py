@@ -188,9 +188,13 @@ def test_text_pieces_cut_long_pages_and_keep_empty_ones() -> None:
 
 def test_warnings_read_as_sentences_and_refuse_unknown_places() -> None:
     replaced = ResultWarning(WarningCode.CHARACTERS_REPLACED, "text", 3)
-    assert replaced.message.startswith("3 characters of the text were")
-    cut = ResultWarning(WarningCode.METADATA_TRUNCATED, "title", 9)
-    assert cut.message == "The document's title was too long; its last 9 characters were cut off."
+    assert replaced.message.startswith("3 characters of the text could not be kept")
+    one = ResultWarning(WarningCode.CHARACTERS_REPLACED, "author", 1)
+    assert one.message.startswith("1 character of the document's author could not")
+    cut = ResultWarning(WarningCode.METADATA_TRUNCATED, "title", 1_934_464)
+    assert cut.message == (
+        "The document's title was too long; its last 1,934,464 characters were cut off."
+    )
     with pytest.raises(ValueError, match="place"):
         ResultWarning(WarningCode.CHARACTERS_REPLACED, "../etc", 1)
     with pytest.raises(ValueError, match="negative"):
