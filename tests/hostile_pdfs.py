@@ -21,6 +21,7 @@ __all__ = [
     "deep_nesting",
     "huge_declared_length",
     "one_page",
+    "stream_object",
     "truncated",
     "wrong_magic",
 ]
@@ -49,7 +50,8 @@ def assemble(objects: Sequence[bytes], *, root: int = 1) -> bytes:
     return bytes(out)
 
 
-def _stream(data: bytes, *, flate: bool = False, declared: int | None = None) -> bytes:
+def stream_object(data: bytes, *, flate: bool = False, declared: int | None = None) -> bytes:
+    """A stream object of ``data``, deflated if ``flate``; its /Length may lie (``declared``)."""
     length = len(data) if declared is None else declared
     filters = b" /Filter /FlateDecode" if flate else b""
     return b"<< /Length %d%s >>\nstream\n%s\nendstream" % (length, filters, data)
@@ -72,7 +74,7 @@ def _document(content: bytes, *, extra: Sequence[bytes] = ()) -> bytes:
 
 def one_page(text: str) -> bytes:
     """A well-formed one-page PDF saying ``text``: the innocent file of a batch."""
-    return _document(_stream(b"BT /F1 12 Tf 20 100 Td (%s) Tj ET" % text.encode()))
+    return _document(stream_object(b"BT /F1 12 Tf 20 100 Td (%s) Tj ET" % text.encode()))
 
 
 def _compressed_zeros(size: int) -> bytes:
@@ -90,7 +92,7 @@ def decompression_bomb(expanded_bytes: int = 64 * _MIB) -> bytes:
     The default, 64 MiB, is above the service's 50 MB limit but below pypdf's own
     75 MB: only the service's limits stop it.
     """
-    return _document(_stream(_compressed_zeros(expanded_bytes), flate=True))
+    return _document(stream_object(_compressed_zeros(expanded_bytes), flate=True))
 
 
 def deep_nesting(depth: int = 100_000) -> bytes:
@@ -102,7 +104,7 @@ def deep_nesting(depth: int = 100_000) -> bytes:
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R "
             b"/Resources << /Font << /F1 5 0 R >> >> /Deep %s >>" % nested,
-            _stream(b"BT /F1 12 Tf 20 100 Td (deep) Tj ET"),
+            stream_object(b"BT /F1 12 Tf 20 100 Td (deep) Tj ET"),
             _FONT,
         ]
     )
@@ -116,14 +118,14 @@ def cyclic_page_tree() -> bytes:
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             b"<< /Type /Pages /Parent 2 0 R /Kids [2 0 R 4 0 R] /Count 1 >>",
             b"<< /Type /Page /Parent 3 0 R /MediaBox [0 0 300 200] /Contents 5 0 R >>",
-            _stream(b""),
+            stream_object(b""),
         ]
     )
 
 
 def huge_declared_length() -> bytes:
     """A content stream that declares a /Length of about 100 GB and holds 40 bytes."""
-    return _document(_stream(b"BT /F1 12 Tf 20 100 Td (huge) Tj ET", declared=99_999_999_999))
+    return _document(stream_object(b"BT /F1 12 Tf 20 100 Td (huge) Tj ET", declared=99_999_999_999))
 
 
 def wrong_magic() -> bytes:
@@ -156,7 +158,7 @@ def cpu_bomb(pages: int = 100, operators: int = 200_000) -> bytes:
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
-            _stream(zlib.compress(content, 9), flate=True),
+            stream_object(zlib.compress(content, 9), flate=True),
             _FONT,
             *(page for _ in range(pages)),
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from tests.hostile_pdfs import assemble
+from tests.hostile_pdfs import assemble, stream_object
 
 __all__ = [
     "POISON_CODE_POINTS",
@@ -26,22 +26,41 @@ __all__ = [
 # ends C strings; U+FFFF is a non-character; U+202E reverses the text on a terminal.
 POISON_CODE_POINTS = (0xD800, 0xDFFF, 0x0000, 0xFFFF, 0x202E)
 
+_PLAIN_FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
 _MAPPED_FONT = (
     b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica "
     b"/Encoding /WinAnsiEncoding /ToUnicode 6 0 R >>"
 )
 
 
-def _page_objects(content: bytes, font: bytes, *, info: bytes | None = None) -> bytes:
+def _cmap(mappings: bytes) -> bytes:
+    """A ToUnicode CMap stream of one-byte codes with ``mappings`` (``<code> <utf16>``)."""
+    return stream_object(
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap "
+        b"/CMapName /Poison def 1 begincodespacerange <00> <FF> endcodespacerange "
+        b"%d beginbfchar %s endbfchar "
+        b"endcmap CMapName currentdict /CMap defineresource pop end end"
+        % (mappings.count(b"> <"), mappings)
+    )
+
+
+def _one_page(
+    content: bytes, font: bytes, *, cmap: bytes | None = None, info: bytes = b""
+) -> bytes:
+    """One page drawing ``content`` (object 4) with ``font`` (object 5) as /F1.
+
+    ``cmap`` becomes object 6, the font's ToUnicode map; ``info`` the trailer's /Info.
+    """
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R "
         b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+        content,
         font,
+        *([cmap] if cmap is not None else []),
     ]
-    if info is None:
+    if not info:
         return assemble(objects)
     data = assemble([*objects, info])
     # The trailer names the information dictionary, the last object.
@@ -54,29 +73,14 @@ def mapped_glyph(code_point: int) -> bytes:
     The map writes the code point as one UTF-16BE unit, as a broken font would: for a
     surrogate that is half of a pair with no other half.
     """
-    cmap = (
-        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap "
-        b"/CMapName /Poison def 1 begincodespacerange <00> <FF> endcodespacerange "
-        b"3 beginbfchar <6F> <006F> <6B> <006B> <01> <%04X> endbfchar "
-        b"endcmap CMapName currentdict /CMap defineresource pop end end" % code_point
-    )
-    content = b"BT /F1 12 Tf 20 100 Td (ok\\001ok) Tj ET"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-        _MAPPED_FONT,
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(cmap), cmap),
-    ]
-    return assemble(objects)
+    mappings = b"<6F> <006F> <6B> <006B> <01> <%04X>" % code_point
+    content = stream_object(b"BT /F1 12 Tf 20 100 Td (ok\\001ok) Tj ET")
+    return _one_page(content, _MAPPED_FONT, cmap=_cmap(mappings))
 
 
 def _with_info(info: bytes) -> bytes:
-    content = b"BT /F1 12 Tf 20 100 Td (titled) Tj ET"
-    return _page_objects(
-        content, b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>", info=info
+    return _one_page(
+        stream_object(b"BT /F1 12 Tf 20 100 Td (titled) Tj ET"), _PLAIN_FONT, info=info
     )
 
 
@@ -101,25 +105,9 @@ def text_amplifier(chars: int = 60_000_000, *, fan_out: int = 100) -> bytes:
     ``chars // fan_out`` of them from a deflated stream. pypdf reads it in well under a
     second, inside every limit of its own.
     """
-    cmap = (
-        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap "
-        b"/CMapName /Amplifier def 1 begincodespacerange <00> <FF> endcodespacerange "
-        b"1 beginbfchar <41> <%s> endbfchar "
-        b"endcmap CMapName currentdict /CMap defineresource pop end end" % (b"0041" * fan_out)
-    )
     content = zlib.compress(b"BT /F1 1 Tf (%s) Tj ET" % (b"A" * (chars // fan_out)), 9)
-    return assemble(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream"
-            % (len(content), content),
-            _MAPPED_FONT,
-            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(cmap), cmap),
-        ]
-    )
+    cmap = _cmap(b"<41> <%s>" % (b"0041" * fan_out))
+    return _one_page(stream_object(content, flate=True), _MAPPED_FONT, cmap=cmap)
 
 
 def poison_files() -> list[tuple[str, bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -33,6 +35,24 @@ from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.settings import ServerSettings, UploadLimits
 
 WAIT = 60.0
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is when written to (pytest swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture
+def server_logs_to_stderr() -> Iterator[None]:
+    """The server runs in the test's process: keep its log lines out of a CLI's output."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
+    yield
+    structlog.reset_defaults()
 
 
 def make_pdf(*texts: str, padding: int = 0, password: str | None = None) -> bytes:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,31 +22,23 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.progress import terminal_safe
 from tests.crash_processors import SCREENED, script
 from tests.poison_pdfs import POISON_CODE_POINTS, mapped_glyph, poison_files, text_amplifier
-from tests.server_fixtures import RunningServer, ServerFactory, make_pdf, serve, server
+from tests.server_fixtures import (
+    RunningServer,
+    ServerFactory,
+    make_pdf,
+    serve,
+    server,
+    server_logs_to_stderr,
+)
 from tests.test_results import expected_text
 
-__all__ = ["serve", "server"]  # fixtures, imported for pytest
+__all__ = ["serve", "server", "server_logs_to_stderr"]  # fixtures, imported for pytest
 
 TEXT_LIMIT = 10_000_000
 FIELD_LIMIT = 4_096
 
 
-class _Stderr:
-    """Whatever ``sys.stderr`` is when written to (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-@pytest.fixture(autouse=True)
-def _server_logs_to_stderr() -> Iterator[None]:
-    """The server runs in this process: keep its log lines out of the CLI's output."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 
 def _files_by_name(server: RunningServer, batch_id: str) -> dict[str, pb.FileStatus]:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from google.protobuf import json_format
 
 from server.cli import main
@@ -21,28 +18,14 @@ from tests.server_fixtures import (
     many_pages,
     serve,
     server,
+    server_logs_to_stderr,
     write_files,
 )
 
-__all__ = ["serve", "server"]  # fixtures, imported for pytest
+__all__ = ["serve", "server", "server_logs_to_stderr"]  # fixtures, imported for pytest
 
 
-class _Stderr:
-    """Whatever ``sys.stderr`` is when written to (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-@pytest.fixture(autouse=True)
-def _server_logs_to_stderr() -> Iterator[None]:
-    """The server runs in this process: keep its log lines out of the CLI's output."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
