@@ -21,9 +21,9 @@ from typing import Self
 
 import psutil
 
-from actors.errors import classify
-from actors.extract import PdfLimits, configure_pdf_limits, extract_pdf
-from actors.model import ExtractionResult
+from actors.execution.classify import classify
+from actors.execution.extract import PdfLimits, configure_pdf_limits, extract_pdf
+from actors.policy.model import ExtractionResult
 
 __all__ = ["BarePool", "BareRun", "configure_worker", "extract_data", "extract_file"]
 

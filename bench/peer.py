@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.model import ExtractionResult
+from actors.policy.model import ExtractionResult
 from bench.baseline import configure_worker, extract_data
 from bench.corpus import CorpusFile
 from bench.options import Options

@@ -18,8 +18,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from actors.extract import PDF_SIGNATURE
-from actors.model import DocumentInfo, ExtractionResult
+from actors.execution.extract import PDF_SIGNATURE
+from actors.policy.model import DocumentInfo, ExtractionResult
 
 __all__ = ["HANG", "OK", "SCRIPTED", "hang_marker", "scripted"]
 

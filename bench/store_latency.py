@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from actors.book import BatchBook
-from actors.model import (
+from actors.policy.book import BatchBook
+from actors.policy.model import (
     Attempt,
     BatchRecord,
     BatchState,
@@ -27,8 +27,8 @@ from actors.model import (
     FileRecord,
     FileState,
 )
-from actors.policy import BatchPolicy
-from actors.sqlite_store import SQLiteStore
+from actors.policy.rules import BatchPolicy
+from actors.storage.sqlite_store import SQLiteStore
 
 __all__ = ["main"]
 

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.model import BatchEvent
-from actors.sqlite_store import SQLiteStore
+from actors.policy.model import BatchEvent
+from actors.storage.sqlite_store import SQLiteStore
 from bench.corpus import CorpusFile, generated_corpus, one_page_corpus
 from bench.options import Options
 from bench.report import Figure, at_most, judged, percentile

@@ -26,16 +26,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from actors.blobs import BlobStore
-from actors.clock import ThreadScheduler
-from actors.executors import make_executor
-from actors.model import FileState
-from actors.runtime import Runtime
-from actors.screening import ScreenedExecutor
-from actors.sqlite_store import SQLiteStore
-from actors.store import Store
-from actors.worker_limits import ProcessLimits
-from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
+from actors.execution.factory import make_executor
+from actors.execution.local.limits import ProcessLimits
+from actors.execution.local.pool import DEFAULT_PROCESSOR, WorkerPool
+from actors.execution.screening import ScreenedExecutor
+from actors.orchestration.clock import ThreadScheduler
+from actors.orchestration.runtime import Runtime
+from actors.policy.model import FileState
+from actors.storage.blobs import BlobStore
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import Store
 from server.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
 from server.decoding import DecodingInterceptor
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import ValidationError
 
-from actors.model import (
+from actors.policy.model import (
     Attempt,
     AuditEntry,
     BatchEvent,
@@ -27,8 +27,8 @@ from actors.model import (
     FileState,
     ResultSummary,
 )
-from actors.policy import BatchPolicy
-from actors.results import TEXT_PIECE_CHARS
+from actors.policy.results import TEXT_PIECE_CHARS
+from actors.policy.rules import BatchPolicy
 from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
@@ -264,7 +264,7 @@ def result_chunks(
 ) -> Iterator[pb.FileResultChunk]:
     """The file's metadata, then its text as ``pieces`` come, each piece in one message.
 
-    A piece longer than :data:`actors.results.TEXT_PIECE_CHARS` (a page stored whole
+    A piece longer than :data:`actors.policy.results.TEXT_PIECE_CHARS` (a page stored whole
     before results were kept in pieces) is cut here, so that no message grows with it.
     """
     info = {k: v for k, v in dataclasses.asdict(summary.info).items() if v is not None}

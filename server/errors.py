@@ -20,8 +20,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from actors.errors import StorageUnavailableError, user_text
-from actors.refusals import InvalidRequest, Refusal, ServiceClosing
+from actors.policy.catalogue import StorageUnavailableError, user_text
+from actors.policy.refusals import InvalidRequest, Refusal, ServiceClosing
 
 __all__ = [
     "DOMAIN",

@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.model import BatchEvent, BatchState, FileState
-from actors.store import Store
-from actors.worker_pool import PoolStats
+from actors.execution.local.pool import PoolStats
+from actors.policy.model import BatchEvent, BatchState, FileState
+from actors.storage.store import Store
 
 __all__ = ["ServiceMetrics"]
 

@@ -15,8 +15,8 @@ from collections.abc import Collection
 
 import grpc
 
-from actors.model import BatchRecord, BatchState, BatchView
-from actors.store import Store
+from actors.policy.model import BatchRecord, BatchState, BatchView
+from actors.storage.store import Store
 from server.errors import FieldViolation, WireError
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "list_page"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from actors.store import Store
+from actors.storage.store import Store
 from server.errors import WireError
 
 __all__ = ["Admission", "TenantQuotas", "TenantUsage"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 
-from actors.errors import StorageUnavailableError
-from actors.model import AuditEntry
-from actors.store import Store
+from actors.policy.catalogue import StorageUnavailableError
+from actors.policy.model import AuditEntry
+from actors.storage.store import Store
 
 __all__ = ["RequestContext", "request_scope"]
 

@@ -21,10 +21,10 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
-from actors.model import BatchView
-from actors.refusals import BatchNotFound, FileNotFound
-from actors.runtime import Runtime
-from actors.store import Store
+from actors.orchestration.runtime import Runtime
+from actors.policy.model import BatchView
+from actors.policy.refusals import BatchNotFound, FileNotFound
+from actors.storage.store import Store
 from server import convert
 from server.auth import Authenticator
 from server.errors import FieldViolation, WireError, abort, service_closing, wire_error

@@ -12,9 +12,13 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actors.results import DEFAULT_MAX_METADATA_FIELD_BYTES, DEFAULT_MAX_TEXT_BYTES, ResultLimits
-from actors.retention import RetentionPolicy
-from actors.runtime import MAX_NAME_CHARS
+from actors.orchestration.runtime import MAX_NAME_CHARS
+from actors.policy.results import (
+    DEFAULT_MAX_METADATA_FIELD_BYTES,
+    DEFAULT_MAX_TEXT_BYTES,
+    ResultLimits,
+)
+from actors.storage.retention import RetentionPolicy
 
 __all__ = [
     "DEFAULT_ADDRESS",

@@ -26,11 +26,11 @@ from typing import Protocol
 
 import grpc
 
-from actors.blobs import BlobStore, BlobWriter
-from actors.model import BatchView
-from actors.refusals import InvalidRequest
-from actors.runtime import NewFile, Runtime, validate_file_name
-from actors.store import Store
+from actors.orchestration.runtime import NewFile, Runtime, validate_file_name
+from actors.policy.model import BatchView
+from actors.policy.refusals import InvalidRequest
+from actors.storage.blobs import BlobStore, BlobWriter
+from actors.storage.store import Store
 from server import convert
 from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb

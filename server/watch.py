@@ -22,9 +22,9 @@ from collections.abc import Generator, Iterator
 
 import grpc
 
-from actors.model import BatchEvent, BatchState, BatchView
-from actors.refusals import BatchNotFound
-from actors.store import Store
+from actors.policy.model import BatchEvent, BatchState, BatchView
+from actors.policy.refusals import BatchNotFound
+from actors.storage.store import Store
 from server import convert
 from server.errors import WireError, service_closing
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.model import ExtractionResult
+from actors.policy.model import ExtractionResult
 from tests.processors import scripted
 
 SCREENED = "tests.crash_processors:screened"

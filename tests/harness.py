@@ -7,15 +7,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.blobs import BlobStore
-from actors.book import Changes
-from actors.clock import FakeScheduler
-from actors.errors import StorageUnavailableError
-from actors.model import BatchEvent, BatchView, ExtractionResult
-from actors.retention import RetentionPolicy
-from actors.runtime import NewFile, Runtime
-from actors.store import MemoryStore, Store
-from actors.worker_pool import WorkerPool
+from actors.execution.local.pool import WorkerPool
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.runtime import NewFile, Runtime
+from actors.policy.book import Changes
+from actors.policy.catalogue import StorageUnavailableError
+from actors.policy.model import BatchEvent, BatchView, ExtractionResult
+from actors.storage.blobs import BlobStore
+from actors.storage.retention import RetentionPolicy
+from actors.storage.store import MemoryStore, Store
 
 SCRIPTED = "tests.processors:scripted"
 

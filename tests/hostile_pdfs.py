@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from actors.errors import ErrorCode
+from actors.policy.catalogue import ErrorCode
 
 __all__ = [
     "HOSTILE",

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.errors import ErrorCode
+from actors.policy.catalogue import ErrorCode
 from bench import samples
 from tests import hostile_pdfs
 

@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from actors.execution import AttemptHandle, AttemptJob, AttemptOutcomeReport
-from actors.worker_pool import WorkerPool
+from actors.execution.contract import AttemptHandle, AttemptJob, AttemptOutcomeReport
+from actors.execution.local.pool import WorkerPool
 from tests.processors import SCRIPTED
 
 CALLBACK_TIMEOUT = 15.0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pypdf
 from pypdf.errors import PdfReadError
 
-from actors.model import DocumentInfo, ExtractionResult
+from actors.policy.model import DocumentInfo, ExtractionResult
 
 SCRIPTED = "tests.processors:scripted"
 PLAIN = "tests.processors:plain"

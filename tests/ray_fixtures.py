@@ -19,11 +19,11 @@ import psutil
 import pytest
 import ray
 
-from actors.blobs import BlobStore
-from actors.clock import FakeScheduler
-from actors.ray_executor import RayExecutor
-from actors.runtime import Runtime
-from actors.store import MemoryStore
+from actors.execution.ray.executor import RayExecutor
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.runtime import Runtime
+from actors.storage.blobs import BlobStore
+from actors.storage.store import MemoryStore
 from tests import conftest
 from tests.harness import Harness, Waiter
 from tests.processors import SCRIPTED

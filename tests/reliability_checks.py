@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from actors.errors import ErrorCode
+from actors.policy.catalogue import ErrorCode
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from tests.reliability import REPORT

@@ -5,8 +5,8 @@ The state-machine tests drive the real runtime (manager, supervisors, file actor
 store) and stand in only for the worker processes: :class:`ScriptedExecutor` keeps
 every submitted attempt until the test starts it, ends it with an outcome of its
 choice, or the runtime cancels it. :class:`ObservedClock` is a
-:class:`~actors.clock.FakeScheduler` that also says which timers are armed, so the test
-can tell when every deadline and backoff the runtime meant to arm is armed, and every
+:class:`~actors.orchestration.clock.FakeScheduler` that also says which timers are armed,
+so the test can tell when every deadline and backoff the runtime meant to arm is armed, and every
 one it meant to drop is dropped. :class:`Quiet` waits on both and on the store's events.
 """
 
@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from actors.clock import FakeScheduler, Timer
-from actors.errors import ErrorCode
-from actors.execution import (
+from actors.execution.contract import (
     AttemptCallbacks,
     AttemptFailure,
     AttemptJob,
@@ -27,6 +25,8 @@ from actors.execution import (
     OnDone,
     OnStarted,
 )
+from actors.orchestration.clock import FakeScheduler, Timer
+from actors.policy.catalogue import ErrorCode
 
 __all__ = ["AttemptKey", "ObservedClock", "Quiet", "ScriptedAttempt", "ScriptedExecutor"]
 
@@ -101,7 +101,7 @@ class ScriptedAttempt(AttemptCallbacks):
 
 
 class ScriptedExecutor:
-    """An :class:`~actors.execution.Executor` in which the test decides every outcome.
+    """An :class:`~actors.execution.contract.Executor` in which the test decides every outcome.
 
     Args:
         changed: Called after every submit, start and end.
@@ -184,7 +184,7 @@ class _ObservedTimer:
 
 
 class ObservedClock:
-    """A :class:`~actors.clock.Scheduler`: a FakeScheduler whose live timers are known.
+    """A :class:`~actors.orchestration.clock.Scheduler`: a FakeScheduler whose timers are known.
 
     Time and timers are the FakeScheduler's; this only keeps the due time of every
     timer armed and neither fired nor cancelled, and reports each change.

@@ -8,7 +8,7 @@ import resource
 import stat
 import tempfile
 
-from actors.model import DocumentInfo, ExtractionResult
+from actors.policy.model import DocumentInfo, ExtractionResult
 
 FENCE = "tests.security_processors:fence"
 

@@ -24,9 +24,9 @@ import structlog
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from actors.model import BatchView
-from actors.sqlite_store import SQLiteStore
-from actors.store import Store
+from actors.policy.model import BatchView
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import Store
 from bench.samples import text_pdf
 from server.app import DATABASE_NAME, Service
 from server.client import Client

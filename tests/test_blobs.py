@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.blobs import BlobStore
+from actors.storage.blobs import BlobStore
 
 
 def test_same_bytes_are_stored_once(tmp_path: Path) -> None:

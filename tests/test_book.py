@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.book import BatchBook
-from actors.errors import ErrorCode
-from actors.model import (
+from actors.policy.book import BatchBook
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
     FILE_TRANSITIONS,
     BatchRecord,
     BatchState,
@@ -20,7 +20,7 @@ from actors.model import (
     IllegalTransitionError,
     settled_batch_state,
 )
-from actors.policy import BatchPolicy
+from actors.policy.rules import BatchPolicy
 
 
 def _book(files: int) -> BatchBook:

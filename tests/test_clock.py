@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from actors.clock import FakeScheduler, ThreadScheduler
+from actors.orchestration.clock import FakeScheduler, ThreadScheduler
 
 
 def test_fake_timers_fire_in_due_order_only_when_advanced() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import grpc
 
-from actors.model import AttemptOutcome, BatchEvent, FileState
-from actors.sqlite_store import SQLiteStore
+from actors.policy.model import AttemptOutcome, BatchEvent, FileState
+from actors.storage.sqlite_store import SQLiteStore
 from server.app import DATABASE_NAME
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.crash_fixtures import WAIT, ServerLauncher, ServerProcess, launcher, watch_until

@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.dispatch import DispatchedActor, Dispatcher
+from actors.orchestration.dispatch import DispatchedActor, Dispatcher
 
 
 class Recorder(DispatchedActor):

@@ -6,14 +6,14 @@ import pytest
 from pypdf import errors as pdf_errors
 from pypdf.generic import IndirectObject
 
-from actors.errors import (
+from actors.execution.classify import classify
+from actors.policy.catalogue import (
     CATALOGUE,
     MAX_USER_MESSAGE_CHARS,
     ErrorCode,
     NotAPdfError,
     StorageUnavailableError,
     WrongPasswordError,
-    classify,
 )
 
 

@@ -15,9 +15,10 @@ from pypdf import PdfWriter
 from pypdf.errors import EmptyFileError, FileNotDecryptedError
 from pypdf.generic import ContentStream, DictionaryObject, NameObject
 
-from actors.errors import ErrorCode, NotAPdfError, WrongPasswordError, classify
-from actors.extract import PdfLimits, configure_pdf_limits, extract_pdf
-from actors.model import DocumentInfo
+from actors.execution.classify import classify
+from actors.execution.extract import PdfLimits, configure_pdf_limits, extract_pdf
+from actors.policy.catalogue import ErrorCode, NotAPdfError, WrongPasswordError
+from actors.policy.model import DocumentInfo
 
 CORPUS = Path(os.environ.get("PDFBATCH_CORPUS", "/work/shared/corpus/sample-files"))
 

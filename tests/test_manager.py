@@ -9,10 +9,10 @@ from pathlib import Path
 import pykka
 import pytest
 
-from actors.manager import BatchManager
-from actors.model import AttemptOutcome, BatchState, FileState
-from actors.policy import BatchPolicy, RetryPolicy
-from actors.supervisor import BatchSupervisor
+from actors.orchestration.manager import BatchManager
+from actors.orchestration.supervisor import BatchSupervisor
+from actors.policy.model import AttemptOutcome, BatchState, FileState
+from actors.policy.rules import BatchPolicy, RetryPolicy
 from tests.harness import FlakyStore, build_harness
 
 

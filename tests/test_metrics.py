@@ -50,8 +50,9 @@ def test_metrics_are_off_by_default(serve: ServerFactory) -> None:
 
 
 def test_restarts_and_their_delays_are_counted() -> None:
-    from actors.errors import ErrorCode
-    from actors.model import (
+    from actors.execution.local.pool import PoolStats
+    from actors.policy.catalogue import ErrorCode
+    from actors.policy.model import (
         Attempt,
         AttemptOutcome,
         BatchEvent,
@@ -60,8 +61,7 @@ def test_restarts_and_their_delays_are_counted() -> None:
         FileRecord,
         FileState,
     )
-    from actors.store import MemoryStore
-    from actors.worker_pool import PoolStats
+    from actors.storage.store import MemoryStore
     from server.metrics import ServiceMetrics
 
     class Idle:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.results import TEXT_PIECE_CHARS
+from actors.policy.results import TEXT_PIECE_CHARS
 from server.cli import main
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.progress import terminal_safe

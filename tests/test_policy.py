@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from actors.errors import CATALOGUE, ErrorCode
-from actors.policy import (
+from actors.policy.catalogue import CATALOGUE, ErrorCode
+from actors.policy.rules import (
     BatchPolicy,
     FailureThreshold,
     GiveUp,

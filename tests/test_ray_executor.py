@@ -18,15 +18,15 @@ import pytest
 
 pytest.importorskip("ray", reason="the Ray executor needs the 'ray' extra")
 
-from actors.errors import ErrorCode
-from actors.execution import AttemptFailure, AttemptSuccess
-from actors.executors import make_executor
-from actors.extract import PdfLimits
-from actors.model import AttemptOutcome, BatchState, BatchView, FileState
-from actors.policy import BatchPolicy, RetryPolicy
-from actors.ray_executor import RayExecutor
-from actors.ray_processes import BUSY_MARKER, WorkerLocation, reap_on_nodes
-from actors.worker_pool import WorkerPool
+from actors.execution.contract import AttemptFailure, AttemptSuccess
+from actors.execution.extract import PdfLimits
+from actors.execution.factory import make_executor
+from actors.execution.local.pool import WorkerPool
+from actors.execution.ray.executor import RayExecutor
+from actors.execution.ray.processes import BUSY_MARKER, WorkerLocation, reap_on_nodes
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import AttemptOutcome, BatchState, BatchView, FileState
+from actors.policy.rules import BatchPolicy, RetryPolicy
 from bench.samples import not_a_pdf, text_pdf
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.harness import Harness, build_harness

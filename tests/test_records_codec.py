@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import records_codec as codec
-from actors.errors import ErrorCode
-from actors.model import (
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
     Attempt,
     AttemptOutcome,
     BatchEvent,
@@ -26,8 +25,9 @@ from actors.model import (
     FileRecord,
     FileState,
 )
-from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
-from actors.sqlite_store import SQLiteStore
+from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.storage import codec
+from actors.storage.sqlite_store import SQLiteStore
 
 # Strings as they reach the store: valid Unicode (gRPC strings are UTF-8).
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)

@@ -13,13 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from actors.book import BatchBook
-from actors.errors import ErrorCode
-from actors.model import Attempt, AttemptOutcome, BatchRecord, BatchState, BatchView, FileRecord
-from actors.model import FileState as S
-from actors.policy import BatchPolicy
-from actors.sqlite_store import SQLiteStore
-from actors.worker_pool import DEFAULT_PROCESSOR
+from actors.execution.local.pool import DEFAULT_PROCESSOR
+from actors.policy.book import BatchBook
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    FileRecord,
+)
+from actors.policy.model import FileState as S
+from actors.policy.rules import BatchPolicy
+from actors.storage.sqlite_store import SQLiteStore
 from tests.harness import Harness, build_harness
 from tests.processors import result
 from tests.server_fixtures import make_pdf

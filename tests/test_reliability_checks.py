@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.errors import CATALOGUE
+from actors.policy.catalogue import CATALOGUE
 from tests.reliability import ReliabilityReport
 from tests.reliability_checks import check_safe_text
 

@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from actors.errors import CATALOGUE, ErrorCode
+from actors.policy.catalogue import CATALOGUE, ErrorCode
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.crash_fixtures import ServerProcess
 from tests.malformed_pdfs import CORPUS, corpus_pdfs, generated, mutated_corpus
@@ -43,7 +43,7 @@ CPU_LIMIT_SECONDS = 6
 FILE_TIMEOUT_SECONDS = 30
 # What stopping an attempt at its limit may take beyond it: the kill, the commit.
 STOP_ALLOWANCE_SECONDS = 5.0
-EXTRACTOR = "actors.extract:extract_pdf"
+EXTRACTOR = "actors.execution.extract:extract_pdf"
 # What the issue that bounded results asked of the service with a 60-million-character text.
 MAX_RSS_MB = 400
 WORKERS = 2

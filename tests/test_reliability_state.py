@@ -1,6 +1,6 @@
 """State-machine tests (issue #9): random sequences of commands, invariants after each.
 
-Two machines. :class:`BookMachine` drives the pure :class:`~actors.book.BatchBook`
+Two machines. :class:`BookMachine` drives the pure :class:`~actors.policy.book.BatchBook`
 and runs many examples fast. :class:`RuntimeMachine` drives the real orchestration
 (runtime, manager, supervisors, file actors, store) through its public surfaces, with
 only the worker processes replaced by :class:`~tests.scripted_execution.ScriptedExecutor`,
@@ -34,12 +34,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from actors.blobs import BlobStore
-from actors.book import BatchBook
-from actors.clock import FakeScheduler
-from actors.errors import ErrorCode
-from actors.execution import AttemptFailure, AttemptSuccess
-from actors.model import (
+from actors.execution.contract import AttemptFailure, AttemptSuccess
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.runtime import NewFile, Runtime
+from actors.policy.book import BatchBook
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
     BATCH_TRANSITIONS,
     FILE_TRANSITIONS,
     AttemptOutcome,
@@ -53,14 +53,7 @@ from actors.model import (
     FileState,
     IllegalTransitionError,
 )
-from actors.policy import (
-    BatchPolicy,
-    FailureThreshold,
-    RestartIntensity,
-    RetryPolicy,
-    password_guesses_exhausted,
-)
-from actors.refusals import (
+from actors.policy.refusals import (
     BatchNotFound,
     FileNotFound,
     InvalidRequest,
@@ -68,9 +61,16 @@ from actors.refusals import (
     RetryRefused,
     ServiceClosing,
 )
-from actors.runtime import NewFile, Runtime
-from actors.sqlite_store import SQLiteStore
-from actors.store import MemoryStore, Store
+from actors.policy.rules import (
+    BatchPolicy,
+    FailureThreshold,
+    RestartIntensity,
+    RetryPolicy,
+    password_guesses_exhausted,
+)
+from actors.storage.blobs import BlobStore
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import MemoryStore, Store
 from tests.reliability import REPORT
 from tests.scripted_execution import (
     AttemptKey,

@@ -19,25 +19,27 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.blobs import BlobStore
-from actors.book import BatchBook
-from actors.clock import FakeScheduler
-from actors.errors import CATALOGUE, ErrorCode, ResultTooLargeError, classify
-from actors.execution import (
+from actors.execution.classify import classify
+from actors.execution.contract import (
     AttemptHandle,
     AttemptJob,
     AttemptSuccess,
     OnDone,
     OnStarted,
 )
-from actors.model import (
+from actors.execution.local.worker import decode_reply, encode_reply, storable_reply
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.runtime import NewFile, Runtime
+from actors.policy.book import BatchBook
+from actors.policy.catalogue import CATALOGUE, ErrorCode, ResultTooLargeError
+from actors.policy.model import (
     DocumentInfo,
     ExtractionResult,
     FileState,
     ResultWarning,
     WarningCode,
 )
-from actors.results import (
+from actors.policy.results import (
     REPLACEMENT,
     TEXT_PIECE_CHARS,
     ResultLimits,
@@ -45,10 +47,9 @@ from actors.results import (
     result_size,
     text_pieces,
 )
-from actors.runtime import NewFile, Runtime
-from actors.sqlite_schema import migrate
-from actors.sqlite_store import SQLiteStore
-from actors.worker_main import decode_reply, encode_reply, storable_reply
+from actors.storage.blobs import BlobStore
+from actors.storage.sqlite_schema import migrate
+from actors.storage.sqlite_store import SQLiteStore
 from tests.harness import Waiter
 from tests.test_sqlite_store import new_batch, succeed
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pykka
 import pytest
 
-from actors.blobs import BlobStore
-from actors.book import BatchBook
-from actors.manager import BatchManager, ListSupervisors
-from actors.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
-from actors.policy import BatchPolicy, RetryPolicy
-from actors.refusals import RetryRefused
-from actors.retention import DAY, RetentionPolicy, collect_garbage, sweep
-from actors.sqlite_store import SQLiteStore
-from actors.store import MemoryStore
+from actors.orchestration.manager import BatchManager, ListSupervisors
+from actors.policy.book import BatchBook
+from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
+from actors.policy.refusals import RetryRefused
+from actors.policy.rules import BatchPolicy, RetryPolicy
+from actors.storage.blobs import BlobStore
+from actors.storage.retention import DAY, RetentionPolicy, collect_garbage, sweep
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import MemoryStore
 from tests.harness import Harness, build_harness
 
 POLICY = RetentionPolicy(

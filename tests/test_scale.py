@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.model import BatchEvent, BatchState, FileState
-from actors.policy import BatchPolicy
-from actors.runtime import NewFile
+from actors.orchestration.runtime import NewFile
+from actors.policy.model import BatchEvent, BatchState, FileState
+from actors.policy.rules import BatchPolicy
 from tests.harness import Harness, build_harness
 
 FILES = 10_000

@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 from pypdf.errors import PdfReadError
 
-from actors.blobs import BlobStore
-from actors.clock import FakeScheduler
-from actors.errors import ErrorCode, classify, classify_exit
-from actors.execution import AttemptFailure
-from actors.extract import extract_pdf
-from actors.model import AttemptOutcome, BatchView, FileRecord, FileState
-from actors.runtime import NewFile, Runtime
-from actors.screening import ScreenedExecutor, screen
-from actors.store import MemoryStore
-from actors.worker_limits import ProcessLimits
-from actors.worker_pool import DEFAULT_PROCESSOR, WorkerPool
+from actors.execution.classify import classify, classify_exit
+from actors.execution.contract import AttemptFailure
+from actors.execution.extract import extract_pdf
+from actors.execution.local.limits import ProcessLimits
+from actors.execution.local.pool import DEFAULT_PROCESSOR, WorkerPool
+from actors.execution.screening import ScreenedExecutor, screen
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.runtime import NewFile, Runtime
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import AttemptOutcome, BatchView, FileRecord, FileState
+from actors.storage.blobs import BlobStore
+from actors.storage.store import MemoryStore
 from tests import hostile_pdfs
 from tests.harness import Harness, Waiter
 from tests.pool_fixtures import PoolFactory, Recorder, blob, pool_factory

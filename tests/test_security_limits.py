@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import ErrorCode
-from actors.policy import MAX_WRONG_PASSWORDS, password_guesses_exhausted
+from actors.policy.catalogue import ErrorCode
+from actors.policy.rules import MAX_WRONG_PASSWORDS, password_guesses_exhausted
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.ratelimit import TokenBucket
 from tests import hostile_pdfs

@@ -384,7 +384,7 @@ def test_unknown_batch_is_not_found_with_a_localized_message(server: RunningServ
 
 
 def test_an_unexpected_failure_is_internal_without_details(serve: ServerFactory) -> None:
-    from actors.store import MemoryStore
+    from actors.storage.store import MemoryStore
 
     class BrokenStore(MemoryStore):
         def list_batches(self) -> list:  # type: ignore[type-arg]

@@ -12,7 +12,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from actors.model import FileState
+from actors.policy.model import FileState
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from tests.server_fixtures import (

@@ -10,9 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from actors.blobs import BlobStore, BlobWriter
-from actors.errors import ErrorCode
-from actors.model import (
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
     Attempt,
     AttemptOutcome,
     BatchRecord,
@@ -26,10 +25,11 @@ from actors.model import (
     ResultWarning,
     WarningCode,
 )
-from actors.policy import BatchPolicy
-from actors.refusals import InvalidRequest, RetryRefused
-from actors.results import TEXT_PIECE_CHARS
-from actors.store import MemoryStore
+from actors.policy.refusals import InvalidRequest, RetryRefused
+from actors.policy.results import TEXT_PIECE_CHARS
+from actors.policy.rules import BatchPolicy
+from actors.storage.blobs import BlobStore, BlobWriter
+from actors.storage.store import MemoryStore
 from server import convert
 from server.errors import WireError, status_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -100,7 +100,7 @@ def _view(batch_id: str, blob: str) -> BatchView:
 
 
 def test_bounded_history_reports_its_oldest_sequence() -> None:
-    from actors.book import BatchBook
+    from actors.policy.book import BatchBook
 
     store = MemoryStore(max_events_per_batch=2)
     view = _view("b", "0" * 64)

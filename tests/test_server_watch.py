@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from actors.book import BatchBook
-from actors.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
-from actors.policy import BatchPolicy
-from actors.refusals import BatchNotFound, ServiceClosing
-from actors.store import MemoryStore
+from actors.policy.book import BatchBook
+from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
+from actors.policy.refusals import BatchNotFound, ServiceClosing
+from actors.policy.rules import BatchPolicy
+from actors.storage.store import MemoryStore
 from server import convert
 from server.client import Client
 from server.errors import WireError

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.book import BatchBook, Changes
-from actors.errors import ErrorCode, StorageUnavailableError
-from actors.model import (
+from actors.policy.book import BatchBook, Changes
+from actors.policy.catalogue import ErrorCode, StorageUnavailableError
+from actors.policy.model import (
     Attempt,
     BatchEvent,
     BatchRecord,
@@ -25,10 +25,10 @@ from actors.model import (
     FileRecord,
     FileState,
 )
-from actors.policy import BatchPolicy
-from actors.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError, migrate
-from actors.sqlite_store import SQLiteStore
-from actors.store import MemoryStore, Store
+from actors.policy.rules import BatchPolicy
+from actors.storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError, migrate
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import MemoryStore, Store
 
 DIGEST = "ab" * 32
 OTHER = "cd" * 32

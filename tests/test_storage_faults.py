@@ -18,11 +18,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from actors import blobs
-from actors.book import Changes
-from actors.errors import StorageUnavailableError
-from actors.model import AttemptOutcome, ExtractionResult, FileState
-from actors.sqlite_store import SQLiteStore
+from actors.policy.book import Changes
+from actors.policy.catalogue import StorageUnavailableError
+from actors.policy.model import AttemptOutcome, ExtractionResult, FileState
+from actors.storage import blobs
+from actors.storage.sqlite_store import SQLiteStore
 from server.app import DATABASE_NAME, Service
 from server.errors import status_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb

@@ -15,13 +15,13 @@ import psutil
 import pykka
 import pytest
 
-from actors.book import Changes
-from actors.errors import ErrorCode
-from actors.file_actor import FileActor
-from actors.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
-from actors.policy import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
-from actors.refusals import FileNotFound, RetryRefused
-from actors.store import MemoryStore
+from actors.orchestration.file_actor import FileActor
+from actors.policy.book import Changes
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
+from actors.policy.refusals import FileNotFound, RetryRefused
+from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.storage.store import MemoryStore
 from tests.harness import Harness, build_harness
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.book import BatchBook
-from actors.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
-from actors.policy import BatchPolicy
-from actors.sqlite_store import SQLiteStore
-from actors.store import MemoryStore, Store
+from actors.policy.book import BatchBook
+from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
+from actors.policy.rules import BatchPolicy
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import MemoryStore, Store
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from actors.errors import CATALOGUE, MAX_USER_MESSAGE_CHARS, ErrorCode, user_text
-from actors.model import FileError, FileState
-from actors.policy import BatchPolicy, RetryPolicy
+from actors.policy.catalogue import CATALOGUE, MAX_USER_MESSAGE_CHARS, ErrorCode, user_text
+from actors.policy.model import FileError, FileState
+from actors.policy.rules import BatchPolicy, RetryPolicy
 from tests.harness import Harness, build_harness
 
 SECRETS = (

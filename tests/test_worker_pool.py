@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from actors.errors import ErrorCode
-from actors.execution import AttemptFailure, AttemptHandle, AttemptJob, AttemptSuccess
-from actors.extract import PdfLimits
-from actors.worker_pool import WorkerPool
+from actors.execution.contract import AttemptFailure, AttemptHandle, AttemptJob, AttemptSuccess
+from actors.execution.extract import PdfLimits
+from actors.execution.local.pool import WorkerPool
+from actors.policy.catalogue import ErrorCode
 from tests.pool_fixtures import (
     CALLBACK_TIMEOUT,
     PoolFactory,
@@ -400,7 +400,7 @@ def test_stress_random_kills_and_cancels_every_job_gets_one_outcome(
 
 
 def test_real_extraction_through_the_pool(pool_factory: PoolFactory, blob: Blob) -> None:
-    pool = pool_factory(processor="actors.extract:extract_pdf")
+    pool = pool_factory(processor="actors.execution.extract:extract_pdf")
     recorder = Recorder()
     locked = blob(make_pdf("locked", encrypt=aes("pw")))
 

@@ -1,0 +1,161 @@
+"""The contract between file actors and whatever runs attempts (local pool, Ray).
+
+An executor takes an :class:`AttemptJob`, runs it somewhere killable, and reports back
+through two callbacks. It never blocks the caller for longer than it takes to hand the
+job over or to kill a process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import structlog
+
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import ExtractionResult
+
+log = structlog.get_logger(__name__)
+
+_A = TypeVar("_A")
+
+__all__ = [
+    "AttemptCallbacks",
+    "AttemptFailure",
+    "AttemptHandle",
+    "AttemptJob",
+    "AttemptOutcomeReport",
+    "AttemptSuccess",
+    "Executor",
+    "OnDone",
+    "OnStarted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptJob:
+    """One attempt at one file.
+
+    Attributes:
+        batch_id: The batch.
+        file_id: The file.
+        attempt: The attempt's number over the file's life (1-based).
+        blob_path: Where the stored upload lies; the worker only reads it.
+        password: Opens an encrypted file; held in memory only, never logged.
+    """
+
+    batch_id: str
+    file_id: str
+    attempt: int
+    blob_path: str
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSuccess:
+    """The attempt produced a result."""
+
+    result: ExtractionResult
+    worker_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailure:
+    """The attempt failed.
+
+    Attributes:
+        code: The catalogue code.
+        worker_pid: The process that ran it, if one did.
+        exception_type: The exception's class name, for the log.
+        detail: The exception's text or the process's exit status, for the log only:
+            it may contain paths or file content and never reaches a user.
+    """
+
+    code: ErrorCode
+    worker_pid: int | None
+    exception_type: str = ""
+    detail: str = ""
+
+
+AttemptOutcomeReport = AttemptSuccess | AttemptFailure
+OnStarted = Callable[[int | None], None]
+OnDone = Callable[[AttemptOutcomeReport], None]
+
+
+class AttemptHandle(Protocol):
+    """A submitted attempt."""
+
+    def cancel(self, code: ErrorCode) -> None:
+        """Stop the attempt, killing its process if it is running.
+
+        Idempotent. When it returns, nothing of the attempt runs any more and its
+        temporary files are gone. If the attempt had not finished, ``on_done`` receives
+        an :class:`AttemptFailure` with ``code``.
+        """
+
+
+class Executor(Protocol):
+    """Runs attempts in killable, bounded processes."""
+
+    def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
+        """Queue ``job``.
+
+        ``on_started`` is called with the worker's pid when a worker picks the job up;
+        ``on_done`` is called exactly once with the outcome. Both may be called from any
+        thread, must return quickly, and must not raise.
+        """
+        ...
+
+    def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
+        """Cancel every queued and running attempt of the batch at once.
+
+        Queued attempts are dropped before any process is killed, so that no worker
+        picks up the next attempt of the batch only to be killed in turn. Returns once
+        nothing of the batch runs; each attempt's ``on_done`` gets ``code``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop every worker; unfinished attempts end as ``CANCELLED``."""
+        ...
+
+
+class AttemptCallbacks:
+    """Delivers an attempt's two callbacks as the :class:`Executor` contract promises.
+
+    ``on_started`` never follows ``on_done``; ``on_done`` runs exactly once if the
+    executor delivers it once; a callback that raises is logged and the executor goes
+    on. The lock is re-entrant so that a callback may cancel its own attempt.
+    Executors' attempt handles extend this class.
+    """
+
+    def __init__(self, on_started: OnStarted, on_done: OnDone) -> None:
+        # Set once nothing of the attempt runs any more and its temporary files are gone.
+        self.finished = threading.Event()
+        self._on_started = on_started
+        self._on_done = on_done
+        self._delivery = threading.RLock()
+        self._done_delivered = False
+
+    def deliver_started(self, pid: int | None) -> None:
+        """Report that a worker picked the attempt up, unless it already ended."""
+        with self._delivery:
+            if not self._done_delivered:
+                _call_safely(self._on_started, pid)
+
+    def deliver_done(self, outcome: AttemptOutcomeReport) -> None:
+        """Report the attempt's outcome."""
+        self.finished.set()
+        with self._delivery:
+            self._done_delivered = True
+            _call_safely(self._on_done, outcome)
+
+
+def _call_safely(callback: Callable[[_A], None], arg: _A) -> None:
+    try:
+        callback(arg)
+    # A callback must not raise; if one does, the executor must still go on.
+    except Exception:
+        log.exception("executor callback raised", callback=repr(callback))

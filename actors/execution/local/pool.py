@@ -1,0 +1,496 @@
+"""The local executor: long-lived worker processes that can be killed at any moment.
+
+One monitor thread dispatches queued attempts to idle workers, reads replies, notices
+deaths through each process's sentinel (so nothing waits on a dead worker) and starts
+replacements. ``cancel`` and ``close`` kill workers from any thread. Two rules keep the
+races harmless: whoever moves an attempt to ``DONE`` under the lock reports it, so
+``on_done`` runs exactly once; whoever takes a worker out of the pool under the lock
+kills, reaps and cleans it up, but only the monitor closes its file descriptors (or
+anyone, once the monitor stopped), never while the monitor may be polling them.
+``concurrent.futures.ProcessPoolExecutor`` is not used: it was seen to hang for good
+when workers died under a memory rlimit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.context import ForkServerContext
+from pathlib import Path
+
+import structlog
+
+from actors.execution.classify import classify, classify_exit
+from actors.execution.contract import (
+    AttemptCallbacks,
+    AttemptFailure,
+    AttemptHandle,
+    AttemptJob,
+    AttemptSuccess,
+    OnDone,
+    OnStarted,
+)
+from actors.execution.extract import PdfLimits
+from actors.execution.local import worker as worker_main
+from actors.execution.local.limits import ProcessLimits
+from actors.execution.local.worker import (
+    WorkerConfig,
+    WorkerFailed,
+    WorkerProcess,
+    decode_reply,
+    describe_exit,
+    load_processor,
+    remove_tree,
+)
+from actors.policy.catalogue import ErrorCode
+from actors.policy.results import ResultLimits
+
+__all__ = ["DEFAULT_MEMORY_LIMIT_BYTES", "DEFAULT_PROCESSOR", "PoolStats", "WorkerPool"]
+
+log = structlog.get_logger(__name__)
+
+
+DEFAULT_PROCESSOR = "actors.execution.extract:extract_pdf"
+DEFAULT_MEMORY_LIMIT_BYTES = 2 * 1024**3
+# Only a process stuck in the kernel outlives SIGKILL for this long.
+REAP_TIMEOUT = 5.0
+RESTART_BACKOFF = 1.0
+# How often the monitor checks that the interpreter is not shutting down around it.
+_TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A moment's view of the pool, for metrics."""
+
+    workers: int
+    busy: int
+    queued: int
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class _Worker(WorkerProcess):
+    """A worker process and the pool's bookkeeping about it."""
+
+    def __init__(self, context: ForkServerContext, config: WorkerConfig) -> None:
+        super().__init__(context, config)
+        self.task: _Attempt | None = None
+        self.replies = 0
+
+
+class _Attempt(AttemptCallbacks):
+    """The handle of one submitted job; ``state`` is guarded by the pool's lock."""
+
+    def __init__(self, pool: WorkerPool, job: AttemptJob, on_started: OnStarted, on_done: OnDone):
+        super().__init__(on_started, on_done)
+        self.job = job
+        self.state = _State.QUEUED
+        self.worker: _Worker | None = None
+        self._pool = pool
+
+    def cancel(self, code: ErrorCode) -> None:
+        """See :meth:`actors.execution.contract.AttemptHandle.cancel`."""
+        self._pool._cancel(self, code)
+
+
+class WorkerPool:
+    """Runs attempts in long-lived worker processes started from a fork server.
+
+    Each worker has a private temporary directory (mode 0700) under ``temp_root``, an
+    address-space cap, pypdf limits and the :class:`~actors.execution.local.limits.ProcessLimits`.
+    A worker that dies is replaced; its attempt, if any, fails with ``WORKER_CRASHED``
+    (``PDF_LIMIT_EXCEEDED`` if it ran out of CPU time). Like ``concurrent.futures``, the
+    pool closes itself when the interpreter shuts down (the main thread has ended).
+
+    Args:
+        workers: How many processes. Default ``os.cpu_count()``.
+        processor: Import path ``"module:function"`` of a callable
+            ``(data: bytes, password: str | None) -> ExtractionResult``; it also gets
+            ``attempt=job.attempt`` if it has a parameter of that name.
+            Default :func:`actors.execution.extract.extract_pdf`.
+        memory_limit_bytes: ``RLIMIT_AS`` of each worker. Default 2 GiB; ``None`` for
+            no cap.
+        pdf_limits: pypdf limits in the workers. Default ``PdfLimits()``.
+        process_limits: CPU time per attempt and open files of each worker. Default:
+            none.
+        result_limits: How big one file's result may be. Default ``ResultLimits()``.
+        temp_root: Where the workers' temporary directories go. Default a fresh
+            directory under the system's, removed by :meth:`close`.
+
+    Raises:
+        ValueError: A bad worker count or memory limit, or a processor that cannot be
+            imported.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        processor: str = DEFAULT_PROCESSOR,
+        memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+        pdf_limits: PdfLimits | None = None,
+        process_limits: ProcessLimits | None = None,
+        result_limits: ResultLimits | None = None,
+        temp_root: Path | None = None,
+    ) -> None:
+        self._size = workers if workers is not None else os.cpu_count() or 1
+        if self._size < 1:
+            raise ValueError(f"workers must be at least 1, got {self._size}")
+        if memory_limit_bytes is not None and memory_limit_bytes <= 0:
+            raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes}")
+        load_processor(processor)
+        self._own_temp_root = temp_root is None
+        self._temp_root = temp_root or Path(tempfile.mkdtemp(prefix="pdfbatch-"))
+        self._settings = (processor, memory_limit_bytes, pdf_limits or PdfLimits())
+        self._process_limits = process_limits or ProcessLimits()
+        self._result_limits = result_limits or ResultLimits()
+        # A reply past this did not come from make_storable: the worker is broken.
+        self._max_reply_bytes = self._result_limits.max_reply_bytes()
+        self._context = multiprocessing.get_context("forkserver")
+        # Read when the fork server starts: every worker then forks with these imported.
+        self._context.set_forkserver_preload([worker_main.__name__, processor.partition(":")[0]])
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: deque[_Attempt] = deque()
+        self._workers: list[_Worker] = []
+        self._graveyard: list[_Worker] = []
+        # Taken out of the pool by some thread and not yet reaped: close waits for them.
+        self._in_disposal: set[_Worker] = set()
+        self._closed = False
+        self._stopping = threading.Event()
+        self._monitor_alive = True
+        self._restart_not_before = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, name="pdfbatch-worker-pool-monitor", daemon=False
+        )
+        try:
+            for _ in range(self._size):
+                self._workers.append(self._start_worker())
+        except BaseException:
+            self.close()
+            raise
+        self._monitor.start()
+
+    def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
+        """Queue ``job`` (first in, first out); see :class:`actors.execution.contract.Executor`.
+
+        Raises:
+            RuntimeError: The pool is closed.
+        """
+        attempt = _Attempt(self, job, on_started, on_done)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            self._queue.append(attempt)
+        self._wake()
+        return attempt
+
+    def close(self) -> None:
+        """Kill every worker and stop the monitor; unfinished attempts end ``CANCELLED``.
+
+        Idempotent; a second call returns at once. Temporary directories are gone when
+        the first call returns.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._workers = self._workers, []
+            queued = [attempt for attempt in self._queue if attempt.state is _State.QUEUED]
+            unfinished = [*queued, *(w.task for w in workers if w.task is not None)]
+            self._queue.clear()
+            for attempt in unfinished:
+                attempt.state = _State.DONE
+            self._changed.notify_all()
+        self._stopping.set()
+        self._wake()
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            self._dispose(worker)
+        with self._changed:
+            # Workers another thread is killing right now (a cancel) are gone too.
+            self._changed.wait_for(lambda: not self._in_disposal, REAP_TIMEOUT)
+        for attempt in unfinished:
+            attempt.finished.set()
+        on_monitor = threading.current_thread() is self._monitor
+        if self._monitor.ident is not None and not on_monitor:
+            self._monitor.join(REAP_TIMEOUT)
+        if self._monitor.is_alive() and not on_monitor:
+            log.error("worker pool monitor did not stop; a callback may be blocking")
+        else:
+            with self._lock:
+                self._monitor_alive = False
+                dead, self._graveyard = self._graveyard, []
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            for worker in dead:
+                worker.close_fds()
+        if self._own_temp_root:
+            remove_tree(self._temp_root)
+        for attempt in unfinished:
+            pid = attempt.worker.pid if attempt.worker is not None else None
+            attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, pid))
+
+    def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
+        """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
+        with self._lock:
+            queued = [a for a in self._queue if a.state is _State.QUEUED and _of(a, batch_id)]
+            for attempt in queued:
+                attempt.state = _State.DONE  # dispatch drops it from the queue
+            # Queued ones are out of reach before any worker dies: a replacement cannot
+            # pick up the next attempt of the batch only to be killed in turn.
+            victims = [
+                worker
+                for worker in self._workers
+                if worker.task is not None and _of(worker.task, batch_id)
+            ]
+            running = [self._take_out(worker) for worker in victims]
+        for worker in victims:
+            worker.kill()
+        for worker in victims:
+            self._dispose(worker)
+        if victims:
+            self._wake()
+        for waiting in queued:
+            waiting.deliver_done(AttemptFailure(code, None))
+        for claimed, worker in zip(running, victims, strict=True):
+            if claimed is not None:
+                claimed.deliver_done(AttemptFailure(code, worker.pid))
+
+    def stats(self) -> PoolStats:
+        """Workers alive, busy, and attempts waiting for one, right now."""
+        with self._lock:
+            return PoolStats(
+                workers=len(self._workers),
+                busy=sum(1 for worker in self._workers if worker.task is not None),
+                queued=sum(1 for attempt in self._queue if attempt.state is _State.QUEUED),
+            )
+
+    def pids(self) -> list[int]:
+        """The pids of the workers in the pool right now."""
+        with self._lock:
+            return [worker.pid for worker in self._workers]
+
+    def worker_temp_dirs(self) -> dict[int, Path]:
+        """Each worker's temporary directory, by pid."""
+        with self._lock:
+            return {worker.pid: worker.temp_dir for worker in self._workers}
+
+    def wait_for_pids(self, predicate: Callable[[Sequence[int]], bool], timeout: float) -> bool:
+        """Wait until ``predicate(pids())`` holds; ``False`` if ``timeout`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: predicate([worker.pid for worker in self._workers]), timeout
+            )
+
+    # -- any thread ---------------------------------------------------------------------
+
+    def _cancel(self, attempt: _Attempt, code: ErrorCode) -> None:
+        with self._lock:
+            state = attempt.state
+            victim = attempt.worker if state is _State.RUNNING else None
+            if state is _State.QUEUED:
+                attempt.state = _State.DONE  # dispatch drops it from the queue
+            elif victim is not None:
+                self._take_out(victim)
+        if state is _State.DONE:
+            # Another thread is ending it; cancel still returns only once it is over.
+            attempt.finished.wait(REAP_TIMEOUT)
+            return
+        if victim is not None:
+            self._dispose(victim)
+            self._wake()
+        attempt.deliver_done(AttemptFailure(code, victim.pid if victim else None))
+
+    def _take_out(self, worker: _Worker) -> _Attempt | None:
+        """Remove ``worker`` from the pool and claim its running attempt. Hold the lock."""
+        self._workers.remove(worker)
+        self._in_disposal.add(worker)
+        self._changed.notify_all()
+        attempt, worker.task = worker.task, None
+        if attempt is not None and attempt.state is _State.RUNNING:
+            attempt.state = _State.DONE
+            return attempt
+        return None
+
+    def _dispose(self, worker: _Worker) -> int | None:
+        """Reap a worker taken out of the pool; its descriptors go to the monitor."""
+        exitcode = worker.reap(REAP_TIMEOUT)
+        with self._lock:
+            self._in_disposal.discard(worker)
+            self._changed.notify_all()
+            if self._monitor_alive:
+                self._graveyard.append(worker)
+                return exitcode
+        worker.close_fds()
+        return exitcode
+
+    def _wake(self) -> None:
+        with self._lock:
+            # A full pipe holds wake-ups enough; a closed pool needs none.
+            if self._monitor_alive:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"\0")
+
+    def _start_worker(self) -> _Worker:
+        temp_dir = tempfile.mkdtemp(prefix="worker-", dir=self._temp_root)
+        try:
+            return _Worker(
+                self._context,
+                WorkerConfig(
+                    *self._settings,
+                    temp_dir=temp_dir,
+                    process_limits=self._process_limits,
+                    result_limits=self._result_limits,
+                ),
+            )
+        except BaseException:
+            remove_tree(Path(temp_dir))
+            raise
+
+    # -- the monitor thread -------------------------------------------------------------
+
+    def _monitor_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not threading.main_thread().is_alive():
+                    log.warning("interpreter exiting without WorkerPool.close(); closing")
+                    self.close()
+                    return
+                with self._lock:
+                    dead, self._graveyard = self._graveyard, []
+                for worker in dead:
+                    worker.close_fds()
+                self._replace_missing_workers()
+                self._dispatch()
+                self._wait_and_handle()
+            # The monitor must outlive any bug of its own: log, pause, go on.
+            except Exception:
+                log.exception("worker pool monitor step failed")
+                self._stopping.wait(RESTART_BACKOFF)
+
+    def _replace_missing_workers(self) -> None:
+        with self._lock:
+            missing = self._size - len(self._workers)
+        if missing <= 0 or time.monotonic() < self._restart_not_before:
+            return
+        for _ in range(missing):
+            try:
+                worker = self._start_worker()
+            except Exception as exc:
+                log.exception("cannot start a worker; will retry", code=classify(exc))
+                self._restart_not_before = time.monotonic() + RESTART_BACKOFF
+                return
+            with self._lock:
+                if not self._closed:
+                    self._workers.append(worker)
+                    self._changed.notify_all()
+                    continue
+            self._dispose(worker)
+            return
+
+    def _dispatch(self) -> None:
+        assigned: list[tuple[_Attempt, _Worker]] = []
+        with self._lock:
+            idle = [worker for worker in self._workers if worker.task is None]
+            while idle and self._queue:
+                attempt = self._queue.popleft()
+                if attempt.state is _State.QUEUED:  # not cancelled while it waited
+                    worker = idle.pop()
+                    attempt.state = _State.RUNNING
+                    attempt.worker, worker.task = worker, attempt
+                    assigned.append((attempt, worker))
+        for attempt, worker in assigned:
+            try:
+                worker.conn.send(attempt.job)
+            except OSError:
+                continue  # the worker is gone; its sentinel reports the attempt
+            attempt.deliver_started(worker.pid)
+
+    def _wait_and_handle(self) -> None:
+        with self._lock:
+            everyone = list(self._workers)
+            busy = [worker for worker in everyone if worker.task is not None]
+        timeout = _TICK
+        if len(everyone) < self._size:
+            timeout = min(_TICK, max(0.0, self._restart_not_before - time.monotonic()))
+        sentinels = {worker.process.sentinel: worker for worker in everyone}
+        ready = set(wait([self._wake_r, *(w.conn for w in busy), *sentinels], timeout))
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        # Replies first: a worker that answered and then exited did finish its attempt.
+        for worker in busy:
+            if worker.conn in ready:
+                self._on_readable(worker)
+        for sentinel, worker in sentinels.items():
+            if sentinel in ready:
+                self._on_lost(worker)
+
+    def _on_readable(self, worker: _Worker) -> None:
+        try:
+            reply = decode_reply(worker.conn.recv_bytes(self._max_reply_bytes))
+        except (EOFError, OSError):
+            self._on_lost(worker)
+            return
+        except ValueError as exc:
+            # A worker that garbles its replies cannot be trusted with another job.
+            reply = WorkerFailed(ErrorCode.INTERNAL, "ValueError", str(exc), worker_exiting=True)
+        retire = isinstance(reply, WorkerFailed) and reply.worker_exiting
+        with self._lock:
+            attempt = worker.task
+            if worker not in self._workers or attempt is None:
+                return  # cancelled or closed meanwhile; that path reports it
+            attempt.state = _State.DONE
+            worker.task = None
+            worker.replies += 1
+            if retire:
+                self._take_out(worker)
+        if retire:
+            self._dispose(worker)  # it exits by itself after a MemoryError; make sure
+        if isinstance(reply, WorkerFailed):
+            attempt.deliver_done(
+                AttemptFailure(reply.code, worker.pid, reply.exception_type, reply.detail)
+            )
+        else:
+            attempt.deliver_done(AttemptSuccess(reply.result, worker.pid))
+
+    def _on_lost(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker not in self._workers:
+                return
+            attempt = self._take_out(worker)
+        exitcode = self._dispose(worker)
+        status = describe_exit(exitcode)
+        if attempt is not None:
+            code = classify_exit(exitcode)
+            attempt.deliver_done(AttemptFailure(code, worker.pid, "", status))
+            return
+        log.warning("idle worker died", pid=worker.pid, status=status)
+        if worker.replies == 0 and (exitcode or 0) > 0:
+            # It raised before serving anything: its start-up fails (a memory cap too low
+            # to import pypdf, say), so do not restart it in a tight loop.
+            self._restart_not_before = time.monotonic() + RESTART_BACKOFF
+
+
+def _of(attempt: _Attempt, batch_id: str) -> bool:
+    return attempt.job.batch_id == batch_id

@@ -1,0 +1,148 @@
+"""Messages between the actors: immutable values, one class per message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.execution.contract import AttemptOutcomeReport
+
+__all__ = [
+    "AttemptFinished",
+    "AttemptStarted",
+    "BackoffElapsed",
+    "CancelBatch",
+    "CancelStarted",
+    "DeadlineReached",
+    "FileActorStopped",
+    "GetView",
+    "RetryFiles",
+    "StopSupervisor",
+    "SupervisorFailed",
+    "SupervisorRetiring",
+    "WorkerDone",
+    "WorkerStarted",
+]
+
+
+# File actor -> batch supervisor (tell).
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """A worker picked up the attempt."""
+
+    file_id: str
+    attempt: int
+    worker_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """The attempt ended with ``report``."""
+
+    file_id: str
+    attempt: int
+    report: AttemptOutcomeReport
+
+
+@dataclass(frozen=True, slots=True)
+class FileActorStopped:
+    """The file actor is gone and its worker no longer runs the attempt."""
+
+    file_id: str
+    attempt: int
+
+
+# Timer -> batch supervisor (tell).
+@dataclass(frozen=True, slots=True)
+class BackoffElapsed:
+    """The backoff after ``attempt`` of the file is over."""
+
+    file_id: str
+    attempt: int
+
+
+# Callers -> batch supervisor (ask).
+@dataclass(frozen=True, slots=True)
+class GetView:
+    """Reply with the batch's current :class:`~actors.policy.model.BatchView`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBatch:
+    """Cancel the batch; the reply is a :class:`CancelStarted`.
+
+    ``request_id`` names the request in the supervisor's log lines: pykka's threads do
+    not inherit the caller's context variables, so it travels in the message.
+    """
+
+    reason: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStarted:
+    """The reply to :class:`CancelBatch`.
+
+    Attributes:
+        stops: The futures of the children's stops.
+        settled: Gets the batch as stored once it is terminal (at once if it was); an
+            ``ActorDeadError`` if the supervisor died first.
+    """
+
+    stops: list[Any]
+    settled: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RetryFiles:
+    """Retry ``file_ids`` (all failed and cancelled files when ``None``)."""
+
+    file_ids: tuple[str, ...] | None
+    passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
+    requested_by: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopSupervisor:
+    """Stop the children (leaving their files to resume later); reply with their stops."""
+
+
+# Batch supervisor -> manager (tell).
+@dataclass(frozen=True, slots=True)
+class SupervisorFailed:
+    """The batch supervisor died of an exception."""
+
+    batch_id: str
+    exception_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorRetiring:
+    """The batch settled and nothing of it runs: its supervisor is stopping to free its
+    thread. The manager starts a new one from the store if the batch is retried."""
+
+    batch_id: str
+    supervisor: Any = field(compare=False)
+
+
+# Executor callbacks -> file actor (tell).
+@dataclass(frozen=True, slots=True)
+class WorkerStarted:
+    """A worker process picked up the job."""
+
+    worker_pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDone:
+    """The executor reported the outcome."""
+
+    report: AttemptOutcomeReport
+
+
+# Timer -> file actor (tell).
+@dataclass(frozen=True, slots=True)
+class DeadlineReached:
+    """The attempt ran out of time."""

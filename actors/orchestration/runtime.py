@@ -1,0 +1,461 @@
+"""The runtime: the one object the service (and the tests) drive.
+
+It owns the batch manager and turns requests into messages. It is not an actor: the
+waiting that actors must never do (for a cancel to finish, for children to stop) is done
+here, on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.execution.contract import Executor
+from actors.orchestration.clock import Scheduler
+from actors.orchestration.dispatch import Dispatcher
+from actors.orchestration.manager import (
+    BatchManager,
+    EnsureSupervisor,
+    ForgetSupervisor,
+    ListSupervisors,
+    SweepRetention,
+)
+from actors.orchestration.messages import (
+    CancelBatch,
+    CancelStarted,
+    GetView,
+    RetryFiles,
+    StopSupervisor,
+)
+from actors.orchestration.supervisor import SupervisorDeps
+from actors.orchestration.vault import PasswordVault
+from actors.policy.catalogue import ErrorCode, StorageUnavailableError
+from actors.policy.model import (
+    BatchRecord,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+    FileState,
+    ResultSummary,
+)
+from actors.policy.refusals import (
+    BatchNotFound,
+    FileNotFound,
+    InvalidRequest,
+    ResultNotAvailable,
+    ServiceClosing,
+)
+from actors.policy.results import ResultLimits
+from actors.policy.rules import BatchPolicy, RestartIntensity, RetryPolicy
+from actors.storage.blobs import BlobStore
+from actors.storage.retention import RetentionPolicy, SweepReport
+from actors.storage.store import Store
+
+__all__ = ["NewFile", "Runtime", "validate_file_name"]
+
+log = structlog.get_logger(__name__)
+
+MAX_NAME_CHARS = 255
+_STATE_PHRASES = {
+    FileState.PENDING: "is waiting to be processed",
+    FileState.RUNNING: "is being processed",
+    FileState.BACKOFF: "is waiting to be retried",
+    FileState.SUCCEEDED: "succeeded but its result is missing",
+    FileState.FAILED: "failed",
+    FileState.CANCELLED: "was cancelled",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_file_name(name: str) -> None:
+    """Refuse names that could be mistaken for paths or that hide characters.
+
+    Raises:
+        InvalidRequest: The name is empty, too long, has a path separator or a control
+            character.
+    """
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise InvalidRequest(
+            f"A file name must have 1 to {MAX_NAME_CHARS} characters.", field="name"
+        )
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise InvalidRequest(
+            "A file name is a label, not a path: remove '/' and '\\'.", field="name"
+        )
+    if _CONTROL.search(name):
+        raise InvalidRequest("A file name must not contain control characters.", field="name")
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """A file to submit whose bytes are already in the blob store."""
+
+    name: str
+    blob: str
+    size: int
+    password: str | None = field(default=None, repr=False)
+
+
+class Runtime:
+    """Submits, watches over, retries and cancels batches.
+
+    Args:
+        store: Batch records.
+        blobs: Uploaded bytes.
+        executor: Runs attempts.
+        scheduler: Clock and timers.
+        rand: Uniform ``[0, 1)`` source for backoff jitter. Default ``random.random``.
+        supervisor_intensity: Restarts of one batch supervisor allowed. Default 3 in 60 s.
+        supervisor_backoff: Delays between repeated restarts of one batch supervisor.
+            Default 0.5 s doubling up to 30 s, without jitter.
+        stop_timeout: Seconds to wait for children to stop on cancel and close. Default 10.
+        retention: What ended batches keep, swept on a timer. Default ``None``: keep
+            everything until ``delete``.
+        result_limits: How big one file's result may be; give the executor's workers
+            the same. Default ``ResultLimits()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        executor: Executor,
+        scheduler: Scheduler,
+        rand: Callable[[], float] = random.random,
+        supervisor_intensity: RestartIntensity | None = None,
+        supervisor_backoff: RetryPolicy | None = None,
+        stop_timeout: float = 10.0,
+        retention: RetentionPolicy | None = None,
+        result_limits: ResultLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self._scheduler = scheduler
+        self._executor = executor
+        self._passwords = PasswordVault()
+        self._stop_timeout = stop_timeout
+        self._closed = False
+        self._submit_lock = threading.Lock()
+        self._dispatcher = Dispatcher(name="pdfbatch-file-actors")
+        deps = SupervisorDeps(
+            store=store,
+            dispatcher=self._dispatcher,
+            blobs=blobs,
+            executor=executor,
+            scheduler=scheduler,
+            passwords=self._passwords,
+            rand=rand,
+            result_limits=result_limits or ResultLimits(),
+        )
+        intensity = supervisor_intensity or RestartIntensity(max_restarts=3, within_seconds=60)
+        backoff = supervisor_backoff or RetryPolicy(
+            initial_backoff=0.5, max_backoff=30.0, jitter="none"
+        )
+        self._manager = BatchManager.start(deps, intensity, backoff, retention)
+
+    # Commands ----------------------------------------------------------------------
+
+    def resume(self) -> list[str]:
+        """Start a supervisor for every stored batch that is not terminal.
+
+        Call once at start: after a restart or a crash, each supervisor picks its batch
+        up where it was stored (attempts cut short are interrupted, not failed). A batch
+        the store cannot load now is left as it is, and is resumed when someone asks
+        for it or at the next start.
+
+        Returns:
+            The ids of the batches resumed.
+
+        Raises:
+            StorageUnavailableError: The store cannot list its batches.
+        """
+        resumed: list[str] = []
+        for record in self.store.list_batches():
+            if record.state.terminal:
+                continue
+            try:
+                self._supervisor(record.batch_id)
+            except BatchNotFound:
+                continue  # Deleted since it was listed.
+            except StorageUnavailableError:
+                log.exception("batch_not_resumed", batch_id=record.batch_id)
+                continue
+            resumed.append(record.batch_id)
+        log.info("batches_resumed", count=len(resumed))
+        return resumed
+
+    def submit(
+        self,
+        files: Sequence[NewFile],
+        *,
+        name: str = "",
+        policy: BatchPolicy | None = None,
+        labels: Mapping[str, str] | None = None,
+        owner: str = "",
+        idempotency_key: str = "",
+    ) -> BatchView:
+        """Accept a batch and start processing it.
+
+        With an ``idempotency_key`` already used by ``owner``, nothing new is created:
+        the batch submitted with that key is returned as it is now.
+
+        Raises:
+            InvalidRequest: No files, or a bad file name.
+            ServiceClosing: The runtime is shutting down.
+        """
+        self._check_open()
+        if not files:
+            raise InvalidRequest("A batch needs at least one file.", field="files")
+        for new in files:
+            validate_file_name(new.name)
+        with self._submit_lock:
+            if idempotency_key:
+                existing = self.store.find_by_idempotency_key(owner, idempotency_key)
+                if existing is not None:
+                    return self.get(existing)
+            return self._create(
+                files,
+                name=name,
+                policy=policy,
+                labels=labels,
+                owner=owner,
+                idempotency_key=idempotency_key,
+            )
+
+    def _create(
+        self,
+        files: Sequence[NewFile],
+        *,
+        name: str,
+        policy: BatchPolicy | None,
+        labels: Mapping[str, str] | None,
+        owner: str,
+        idempotency_key: str,
+    ) -> BatchView:
+        now = self._scheduler.now()
+        batch = BatchRecord(
+            batch_id=uuid.uuid4().hex,
+            name=name,
+            policy=policy or BatchPolicy(),
+            state=BatchState.PENDING,
+            created_at=now,
+            updated_at=now,
+            labels=dict(labels or {}),
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
+        records = tuple(
+            FileRecord(
+                file_id=f"f{index:05d}",
+                name=new.name,
+                blob=new.blob,
+                size=new.size,
+                encrypted_with_password=new.password is not None,
+            )
+            for index, new in enumerate(files, start=1)
+        )
+        self.store.create_batch(BatchView(batch, records))
+        for record, new in zip(records, files, strict=True):
+            if new.password is not None:
+                self._passwords.put(batch.batch_id, record.file_id, new.password)
+        self._supervisor(batch.batch_id)
+        log.info("batch_submitted", batch_id=batch.batch_id, files=len(records), owner=owner)
+        return self.get(batch.batch_id)
+
+    def get(self, batch_id: str) -> BatchView:
+        """The batch as last stored.
+
+        Raises:
+            BatchNotFound: No such batch.
+        """
+        view = self.store.load(batch_id)
+        if view is None:
+            raise BatchNotFound("No batch with this id exists.")
+        return view
+
+    def retry(
+        self,
+        batch_id: str,
+        file_ids: Sequence[str] | None = None,
+        *,
+        passwords: Mapping[str, str] | None = None,
+        requested_by: str = "",
+        request_id: str = "",
+    ) -> BatchView:
+        """Retry chosen files, or every failed and cancelled file when none are chosen.
+
+        ``requested_by`` and ``request_id`` say who asked, in the events and the log.
+
+        Raises:
+            BatchNotFound: No such batch.
+            FileNotFound: A chosen file is not in the batch.
+            RetryRefused: A chosen file cannot be retried; nothing was retried.
+        """
+        self._check_open()
+        request = RetryFiles(
+            tuple(file_ids) if file_ids else None,
+            dict(passwords or {}),
+            requested_by,
+            request_id,
+        )
+        view: BatchView = self._ask(batch_id, request)
+        return view
+
+    def cancel(self, batch_id: str, reason: str = "client", request_id: str = "") -> BatchView:
+        """Cancel the batch; returns once nothing of it runs.
+
+        Idempotent: cancelling a finished or cancelled batch returns it unchanged.
+
+        Raises:
+            BatchNotFound: No such batch.
+        """
+        if self.record(batch_id).state.terminal:
+            # Settled, so its supervisor may have retired: no need to start one from the
+            # store only to hear that nothing runs (unless a retry came in meanwhile).
+            settled = self.get(batch_id)
+            if settled.batch.state.terminal:
+                return settled
+        started: CancelStarted = self._ask(batch_id, CancelBatch(reason, request_id))
+        # Kill the batch's processes here, on the caller's thread, rather than one by
+        # one in each file actor: the actors then only learn that their attempts ended.
+        self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)
+        pykka.get_all(started.stops, timeout=self._stop_timeout)
+        try:
+            view: BatchView = started.settled.get(timeout=self._stop_timeout)
+        except pykka.ActorDeadError:
+            # The supervisor died before it stored the end; its successor, started from
+            # the store, finishes the cancel.
+            view = self._ask(batch_id, GetView())
+        return view
+
+    def record(self, batch_id: str) -> BatchRecord:
+        """The batch as last stored, without its files (cheap for any batch size).
+
+        Raises:
+            BatchNotFound: No such batch.
+        """
+        record = self.store.load_batch(batch_id)
+        if record is None:
+            raise BatchNotFound("No batch with this id exists.")
+        return record
+
+    def result(self, batch_id: str, file_id: str) -> ExtractionResult:
+        """The whole result of a succeeded file, text included: for small results.
+
+        Raises:
+            BatchNotFound: No such batch.
+            FileNotFound: No such file in the batch.
+            ResultNotAvailable: The file has not succeeded.
+        """
+        self.result_summary(batch_id, file_id)
+        result = self.store.load_result(batch_id, file_id)
+        if result is None:  # deleted meanwhile
+            raise BatchNotFound("No batch with this id exists.")
+        return result
+
+    def result_summary(self, batch_id: str, file_id: str) -> tuple[FileRecord, ResultSummary]:
+        """A succeeded file and its result without the text; read that with
+        :meth:`result_text`.
+
+        Raises:
+            BatchNotFound: No such batch.
+            FileNotFound: No such file in the batch.
+            ResultNotAvailable: The file has not succeeded.
+        """
+        view = self.get(batch_id)
+        record = view.file(file_id)
+        if record is None:
+            raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
+        summary = self.store.result_summary(batch_id, file_id)
+        if record.state is not FileState.SUCCEEDED or summary is None:
+            raise ResultNotAvailable(
+                f"The file {_STATE_PHRASES[record.state]}; only succeeded files have results.",
+                file_id=file_id,
+            )
+        return record, summary
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        """The text of a result :meth:`result` found, piece by piece, in bounded memory.
+
+        See :meth:`actors.storage.store.Store.result_text`.
+        """
+        return self.store.result_text(batch_id, file_id)
+
+    def delete(self, batch_id: str) -> None:
+        """Cancel the batch if needed, then remove it, its results and passwords.
+
+        Blobs are content-addressed and may be shared, so they stay; retention removes
+        those no batch refers to.
+
+        Raises:
+            BatchNotFound: No such batch.
+        """
+        self.cancel(batch_id, reason="deleted")
+        ref: pykka.ActorRef[Any] | None = self._manager.ask(ForgetSupervisor(batch_id), block=True)
+        if ref is not None:
+            ref.stop(block=True, timeout=self._stop_timeout)
+        self.store.delete_batch(batch_id)
+        self._passwords.forget_batch(batch_id)
+
+    def sweep_retention(self) -> SweepReport | None:
+        """Remove now what the retention policy no longer keeps (a timer does it too).
+
+        Returns:
+            What was removed; ``None`` without a retention policy, or when the store
+            failed (the next sweep carries on).
+        """
+        report: SweepReport | None = self._manager.ask(SweepRetention(), block=True)
+        return report
+
+    def close(self) -> None:
+        """Stop every batch's children and actors, leaving unfinished work to resume.
+
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        supervisors: list[pykka.ActorRef[Any]] = self._manager.ask(ListSupervisors(), block=True)
+        stops: list[pykka.Future[Any]] = []
+        for ref in supervisors:
+            try:
+                stops.extend(ref.ask(StopSupervisor(), block=True, timeout=self._stop_timeout))
+            except pykka.ActorDeadError:
+                log.info("supervisor_already_stopped")
+        pykka.get_all(stops, timeout=self._stop_timeout)
+        for ref in supervisors:
+            ref.stop(block=True, timeout=self._stop_timeout)
+        self._manager.stop(block=True, timeout=self._stop_timeout)
+        self._dispatcher.close(self._stop_timeout)
+
+    # Plumbing ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceClosing("The service is shutting down; try again shortly.")
+
+    def _supervisor(self, batch_id: str) -> pykka.ActorRef[Any]:
+        ref: pykka.ActorRef[Any] | None = self._manager.ask(EnsureSupervisor(batch_id), block=True)
+        if ref is None:
+            raise BatchNotFound("No batch with this id exists.")
+        return ref
+
+    def _ask(self, batch_id: str, message: object) -> Any:
+        """Ask the batch's supervisor, following it across a restart."""
+        for _ in range(3):
+            ref = self._supervisor(batch_id)
+            try:
+                return ref.ask(message, block=True, timeout=self._stop_timeout)
+            except pykka.ActorDeadError:
+                log.info("supervisor_restarted_during_ask", batch_id=batch_id)
+        raise ServiceClosing("The batch's supervisor is restarting; try again shortly.")

@@ -1,0 +1,754 @@
+"""The batch supervisor: one actor per batch, owner of its state machine and policy.
+
+Pending files are records in a queue, not threads: at most ``max_concurrency`` file
+actors exist at once. Children report by ``tell``; backoffs are timers that ``tell``
+back later. Changes are stored before anyone sees them; reports that arrive together
+are stored together (a group commit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.execution.contract import AttemptFailure, AttemptJob, AttemptSuccess, Executor
+from actors.orchestration.clock import Scheduler, Timer
+from actors.orchestration.dispatch import Dispatcher
+from actors.orchestration.file_actor import FileActor, tell_if_alive
+from actors.orchestration.messages import (
+    AttemptFinished,
+    AttemptStarted,
+    BackoffElapsed,
+    CancelBatch,
+    CancelStarted,
+    FileActorStopped,
+    GetView,
+    RetryFiles,
+    StopSupervisor,
+    SupervisorFailed,
+    SupervisorRetiring,
+)
+from actors.orchestration.vault import PasswordVault
+from actors.policy.book import BatchBook
+from actors.policy.catalogue import ErrorCode, ResultTooLargeError
+from actors.policy.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileError,
+    FileState,
+    settled_batch_state,
+)
+from actors.policy.refusals import FileNotFound, RetryRefused
+from actors.policy.results import ResultLimits, make_storable
+from actors.policy.rules import (
+    MAX_WRONG_PASSWORDS,
+    GiveUp,
+    GiveUpReason,
+    RestartWindow,
+    decide_after_failure,
+    password_guesses_exhausted,
+)
+from actors.storage.blobs import BlobStore
+from actors.storage.store import Store
+
+__all__ = ["BatchSupervisor", "SupervisorDeps"]
+
+log = structlog.get_logger(__name__)
+
+# The most events held back for one group commit: bounds what a crash makes redo.
+_GROUP_COMMIT_EVENTS = 256
+# The exception's name is all that crosses from a worker; it picks one of our messages.
+_TEXT_TOO_LARGE = ResultTooLargeError.__name__
+_RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
+_PASSWORD_LOST = (
+    "This file is password-protected, and the service restarted since its password was "
+    "given; passwords are never stored. Retry the file with its password."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorDeps:
+    """What a batch supervisor works with; shared by every batch of the process."""
+
+    store: Store
+    dispatcher: Dispatcher
+    blobs: BlobStore
+    executor: Executor
+    scheduler: Scheduler
+    passwords: PasswordVault
+    rand: Callable[[], float]
+    result_limits: ResultLimits = field(default_factory=ResultLimits)
+
+
+class BatchSupervisor(pykka.ThreadingActor):
+    """Runs one batch: starts file actors, applies the policy to their outcomes.
+
+    Args:
+        view: The batch as last stored; a supervisor started on a batch that was
+            running resumes it (attempts cut short count as interrupted, not failed).
+        deps: Store, executor, clock and the rest.
+        manager: Told when this supervisor dies of a bug, so it can be restarted.
+    """
+
+    def __init__(
+        self, view: BatchView, deps: SupervisorDeps, manager: pykka.ActorRef[Any] | None
+    ) -> None:
+        super().__init__()
+        self._book = BatchBook(view)
+        self._deps = deps
+        self._manager = manager
+        self._policy = view.batch.policy
+        self._ready: deque[str] = deque()
+        self._children: dict[str, pykka.ActorRef[Any]] = {}
+        self._worker_pids: dict[str, int | None] = {}
+        self._backoffs: dict[str, Timer] = {}
+        self._window = RestartWindow()
+        self._results: dict[str, ExtractionResult] = {}
+        # Cancels waiting for the batch to be stored as terminal.
+        self._settle_waiters: list[pykka.Future[BatchView]] = []
+        # Set on shutdown: stopped children leave their files RUNNING, to resume later.
+        self._stopping = False
+        # Set once the batch settled with nothing running: the actor is on its way out.
+        self._retiring = False
+        # Set when it failed: what it holds may be ahead of the store, so it takes no
+        # more messages and the manager starts a fresh one from the store.
+        self._failed = False
+        self._log = log.bind(batch_id=view.batch.batch_id)
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # pykka calls neither on_failure nor on_stop when on_start raises.
+        try:
+            self._resume()
+        except Exception:
+            self.on_failure(*sys.exc_info())
+            raise
+
+    def _resume(self) -> None:
+        now = self._now()
+        for record in self._book.files():
+            if record.state is FileState.RUNNING:
+                self._book.set_file(
+                    record.file_id,
+                    FileState.PENDING,
+                    now,
+                    f"attempt {len(record.attempts)} was cut short by a restart; it does "
+                    "not count as a failure",
+                    attempts=self._end_last(
+                        record.file_id, record.attempts, now, AttemptOutcome.INTERRUPTED
+                    ),
+                )
+                self._ready.append(record.file_id)
+            elif record.state is FileState.PENDING:
+                self._ready.append(record.file_id)
+            elif record.state is FileState.BACKOFF:
+                due = record.next_attempt_at if record.next_attempt_at is not None else now
+                self._arm_backoff(record.file_id, len(record.attempts), due - now)
+        state = self._book.batch.state
+        if state is BatchState.CANCELLING:
+            self._cancel_waiting(now)
+        elif state is BatchState.PENDING:
+            self._book.set_batch(BatchState.RUNNING, now)
+        self._advance(now)
+        self._commit()
+
+    def on_stop(self) -> None:
+        self._stop_children()
+        self._drop_backoffs()
+        if not self._failed:
+            # Changes held back for a group commit are stored before the actor goes.
+            try:
+                self._store_changes()
+            # on_failure logs it and has the manager restart the batch from the store.
+            except Exception:  # noqa: BLE001
+                self.on_failure(*sys.exc_info())
+        self._abandon_settle_waiters()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self._log.error(
+            "batch_supervisor_failed", exc_info=(exception_type, exception_value, traceback)
+        )
+        self._stop_children()
+        self._drop_backoffs()
+        self._abandon_settle_waiters()
+        if self._manager is not None:
+            tell_if_alive(
+                self._manager,
+                SupervisorFailed(
+                    self._book.batch.batch_id, getattr(exception_type, "__name__", "")
+                ),
+            )
+
+    # Messages ----------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if self._failed:
+            # The caller asks the manager again and reaches a fresh supervisor.
+            raise pykka.ActorDeadError("the batch supervisor failed")
+        try:
+            return self._handle(message)
+        finally:
+            # Settled with nothing running (a refused retry of a settled batch included):
+            # free the thread, and leave the batch to retention.
+            if not self._failed and not self._retiring and self._idle():
+                self._retire()
+
+    def _handle(self, message: Any) -> Any:
+        match message:
+            case AttemptStarted(file_id=file_id, attempt=attempt, worker_pid=pid):
+                if self._is_current(file_id, attempt):
+                    self._worker_pids[file_id] = pid
+                return None
+            case AttemptFinished(file_id=file_id, attempt=attempt, report=report):
+                if self._is_current(file_id, attempt):
+                    self._children.pop(file_id, None)
+                    if isinstance(report, AttemptSuccess):
+                        report = self._storable(report)
+                    if isinstance(report, AttemptSuccess):
+                        self._succeed(file_id, report)
+                    elif self._book.batch.state is BatchState.CANCELLING:
+                        self._interrupt(file_id)
+                    else:
+                        self._fail(file_id, report)
+            case FileActorStopped(file_id=file_id, attempt=attempt):
+                if not self._stopping and self._is_current(file_id, attempt):
+                    self._children.pop(file_id, None)
+                    self._interrupt(file_id)
+            case BackoffElapsed(file_id=file_id, attempt=attempt):
+                self._backoff_over(file_id, attempt)
+            case GetView():
+                # A reply never shows what is not stored yet.
+                self._commit()
+                return self._book.view()
+            case CancelBatch(reason=reason, request_id=request_id):
+                return self._cancel(reason, request_id)
+            case RetryFiles():
+                if self._retiring:
+                    # The caller asks the manager again and reaches a fresh supervisor.
+                    raise pykka.ActorDeadError("the batch supervisor is retiring")
+                self._retry(message)
+            case StopSupervisor():
+                self._stopping = True
+                self._drop_backoffs()
+                self._commit()
+                return self._stop_children()
+            case _:
+                return super().on_receive(message)
+        self._advance(self._now())
+        if isinstance(message, RetryFiles):
+            self._commit()
+            return self._book.view()
+        self._commit_unless_more_coming()
+        return None
+
+    # Outcomes ----------------------------------------------------------------------
+
+    def _storable(self, report: AttemptSuccess) -> AttemptSuccess | AttemptFailure:
+        """The report with its result fit to store, or the failure of a result that is not.
+
+        Whatever the executor hands over, only such a result joins a group commit: one
+        file's data can then fail that file only, never the commit of the others.
+        """
+        try:
+            result = make_storable(report.result, self._deps.result_limits)
+        except ResultTooLargeError as exc:
+            return AttemptFailure(
+                ErrorCode.PDF_LIMIT_EXCEEDED, report.worker_pid, type(exc).__name__, str(exc)
+            )
+        except Exception as exc:  # noqa: BLE001 (classified: the result's fault, not ours)
+            return AttemptFailure(
+                ErrorCode.RESULT_UNSTORABLE,
+                report.worker_pid,
+                type(exc).__name__,
+                "".join(traceback.format_exception(exc)),
+            )
+        return dataclasses.replace(report, result=result)
+
+    def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
+        now = self._now()
+        record = self._book.file(file_id)
+        self._results[file_id] = report.result
+        self._book.set_file(
+            file_id,
+            FileState.SUCCEEDED,
+            now,
+            f"attempt {len(record.attempts)} succeeded",
+            attempts=self._end_last(
+                file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
+            ),
+            error=None,
+        )
+        self._log.info(
+            "file_succeeded",
+            file_id=file_id,
+            attempt=len(record.attempts),
+            duration=now - record.attempts[-1].started_at,
+            worker_pid=report.worker_pid,
+        )
+
+    def _fail(self, file_id: str, report: AttemptFailure) -> None:
+        now = self._now()
+        record = self._book.file(file_id)
+        outcome = (
+            AttemptOutcome.CANCELLED
+            if report.code is ErrorCode.CANCELLED
+            else AttemptOutcome.FAILED
+        )
+        failures = record.round_failures + 1
+        decision, self._window = decide_after_failure(
+            self._policy, report.code, failures, self._window, now, self._deps.rand
+        )
+        self._log.warning(
+            "file_attempt_failed",
+            file_id=file_id,
+            attempt=len(record.attempts),
+            code=report.code.value,
+            exception_type=report.exception_type,
+            detail=report.detail,
+            duration=now - record.attempts[-1].started_at,
+            worker_pid=report.worker_pid,
+            decision=decision,
+        )
+        error = self._error_of(file_id, report, now)
+        if isinstance(decision, GiveUp):
+            attempts = self._end_last(
+                file_id, record.attempts, now, outcome, code=report.code, pid=report.worker_pid
+            )
+            self._book.set_file(
+                file_id,
+                FileState.FAILED,
+                now,
+                _give_up_reason(len(attempts), report.code, decision.reason),
+                attempts=attempts,
+                round_failures=failures,
+                error=error,
+            )
+            if decision.reason is GiveUpReason.RESTART_INTENSITY_EXCEEDED:
+                limit = self._policy.restart_intensity
+                self._abort(
+                    now,
+                    f"More than {limit.max_restarts} automatic restarts within "
+                    f"{limit.within_seconds:g} s: the failures look systemic, so the batch "
+                    "stopped retrying. Check the service's health, then retry the batch.",
+                )
+            else:
+                self._check_tolerance(now)
+            return
+        attempts = self._end_last(
+            file_id,
+            record.attempts,
+            now,
+            outcome,
+            code=report.code,
+            pid=report.worker_pid,
+            retry_delay=decision.delay,
+        )
+        self._book.set_file(
+            file_id,
+            FileState.BACKOFF,
+            now,
+            f"attempt {len(attempts)} failed with {report.code.value}; next attempt in "
+            f"{decision.delay:.3g} s",
+            attempts=attempts,
+            round_failures=failures,
+            next_attempt_at=now + decision.delay,
+            error=error,
+        )
+        self._arm_backoff(file_id, len(attempts), decision.delay)
+
+    def _error_of(self, file_id: str, report: AttemptFailure, now: float) -> FileError:
+        code = report.code
+        error = FileError.of(code, now)
+        if code is ErrorCode.PDF_LIMIT_EXCEEDED and report.exception_type == _TEXT_TOO_LARGE:
+            limit = self._deps.result_limits.max_text_bytes
+            return dataclasses.replace(
+                error,
+                message=f"This PDF holds more text than the {limit:,} bytes one file's result "
+                "may hold. Split the file, or ask an operator to raise max_result_text_bytes.",
+            )
+        lost = (
+            code is ErrorCode.PDF_ENCRYPTED
+            and self._book.file(file_id).encrypted_with_password
+            and self._deps.passwords.get(self._book.batch.batch_id, file_id) is None
+        )
+        # Passwords live in memory only: after a restart the one given is gone.
+        return dataclasses.replace(error, message=_PASSWORD_LOST) if lost else error
+
+    def _interrupt(self, file_id: str) -> None:
+        """The file's actor stopped before it reported: the attempt was cancelled."""
+        now = self._now()
+        record = self._book.file(file_id)
+        self._book.set_file(
+            file_id,
+            FileState.CANCELLED,
+            now,
+            f"attempt {len(record.attempts)} was stopped: {self._stop_cause()}",
+            attempts=self._end_last(
+                file_id, record.attempts, now, AttemptOutcome.CANCELLED, code=ErrorCode.CANCELLED
+            ),
+            error=FileError.of(ErrorCode.CANCELLED, now),
+        )
+
+    def _check_tolerance(self, now: float) -> None:
+        threshold = self._policy.tolerated_failures
+        failed = self._book.count(FileState.FAILED)
+        if threshold.exceeded(failed, self._book.total):
+            self._abort(
+                now,
+                f"{failed} of {self._book.total} files failed, more than the batch tolerates; "
+                "the remaining files were cancelled.",
+            )
+
+    def _abort(self, now: float, reason: str) -> None:
+        """Fail fast: stop everything still running or waiting, then fail the batch."""
+        self._log.warning("batch_failing_fast", reason=reason)
+        for file_id in list(self._children):
+            self._interrupt(file_id)
+        self._stop_children()
+        self._cancel_waiting(now)
+        self._book.set_batch(BatchState.FAILED, now, reason)
+
+    # Scheduling --------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Start what may start, and settle the batch when nothing is left to do."""
+        if self._stopping:
+            # Shutting down: what waits stays waiting, to be resumed by the next start.
+            return
+        batch = self._book.batch
+        if batch.state is BatchState.RUNNING:
+            while self._ready and len(self._children) < self._policy.max_concurrency:
+                file_id = self._ready.popleft()
+                if self._book.file(file_id).state is FileState.PENDING:
+                    self._start_attempt(file_id, now)
+            if self._book.unsettled == 0:
+                self._book.set_batch(settled_batch_state(self._counts()), now, "")
+        elif batch.state is BatchState.CANCELLING and not self._children:
+            self._book.set_batch(BatchState.CANCELLED, now, batch.reason)
+
+    def _start_attempt(self, file_id: str, now: float) -> None:
+        record = self._book.file(file_id)
+        number = len(record.attempts) + 1
+        self._book.set_file(
+            file_id,
+            FileState.RUNNING,
+            now,
+            f"attempt {number} started",
+            attempts=(*record.attempts, Attempt(number=number, started_at=now)),
+            next_attempt_at=None,
+        )
+        job = AttemptJob(
+            batch_id=self._book.batch.batch_id,
+            file_id=file_id,
+            attempt=number,
+            blob_path=str(self._deps.blobs.path(record.blob)),
+            password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
+        )
+        self._worker_pids.pop(file_id, None)
+        self._children[file_id] = FileActor.start(
+            self._deps.dispatcher,
+            self.actor_ref,
+            executor=self._deps.executor,
+            scheduler=self._deps.scheduler,
+            job=job,
+            timeout=self._policy.file_timeout,
+        )
+
+    def _arm_backoff(self, file_id: str, attempt: int, delay: float) -> None:
+        me = self.actor_ref
+        self._backoffs[file_id] = self._deps.scheduler.call_later(
+            delay, lambda: tell_if_alive(me, BackoffElapsed(file_id, attempt))
+        )
+
+    def _backoff_over(self, file_id: str, attempt: int) -> None:
+        record = self._book.file(file_id)
+        if record.state is not FileState.BACKOFF or len(record.attempts) != attempt:
+            return
+        self._backoffs.pop(file_id, None)
+        now = self._now()
+        running = self._book.batch.state is BatchState.RUNNING
+        if running and len(self._children) < self._policy.max_concurrency:
+            self._start_attempt(file_id, now)
+        else:
+            # It has waited its backoff already: first in line for the next slot.
+            self._book.set_file(file_id, FileState.PENDING, now, "backoff over, waiting for a slot")
+            self._ready.appendleft(file_id)
+
+    # Cancel and retry --------------------------------------------------------------
+
+    def _cancel(self, reason: str, request_id: str = "") -> CancelStarted:
+        settled: pykka.Future[BatchView] = pykka.ThreadingFuture()
+        self._settle_waiters.append(settled)
+        batch = self._book.batch
+        if batch.state.terminal or batch.state is BatchState.CANCELLING:
+            self._commit()
+            return CancelStarted([], settled)
+        now = self._now()
+        self._log.info("batch_cancelling", reason=reason, request_id=request_id)
+        self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
+        self._cancel_waiting(now)
+        stops = self._stop_children(forget=False)
+        self._advance(now)
+        self._commit()
+        return CancelStarted(stops, settled)
+
+    def _cancel_waiting(self, now: float) -> None:
+        """Cancel every file that is waiting for a slot or for its backoff."""
+        self._drop_backoffs()
+        self._ready.clear()
+        waiting = [
+            record.file_id
+            for record in self._book.files()
+            if record.state in (FileState.PENDING, FileState.BACKOFF)
+        ]
+        self._book.set_files(
+            waiting,
+            FileState.CANCELLED,
+            now,
+            f"cancelled before its next attempt: {self._stop_cause()}",
+            error=FileError.of(ErrorCode.CANCELLED, now),
+        )
+
+    def _retry(self, request: RetryFiles) -> None:
+        batch = self._book.batch
+        if batch.state is BatchState.CANCELLING:
+            raise RetryRefused(
+                "The batch is being cancelled; retry its files once it is cancelled.",
+                reason="BATCH_CANCELLING",
+            )
+        if batch.bytes_released_at is not None:
+            raise RetryRefused(
+                "This batch ended long enough ago that its uploaded files were removed; "
+                "submit them again as a new batch.",
+                reason="FILES_EXPIRED",
+            )
+        chosen = self._retry_targets(request.file_ids)
+        now = self._now()
+        vault = self._deps.passwords
+        for file_id in chosen:
+            if file_id in request.passwords:
+                vault.put(batch.batch_id, file_id, request.passwords[file_id])
+            record = self._book.file(file_id)
+            self._book.set_file(
+                file_id,
+                FileState.PENDING,
+                now,
+                f"retried by {request.requested_by or 'a client'}"
+                + (" with a new password" if file_id in request.passwords else ""),
+                round_failures=0,
+                manual_retries=record.manual_retries + 1,
+                error=None,
+                encrypted_with_password=record.encrypted_with_password
+                or file_id in request.passwords,
+            )
+            self._ready.append(file_id)
+        if batch.state.terminal:
+            self._book.set_batch(BatchState.RUNNING, now, "")
+        self._log.info(
+            "files_retried",
+            count=len(chosen),
+            requested_by=request.requested_by,
+            request_id=request.request_id,
+        )
+
+    def _retry_targets(self, file_ids: tuple[str, ...] | None) -> list[str]:
+        """Which files a retry covers; refuses the whole request if any file cannot."""
+        cap = self._policy.max_manual_retries
+        if file_ids is None:
+            chosen = [
+                f.file_id
+                for f in self._book.files()
+                if f.state in _RETRYABLE_STATES
+                and f.manual_retries < cap
+                and not password_guesses_exhausted(a.code for a in f.attempts)
+            ]
+            if not chosen:
+                raise RetryRefused(
+                    "No file of this batch can be retried: none failed or was cancelled, "
+                    "or each has used up its manual retries or its password attempts.",
+                    reason="NOTHING_TO_RETRY",
+                )
+            return chosen
+        for file_id in dict.fromkeys(file_ids):
+            try:
+                record = self._book.file(file_id)
+            except KeyError:
+                raise FileNotFound(
+                    f"The batch has no file with id {file_id!r}.", file_id=file_id
+                ) from None
+            if record.state is FileState.SUCCEEDED:
+                raise RetryRefused(
+                    "This file already succeeded; its result is kept and it is not "
+                    "processed again.",
+                    reason="FILE_ALREADY_SUCCEEDED",
+                    file_id=file_id,
+                )
+            if record.state not in _RETRYABLE_STATES:
+                raise RetryRefused(
+                    "This file is still being processed; wait until it fails or is cancelled.",
+                    reason="FILE_IN_FLIGHT",
+                    file_id=file_id,
+                )
+            if record.manual_retries >= cap:
+                raise RetryRefused(
+                    f"This file has been retried {record.manual_retries} times, the most "
+                    "allowed. Submit it again as a new batch if it should still be processed.",
+                    reason="MANUAL_RETRY_LIMIT",
+                    file_id=file_id,
+                )
+            if password_guesses_exhausted(a.code for a in record.attempts):
+                raise RetryRefused(
+                    f"This file failed with a wrong password {MAX_WRONG_PASSWORDS} times, the "
+                    "most allowed, so no more passwords are tried. Submit it again as a new "
+                    "batch with the right password.",
+                    reason="PASSWORD_ATTEMPTS_EXHAUSTED",
+                    file_id=file_id,
+                )
+        return list(dict.fromkeys(file_ids))
+
+    # Helpers -----------------------------------------------------------------------
+
+    def _stop_cause(self) -> str:
+        batch = self._book.batch
+        if batch.state is BatchState.CANCELLING:
+            return batch.reason or "the batch was cancelled"
+        return "the batch failed fast"
+
+    def _idle(self) -> bool:
+        return self._book.batch.state.terminal and not self._children and not self._backoffs
+
+    def _retire(self) -> None:
+        """Free this batch's thread; a retry starts a new supervisor from the store."""
+        self._commit()
+        self._retiring = True
+        if self._manager is not None:
+            tell_if_alive(
+                self._manager, SupervisorRetiring(self._book.batch.batch_id, self.actor_ref)
+            )
+        self.stop()
+
+    def _is_current(self, file_id: str, attempt: int) -> bool:
+        """Whether a report is about the file's attempt that is running now."""
+        record = self._book.file(file_id)
+        return record.state is FileState.RUNNING and len(record.attempts) == attempt
+
+    def _end_last(
+        self,
+        file_id: str,
+        attempts: tuple[Attempt, ...],
+        now: float,
+        outcome: AttemptOutcome,
+        *,
+        code: ErrorCode | None = None,
+        pid: int | None = None,
+        retry_delay: float | None = None,
+    ) -> tuple[Attempt, ...]:
+        last = attempts[-1]
+        if pid is None:
+            pid = self._worker_pids.get(file_id, last.worker_pid)
+        ended = dataclasses.replace(
+            last,
+            ended_at=now,
+            outcome=outcome,
+            code=code,
+            worker_pid=pid,
+            retry_delay=retry_delay,
+        )
+        return (*attempts[:-1], ended)
+
+    def _stop_children(self, *, forget: bool = True) -> list[pykka.Future[Any]]:
+        stops = [child.stop(block=False) for child in self._children.values()]
+        if forget:
+            self._children.clear()
+        return stops
+
+    def _drop_backoffs(self) -> None:
+        for timer in self._backoffs.values():
+            timer.cancel()
+        self._backoffs.clear()
+
+    def _counts(self) -> Mapping[FileState, int]:
+        return {state: self._book.count(state) for state in FileState}
+
+    def _commit_unless_more_coming(self) -> None:
+        """Commit now, or hold the changes back while more reports wait in the inbox.
+
+        A report is followed by another one already queued when workers finish faster
+        than one commit (and its fsync) takes: storing them together is a group commit,
+        which keeps the supervisor ahead of its workers. Nothing held back has been
+        shown to anyone: events reach watchers and replies only once stored. A crash
+        before the commit loses only work that is then done again.
+        """
+        if self._book.pending_events < _GROUP_COMMIT_EVENTS and not self.actor_inbox.empty():
+            return
+        self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self._store_changes()
+        except Exception:
+            # Fail now even inside an ask (where pykka would carry on): memory is
+            # ahead of the store, and only a restart from the store is consistent.
+            self.on_failure(*sys.exc_info())
+            self.stop()
+            raise
+
+    def _store_changes(self) -> None:
+        changes = self._book.take_changes()
+        if changes:
+            results = {
+                f.file_id: self._results[f.file_id]
+                for f in changes.files
+                if f.file_id in self._results
+            }
+            self._deps.store.commit(changes, results)
+            for file_id in results:
+                del self._results[file_id]
+        if self._settle_waiters and self._book.batch.state.terminal:
+            view = self._book.view()
+            for waiter in self._settle_waiters:
+                waiter.set(view)
+            self._settle_waiters.clear()
+
+    def _abandon_settle_waiters(self) -> None:
+        """Tell those waiting for the batch to settle that this supervisor will not."""
+        for waiter in self._settle_waiters:
+            waiter.set_exception(
+                (pykka.ActorDeadError, pykka.ActorDeadError("the batch supervisor stopped"), None)
+            )
+        self._settle_waiters.clear()
+
+    def _now(self) -> float:
+        return self._deps.scheduler.now()
+
+
+def _give_up_reason(attempt: int, code: ErrorCode, why: GiveUpReason) -> str:
+    failed = f"attempt {attempt} failed with {code.value}"
+    match why:
+        case GiveUpReason.NOT_RETRYABLE:
+            return f"{failed}, which another attempt cannot fix"
+        case GiveUpReason.ATTEMPTS_EXHAUSTED:
+            return f"{failed}; no automatic attempts left"
+        case GiveUpReason.RESTART_INTENSITY_EXCEEDED:
+            return f"{failed}; the batch stopped restarting files"

@@ -1,0 +1,48 @@
+"""Policy: pure values and functions, the rules every other layer applies.
+
+Retry and restart rules (:mod:`~actors.policy.rules`), the failure catalogue
+(:mod:`~actors.policy.catalogue`), records and their state machines
+(:mod:`~actors.policy.model`), a batch's book (:mod:`~actors.policy.book`), refusals
+(:mod:`~actors.policy.refusals`) and what a result may hold
+(:mod:`~actors.policy.results`).
+
+The rule of this layer: no I/O, no threads, no clock or randomness of its own (they are
+passed in), no import of another layer or of a runtime library (pykka, sqlite3, grpc,
+pypdf). Values are frozen and validated on construction.
+"""
+
+from actors.policy.book import BatchBook, Changes
+from actors.policy.catalogue import CATALOGUE, ErrorCode, ErrorSpec, spec_for
+from actors.policy.model import (
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+    FileState,
+)
+from actors.policy.results import ResultLimits, make_storable
+from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+
+__all__ = [
+    "CATALOGUE",
+    "BatchBook",
+    "BatchEvent",
+    "BatchPolicy",
+    "BatchRecord",
+    "BatchState",
+    "BatchView",
+    "Changes",
+    "ErrorCode",
+    "ErrorSpec",
+    "ExtractionResult",
+    "FailureThreshold",
+    "FileRecord",
+    "FileState",
+    "RestartIntensity",
+    "ResultLimits",
+    "RetryPolicy",
+    "make_storable",
+    "spec_for",
+]

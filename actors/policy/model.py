@@ -1,0 +1,466 @@
+"""Domain records: batches, files, attempts, events, and the states they move through.
+
+Records are frozen; the batch supervisor replaces a file's record on every change, so a
+snapshot handed to a caller can never change under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from actors.policy.catalogue import ErrorCode, spec_for
+from actors.policy.rules import BatchPolicy
+
+__all__ = [
+    "BATCH_TRANSITIONS",
+    "DOCUMENT_INFO_FIELDS",
+    "FILE_TRANSITIONS",
+    "Attempt",
+    "AttemptOutcome",
+    "AuditEntry",
+    "BatchEvent",
+    "BatchRecord",
+    "BatchState",
+    "BatchView",
+    "BulkChange",
+    "DocumentInfo",
+    "ExtractionResult",
+    "FileError",
+    "FileRecord",
+    "FileState",
+    "IllegalTransitionError",
+    "ResultSummary",
+    "ResultWarning",
+    "WarningCode",
+    "check_batch_transition",
+    "check_file_transition",
+    "settled_batch_state",
+]
+
+
+class FileState(enum.StrEnum):
+    """Where a file is in its life."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the file stays in this state until someone retries it."""
+        return self in _TERMINAL_FILE_STATES
+
+
+_TERMINAL_FILE_STATES = frozenset({FileState.SUCCEEDED, FileState.FAILED, FileState.CANCELLED})
+
+
+class BatchState(enum.StrEnum):
+    """Where a batch is in its life."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    PARTIALLY_SUCCEEDED = "PARTIALLY_SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether nothing of the batch runs until someone retries files."""
+        return self in _TERMINAL_BATCH_STATES
+
+
+_TERMINAL_BATCH_STATES = frozenset(
+    {
+        BatchState.SUCCEEDED,
+        BatchState.PARTIALLY_SUCCEEDED,
+        BatchState.FAILED,
+        BatchState.CANCELLED,
+    }
+)
+
+_F = FileState
+FILE_TRANSITIONS: Mapping[FileState, frozenset[FileState]] = {
+    _F.PENDING: frozenset({_F.RUNNING, _F.FAILED, _F.CANCELLED}),
+    # RUNNING -> PENDING is an attempt cut short by a restart: not a failure.
+    _F.RUNNING: frozenset({_F.SUCCEEDED, _F.FAILED, _F.BACKOFF, _F.CANCELLED, _F.PENDING}),
+    _F.BACKOFF: frozenset({_F.PENDING, _F.RUNNING, _F.FAILED, _F.CANCELLED}),
+    _F.SUCCEEDED: frozenset(),
+    _F.FAILED: frozenset({_F.PENDING}),
+    _F.CANCELLED: frozenset({_F.PENDING}),
+}
+
+_B = BatchState
+BATCH_TRANSITIONS: Mapping[BatchState, frozenset[BatchState]] = {
+    _B.PENDING: frozenset({_B.RUNNING, _B.CANCELLING, _B.CANCELLED, _B.FAILED}),
+    _B.RUNNING: frozenset(
+        {_B.SUCCEEDED, _B.PARTIALLY_SUCCEEDED, _B.FAILED, _B.CANCELLING, _B.CANCELLED}
+    ),
+    _B.CANCELLING: frozenset({_B.CANCELLED}),
+    _B.SUCCEEDED: frozenset(),
+    _B.PARTIALLY_SUCCEEDED: frozenset({_B.RUNNING}),
+    _B.FAILED: frozenset({_B.RUNNING}),
+    _B.CANCELLED: frozenset({_B.RUNNING}),
+}
+
+
+class IllegalTransitionError(Exception):
+    """A state change the state machine does not allow: a bug, never user input."""
+
+
+def check_file_transition(current: FileState, target: FileState) -> None:
+    """Raise :class:`IllegalTransitionError` unless ``current -> target`` is allowed."""
+    if target not in FILE_TRANSITIONS[current]:
+        raise IllegalTransitionError(f"file cannot go from {current} to {target}")
+
+
+def check_batch_transition(current: BatchState, target: BatchState) -> None:
+    """Raise :class:`IllegalTransitionError` unless ``current -> target`` is allowed."""
+    if target not in BATCH_TRANSITIONS[current]:
+        raise IllegalTransitionError(f"batch cannot go from {current} to {target}")
+
+
+def settled_batch_state(counts: Mapping[FileState, int]) -> BatchState:
+    """The terminal state of a batch whose files are all terminal.
+
+    All succeeded is ``SUCCEEDED``; none succeeded is ``FAILED``; a mix is
+    ``PARTIALLY_SUCCEEDED``, a result in its own right rather than an error.
+    """
+    succeeded = counts.get(FileState.SUCCEEDED, 0)
+    total = sum(counts.values())
+    if succeeded == total:
+        return BatchState.SUCCEEDED
+    if succeeded == 0:
+        return BatchState.FAILED
+    return BatchState.PARTIALLY_SUCCEEDED
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    # Cut short by a restart of the service or of a supervisor; not the file's fault.
+    INTERRUPTED = "INTERRUPTED"
+
+
+@dataclass(frozen=True, slots=True)
+class FileError:
+    """The last error of a file, as users see it."""
+
+    code: ErrorCode
+    at: float
+    message: str = ""
+    retryable: bool = False
+
+    @classmethod
+    def of(cls, code: ErrorCode, at: float) -> FileError:
+        """The error for ``code`` with the catalogue's message."""
+        spec = spec_for(code)
+        return cls(code=code, at=at, message=spec.message, retryable=spec.retryable)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at processing a file.
+
+    Attributes:
+        number: 1-based over the file's whole life, manual retries included.
+        started_at: When it was handed to the executor.
+        ended_at: When its outcome was known; ``None`` while running.
+        outcome: How it ended; ``None`` while running.
+        code: The failure's code, when it failed or was cancelled.
+        worker_pid: The process that ran it, once known.
+        retry_delay: The backoff chosen after it failed, when a retry was scheduled.
+    """
+
+    number: int
+    started_at: float
+    ended_at: float | None = None
+    outcome: AttemptOutcome | None = None
+    code: ErrorCode | None = None
+    worker_pid: int | None = None
+    retry_delay: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, once ended."""
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One file of a batch.
+
+    Attributes:
+        file_id: Unique within the batch.
+        name: The uploader's label for the file; never used as a path.
+        blob: Content digest of the stored bytes.
+        size: Size in bytes.
+        state: Current state.
+        attempts: Every attempt so far, oldest first.
+        round_failures: Failures since the last (re)start; spends the retry budget.
+        manual_retries: Manual retries so far.
+        next_attempt_at: When a file in ``BACKOFF`` is due.
+        error: The last error, cleared when the file succeeds or is retried.
+        encrypted_with_password: Whether a password was supplied at submit or retry.
+    """
+
+    file_id: str
+    name: str
+    blob: str
+    size: int
+    state: FileState = FileState.PENDING
+    attempts: tuple[Attempt, ...] = ()
+    round_failures: int = 0
+    manual_retries: int = 0
+    next_attempt_at: float | None = None
+    error: FileError | None = None
+    encrypted_with_password: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch without its files.
+
+    Attributes:
+        batch_id: Unique id.
+        name: Display name.
+        policy: The batch's policy.
+        state: Current state.
+        created_at: Creation time (wall clock, seconds since the epoch).
+        updated_at: Time of the last change.
+        sequence: Sequence number of the last event; events only count up.
+        reason: Why the batch failed or was cancelled, for people.
+        labels: The uploader's labels.
+        owner: Who submitted it.
+        idempotency_key: The submitter's key; the same key from the same owner names
+            the same batch.
+        bytes_released_at: When retention removed the batch's uploaded bytes (its
+            files can no longer be retried); ``None`` while they are kept. Set by the
+            store only, never by the batch's supervisor.
+    """
+
+    batch_id: str
+    name: str
+    policy: BatchPolicy
+    state: BatchState
+    created_at: float
+    updated_at: float
+    sequence: int = 0
+    reason: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owner: str = ""
+    idempotency_key: str = ""
+    bytes_released_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """A consistent snapshot of a batch and all of its files."""
+
+    batch: BatchRecord
+    files: tuple[FileRecord, ...]
+
+    @property
+    def counts(self) -> Mapping[FileState, int]:
+        """Files per state; every state present, zero included."""
+        tally = Counter(f.state for f in self.files)
+        return {state: tally.get(state, 0) for state in FileState}
+
+    def file(self, file_id: str) -> FileRecord | None:
+        """The file with ``file_id``, or ``None``."""
+        return next((f for f in self.files if f.file_id == file_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkChange:
+    """Many files moved to one state by one decision (waiting files cancelled at once).
+
+    Each file's ``next_attempt_at`` is cleared and its ``error`` set; nothing else of
+    it changes. One event instead of one per file keeps a cancel of a big batch as
+    cheap to store and to watch as a cancel of a small one.
+
+    Attributes:
+        file_ids: The files, in submission order.
+        state: Their new state.
+        error: Their new error.
+    """
+
+    file_ids: tuple[str, ...]
+    state: FileState
+    error: FileError | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One change of a batch, of one of its files, or of many files at once.
+
+    Attributes:
+        sequence: Per batch, starting at 1, without gaps.
+        batch_id: The batch.
+        at: When the change happened.
+        batch_state: The batch's state after the change.
+        file: The changed file's new record, for file changes.
+        reason: Why, in words for people (never an exception's text).
+        previous_state: The state the file or the batch left (the batch's for batch
+            changes, the file's for file changes, ``None`` for bulk changes).
+        bulk: The files changed together, for bulk changes.
+    """
+
+    sequence: int
+    batch_id: str
+    at: float
+    batch_state: BatchState
+    file: FileRecord | None = None
+    reason: str = ""
+    previous_state: FileState | BatchState | None = None
+    bulk: BulkChange | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """The document information dictionary, as far as the file has one."""
+
+    title: str | None = None
+    author: str | None = None
+    subject: str | None = None
+    creator: str | None = None
+    producer: str | None = None
+    creation_date: str | None = None
+    modification_date: str | None = None
+
+
+DOCUMENT_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(DocumentInfo))
+# Where a warning applies: the pages' text, or one field of the information dictionary.
+_WARNING_PLACES = frozenset({"text", *DOCUMENT_INFO_FIELDS})
+
+
+class WarningCode(enum.StrEnum):
+    """Something users should know about a result that is otherwise whole."""
+
+    # Characters no text store or wire can carry, replaced with U+FFFD.
+    CHARACTERS_REPLACED = "CHARACTERS_REPLACED"
+    # A metadata field longer than the limit, cut to it.
+    METADATA_TRUNCATED = "METADATA_TRUNCATED"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultWarning:
+    """One warning about a result: what, where, and how many characters.
+
+    Built from plain values only (a code, a place among a fixed few, a count), so that
+    the message users see is always composed here, whatever process reported it.
+
+    Attributes:
+        code: What happened.
+        place: ``"text"`` for the pages, else the metadata field (``"title"``, ...).
+        count: Characters replaced, or characters cut off.
+
+    Raises:
+        ValueError: An unknown place or a negative count.
+    """
+
+    code: WarningCode
+    place: str
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.place not in _WARNING_PLACES:
+            raise ValueError(f"no such place for a warning: {self.place!r}")
+        if self.count < 0:
+            raise ValueError(f"a warning's count cannot be negative, got {self.count}")
+
+    @property
+    def message(self) -> str:
+        """The warning in a sentence for users."""
+        where = "the text" if self.place == "text" else f"the document's {self.place}"
+        match self.code:
+            case WarningCode.CHARACTERS_REPLACED:
+                return (
+                    f"{_characters(self.count)} of {where} could not be kept (control "
+                    "characters or invalid Unicode, from a broken font map usually) and "
+                    "became U+FFFD."
+                )
+            case WarningCode.METADATA_TRUNCATED:
+                return (
+                    f"{where.capitalize()} was too long; its last {_characters(self.count)} "
+                    "were cut off."
+                )
+
+
+def _characters(count: int) -> str:
+    return "1 character" if count == 1 else f"{count:,} characters"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionResult:
+    """What processing one file produced.
+
+    Attributes:
+        page_count: Pages in the document.
+        encrypted: Whether the document was encrypted.
+        info: The document information dictionary.
+        pages: Each page's text, in order.
+        warnings: What was changed to make the result safe to keep (see
+            :mod:`actors.policy.results`).
+    """
+
+    page_count: int
+    encrypted: bool
+    info: DocumentInfo
+    pages: tuple[str, ...]
+    warnings: tuple[ResultWarning, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSummary:
+    """A stored result without its text, which is read piece by piece.
+
+    Attributes:
+        page_count: Pages in the document.
+        encrypted: Whether the document was encrypted.
+        info: The document information dictionary.
+        warnings: What was changed to make the result safe to keep.
+        stored_bytes: What the result takes in the store (its text and metadata in
+            UTF-8); counts against its owner's storage quota.
+    """
+
+    page_count: int
+    encrypted: bool
+    info: DocumentInfo
+    warnings: tuple[ResultWarning, ...]
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One request, as the audit trail keeps it: who did what to which batch, and how
+    it ended. Append-only; it outlives the batch it names.
+
+    Attributes:
+        at: When the request ended.
+        request_id: The request's id, as in the log.
+        caller: The tenant that made it.
+        action: What was asked (the RPC's name).
+        batch_id: The batch concerned, if any.
+        outcome: ``OK`` or the status code and reason it was refused with.
+        detail: What else was asked (file ids of a retry, a cancel's reason).
+    """
+
+    at: float
+    request_id: str
+    caller: str
+    action: str
+    batch_id: str
+    outcome: str
+    detail: str = ""

@@ -1,0 +1,203 @@
+"""What a file's result may hold: text any store and any wire can carry, within limits.
+
+An extractor returns whatever the PDF's fonts say, and a broken font map says anything:
+lone surrogates (which UTF-8, so SQLite and protobuf, cannot encode at all), NUL (which
+ends C strings and is refused by many databases' text columns), other control
+characters, a document title of megabytes, tens of millions of characters from a file
+of a few kilobytes. :func:`make_storable` turns any result into one that stores and
+encodes without fail, or refuses it for its size. It runs in the worker (so that an
+oversized result never crosses to the service) and again in the batch supervisor
+before the result joins a group commit (so that no executor, local, Ray or one written
+later, can hand it a result that fails the commit of other files).
+
+What is kept, and what is not:
+
+- Every Unicode scalar value that is not a control character is kept as it is:
+  non-characters (U+FFFF), private-use characters, format characters such as the
+  right-to-left override U+202E. They are the document's content; whoever prints it on
+  a terminal escapes it there (the CLI does).
+- A high surrogate followed by a low one (UTF-16 decoded one unit at a time) becomes
+  the character the pair encodes.
+- Lone surrogates (U+D800 to U+DFFF) and control characters (Unicode category ``Cc``:
+  U+0000 to U+001F, U+007F to U+009F) other than tab, line feed, carriage return and
+  form feed are replaced with U+REPLACEMENT CHARACTER (U+FFFD), and counted in a
+  :class:`~actors.policy.model.ResultWarning`: dropping them would silently join words.
+- Text over :attr:`ResultLimits.max_text_bytes` fails the file with
+  ``PDF_LIMIT_EXCEEDED``: a cut text would pass for a whole one. A metadata field over
+  :attr:`ResultLimits.max_metadata_field_bytes` is cut to it, with a warning: the text is
+  what users come for, and a title of megabytes is never a real title.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from actors.policy.catalogue import ResultTooLargeError
+from actors.policy.model import (
+    DOCUMENT_INFO_FIELDS,
+    DocumentInfo,
+    ExtractionResult,
+    ResultWarning,
+    WarningCode,
+)
+
+__all__ = [
+    "DEFAULT_MAX_METADATA_FIELD_BYTES",
+    "DEFAULT_MAX_TEXT_BYTES",
+    "REPLACEMENT",
+    "TEXT_PIECE_CHARS",
+    "ResultLimits",
+    "make_storable",
+    "result_size",
+    "text_pieces",
+    "utf8_size",
+]
+
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_METADATA_FIELD_BYTES = 64 * 1024
+REPLACEMENT = "\ufffd"
+# A piece of text for one message: at most 2 MiB of UTF-8, inside gRPC's 4 MiB limit.
+TEXT_PIECE_CHARS = 512 * 1024
+
+# Surrogates, and the controls but tab, line feed, form feed and carriage return.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLimits:
+    """How big one file's result may be.
+
+    Attributes:
+        max_text_bytes: All pages' text together, in bytes of UTF-8. Default 64 MiB;
+            over it the file fails with ``PDF_LIMIT_EXCEEDED``.
+        max_metadata_field_bytes: One field of the information dictionary, in bytes
+            of UTF-8. Default 64 KiB; a longer field is cut, with a warning.
+
+    Raises:
+        ValueError: A limit is not positive.
+    """
+
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_metadata_field_bytes: int = DEFAULT_MAX_METADATA_FIELD_BYTES
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value <= 0:
+                raise ValueError(f"{field.name} must be positive, got {value}")
+
+    def max_reply_bytes(self) -> int:
+        """The most bytes a worker's JSON reply of a result within these limits can take.
+
+        JSON doubles at worst the characters :func:`make_storable` keeps (a quote or a
+        backslash becomes two bytes); 1 MiB covers the rest of the reply.
+        """
+        fields = len(DOCUMENT_INFO_FIELDS)
+        return 2 * (self.max_text_bytes + fields * self.max_metadata_field_bytes) + (1 << 20)
+
+
+def text_pieces(pages: Sequence[str]) -> Iterator[tuple[int, int, str]]:
+    """Each page's text in pieces of at most :data:`TEXT_PIECE_CHARS` characters.
+
+    Yields ``(page_number, part, text)``, both numbers counting from 1 and 0: the unit a
+    store keeps and a reader streams, so that no page is ever held whole to send it. An
+    empty page is one empty piece.
+    """
+    for number, text in enumerate(pages, start=1):
+        for part, start in enumerate(range(0, max(len(text), 1), TEXT_PIECE_CHARS)):
+            yield number, part, text[start : start + TEXT_PIECE_CHARS]
+
+
+def result_size(result: ExtractionResult) -> int:
+    """What ``result`` takes in a store: its text and metadata fields, in UTF-8 bytes."""
+    fields = (getattr(result.info, name) for name in DOCUMENT_INFO_FIELDS)
+    return sum(utf8_size(page) for page in result.pages) + sum(
+        utf8_size(value) for value in fields if value is not None
+    )
+
+
+def utf8_size(text: str) -> int:
+    """The bytes ``text`` takes in UTF-8; ``text`` must hold no surrogate."""
+    # ASCII text (most text) is measured without encoding it.
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def make_storable(result: ExtractionResult, limits: ResultLimits) -> ExtractionResult:
+    """``result`` made safe to store and to send, with a warning for everything changed.
+
+    Idempotent: a result it returned comes back unchanged, with its warnings.
+
+    Raises:
+        ResultTooLargeError: The text is over ``limits.max_text_bytes``.
+        TypeError: ``result`` is not an :class:`~actors.policy.model.ExtractionResult` of
+            strings (a processor's bug).
+    """
+    if not isinstance(result, ExtractionResult):
+        raise TypeError(f"a processor returned {type(result).__name__}, not a result")
+    warnings = list(result.warnings)
+    pages, replaced = _clean_pages(result.pages)
+    if replaced:
+        warnings.append(ResultWarning(WarningCode.CHARACTERS_REPLACED, "text", replaced))
+    size = sum(utf8_size(page) for page in pages)
+    if size > limits.max_text_bytes:
+        raise ResultTooLargeError(size, limits.max_text_bytes)
+    info = {}
+    for name in DOCUMENT_INFO_FIELDS:
+        value = getattr(result.info, name)
+        if value is not None:
+            value = _clean_field(name, value, limits.max_metadata_field_bytes, warnings)
+        info[name] = value
+    return ExtractionResult(
+        page_count=_count(result.page_count),
+        encrypted=bool(result.encrypted),
+        info=DocumentInfo(**info),
+        pages=pages,
+        warnings=tuple(warnings),
+    )
+
+
+def _clean_pages(pages: object) -> tuple[tuple[str, ...], int]:
+    if not isinstance(pages, tuple | list):
+        raise TypeError(f"pages must be a tuple of strings, not {type(pages).__name__}")
+    cleaned = []
+    replaced = 0
+    for page in pages:
+        text, count = _clean(page)
+        cleaned.append(text)
+        replaced += count
+    return tuple(cleaned), replaced
+
+
+def _clean(text: object) -> tuple[str, int]:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, not {type(text).__name__}")
+    # pypdf hands back str subclasses; a plain str is what gets stored.
+    plain = str(text)
+    if _SURROGATE.search(plain):
+        # UTF-16 read one unit at a time: a high surrogate then a low one are the
+        # character they encode together; the lone ones remain, to be replaced.
+        plain = plain.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return _UNSTORABLE.subn(REPLACEMENT, plain)
+
+
+def _clean_field(name: str, value: object, max_bytes: int, warnings: list[ResultWarning]) -> str:
+    text, replaced = _clean(value)
+    if replaced:
+        warnings.append(ResultWarning(WarningCode.CHARACTERS_REPLACED, name, replaced))
+    if utf8_size(text) > max_bytes:
+        # Cut on a character boundary: an incomplete sequence at the cut is dropped.
+        kept = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+        warnings.append(ResultWarning(WarningCode.METADATA_TRUNCATED, name, len(text) - len(kept)))
+        text = kept
+    return text
+
+
+def _count(value: object) -> int:
+    # Page numbers travel as protobuf int32.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise TypeError(f"page_count must be a natural number, not {value!r}")
+    return value

@@ -1,0 +1,378 @@
+"""Records to stored values and back, for stores that keep them outside the process.
+
+Two forms: rows (tuples for the columns a relational store keeps, ``*_to_row``) and
+JSON (``*_to_dict`` gives plain values :func:`json.dumps` takes as they are; events go
+whole as JSON text). Each ``*_from_*`` rebuilds the frozen record exactly (floats
+survive JSON unchanged). The batch policy is a pydantic model and travels as its own
+JSON (``model_dump_json``), validated again when read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BulkChange,
+    DocumentInfo,
+    FileError,
+    FileRecord,
+    FileState,
+    ResultWarning,
+    WarningCode,
+)
+from actors.policy.rules import BatchPolicy
+
+__all__ = [
+    "ATTEMPT_COLUMNS",
+    "BATCH_COLUMNS",
+    "FILE_COLUMNS",
+    "attempt_from_dict",
+    "attempt_from_row",
+    "attempt_to_dict",
+    "attempt_to_row",
+    "batch_from_row",
+    "batch_to_row",
+    "error_from_dict",
+    "error_to_dict",
+    "error_to_json",
+    "event_from_json",
+    "event_to_json",
+    "file_from_dict",
+    "file_from_row",
+    "file_to_dict",
+    "file_to_row",
+    "info_from_json",
+    "info_to_json",
+    "policy_from_json",
+    "policy_to_json",
+    "warnings_from_json",
+    "warnings_to_json",
+]
+
+Json = dict[str, Any]
+
+
+# Rows: the column layout of a relational store. A store adds its own key columns
+# (the batch id, a position) in front of these.
+
+BATCH_COLUMNS = (
+    "batch_id",
+    "name",
+    "policy",
+    "state",
+    "created_at",
+    "updated_at",
+    "sequence",
+    "reason",
+    "labels",
+    "owner",
+    "idempotency_key",
+    "bytes_released_at",
+)
+FILE_COLUMNS = (
+    "file_id",
+    "name",
+    "blob",
+    "size",
+    "state",
+    "round_failures",
+    "manual_retries",
+    "next_attempt_at",
+    "error",
+    "encrypted_with_password",
+)
+ATTEMPT_COLUMNS = (
+    "number",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "code",
+    "worker_pid",
+    "retry_delay",
+)
+
+Row = tuple[Any, ...]
+
+
+def policy_to_json(policy: BatchPolicy) -> str:
+    """The policy as JSON text."""
+    return policy.model_dump_json()
+
+
+@functools.lru_cache(maxsize=512)
+def policy_from_json(text: str) -> BatchPolicy:
+    """The policy stored as ``text``, validated again.
+
+    Cached: most batches share a handful of policies, and a policy is frozen.
+
+    Raises:
+        pydantic.ValidationError: ``text`` is not a valid policy.
+    """
+    return BatchPolicy.model_validate_json(text)
+
+
+def batch_to_row(batch: BatchRecord) -> Row:
+    """A batch record as values for :data:`BATCH_COLUMNS`."""
+    return (
+        batch.batch_id,
+        batch.name,
+        policy_to_json(batch.policy),
+        batch.state.value,
+        batch.created_at,
+        batch.updated_at,
+        batch.sequence,
+        batch.reason,
+        json.dumps(dict(batch.labels)),
+        batch.owner,
+        batch.idempotency_key,
+        batch.bytes_released_at,
+    )
+
+
+def batch_from_row(row: Sequence[Any]) -> BatchRecord:
+    """The batch record :func:`batch_to_row` made."""
+    (bid, name, policy, state, created, updated, seq, reason, labels, owner, key, released) = row
+    return BatchRecord(
+        batch_id=bid,
+        name=name,
+        policy=policy_from_json(policy),
+        state=BatchState(state),
+        created_at=created,
+        updated_at=updated,
+        sequence=seq,
+        reason=reason,
+        labels=json.loads(labels),
+        owner=owner,
+        idempotency_key=key,
+        bytes_released_at=released,
+    )
+
+
+def file_to_row(record: FileRecord) -> Row:
+    """A file record, without its attempts, as values for :data:`FILE_COLUMNS`."""
+    return (
+        record.file_id,
+        record.name,
+        record.blob,
+        record.size,
+        record.state.value,
+        record.round_failures,
+        record.manual_retries,
+        record.next_attempt_at,
+        error_to_json(record.error),
+        int(record.encrypted_with_password),
+    )
+
+
+def file_from_row(row: Sequence[Any], attempts: Sequence[Attempt] = ()) -> FileRecord:
+    """The file record :func:`file_to_row` made, with ``attempts``."""
+    (file_id, name, blob, size, state, failures, retries, next_at, error, encrypted) = row
+    return FileRecord(
+        file_id=file_id,
+        name=name,
+        blob=blob,
+        size=size,
+        state=FileState(state),
+        attempts=tuple(attempts),
+        round_failures=failures,
+        manual_retries=retries,
+        next_attempt_at=next_at,
+        error=None if error is None else error_from_dict(json.loads(error)),
+        encrypted_with_password=bool(encrypted),
+    )
+
+
+def attempt_to_row(attempt: Attempt) -> Row:
+    """An attempt as values for :data:`ATTEMPT_COLUMNS`."""
+    return (
+        attempt.number,
+        attempt.started_at,
+        attempt.ended_at,
+        None if attempt.outcome is None else attempt.outcome.value,
+        None if attempt.code is None else attempt.code.value,
+        attempt.worker_pid,
+        attempt.retry_delay,
+    )
+
+
+def attempt_from_row(row: Sequence[Any]) -> Attempt:
+    """The attempt :func:`attempt_to_row` made."""
+    number, started, ended, outcome, code, pid, delay = row
+    return Attempt(
+        number=number,
+        started_at=started,
+        ended_at=ended,
+        outcome=None if outcome is None else AttemptOutcome(outcome),
+        code=None if code is None else ErrorCode(code),
+        worker_pid=pid,
+        retry_delay=delay,
+    )
+
+
+# JSON: errors inside rows, and events whole, file records and attempts included.
+
+
+def error_to_dict(error: FileError) -> Json:
+    """A file's error as plain values."""
+    return {
+        "code": error.code.value,
+        "at": error.at,
+        "message": error.message,
+        "retryable": error.retryable,
+    }
+
+
+def error_to_json(error: FileError | None) -> str | None:
+    """A file's error as the JSON text of its column, ``None`` for none."""
+    return None if error is None else json.dumps(error_to_dict(error))
+
+
+def error_from_dict(data: Mapping[str, Any]) -> FileError:
+    """The error :func:`error_to_dict` made."""
+    return FileError(
+        code=ErrorCode(data["code"]),
+        at=data["at"],
+        message=data["message"],
+        retryable=data["retryable"],
+    )
+
+
+def attempt_to_dict(attempt: Attempt) -> Json:
+    """An attempt as plain values, keyed by :data:`ATTEMPT_COLUMNS`."""
+    return dict(zip(ATTEMPT_COLUMNS, attempt_to_row(attempt), strict=True))
+
+
+def attempt_from_dict(data: Mapping[str, Any]) -> Attempt:
+    """The attempt :func:`attempt_to_dict` made."""
+    return attempt_from_row([data[column] for column in ATTEMPT_COLUMNS])
+
+
+def file_to_dict(record: FileRecord) -> Json:
+    """A file record, attempts included, as plain values."""
+    return {
+        "file_id": record.file_id,
+        "name": record.name,
+        "blob": record.blob,
+        "size": record.size,
+        "state": record.state.value,
+        "attempts": [attempt_to_dict(a) for a in record.attempts],
+        "round_failures": record.round_failures,
+        "manual_retries": record.manual_retries,
+        "next_attempt_at": record.next_attempt_at,
+        "error": None if record.error is None else error_to_dict(record.error),
+        "encrypted_with_password": record.encrypted_with_password,
+    }
+
+
+def file_from_dict(data: Mapping[str, Any]) -> FileRecord:
+    """The file record :func:`file_to_dict` made."""
+    error = data["error"]
+    return FileRecord(
+        file_id=data["file_id"],
+        name=data["name"],
+        blob=data["blob"],
+        size=data["size"],
+        state=FileState(data["state"]),
+        attempts=tuple(attempt_from_dict(a) for a in data["attempts"]),
+        round_failures=data["round_failures"],
+        manual_retries=data["manual_retries"],
+        next_attempt_at=data["next_attempt_at"],
+        error=None if error is None else error_from_dict(error),
+        encrypted_with_password=data["encrypted_with_password"],
+    )
+
+
+def event_to_json(event: BatchEvent) -> str:
+    """An event, with the file record it carries, as JSON text."""
+    previous = event.previous_state
+    return json.dumps(
+        {
+            "sequence": event.sequence,
+            "batch_id": event.batch_id,
+            "at": event.at,
+            "batch_state": event.batch_state.value,
+            "file": None if event.file is None else file_to_dict(event.file),
+            "reason": event.reason,
+            "previous_state": None if previous is None else previous.value,
+            "bulk": None if event.bulk is None else _bulk_to_dict(event.bulk),
+        },
+        separators=(",", ":"),
+    )
+
+
+def _bulk_to_dict(bulk: BulkChange) -> Json:
+    return {
+        "file_ids": list(bulk.file_ids),
+        "state": bulk.state.value,
+        "error": None if bulk.error is None else error_to_dict(bulk.error),
+    }
+
+
+def _bulk_from_dict(data: Mapping[str, Any]) -> BulkChange:
+    error = data["error"]
+    return BulkChange(
+        file_ids=tuple(data["file_ids"]),
+        state=FileState(data["state"]),
+        error=None if error is None else error_from_dict(error),
+    )
+
+
+def event_from_json(text: str) -> BatchEvent:
+    """The event :func:`event_to_json` made."""
+    data = json.loads(text)
+    file, previous, bulk = data["file"], data.get("previous_state"), data.get("bulk")
+    # A file event's previous state is the file's, a batch event's the batch's.
+    state_type: type[FileState | BatchState] = BatchState if file is None else FileState
+    return BatchEvent(
+        sequence=data["sequence"],
+        batch_id=data["batch_id"],
+        at=data["at"],
+        batch_state=BatchState(data["batch_state"]),
+        file=None if file is None else file_from_dict(file),
+        reason=data["reason"],
+        previous_state=None if previous is None else state_type(previous),
+        bulk=None if bulk is None else _bulk_from_dict(bulk),
+    )
+
+
+_INFO_FIELDS = (
+    "title",
+    "author",
+    "subject",
+    "creator",
+    "producer",
+    "creation_date",
+    "modification_date",
+)
+
+
+def info_to_json(info: DocumentInfo) -> str:
+    """A result's document information as JSON text."""
+    return json.dumps({name: getattr(info, name) for name in _INFO_FIELDS}, ensure_ascii=False)
+
+
+def info_from_json(text: str) -> DocumentInfo:
+    """The document information :func:`info_to_json` made."""
+    data = json.loads(text)
+    return DocumentInfo(**{name: data.get(name) for name in _INFO_FIELDS})
+
+
+def warnings_to_json(warnings: Sequence[ResultWarning]) -> str:
+    """A result's warnings as JSON text."""
+    return json.dumps([[w.code.value, w.place, w.count] for w in warnings])
+
+
+def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
+    """The warnings :func:`warnings_to_json` made."""
+    return tuple(
+        ResultWarning(WarningCode(code), place, count) for code, place, count in json.loads(text)
+    )

@@ -1,0 +1,453 @@
+"""The durable :class:`~actors.storage.store.Store`: every record in one SQLite file.
+
+Durability: the journal is a write-ahead log with ``synchronous=FULL``, so each commit
+is fsynced before it returns. A batch whose submit was acknowledged, and every event a
+watcher has seen, then survive a power cut and not only a killed process. (``NORMAL``
+survives ``kill -9`` too, but a power cut could take the last commits with it, and the
+restarted batch would reuse their event sequences for different changes.)
+
+Tables (see :mod:`actors.storage.sqlite_schema`): batches, their files, one row per attempt
+(a file's history can be queried), events (the payload as JSON), results with their
+text in pieces (read a few at a time, so any page streams in bounded memory), and
+idempotency keys. A transaction is applied whole or not at all; a
+database that cannot be used raises :class:`~actors.policy.catalogue.StorageUnavailableError`
+(see :mod:`actors.storage.sqlite_connections`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from actors.policy.book import Changes
+from actors.policy.model import (
+    Attempt,
+    AuditEntry,
+    BatchEvent,
+    BatchRecord,
+    BatchState,
+    BatchView,
+    ExtractionResult,
+    ResultSummary,
+)
+from actors.policy.results import result_size, text_pieces
+from actors.storage import codec
+from actors.storage.sqlite_connections import Connections, Synchronous
+from actors.storage.store import EventListener
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+_PIECES_PER_READ = 4
+_TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
+
+
+_AUDIT_COLUMNS = "at, request_id, caller, action, batch_id, outcome, detail"
+
+
+def _columns(names: tuple[str, ...]) -> str:
+    return ", ".join(names)
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+_SELECT_BATCH = f"SELECT {_columns(codec.BATCH_COLUMNS)} FROM batches"
+_INSERT_BATCH = (
+    f"INSERT INTO batches ({_columns(codec.BATCH_COLUMNS)}) "
+    f"VALUES ({_marks(len(codec.BATCH_COLUMNS))})"
+)
+_UPDATE_BATCH = (
+    "UPDATE batches SET state = ?, updated_at = ?, sequence = ?, reason = ? "
+    "WHERE batch_id = ? AND sequence = ?"
+)
+_SELECT_FILES = (
+    f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files WHERE batch_id = ? ORDER BY position"
+)
+_INSERT_FILE = (
+    f"INSERT INTO files (batch_id, position, {_columns(codec.FILE_COLUMNS)}) "
+    f"VALUES (?, ?, {_marks(len(codec.FILE_COLUMNS))})"
+)
+_UPDATE_FILE = (
+    "UPDATE files SET "
+    + ", ".join(f"{name} = ?" for name in codec.FILE_COLUMNS[1:])
+    + " WHERE batch_id = ? AND file_id = ?"
+)
+_UPDATE_FILE_BULK = (
+    "UPDATE files SET state = ?, next_attempt_at = NULL, error = ? "
+    "WHERE batch_id = ? AND file_id = ?"
+)
+_SELECT_ATTEMPTS = (
+    f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
+    "WHERE batch_id = ? ORDER BY file_id, number"
+)
+_UPSERT_ATTEMPT = (
+    f"INSERT INTO attempts (batch_id, file_id, {_columns(codec.ATTEMPT_COLUMNS)}) "
+    f"VALUES (?, ?, {_marks(len(codec.ATTEMPT_COLUMNS))}) "
+    "ON CONFLICT (batch_id, file_id, number) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in codec.ATTEMPT_COLUMNS[1:])
+)
+
+
+class SQLiteStore:
+    """A :class:`~actors.storage.store.Store` in a SQLite database file; safe from any thread.
+
+    The schema is created or migrated when the store opens.
+
+    Args:
+        path: The database file; created with its directory if missing.
+        max_events_per_batch: Keep only this many newest events per batch. Default
+            ``None``: keep every event (until :meth:`prune_events`).
+        busy_timeout: Seconds a call waits for another connection's lock before it
+            fails with ``StorageUnavailableError``. Default 5.
+        synchronous: ``"FULL"`` (default) fsyncs every commit; ``"NORMAL"`` survives a
+            killed process but may lose the last commits to a power cut.
+
+    Raises:
+        ValueError: A negative ``max_events_per_batch`` or an unknown ``synchronous``.
+        StorageUnavailableError: The database cannot be opened or migrated.
+        SchemaTooNewError: The database was written by a newer version.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_events_per_batch: int | None = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        if max_events_per_batch is not None and max_events_per_batch < 0:
+            raise ValueError("max_events_per_batch must not be negative")
+        self.path = path
+        self._max_events = max_events_per_batch
+        self._db = Connections(path, busy_timeout=busy_timeout, synchronous=synchronous)
+        self._listeners_lock = threading.Lock()
+        self._listeners: list[EventListener] = []
+
+    def close(self) -> None:
+        """Close every connection; later calls raise ``StorageUnavailableError``.
+
+        Idempotent.
+        """
+        self._db.close()
+
+    # Writes ------------------------------------------------------------------------
+
+    def create_batch(self, view: BatchView) -> None:
+        batch = view.batch
+        with self._db.write() as db:
+            try:
+                db.execute(_INSERT_BATCH, codec.batch_to_row(batch))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"batch {batch.batch_id} exists") from None
+            if batch.idempotency_key:
+                db.execute(
+                    "INSERT INTO idempotency_keys (owner, key, batch_id) VALUES (?, ?, ?)",
+                    (batch.owner, batch.idempotency_key, batch.batch_id),
+                )
+            db.executemany(
+                _INSERT_FILE,
+                (
+                    (batch.batch_id, position, *codec.file_to_row(record))
+                    for position, record in enumerate(view.files)
+                ),
+            )
+            db.executemany(
+                _UPSERT_ATTEMPT,
+                (
+                    (batch.batch_id, record.file_id, *codec.attempt_to_row(attempt))
+                    for record in view.files
+                    for attempt in record.attempts
+                ),
+            )
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        """Store ``changes``, their events and ``results`` in one transaction.
+
+        Raises:
+            KeyError: No such batch.
+            ValueError: The changes do not continue the stored event sequence (a
+                second writer for the same batch); nothing was stored.
+            StorageUnavailableError: The database failed; nothing was stored.
+        """
+        batch = changes.batch
+        batch_id = batch.batch_id
+        previous = changes.events[0].sequence - 1 if changes.events else batch.sequence
+        with self._db.write() as db:
+            updated = db.execute(
+                _UPDATE_BATCH,
+                (
+                    batch.state.value,
+                    batch.updated_at,
+                    batch.sequence,
+                    batch.reason,
+                    batch_id,
+                    previous,
+                ),
+            )
+            if updated.rowcount != 1:
+                self._refuse_commit(db, batch_id, previous)
+            # Bulk changes first: a file's own record in the same commit is newer.
+            for bulk in (e.bulk for e in changes.events if e.bulk is not None):
+                error = codec.error_to_json(bulk.error)
+                db.executemany(
+                    _UPDATE_FILE_BULK,
+                    ((bulk.state.value, error, batch_id, file_id) for file_id in bulk.file_ids),
+                )
+            db.executemany(
+                _UPDATE_FILE,
+                ((*codec.file_to_row(f)[1:], batch_id, f.file_id) for f in changes.files),
+            )
+            db.executemany(
+                _UPSERT_ATTEMPT,
+                (
+                    (batch_id, f.file_id, *codec.attempt_to_row(attempt))
+                    for f in changes.files
+                    for attempt in f.attempts
+                ),
+            )
+            db.executemany(
+                "INSERT INTO events (batch_id, sequence, at, payload) VALUES (?, ?, ?, ?)",
+                ((batch_id, e.sequence, e.at, codec.event_to_json(e)) for e in changes.events),
+            )
+            if self._max_events is not None:
+                db.execute(
+                    "DELETE FROM events WHERE batch_id = ? AND sequence <= ?",
+                    (batch_id, batch.sequence - self._max_events),
+                )
+            for file_id, result in results.items():
+                self._insert_result(db, batch_id, file_id, result)
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for event in changes.events:
+            for listener in listeners:
+                listener(event)
+
+    @staticmethod
+    def _refuse_commit(db: sqlite3.Connection, batch_id: str, previous: int) -> None:
+        row = db.execute("SELECT sequence FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise KeyError(batch_id)
+        raise ValueError(
+            f"batch {batch_id}: the changes follow event {previous}, but event {row[0]} "
+            "is the last one stored"
+        )
+
+    @staticmethod
+    def _insert_result(
+        db: sqlite3.Connection, batch_id: str, file_id: str, result: ExtractionResult
+    ) -> None:
+        db.execute("DELETE FROM results WHERE batch_id = ? AND file_id = ?", (batch_id, file_id))
+        db.execute(
+            "INSERT INTO results (batch_id, file_id, page_count, encrypted, info, warnings, "
+            "stored_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                batch_id,
+                file_id,
+                result.page_count,
+                int(result.encrypted),
+                codec.info_to_json(result.info),
+                codec.warnings_to_json(result.warnings),
+                result_size(result),
+            ),
+        )
+        db.executemany(
+            "INSERT INTO result_text (batch_id, file_id, page_number, part, text) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ((batch_id, file_id, *piece) for piece in text_pieces(result.pages)),
+        )
+
+    def delete_batch(self, batch_id: str) -> None:
+        with self._db.write() as db:
+            db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+
+    def release_bytes(self, batch_id: str, at: float) -> bool:
+        with self._db.write() as db:
+            marked = db.execute(
+                "UPDATE batches SET bytes_released_at = ? WHERE batch_id = ? "
+                f"AND bytes_released_at IS NULL AND state IN ({_marks(len(_TERMINAL_STATES))})",
+                (at, batch_id, *_TERMINAL_STATES),
+            )
+            return marked.rowcount == 1
+
+    def prune_events(self, before: float) -> int:
+        with self._db.write() as db:
+            cutoffs = db.execute(
+                "SELECT batch_id, MAX(sequence) FROM events WHERE at < ? GROUP BY batch_id",
+                (before,),
+            ).fetchall()
+            pruned = 0
+            for batch_id, last in cutoffs:
+                pruned += db.execute(
+                    "DELETE FROM events WHERE batch_id = ? AND sequence <= ?", (batch_id, last)
+                ).rowcount
+            return pruned
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        with self._db.write() as db:
+            db.execute(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.at,
+                    entry.request_id,
+                    entry.caller,
+                    entry.action,
+                    entry.batch_id,
+                    entry.outcome,
+                    entry.detail,
+                ),
+            )
+
+    # Reads -------------------------------------------------------------------------
+
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        terminal = _marks(len(_TERMINAL_STATES))
+        with self._db.read() as db:
+            (active,) = db.execute(
+                f"SELECT COUNT(*) FROM batches WHERE owner = ? AND state NOT IN ({terminal})",
+                (owner, *_TERMINAL_STATES),
+            ).fetchone()
+            (uploads,) = db.execute(
+                "SELECT COALESCE(SUM(files.size), 0) FROM files JOIN batches USING (batch_id) "
+                "WHERE batches.owner = ? AND batches.bytes_released_at IS NULL",
+                (owner,),
+            ).fetchone()
+            (results,) = db.execute(
+                "SELECT COALESCE(SUM(results.stored_bytes), 0) FROM results "
+                "JOIN batches USING (batch_id) WHERE batches.owner = ?",
+                (owner,),
+            ).fetchone()
+        return int(active), int(uploads) + int(results)
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        with self._db.read() as db:
+            rows = db.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE batch_id = ? ORDER BY id", (batch_id,)
+            ).fetchall()
+        return [AuditEntry(*row) for row in rows]
+
+    def load(self, batch_id: str) -> BatchView | None:
+        with self._db.read() as db:
+            row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            file_rows = db.execute(_SELECT_FILES, (batch_id,)).fetchall()
+            attempt_rows = db.execute(_SELECT_ATTEMPTS, (batch_id,)).fetchall()
+        attempts: dict[str, list[Attempt]] = {}
+        for file_id, *attempt in attempt_rows:
+            attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
+        files = tuple(codec.file_from_row(r, attempts.get(r[0], ())) for r in file_rows)
+        return BatchView(codec.batch_from_row(row), files)
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        with self._db.read() as db:
+            row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
+        return None if row is None else codec.batch_from_row(row)
+
+    def list_batches(self) -> list[BatchRecord]:
+        with self._db.read() as db:
+            rows = db.execute(f"{_SELECT_BATCH} ORDER BY created_at DESC").fetchall()
+        return [codec.batch_from_row(row) for row in rows]
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT batch_id FROM idempotency_keys WHERE owner = ? AND key = ?", (owner, key)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def events_after(self, batch_id: str, sequence: int) -> list[BatchEvent]:
+        with self._db.read() as db:
+            rows = db.execute(
+                "SELECT payload FROM events WHERE batch_id = ? AND sequence > ? ORDER BY sequence",
+                (batch_id, sequence),
+            ).fetchall()
+        return [codec.event_from_json(payload) for (payload,) in rows]
+
+    def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        summary = self.result_summary(batch_id, file_id)
+        if summary is None:
+            return None
+        pages: dict[int, list[str]] = {}
+        for number, piece in self.result_text(batch_id, file_id):
+            pages.setdefault(number, []).append(piece)
+        return ExtractionResult(
+            page_count=summary.page_count,
+            encrypted=summary.encrypted,
+            info=summary.info,
+            pages=tuple("".join(pieces) for pieces in pages.values()),
+            warnings=summary.warnings,
+        )
+
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT page_count, encrypted, info, warnings, stored_bytes FROM results "
+                "WHERE batch_id = ? AND file_id = ?",
+                (batch_id, file_id),
+            ).fetchone()
+        if row is None:
+            return None
+        page_count, encrypted, info, warnings, stored_bytes = row
+        return ResultSummary(
+            page_count=page_count,
+            encrypted=bool(encrypted),
+            info=codec.info_from_json(info),
+            warnings=codec.warnings_from_json(warnings),
+            stored_bytes=stored_bytes,
+        )
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        # A few pieces per read transaction: memory stays bounded whatever the text's
+        # size, and a slow reader never holds a transaction open (which would keep the
+        # write-ahead log from being checkpointed).
+        after = (0, 0)
+        while True:
+            with self._db.read() as db:
+                rows = db.execute(
+                    "SELECT page_number, part, text FROM result_text "
+                    "WHERE batch_id = ? AND file_id = ? AND (page_number, part) > (?, ?) "
+                    "ORDER BY page_number, part LIMIT ?",
+                    (batch_id, file_id, *after, _PIECES_PER_READ),
+                ).fetchall()
+            for number, _, text in rows:
+                yield number, text
+            if len(rows) < _PIECES_PER_READ:
+                return
+            after = rows[-1][:2]
+
+    def oldest_sequence(self, batch_id: str) -> int | None:
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT sequence, (SELECT MIN(sequence) FROM events WHERE batch_id = ?) "
+                "FROM batches WHERE batch_id = ?",
+                (batch_id, batch_id),
+            ).fetchone()
+        if row is None:
+            return None
+        last, oldest = row
+        return int(last) + 1 if oldest is None else int(oldest)
+
+    def blob_in_use(self, digest: str) -> bool:
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT 1 FROM files JOIN batches USING (batch_id) "
+                "WHERE files.blob = ? AND batches.bytes_released_at IS NULL LIMIT 1",
+                (digest,),
+            ).fetchone()
+        return row is not None
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe

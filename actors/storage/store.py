@@ -1,0 +1,318 @@
+"""Where batches live: the storage interface and the in-memory implementation.
+
+The supervisor writes each message's changes, the events that announce them and any
+results in one :meth:`Store.commit`, so a reader never sees an event whose state was not
+stored. Durable implementations (SQLite) keep this same interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from actors.policy.book import Changes
+from actors.policy.model import (
+    AuditEntry,
+    BatchEvent,
+    BatchRecord,
+    BatchView,
+    ExtractionResult,
+    FileRecord,
+    ResultSummary,
+)
+from actors.policy.results import result_size, text_pieces
+
+__all__ = ["EventListener", "MemoryStore", "Store"]
+
+EventListener = Callable[[BatchEvent], None]
+
+
+class Store(Protocol):
+    """Batch, file, event and result records."""
+
+    def create_batch(self, view: BatchView) -> None:
+        """Store a new batch and its files."""
+        ...
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        """Store ``changes`` and the ``results`` (by file id) together, all or nothing."""
+        ...
+
+    def load(self, batch_id: str) -> BatchView | None:
+        """The batch and its files as last committed, or ``None``."""
+        ...
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's record as last committed, without its files, or ``None``."""
+        ...
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+        ...
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
+        """The id of ``owner``'s batch submitted with ``key``, if any."""
+        ...
+
+    def events_after(self, batch_id: str, sequence: int) -> list[BatchEvent]:
+        """The batch's events with a sequence above ``sequence``, oldest first."""
+        ...
+
+    def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        """The whole result of a succeeded file, or ``None``: for tests and small results."""
+        ...
+
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
+        """The result of a succeeded file without its text, or ``None``."""
+        ...
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        """The result's text as ``(page_number, piece)``, in order, in bounded memory.
+
+        A page comes in one or more pieces of at most
+        :data:`actors.policy.results.TEXT_PIECE_CHARS` characters, to be joined in order; an
+        empty page is one empty piece. Nothing for a file without a result.
+        """
+        ...
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Remove the batch, its files, events and results."""
+        ...
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` with every event after it is committed; returns unsubscribe."""
+        ...
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        """Add ``entry`` to the append-only audit trail."""
+        ...
+
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        """``owner``'s batches not yet settled, and the bytes its batches still hold.
+
+        The bytes are the uploads its batches keep (until retention releases them) and
+        the results they keep (until the batch is deleted).
+        """
+        ...
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        """The audit trail of requests about ``batch_id``, oldest first."""
+        ...
+
+    def oldest_sequence(self, batch_id: str) -> int | None:
+        """The sequence of the batch's oldest retained event, or ``None`` for no batch.
+
+        ``events_after(batch_id, n)`` is complete for every ``n >= oldest - 1``. With no
+        event retained it is the batch's next sequence (its last one plus 1).
+        """
+        ...
+
+    def blob_in_use(self, digest: str) -> bool:
+        """Whether a stored batch whose bytes are kept has a file with the blob ``digest``."""
+        ...
+
+    def release_bytes(self, batch_id: str, at: float) -> bool:
+        """Mark a terminal batch's uploaded bytes as removed (retention), at time ``at``.
+
+        Its blobs then no longer count as in use, and its files cannot be retried.
+
+        Returns:
+            Whether the batch was marked now (not: unknown, not terminal, or marked
+            before).
+        """
+        ...
+
+    def prune_events(self, before: float) -> int:
+        """Forget each batch's events up to its newest one before ``before``.
+
+        What is kept of a batch's history stays contiguous, even if the clock went
+        back. Returns how many events were forgotten.
+        """
+        ...
+
+
+class MemoryStore:
+    """A :class:`Store` in memory: for tests and for runs that need no durability.
+
+    Args:
+        max_events_per_batch: Keep only this many newest events per batch (older ones
+            are forgotten, as a durable store's retention would). Default ``None``:
+            keep every event.
+
+    Raises:
+        ValueError: ``max_events_per_batch`` is negative.
+    """
+
+    def __init__(self, *, max_events_per_batch: int | None = None) -> None:
+        if max_events_per_batch is not None and max_events_per_batch < 0:
+            raise ValueError("max_events_per_batch must not be negative")
+        self._max_events = max_events_per_batch
+        self._lock = threading.Lock()
+        self._batches: dict[str, BatchRecord] = {}
+        self._files: dict[str, dict[str, FileRecord]] = {}
+        self._events: dict[str, list[BatchEvent]] = {}
+        self._results: dict[tuple[str, str], ExtractionResult] = {}
+        self._listeners: list[EventListener] = []
+        self._audit: list[AuditEntry] = []
+
+    def create_batch(self, view: BatchView) -> None:
+        with self._lock:
+            batch_id = view.batch.batch_id
+            if batch_id in self._batches:
+                raise ValueError(f"batch {batch_id} exists")
+            self._batches[batch_id] = view.batch
+            self._files[batch_id] = {f.file_id: f for f in view.files}
+            self._events[batch_id] = []
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        batch_id = changes.batch.batch_id
+        with self._lock:
+            stored = self._batches.get(batch_id)
+            if stored is None:
+                raise KeyError(batch_id)
+            # Whether the bytes were released is the store's to say, not the writer's.
+            self._batches[batch_id] = dataclasses.replace(
+                changes.batch, bytes_released_at=stored.bytes_released_at
+            )
+            files = self._files[batch_id]
+            # Bulk changes first: a file's own record in the same commit is newer.
+            for bulk in (e.bulk for e in changes.events if e.bulk is not None):
+                for file_id in bulk.file_ids:
+                    files[file_id] = dataclasses.replace(
+                        files[file_id], state=bulk.state, next_attempt_at=None, error=bulk.error
+                    )
+            for record in changes.files:
+                files[record.file_id] = record
+            events = self._events[batch_id]
+            events.extend(changes.events)
+            if self._max_events is not None and len(events) > self._max_events:
+                del events[: len(events) - self._max_events]
+            for file_id, result in results.items():
+                self._results[(batch_id, file_id)] = result
+            listeners = list(self._listeners)
+        for event in changes.events:
+            for listener in listeners:
+                listener(event)
+
+    def load(self, batch_id: str) -> BatchView | None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return None
+            return BatchView(batch, tuple(self._files[batch_id].values()))
+
+    def load_batch(self, batch_id: str) -> BatchRecord | None:
+        with self._lock:
+            return self._batches.get(batch_id)
+
+    def list_batches(self) -> list[BatchRecord]:
+        with self._lock:
+            return sorted(self._batches.values(), key=lambda b: b.created_at, reverse=True)
+
+    def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
+        with self._lock:
+            for batch in self._batches.values():
+                if batch.owner == owner and batch.idempotency_key == key:
+                    return batch.batch_id
+            return None
+
+    def events_after(self, batch_id: str, sequence: int) -> list[BatchEvent]:
+        with self._lock:
+            return [e for e in self._events.get(batch_id, ()) if e.sequence > sequence]
+
+    def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
+        with self._lock:
+            return self._results.get((batch_id, file_id))
+
+    def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
+        result = self.load_result(batch_id, file_id)
+        if result is None:
+            return None
+        return ResultSummary(
+            result.page_count, result.encrypted, result.info, result.warnings, result_size(result)
+        )
+
+    def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
+        result = self.load_result(batch_id, file_id)
+        for number, _, piece in text_pieces(result.pages if result is not None else ()):
+            yield number, piece
+
+    def delete_batch(self, batch_id: str) -> None:
+        with self._lock:
+            self._batches.pop(batch_id, None)
+            self._files.pop(batch_id, None)
+            self._events.pop(batch_id, None)
+            for key in [k for k in self._results if k[0] == batch_id]:
+                del self._results[key]
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def oldest_sequence(self, batch_id: str) -> int | None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return None
+            events = self._events[batch_id]
+            return events[0].sequence if events else batch.sequence + 1
+
+    def blob_in_use(self, digest: str) -> bool:
+        with self._lock:
+            return any(
+                record.blob == digest
+                for batch_id, files in self._files.items()
+                if self._batches[batch_id].bytes_released_at is None
+                for record in files.values()
+            )
+
+    def release_bytes(self, batch_id: str, at: float) -> bool:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or not batch.state.terminal or batch.bytes_released_at is not None:
+                return False
+            self._batches[batch_id] = dataclasses.replace(batch, bytes_released_at=at)
+            return True
+
+    def prune_events(self, before: float) -> int:
+        with self._lock:
+            pruned = 0
+            for events in self._events.values():
+                # Up to the newest old event, so what is kept never has a gap.
+                old = max((i + 1 for i, e in enumerate(events) if e.at < before), default=0)
+                del events[:old]
+                pruned += old
+            return pruned
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        with self._lock:
+            self._audit.append(entry)
+
+    def audit_entries(self, batch_id: str) -> list[AuditEntry]:
+        with self._lock:
+            return [entry for entry in self._audit if entry.batch_id == batch_id]
+
+    def tenant_usage(self, owner: str) -> tuple[int, int]:
+        with self._lock:
+            active = stored = 0
+            for batch_id, batch in self._batches.items():
+                if batch.owner != owner:
+                    continue
+                active += not batch.state.terminal
+                if batch.bytes_released_at is None:
+                    stored += sum(f.size for f in self._files[batch_id].values())
+                stored += sum(
+                    result_size(result)
+                    for (owner_batch, _), result in self._results.items()
+                    if owner_batch == batch_id
+                )
+            return active, stored
