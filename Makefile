@@ -26,6 +26,7 @@ test: lint typecheck protos-check pytest
 lint: $(STAMP)
 	$(BIN)/ruff check actors server tests bench
 	$(BIN)/ruff format --check actors server tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -25,7 +25,7 @@ from bench.report import Figure, render_table, write_json
 from bench.scale import scale, scale_batches
 from bench.throughput import control_plane, throughput
 from bench.watch import watch_latency
-from server.logs import configure_logging, reset_logging
+from server.service.logs import configure_logging, reset_logging
 
 __all__ = ["SCENARIOS", "main", "run"]
 

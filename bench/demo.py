@@ -28,13 +28,13 @@ PASSWORD = "open sesame"
 
 def _cli(address: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``pdfbatch ARGS`` against the demo server, its output going to the terminal."""
-    command = [sys.executable, "-m", "server.cli", *args, "--address", address]
+    command = [sys.executable, "-m", "server.main", *args, "--address", address]
     print(f"\n$ pdfbatch {' '.join(args)}", flush=True)
     return subprocess.run(command, check=check, text=True)
 
 
 def _cli_json(address: str, *args: str) -> dict[str, object]:
-    command = [sys.executable, "-m", "server.cli", *args, "--address", address, "--json"]
+    command = [sys.executable, "-m", "server.main", *args, "--address", address, "--json"]
     # Exit codes 2 and 3 report a batch's outcome, not a failed command.
     done = subprocess.run(command, check=False, text=True, capture_output=True)
     if done.returncode == 1:
@@ -56,7 +56,7 @@ def _write_inputs(folder: Path) -> None:
 def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     server = subprocess.Popen(
         [
-            *(sys.executable, "-m", "server.cli", "serve", "--address", "127.0.0.1:0"),
+            *(sys.executable, "-m", "server.main", "serve", "--address", "127.0.0.1:0"),
             *("--data-dir", str(data_dir), "--workers", "2"),
         ],
         stdout=subprocess.PIPE,

@@ -21,7 +21,7 @@ from bench.options import Options
 from bench.processors import OK, SCRIPTED
 from bench.report import Figure, at_most, judged, median
 from bench.server_process import ServerProcess, submit
-from server.client import Client
+from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = ["recovery"]

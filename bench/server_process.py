@@ -25,7 +25,7 @@ from typing import IO, Self
 import psutil
 
 from bench.corpus import CorpusFile
-from server.client import Client, UploadFile
+from server.client.api import Client, UploadFile
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = [
@@ -107,7 +107,7 @@ class ServerProcess:
         if self._processor is not None:
             env["PDFBATCH_PROCESSOR"] = self._processor
         command = [
-            *(sys.executable, "-m", "server.cli", "serve", "--address", "127.0.0.1:0"),
+            *(sys.executable, "-m", "server.main", "serve", "--address", "127.0.0.1:0"),
             *("--data-dir", str(self.data_dir), "--workers", str(self._workers)),
             *("--max-files-per-batch", str(self._max_files), "--shutdown-grace", "0"),
         ]

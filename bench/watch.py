@@ -29,9 +29,9 @@ from bench.corpus import CorpusFile, generated_corpus, one_page_corpus
 from bench.options import Options
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
-from server.app import DATABASE_NAME, Service
-from server.client import Client
-from server.settings import ServerSettings, UploadLimits
+from server.client.api import Client
+from server.service.app import DATABASE_NAME, Service
+from server.service.settings import ServerSettings, UploadLimits
 
 __all__ = ["watch_latency"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.client import Client
+from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from tests.crash_processors import SCREENED
@@ -98,7 +98,7 @@ class ServerLauncher:
         with self._log.open("a") as log:
             process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "server.cli", "serve"),
+                    *(sys.executable, "-m", "server.main", "serve"),
                     *("--address", "127.0.0.1:0", "--data-dir", str(self.data_dir)),
                     *("--workers", "2"),
                 ],

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +41,7 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
     ``exit:N``; ``sigkill``; ``segv``; ``alloc:BYTES``;
     ``gate:FIFO`` (waits until the test writes to the FIFO); ``tempfile`` (leaves a
     file in the temporary directory); ``environment`` (reports the worker's limits);
+    ``modules`` (what the worker loaded);
     ``password``; ``not-a-result``; ``echo:JSON`` (returns what the JSON says).
     """
     command, _, argument = data.decode().partition(":")
@@ -87,6 +89,8 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
             return result(path, os.environ["TMPDIR"])
         case "environment":
             return result(json.dumps(_environment()))
+        case "modules":
+            return result(json.dumps(sorted(sys.modules)))
         case "password":
             return result(repr(password))
         case "not-a-result":

@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
-from server.app import Service
-from server.auth import hash_token
-from server.client import Client
-from server.client_auth import BearerToken
+from server.client.api import Client
+from server.client.auth import BearerToken
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.settings import SecuritySettings, ServerSettings, UploadLimits
+from server.security.auth import hash_token
+from server.service.app import Service
+from server.service.settings import SecuritySettings, ServerSettings, UploadLimits
 from tests.server_fixtures import WAIT, upload
 
 TOKENS = {

@@ -28,11 +28,11 @@ from actors.policy.model import BatchView
 from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import Store
 from bench.samples import text_pdf
-from server.app import DATABASE_NAME, Service
-from server.client import Client
+from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.settings import ServerSettings, UploadLimits
+from server.service.app import DATABASE_NAME, Service
+from server.service.settings import ServerSettings, UploadLimits
 
 WAIT = 60.0
 

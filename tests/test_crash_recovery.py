@@ -21,8 +21,8 @@ import grpc
 
 from actors.policy.model import AttemptOutcome, BatchEvent, FileState
 from actors.storage.sqlite_store import SQLiteStore
-from server.app import DATABASE_NAME
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.service.app import DATABASE_NAME
 from tests.crash_fixtures import WAIT, ServerLauncher, ServerProcess, launcher, watch_until
 from tests.crash_processors import script
 from tests.server_fixtures import upload

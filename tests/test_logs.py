@@ -11,7 +11,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from server.logs import (
+from server.service.logs import (
     REDACTED,
     configure_logging,
     redact_credentials_in_text,

@@ -62,7 +62,7 @@ def test_restarts_and_their_delays_are_counted() -> None:
         FileState,
     )
     from actors.storage.store import MemoryStore
-    from server.metrics import ServiceMetrics
+    from server.service.metrics import ServiceMetrics
 
     class Idle:
         def stats(self) -> PoolStats:

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.policy.results import TEXT_PIECE_CHARS
-from server.cli import main
+from server.cli.progress import terminal_safe
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.progress import terminal_safe
+from server.main import main
 from tests.crash_processors import SCREENED, script
 from tests.poison_pdfs import POISON_CODE_POINTS, mapped_glyph, poison_files, text_amplifier
 from tests.server_fixtures import (

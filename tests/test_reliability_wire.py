@@ -27,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server.app import SERVICE_NAME
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from server.service.app import SERVICE_NAME
 from tests.reliability import REPORT
 from tests.security_fixtures import SecureFactory, SecureServer, secure_serve
 from tests.server_fixtures import WAIT, audited, eventually, make_pdf, upload

@@ -19,6 +19,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.execution.attempt import decode_reply, encode_reply, storable_reply
 from actors.execution.classify import classify
 from actors.execution.contract import (
     AttemptHandle,
@@ -27,7 +28,6 @@ from actors.execution.contract import (
     OnDone,
     OnStarted,
 )
-from actors.execution.local.worker import decode_reply, encode_reply, storable_reply
 from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import BatchBook

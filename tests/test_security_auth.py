@@ -20,8 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from server.app import Service
-from server.auth import (
+from server.client.auth import BearerToken
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from server.main import main
+from server.security.auth import (
     UNAUTHENTICATED_MESSAGE,
     Authenticator,
     ConfigurationError,
@@ -30,11 +33,8 @@ from server.auth import (
     hash_token,
     is_loopback,
 )
-from server.cli import main
-from server.client_auth import BearerToken
-from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.settings import SecuritySettings, ServerSettings
+from server.service.app import Service
+from server.service.settings import SecuritySettings, ServerSettings
 from tests.security_fixtures import (
     TOKENS,
     SecureFactory,
@@ -289,7 +289,7 @@ def test_without_tokens_the_service_refuses_to_listen_beyond_loopback(tmp_path: 
     assert not (tmp_path / "data").exists(), "nothing was set up before the refusal"
 
     # In its own process: `serve` configures the process's logging for good.
-    serve = [sys.executable, "-m", "server.cli", "serve", "--address", "[::]:0"]
+    serve = [sys.executable, "-m", "server.main", "serve", "--address", "[::]:0"]
     done = subprocess.run(
         [*serve, "--data-dir", str(tmp_path / "data")],
         capture_output=True,

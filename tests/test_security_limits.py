@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from actors.policy.catalogue import ErrorCode
 from actors.policy.rules import MAX_WRONG_PASSWORDS, password_guesses_exhausted
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.ratelimit import TokenBucket
+from server.security.ratelimit import TokenBucket
 from tests import hostile_pdfs
 from tests.security_fixtures import ManualClock, SecureFactory, secure_serve, settle, submit
 from tests.server_fixtures import WAIT, make_pdf, refused, wait_until_running

@@ -7,13 +7,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.auth import ConfigurationError
-from server.cli import main
-from server.client import Client
-from server.client_auth import BearerToken
+from server.client.api import Client
+from server.client.auth import BearerToken
+from server.client.tls import CredentialsError, channel_credentials
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.tls import channel_credentials, server_credentials
+from server.main import main
+from server.security.auth import ConfigurationError
+from server.security.tls import server_credentials
 from tests.certs import Authority, Pem
 from tests.security_fixtures import TOKENS, SecureFactory, SecureServer, secure_serve
 from tests.server_fixtures import make_pdf
@@ -149,6 +150,6 @@ def test_tls_files_that_cannot_be_used_are_refused_clearly(
         server_credentials(pki["server"].cert, None, None)
     with pytest.raises(ConfigurationError, match="a client CA"):
         server_credentials(None, None, pki["ca"].cert)
-    with pytest.raises(ConfigurationError, match="needs its key"):
+    with pytest.raises(CredentialsError, match="needs its key"):
         channel_credentials(pki["ca"].cert, pki["client"].cert, None)
     assert server_credentials(None, None, None) is None

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from server.cli import main
+from server.cli.progress import BatchTracker, ProgressDisplay
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.progress import BatchTracker, ProgressDisplay
+from server.main import main
 from tests.server_fixtures import (
     RunningServer,
     free_port,

@@ -7,8 +7,8 @@ import hashlib
 import grpc
 import pytest
 
+from server.cli.progress import BatchTracker
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.progress import BatchTracker
 from tests.server_fixtures import (
     WAIT,
     RunningServer,
@@ -114,7 +114,10 @@ def test_list_batches_pages_newest_first_and_filters_by_state(server: RunningSer
         pb.ListBatchesRequest(states=[pb.BATCH_STATE_FAILED]), timeout=WAIT
     )
     assert [b.batch_id for b in only_failed.batches] == [failed.batch_id]
-    assert [b.batch_id for b in server.client.list(page_size=1)] == [failed.batch_id, *ids[::-1]]
+    assert [b.batch_id for b in server.client.list(page_size=1)] == [
+        failed.batch_id,
+        *ids[::-1],
+    ]
 
     mismatched = refused(
         lambda: server.stub.ListBatches(

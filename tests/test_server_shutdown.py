@@ -103,7 +103,7 @@ def test_serve_exits_cleanly_on_sigterm_mid_batch(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "server.main",
             "serve",
             "--address",
             "127.0.0.1:0",

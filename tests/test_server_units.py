@@ -30,11 +30,11 @@ from actors.policy.results import TEXT_PIECE_CHARS
 from actors.policy.rules import BatchPolicy
 from actors.storage.blobs import BlobStore, BlobWriter
 from actors.storage.store import MemoryStore
-from server import convert
-from server.errors import WireError, status_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.paging import list_page
-from server.settings import ServerSettings
+from server.service.settings import ServerSettings
+from server.wire import convert
+from server.wire.errors import WireError, status_of
+from server.wire.paging import list_page
 
 # Streamed blobs ---------------------------------------------------------------------
 

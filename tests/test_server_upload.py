@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.client import UploadFile, _upload_requests
+from server.client.api import UploadFile, _upload_requests
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.settings import UploadLimits
-from server.upload import Uploads
+from server.service.settings import UploadLimits
+from server.service.upload import Uploads
 from tests.server_fixtures import (
     WAIT,
     RunningServer,

@@ -14,11 +14,11 @@ from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, 
 from actors.policy.refusals import BatchNotFound, ServiceClosing
 from actors.policy.rules import BatchPolicy
 from actors.storage.store import MemoryStore
-from server import convert
-from server.client import Client
-from server.errors import WireError
+from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.watch import WatchHub
+from server.service.watch import WatchHub
+from server.wire import convert
+from server.wire.errors import WireError
 from tests.server_fixtures import (
     WAIT,
     RunningServer,

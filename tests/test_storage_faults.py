@@ -23,11 +23,11 @@ from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.model import AttemptOutcome, ExtractionResult, FileState
 from actors.storage import blobs
 from actors.storage.sqlite_store import SQLiteStore
-from server.app import DATABASE_NAME, Service
-from server.errors import status_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.settings import ServerSettings
+from server.service.app import DATABASE_NAME, Service
+from server.service.settings import ServerSettings
+from server.wire.errors import status_of
 from tests.crash_fixtures import watch_until
 from tests.crash_processors import SCREENED, script
 from tests.server_fixtures import RichError, refused, upload

@@ -8,6 +8,8 @@ import os
 import random
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -427,3 +429,39 @@ def test_real_extraction_through_the_pool(pool_factory: PoolFactory, blob: Blob)
 def test_bad_arguments_are_refused(kwargs: dict[str, object], message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         WorkerPool(temp_root=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# What parses hostile PDFs loads the policy and execution layers, and nothing of the runtime.
+_HEAVY = ("pykka", "sqlite3", "_sqlite3", "grpc", "prometheus_client", "server", "ray")
+_OTHER_LAYERS = ("actors.orchestration", "actors.storage")
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.split(".")[0] in _HEAVY or m.startswith(_OTHER_LAYERS)]
+
+
+def test_a_worker_process_loads_no_runtime_store_or_wire(
+    pool_factory: PoolFactory, blob: Blob
+) -> None:
+    pool = pool_factory()
+    recorder = Recorder()
+
+    recorder.submit(pool, "a", blob(b"modules"))
+    loaded = json.loads(success(recorder.done("a")).result.pages[0])
+
+    assert "actors.execution.local.worker" in loaded
+    assert _heavy(loaded) == []
+
+
+def test_the_worker_entry_modules_alone_import_nothing_heavy() -> None:
+    # A fresh interpreter: what the fork server preloads for the real extractor.
+    script = (
+        "import sys, actors.execution.local.worker, actors.execution.extract; "
+        "print(*sorted(sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+
+    assert "pypdf" in loaded
+    assert _heavy(loaded) == []

@@ -19,8 +19,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.errors import DOMAIN
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.wire.errors import DOMAIN
 from tests.reliability import REPORT
 from tests.wire_strategies import PageToken, name_is_valid, sha256_of
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from actors.execution.attempt import WorkerFailed, decode_reply, load_processor
 from actors.execution.classify import classify, classify_exit
 from actors.execution.contract import (
     AttemptCallbacks,
@@ -42,15 +43,8 @@ from actors.execution.contract import (
 from actors.execution.extract import PdfLimits
 from actors.execution.local import worker as worker_main
 from actors.execution.local.limits import ProcessLimits
-from actors.execution.local.worker import (
-    WorkerConfig,
-    WorkerFailed,
-    WorkerProcess,
-    decode_reply,
-    describe_exit,
-    load_processor,
-    remove_tree,
-)
+from actors.execution.local.process import WorkerProcess, describe_exit, remove_tree
+from actors.execution.local.worker import WorkerConfig
 from actors.policy.catalogue import ErrorCode
 from actors.policy.results import ResultLimits
 

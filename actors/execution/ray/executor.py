@@ -33,6 +33,7 @@ from typing import Any
 import ray
 import structlog
 
+from actors.execution.attempt import MAX_DETAIL_CHARS, WorkerFailed, decode_reply, load_processor
 from actors.execution.contract import (
     AttemptCallbacks,
     AttemptFailure,
@@ -45,12 +46,6 @@ from actors.execution.contract import (
 )
 from actors.execution.extract import PdfLimits
 from actors.execution.local.pool import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_PROCESSOR
-from actors.execution.local.worker import (
-    MAX_DETAIL_CHARS,
-    WorkerFailed,
-    decode_reply,
-    load_processor,
-)
 from actors.execution.ray.processes import (
     PROBE_START_TIMEOUT,
     REAP_TIMEOUT,

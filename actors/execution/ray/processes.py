@@ -31,7 +31,7 @@ from ray import exceptions as ray_errors
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.execution.classify import classify
-from actors.execution.local.worker import remove_tree
+from actors.execution.local.process import remove_tree
 from actors.policy.catalogue import ErrorCode
 
 __all__ = [

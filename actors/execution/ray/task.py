@@ -7,7 +7,7 @@ picked it up, which is the executor's "started" signal; then the outcome, encode
 The processor's exceptions are classified here, in the worker, with
 :func:`actors.execution.classify.classify`, and travel as data, so the codes are the
 local pool's. Both items are JSON, parsed and checked by the executor; Ray itself still
-moves them with pickle (see the README on trust).
+moves them with pickle (see docs/ray.md on trust).
 
 Unlike a local worker, a Ray worker stays after a ``MemoryError``: a task cannot make its
 process leave without Ray failing the task, and sometimes losing its answer.
@@ -26,7 +26,6 @@ these processes: Ray never lends a worker to another job.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import resource
@@ -39,17 +38,15 @@ from pathlib import Path
 import ray
 import structlog
 
-from actors.execution.classify import classify
-from actors.execution.extract import PdfLimits, configure_pdf_limits
-from actors.execution.local.worker import (
-    MAX_DETAIL_CHARS,
+from actors.execution.attempt import (
     Processor,
-    WorkerFailed,
-    WorkerReply,
+    empty_directory,
     encode_reply,
+    failure,
     load_processor,
-    storable_reply,
+    run_processor,
 )
+from actors.execution.extract import PdfLimits, configure_pdf_limits
 from actors.execution.ray.processes import BUSY_MARKER, WorkerLocation, process_alive, process_stat
 from actors.policy.results import ResultLimits
 
@@ -90,13 +87,15 @@ def run_attempt(
     task_id = ray.get_runtime_context().get_task_id() or ""
     _mark_busy(state.temp_dir, task_id)
     yield replace(state.location, task_id=task_id).encode()
-    reply = _attempt(state, config, data, password, attempt)
-    _empty_directory(state.temp_dir)
     try:
-        payload = encode_reply(reply)
-    except BaseException as exc:  # noqa: BLE001 (a result too big to encode fails its attempt)
-        reply = _failure(exc)
-        payload = encode_reply(reply)
+        processor = _prepare(state, config)
+    # A failure to prepare (no temporary directory, a processor that does not import)
+    # is the attempt's, classified like any other.
+    except BaseException as exc:  # noqa: BLE001
+        payload = encode_reply(failure(exc))
+    else:
+        _, payload = run_processor(processor, lambda: data, password, attempt, config.result_limits)
+    empty_directory(state.temp_dir)
     yield payload
 
 
@@ -108,7 +107,7 @@ class _ProcessState:
     location: WorkerLocation  # without a task
     temp_dir: Path
     baseline_address_space: int
-    processors: dict[str, tuple[Processor, bool]]
+    processors: dict[str, Processor]
 
 
 _state: _ProcessState | None = None
@@ -148,46 +147,15 @@ def _mark_busy(temp_dir: Path, task_id: str) -> None:
         log.warning("cannot mark the worker busy", path=str(temp_dir), error=str(exc))
 
 
-def _prepare(state: _ProcessState, config: RayAttemptConfig) -> tuple[Processor, bool]:
+def _prepare(state: _ProcessState, config: RayAttemptConfig) -> Processor:
     if not state.temp_dir.is_dir():
         raise FileNotFoundError(f"no temporary directory {state.temp_dir}")
     _cap_address_space(state.baseline_address_space, config.memory_limit_bytes)
     # pypdf's configuration is a ContextVar and Ray may run each task in a fresh context.
     configure_pdf_limits(config.pdf_limits)
     if config.processor not in state.processors:
-        processor = load_processor(config.processor)
-        takes_attempt = "attempt" in inspect.signature(processor).parameters
-        state.processors[config.processor] = (processor, takes_attempt)
+        state.processors[config.processor] = load_processor(config.processor)
     return state.processors[config.processor]
-
-
-def _attempt(
-    state: _ProcessState,
-    config: RayAttemptConfig,
-    data: bytes,
-    password: str | None,
-    attempt: int,
-) -> WorkerReply:
-    try:
-        processor, takes_attempt = _prepare(state, config)
-        if takes_attempt:
-            result = processor(data, password, attempt=attempt)
-        else:
-            result = processor(data, password)
-        return storable_reply(result, config.result_limits)
-    # Whatever the processor does, only a real process death may end the attempt.
-    except BaseException as exc:  # noqa: BLE001
-        return _failure(exc)
-
-
-def _failure(exc: BaseException) -> WorkerFailed:
-    code = classify(exc)
-    try:
-        detail = str(exc)[:MAX_DETAIL_CHARS]
-    except Exception:  # noqa: BLE001 (an exception whose __str__ fails still has a type)
-        detail = f"<unprintable {type(exc).__name__}>"
-    # worker_exiting stays False: see the module's description.
-    return WorkerFailed(code=code, exception_type=type(exc).__name__, detail=detail)
 
 
 def _cap_address_space(baseline: int, limit: int | None) -> None:
@@ -211,16 +179,3 @@ def _sweep(root: Path) -> None:
         with contextlib.suppress(ValueError):
             if not process_alive(int(pid), int(ticks)):
                 shutil.rmtree(entry, ignore_errors=True)
-
-
-def _empty_directory(directory: Path) -> None:
-    try:
-        for entry in directory.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink(missing_ok=True)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot empty temporary directory", path=str(directory), error=str(exc))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from actors.storage.store import Store
-from server.errors import WireError
+from server.wire.errors import WireError
 
 __all__ = ["Admission", "TenantQuotas", "TenantUsage"]
 

@@ -29,8 +29,8 @@ from actors.policy.model import (
 )
 from actors.policy.results import TEXT_PIECE_CHARS
 from actors.policy.rules import BatchPolicy
-from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.wire.errors import FieldViolation, WireError
 
 __all__ = [
     "BatchSpec",

@@ -1,4 +1,4 @@
-"""``pdfbatch``: run the service, or use it from the command line.
+"""``pdfbatch``: use the service from the command line.
 
 Exit codes: 0 every file succeeded (or the command did what it was asked), 2 the batch
 partially succeeded, 3 the batch failed or was cancelled, 1 the command itself failed
@@ -16,19 +16,8 @@ from typing import NoReturn
 import grpc
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
-from pydantic import ValidationError
 
-from server.cli_security import (
-    add_client_flags,
-    add_hash_token_flags,
-    add_serve_flags,
-    connect,
-    hash_token_command,
-    security_settings,
-)
-from server.client import Client, UploadFile, collect_files, describe_error
-from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.progress import (
+from server.cli.progress import (
     BatchTracker,
     ProgressDisplay,
     batch_state_name,
@@ -37,12 +26,15 @@ from server.progress import (
     summary,
     terminal_safe,
 )
-from server.settings import ServerSettings, UploadLimits
+from server.cli.security import add_client_flags, connect
+from server.client.api import Client, UploadFile, collect_files, describe_error
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = ["main"]
 
 EXIT_FAILED_COMMAND = 1
 EXIT_INTERRUPTED = 130
+AddCommands = Callable[[Callable[..., argparse.ArgumentParser]], None]
 _BATCH_STATES = [
     v.name.removeprefix("BATCH_STATE_") for v in pb.BatchState.DESCRIPTOR.values if v.number
 ]
@@ -84,38 +76,6 @@ def _password_file(text: str) -> tuple[str, str]:
 
 
 # Commands ---------------------------------------------------------------------------
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from server.app import serve  # noqa: PLC0415 - only `serve` needs it
-    from server.logs import configure_logging  # noqa: PLC0415
-
-    limits = {
-        name: value
-        for name in ("max_file_bytes", "max_batch_bytes", "max_files_per_batch")
-        if (value := getattr(args, name)) is not None
-    }
-    given = {
-        name: value
-        for name in (
-            *("address", "data_dir", "workers", "shutdown_grace", "metrics_port"),
-            *("executor", "ray_address"),
-        )
-        if (value := getattr(args, name)) is not None
-    }
-    try:
-        settings = ServerSettings(
-            limits=UploadLimits(**limits), security=security_settings(args), **given
-        )
-    except ValidationError as error:
-        print(f"pdfbatch serve: invalid settings:\n{error}", file=sys.stderr)
-        return EXIT_FAILED_COMMAND
-    configure_logging()
-    try:
-        return serve(settings)
-    except (RuntimeError, OSError) as error:
-        print(f"pdfbatch serve: cannot start: {error}", file=sys.stderr)
-        return EXIT_FAILED_COMMAND
 
 
 def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
@@ -269,45 +229,27 @@ def _delete(client: Client, args: argparse.Namespace) -> int:
 # Parser -----------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
     parser = _Parser(prog="pdfbatch", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        if name not in ("serve", "hash-token"):
-            sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
-            sub.add_argument("--json", action="store_true", help="print protobuf JSON")
-            add_client_flags(sub)
+        sub.set_defaults(handler=handler, standalone=False)
+        sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
+        sub.add_argument("--json", action="store_true", help="print protobuf JSON")
+        add_client_flags(sub)
         return sub
 
-    serve = command("serve", _serve, "Run the service until SIGTERM or SIGINT.")
-    serve.add_argument("--address", help="listen host:port (env PDFBATCH_ADDRESS)")
-    serve.add_argument("--data-dir", type=Path, help="storage directory (env PDFBATCH_DATA_DIR)")
-    serve.add_argument("--workers", type=int, help="worker processes (env PDFBATCH_WORKERS)")
-    serve.add_argument("--max-file-bytes", type=int, help="largest file accepted")
-    serve.add_argument("--max-batch-bytes", type=int, help="largest batch accepted")
-    serve.add_argument("--max-files-per-batch", type=int, help="most files in one batch")
-    serve.add_argument("--shutdown-grace", type=float, help="seconds running work gets on stop")
-    serve.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default off)"
-    )
-    serve.add_argument(
-        "--executor",
-        choices=("local", "ray", "auto"),
-        help="where attempts run: local worker processes (default) or a Ray cluster",
-    )
-    serve.add_argument("--ray-address", help="the Ray cluster to join (env RAY_ADDRESS)")
-    add_serve_flags(serve)
-    add_hash_token_flags(
-        command(
-            "hash-token",
-            hash_token_command,
-            "Print the hash of a token (read from --token-file or standard input) for a "
-            "tokens file.",
-        )
-    )
+    def standalone(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler, standalone=True)
+        return sub
+
+    if service_commands is not None:
+        service_commands(standalone)
 
     submit = command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
     submit.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
@@ -364,13 +306,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``pdfbatch`` with ``argv`` (default: the process's); returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "hash-token":
-        return hash_token_command(args)
+def main(argv: Sequence[str] | None = None, service_commands: AddCommands | None = None) -> int:
+    """Run ``pdfbatch`` with ``argv`` (default: the process's); returns the exit code.
+
+    Args:
+        argv: The arguments, without the program's name.
+        service_commands: Adds commands that need no client (``serve``), given the
+            function that makes one: ``(name, handler(args) -> int, help)``.
+    """
+    args = _parser(service_commands).parse_args(argv)
+    if args.standalone:
+        code: int = args.handler(args)
+        return code
     try:
         client = connect(args)
     except (OSError, ValueError, RuntimeError) as error:
@@ -378,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED_COMMAND
     try:
         with client:
-            code: int = args.handler(client, args)
+            code = args.handler(client, args)
             return code
     except grpc.RpcError as error:
         described = describe_error(error)
@@ -395,7 +342,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED_COMMAND
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ Every method checks its request's shape, calls the runtime (or the upload and wa
 helpers), converts the answer, and turns any refusal into a status with rich details.
 Nothing here decides anything about batches.
 
-Every call acts for the calling tenant (:meth:`server.auth.Authenticator.caller`): it
+Every call acts for the calling tenant (:meth:`server.security.auth.Authenticator.caller`): it
 owns the batches it submits, and another tenant's batch is answered for exactly as a
 batch that does not exist (same status, reason and message), so ids leak nothing.
 """
@@ -25,16 +25,16 @@ from actors.orchestration.runtime import Runtime
 from actors.policy.model import BatchView
 from actors.policy.refusals import BatchNotFound, FileNotFound
 from actors.storage.store import Store
-from server import convert
-from server.auth import Authenticator
-from server.errors import FieldViolation, WireError, abort, service_closing, wire_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
-from server.paging import list_page
-from server.ratelimit import RateLimiter
-from server.requests import RequestContext, request_scope
-from server.upload import Uploads
-from server.watch import WatchHub
+from server.security.auth import Authenticator
+from server.security.ratelimit import RateLimiter
+from server.service.requests import RequestContext, request_scope
+from server.service.upload import Uploads
+from server.service.watch import WatchHub
+from server.wire import convert
+from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
+from server.wire.paging import list_page
 
 __all__ = ["BatchServicer", "watch_handler"]
 
@@ -56,7 +56,7 @@ def _recorded(caller_id: str) -> str:
 
 
 def _current_request_id() -> str:
-    """The running call's id, bound by :func:`server.requests.request_scope`."""
+    """The running call's id, bound by :func:`server.service.requests.request_scope`."""
     return str(structlog.contextvars.get_contextvars().get("request_id", ""))
 
 
@@ -171,7 +171,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def request(
         self, context: grpc.ServicerContext, action: str, request: object
     ) -> Iterator[RequestContext]:
-        """The call's id, log context and audit entry (see :mod:`server.requests`)."""
+        """The call's id, log context and audit entry (see :mod:`server.service.requests`)."""
         try:
             caller = self._auth.caller(context)
         except WireError:

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 import structlog
 
-from server.errors import WireError
+from server.wire.errors import WireError
 
 __all__ = [
     "OPEN_SERVICES",

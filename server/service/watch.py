@@ -25,8 +25,8 @@ import grpc
 from actors.policy.model import BatchEvent, BatchState, BatchView
 from actors.policy.refusals import BatchNotFound
 from actors.storage.store import Store
-from server import convert
-from server.errors import WireError, service_closing
+from server.wire import convert
+from server.wire.errors import WireError, service_closing
 
 __all__ = ["WatchHub", "WatchItem", "WatchSession"]
 

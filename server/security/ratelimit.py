@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from server.errors import WireError
+from server.wire.errors import WireError
 
 __all__ = ["RateLimiter", "TokenBucket"]
 

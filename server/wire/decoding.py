@@ -18,7 +18,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from server.errors import WireError, abort
+from server.wire.errors import WireError, abort
 
 __all__ = ["DecodingInterceptor", "MalformedRequest"]
 

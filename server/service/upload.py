@@ -31,11 +31,11 @@ from actors.policy.model import BatchView
 from actors.policy.refusals import InvalidRequest
 from actors.storage.blobs import BlobStore, BlobWriter
 from actors.storage.store import Store
-from server import convert
-from server.errors import FieldViolation, WireError
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
-from server.quotas import Admission, TenantQuotas
-from server.settings import UploadLimits
+from server.security.quotas import Admission, TenantQuotas
+from server.service.settings import UploadLimits
+from server.wire import convert
+from server.wire.errors import FieldViolation, WireError
 
 __all__ = ["Uploads"]
 

@@ -1,10 +1,11 @@
-"""TLS and mutual TLS: credentials for the server and for its clients, from PEM files.
+"""TLS and mutual TLS: the server's credentials, from PEM files.
 
 The server serves TLS with ``--tls-cert`` and ``--tls-key``; with ``--tls-client-ca``
 too it requires every client to present a certificate signed by that CA (mutual TLS),
 and refuses the handshake otherwise. Clients trust the server through ``--tls-ca`` (or
 the system's roots) and present ``--tls-client-cert`` / ``--tls-client-key``.
-Certificates authenticate the connection; the tenant is still the bearer token's.
+Certificates authenticate the connection; the tenant is still the bearer token's. The
+client's side is :mod:`server.client.tls`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import grpc
 
-from server.auth import ConfigurationError
+from server.security.auth import ConfigurationError
 
-__all__ = ["channel_credentials", "server_credentials"]
+__all__ = ["server_credentials"]
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -51,27 +52,4 @@ def server_credentials(
         [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
         root_certificates=roots,
         require_client_auth=roots is not None,
-    )
-
-
-def channel_credentials(
-    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
-) -> grpc.ChannelCredentials:
-    """A client's TLS credentials.
-
-    Args:
-        ca: PEM CA certificates to trust the server by. Default the system's roots.
-        cert: The client's PEM certificate chain, for mutual TLS.
-        key: PEM private key of ``cert``.
-
-    Raises:
-        ConfigurationError: Only one of ``cert`` and ``key``, or a file that cannot be
-            read.
-    """
-    if (cert is None) != (key is None):
-        raise ConfigurationError("a client certificate needs its key, and a key its certificate")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "CA certificate") if ca is not None else None,
-        private_key=_read(key, "client key") if key is not None else None,
-        certificate_chain=_read(cert, "client certificate") if cert is not None else None,
     )

@@ -36,17 +36,17 @@ from actors.policy.model import FileState
 from actors.storage.blobs import BlobStore
 from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import Store
-from server.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
-from server.decoding import DecodingInterceptor
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
-from server.metrics import ServiceMetrics
-from server.quotas import TenantQuotas
-from server.ratelimit import RateLimiter
-from server.servicer import BatchServicer, watch_handler
-from server.settings import ServerSettings
-from server.tls import server_credentials
-from server.upload import Uploads
-from server.watch import WatchHub
+from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
+from server.security.quotas import TenantQuotas
+from server.security.ratelimit import RateLimiter
+from server.security.tls import server_credentials
+from server.service.metrics import ServiceMetrics
+from server.service.servicer import BatchServicer, watch_handler
+from server.service.settings import ServerSettings
+from server.service.upload import Uploads
+from server.service.watch import WatchHub
+from server.wire.decoding import DecodingInterceptor
 
 __all__ = ["DATABASE_NAME", "SERVICE_NAME", "Service", "serve"]
 
@@ -72,7 +72,7 @@ class Service:
 
     Raises:
         RuntimeError: The address cannot be bound.
-        server.auth.ConfigurationError: The tokens or TLS files cannot be used, or the
+        server.security.auth.ConfigurationError: The tokens or TLS files cannot be used, or the
             address is not loopback while no tokens are configured.
     """
 
@@ -209,8 +209,8 @@ class Service:
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
-            # Health and reflection stay open (see server.auth); a request that does not
-            # decode is the caller's mistake, not an internal error (see server.decoding).
+            # Health and reflection stay open (see server.security.auth); a request that does not
+            # decode is the caller's mistake, not an internal error (see server.wire.decoding).
             interceptors=[AuthInterceptor(self.authenticator), DecodingInterceptor()],
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)

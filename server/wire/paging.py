@@ -17,7 +17,7 @@ import grpc
 
 from actors.policy.model import BatchRecord, BatchState, BatchView
 from actors.storage.store import Store
-from server.errors import FieldViolation, WireError
+from server.wire.errors import FieldViolation, WireError
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "list_page"]
 
