@@ -8,7 +8,6 @@ here, on the caller's thread.
 from __future__ import annotations
 
 import random
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,7 +36,7 @@ from actors.orchestration.messages import (
 )
 from actors.orchestration.supervisor import SupervisorDeps
 from actors.orchestration.vault import PasswordVault
-from actors.policy.catalogue import ErrorCode, StorageUnavailableError
+from actors.policy.catalogue import ErrorCode, StorageUnavailableError, has_control_characters
 from actors.policy.model import (
     BatchRecord,
     BatchState,
@@ -73,7 +72,6 @@ _STATE_PHRASES = {
     FileState.FAILED: "failed",
     FileState.CANCELLED: "was cancelled",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_file_name(name: str) -> None:
@@ -91,7 +89,7 @@ def validate_file_name(name: str) -> None:
         raise InvalidRequest(
             "A file name is a label, not a path: remove '/' and '\\'.", field="name"
         )
-    if _CONTROL.search(name):
+    if has_control_characters(name):
         raise InvalidRequest("A file name must not contain control characters.", field="name")
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "ResultTooLargeError",
     "StorageUnavailableError",
     "WrongPasswordError",
+    "has_control_characters",
     "spec_for",
     "user_text",
 ]
@@ -198,6 +199,12 @@ def spec_for(code: ErrorCode) -> ErrorSpec:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a C0 control character or DEL: refused in names and labels."""
+    return _CONTROL.search(text) is not None
 
 
 def user_text(text: str, limit: int = MAX_USER_MESSAGE_CHARS) -> str:

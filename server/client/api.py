@@ -169,8 +169,13 @@ def _upload_requests(
 
 
 def _backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff: up to 0.2 s, 0.4 s, ... at most 5 s."""
-    return random.uniform(0, min(5.0, 0.2 * 2 ** (attempt - 1)))
+    """Full-jitter exponential backoff: up to 0.2 s, 0.4 s, ... at most 5 s.
+
+    The client speaks the wire only, so it keeps this small rule of its own rather than
+    import the service's retry policy; the exponent stops growing at the cap, so no
+    attempt number overflows it.
+    """
+    return random.uniform(0, min(5.0, 0.2 * 2 ** min(attempt - 1, 5)))
 
 
 class Client:

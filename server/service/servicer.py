@@ -78,24 +78,33 @@ _Unary = Callable[[_S, _Request, grpc.ServicerContext], _Response]
 _Streaming = Callable[[_S, _Request, grpc.ServicerContext], Iterator[_Response]]
 
 
+@contextlib.contextmanager
+def _answering(
+    servicer: BatchServicer, context: grpc.ServicerContext, action: str, request: object
+) -> Iterator[RequestContext]:
+    """Refuse the call while closing; audit it; turn whatever it raises into a status."""
+    if servicer.closing:
+        abort(context, service_closing())
+    with servicer.request(context, action, request) as call:
+        try:
+            yield call
+        except grpc.RpcError:
+            # The client's side of the call broke off; gRPC already knows.
+            call.outcome = "ABANDONED_BY_CLIENT"
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+            error = wire_error(exc)
+            call.outcome = f"{error.code.name} {error.reason}"
+            abort(context, error)
+
+
 def _unary(method: _Unary[_S, _Request, _Response]) -> _Unary[_S, _Request, _Response]:
-    """Refuse the call while closing; turn whatever the method raises into a status."""
+    """A unary method, answered by :func:`_answering`."""
 
     @functools.wraps(method)
     def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> _Response:
-        if self.closing:
-            abort(context, service_closing())
-        with self.request(context, method.__name__, request) as call:
-            try:
-                response = method(self, request, context)
-            except grpc.RpcError:
-                # The client's side of the call broke off; gRPC already knows.
-                call.outcome = "ABANDONED_BY_CLIENT"
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
-                error = wire_error(exc)
-                call.outcome = f"{error.code.name} {error.reason}"
-                abort(context, error)
+        with _answering(self, context, method.__name__, request) as call:
+            response = method(self, request, context)
             call.batch_id = call.batch_id or str(getattr(response, "batch_id", ""))
             return response
 
@@ -105,22 +114,12 @@ def _unary(method: _Unary[_S, _Request, _Response]) -> _Unary[_S, _Request, _Res
 def _streaming(
     method: _Streaming[_S, _Request, _Response],
 ) -> _Streaming[_S, _Request, _Response]:
-    """:func:`_unary` for methods that stream their response."""
+    """A method that streams its response, answered by :func:`_answering`."""
 
     @functools.wraps(method)
     def answer(self: _S, request: _Request, context: grpc.ServicerContext) -> Iterator[_Response]:
-        if self.closing:
-            abort(context, service_closing())
-        with self.request(context, method.__name__, request) as call:
-            try:
-                yield from method(self, request, context)
-            except grpc.RpcError:
-                call.outcome = "ABANDONED_BY_CLIENT"
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
-                error = wire_error(exc)
-                call.outcome = f"{error.code.name} {error.reason}"
-                abort(context, error)
+        with _answering(self, context, method.__name__, request):
+            yield from method(self, request, context)
 
     return answer
 

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import ValidationError
 
+from actors.policy.catalogue import has_control_characters
 from actors.policy.model import (
     Attempt,
     AuditEntry,
@@ -52,7 +53,6 @@ MAX_LABEL_KEY_CHARS = 63
 MAX_LABEL_VALUE_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
 _JITTER = {pb.JITTER_FULL: "full", pb.JITTER_NONE: "none"}
 # Domain field names that differ from the proto's.
@@ -316,7 +316,7 @@ def _invalid(reason: str, violations: list[FieldViolation]) -> WireError:
 def _text_violations(path: str, value: str, max_chars: int) -> list[FieldViolation]:
     if len(value) > max_chars:
         return [FieldViolation(path, f"At most {max_chars} characters.")]
-    if _CONTROL.search(value):
+    if has_control_characters(value):
         return [FieldViolation(path, "Control characters are not allowed.")]
     return []
 
