@@ -8,7 +8,7 @@ Workers import it when a server runs with ``PDFBATCH_PROCESSOR=bench.processors:
 - ``%PDF-hang``: leave a file named ``hang-<pid>`` in the worker's temporary directory,
   then wait forever, so that a cancel has a process to kill and a file to clean up.
 
-A copy of the idea in ``tests/processors.py``, so that the bench does not import tests.
+A copy of the idea in ``tests/helpers/processors.py``, so that the bench does not import tests.
 """
 
 from __future__ import annotations

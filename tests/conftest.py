@@ -6,6 +6,7 @@ process or a file in its temp directory is left behind.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -15,7 +16,22 @@ import psutil
 import pykka
 import pytest
 
-from tests.reliability import REPORT
+# The helpers check with plain asserts: rewritten, their failures say what differed.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers.reliability import REPORT  # noqa: E402 (after the rewrite is registered)
+
+# The shared fixtures, for every test: none is imported by name into a test module.
+pytest_plugins = [
+    "tests.helpers.server_fixtures",
+    "tests.helpers.pool_fixtures",
+    "tests.helpers.crash_fixtures",
+    "tests.helpers.reliability_fixtures",
+    "tests.helpers.security_fixtures",
+]
+# Ray is an optional extra: without it, its tests skip and its fixtures are not loaded.
+if importlib.util.find_spec("ray") is not None:
+    pytest_plugins.append("tests.helpers.ray_fixtures")
 
 _GRACE_SECONDS = 5.0
 

@@ -1,0 +1,266 @@
+"""The ``pdfbatch`` command line against a real server: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from server.cli.progress import BatchTracker, ProgressDisplay
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.main import main
+from tests.helpers.server_fixtures import (
+    RunningServer,
+    free_port,
+    make_pdf,
+    many_pages,
+    write_files,
+)
+
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _batch(json_text: str) -> pb.Batch:
+    return json_format.Parse(json_text, pb.Batch())
+
+
+def test_submit_watch_json_prints_the_final_batch_and_exits_2_on_partial_success(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_files(
+        tmp_path / "in",
+        {"a.pdf": make_pdf("alpha"), "b.pdf": make_pdf("beta"), "broken.pdf": b"%PDF-1.7 oops"},
+    )
+
+    code, out, err = _run(
+        capsys, "submit", str(folder), "--watch", "--json", "--address", server.address
+    )
+
+    assert code == 2
+    batch = _batch(out)
+    assert batch.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
+    assert (batch.counts.succeeded, batch.counts.failed) == (2, 1)
+    assert "FAILED    broken.pdf [f00003] PDF_MALFORMED: This PDF is damaged" in err
+    assert "batch PARTIALLY_SUCCEEDED" in err
+
+
+def test_exit_code_is_0_when_every_file_succeeds_and_3_when_all_fail(
+    server: RunningServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDFBATCH_ADDRESS", server.address)
+    good = write_files(tmp_path / "good", {"a.pdf": make_pdf("a")})
+    bad = write_files(tmp_path / "bad", {"x.pdf": b"nope", "y.pdf": b""})
+
+    ok, out, _ = _run(capsys, "submit", str(good / "a.pdf"), "--watch")
+    failed, failed_out, _ = _run(capsys, "submit", str(bad), "--watch", "--name", "bad")
+
+    assert ok == 0
+    assert "SUCCEEDED: 1 succeeded, 0 failed, 0 cancelled of 1 files." in out
+    assert failed == 3
+    assert "FAILED: 0 succeeded, 2 failed" in failed_out
+    assert "NOT_A_PDF" in failed_out
+    assert "PDF_EMPTY" in failed_out
+
+
+def test_submit_without_watch_prints_the_batch_id_at_once(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_files(tmp_path / "in", {"a.pdf": make_pdf("a")})
+
+    code, out, _ = _run(
+        capsys,
+        "submit",
+        str(folder),
+        "--label",
+        "team=docs",
+        "--max-attempts",
+        "2",
+        "--address",
+        server.address,
+    )
+
+    assert code == 0
+    batch_id = out.strip()
+    batch = server.client.get(batch_id)
+    assert dict(batch.labels) == {"team": "docs"}
+    assert batch.policy.retry.max_attempts == 2
+    server.settle(batch_id)
+
+
+def test_status_list_retry_results_and_delete(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = server.submit(("a.pdf", make_pdf("first page", "second page")), ("b.pdf", b"junk"))
+    server.settle(batch.batch_id)
+    address = ("--address", server.address)
+
+    code, out, _ = _run(capsys, "status", batch.batch_id, *address)
+    assert code == 2
+    assert f"Batch {batch.batch_id}: PARTIALLY_SUCCEEDED" in out
+    assert "f00002  FAILED     1 attempt(s)  b.pdf  NOT_A_PDF: This file is not a PDF." in out
+
+    code, out, _ = _run(capsys, "status", batch.batch_id, "--json", *address)
+    assert (code, _batch(out).file_count) == (2, 2)
+
+    code, out, _ = _run(capsys, "list", "--json", *address)
+    listed = json_format.Parse(out, pb.ListBatchesResponse())
+    assert [b.batch_id for b in listed.batches] == [batch.batch_id]
+    code, out, _ = _run(capsys, "list", "--state", "succeeded", *address)
+    assert (code, out) == (0, "")
+
+    code, out, err = _run(capsys, "retry", batch.batch_id, "f00002", "--watch", *address)
+    assert code == 2
+    assert f"batch {batch.batch_id} " in err
+    assert server.client.get(batch.batch_id).files[1].attempt_count == 2
+
+    code, out, _ = _run(capsys, "results", batch.batch_id, *address)
+    assert code == 0
+    assert "==> a.pdf [f00001]: 2 pages <==" in out
+    assert "--- page 2 ---\nsecond page" in out
+    code, out, _ = _run(capsys, "results", batch.batch_id, "--out", str(tmp_path / "txt"), *address)
+    assert (tmp_path / "txt" / "a.f00001.txt").read_text() == "first page\fsecond page"
+    code, out, _ = _run(capsys, "results", batch.batch_id, "f00001", "--json", *address)
+    chunks = [json.loads(line) for line in out.splitlines()]
+    assert chunks[0]["metadata"]["pageCount"] == 2
+    assert [c["page"]["text"] for c in chunks[1:]] == ["first page", "second page"]
+
+    code, out, _ = _run(capsys, "delete", batch.batch_id, *address)
+    assert code == 0
+    code, _, err = _run(capsys, "status", batch.batch_id, *address)
+    assert code == 1
+    assert "NOT_FOUND (BATCH_NOT_FOUND): No batch with this id exists." in err
+
+
+def test_cancel_exits_3_on_the_cancelled_batch(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pages = many_pages(300)
+    batch = server.submit(
+        *((f"{n}.pdf", pages) for n in range(6)), policy=pb.BatchPolicy(max_concurrency=1)
+    )
+
+    code, out, _ = _run(capsys, "cancel", batch.batch_id, "--address", server.address)
+    assert (code, out) == (0, f"Batch {batch.batch_id} CANCELLED.\n")
+
+    code, out, _ = _run(capsys, "watch", batch.batch_id, "--address", server.address)
+    assert code == 3
+    assert "CANCELLED" in out
+
+
+def test_command_failures_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+
+    code, _, err = _run(capsys, "status", "some-batch", "--address", unreachable)
+    assert code == 1
+    assert "UNAVAILABLE" in err
+
+    code, _, err = _run(capsys, "submit", str(tmp_path / "missing.pdf"), "--address", unreachable)
+    assert code == 1
+    assert "no such file or directory" in err
+
+    with pytest.raises(SystemExit) as usage:
+        main(["frobnicate"])
+    assert usage.value.code == 1
+    with pytest.raises(SystemExit) as no_batch:
+        main(["status"])
+    assert no_batch.value.code == 1
+
+
+def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
+    class Terminal:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def write(self, text: str) -> int:
+            self.text += text
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return True
+
+    tracker = BatchTracker()
+    terminal = Terminal()
+    display = ProgressDisplay(terminal)  # type: ignore[arg-type]
+    snapshot = pb.Batch(
+        batch_id="b",
+        state=pb.BATCH_STATE_RUNNING,
+        files=[
+            pb.FileStatus(file_id="f1", name="a.pdf", state=pb.FILE_STATE_RUNNING),
+            pb.FileStatus(file_id="f2", name="b.pdf", state=pb.FILE_STATE_PENDING),
+        ],
+    )
+    events = [
+        pb.BatchEvent(
+            sequence=1, batch_id="b", batch_state=pb.BATCH_STATE_RUNNING, snapshot=snapshot
+        ),
+        pb.BatchEvent(
+            sequence=2,
+            batch_id="b",
+            batch_state=pb.BATCH_STATE_RUNNING,
+            file=pb.FileStatus(
+                file_id="f1",
+                name="a.pdf",
+                state=pb.FILE_STATE_FAILED,
+                error=pb.FileError(code="NOT_A_PDF", message="Not a PDF."),
+            ),
+        ),
+    ]
+    for event in events:
+        display.update(tracker, tracker.apply(event))
+    display.close()
+
+    assert terminal.text == (
+        "batch b RUNNING: 2 files\n"
+        "[------------------------] 0/2 files · 0 succeeded · 0 failed · 1 running · RUNNING"
+        "\r\x1b[KFAILED    a.pdf [f1] NOT_A_PDF: Not a PDF.\n"
+        "[############------------] 1/2 files · 0 succeeded · 1 failed · RUNNING\n"
+    )
+
+
+def test_passwords_come_from_files_for_submit_and_retry(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_files(tmp_path / "in", {"secret.pdf": make_pdf("hidden", password="pw")})
+    (tmp_path / "pw").write_text("pw\n")
+    (tmp_path / "wrong").write_text("nope\n")
+    address = ("--address", server.address)
+
+    code, out, _ = _run(
+        capsys,
+        "submit",
+        str(folder),
+        "--password-file",
+        f"secret.pdf={tmp_path / 'wrong'}",
+        "--watch",
+        "--json",
+        *address,
+    )
+    batch = _batch(out)
+    assert (code, batch.files[0].error.code) == (3, "PDF_WRONG_PASSWORD")
+
+    code, out, _ = _run(
+        capsys,
+        "retry",
+        batch.batch_id,
+        "f00001",
+        "--password-file",
+        f"f00001={tmp_path / 'pw'}",
+        "--watch",
+        *address,
+    )
+    assert code == 0
+    assert server.client.result(batch.batch_id, "f00001").pages == ["hidden"]

@@ -1,0 +1,258 @@
+"""The supervision core, driven through the runtime with real worker processes.
+
+Time is a fake clock: backoffs and deadlines move only when a test advances it, so
+delays are checked exactly and no test sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pykka
+import pytest
+
+from actors.orchestration.file_actor import FileActor
+from actors.policy.book import Changes
+from actors.policy.catalogue import ErrorCode
+from actors.policy.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
+from actors.policy.refusals import FileNotFound, RetryRefused
+from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.storage.store import MemoryStore
+from tests.helpers.harness import Harness, build_harness
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    yield from build_harness(tmp_path)
+
+
+def _policy(**retry: object) -> BatchPolicy:
+    defaults: dict[str, object] = {"jitter": "none", "initial_backoff": 1.0, "multiplier": 2.0}
+    return BatchPolicy(max_concurrency=4, retry=RetryPolicy(**(defaults | retry)))
+
+
+def _states(view: BatchView) -> list[FileState]:
+    return [f.state for f in view.files]
+
+
+def _in_state(state: FileState, count: int = 1) -> object:
+    return lambda view: view.counts[state] >= count
+
+
+def test_retryable_failures_back_off_exactly_as_the_policy_says(h: Harness) -> None:
+    batch = h.runtime.submit(
+        h.files(b"crash-until:4"),
+        policy=_policy(max_attempts=5, initial_backoff=2.0, multiplier=3.0, jitter="full"),
+    ).batch
+    expected_delays = [1.0, 3.0, 9.0]  # rand() = 0.5 of caps 2, 6, 18
+    for attempt, delay in enumerate(expected_delays, start=1):
+        view = h.waiter.until(
+            batch.batch_id,
+            lambda v, n=attempt: (
+                v.files[0].state is FileState.BACKOFF and len(v.files[0].attempts) == n
+            ),
+        )
+        record = view.files[0]
+        assert record.attempts[-1].retry_delay == pytest.approx(delay)
+        assert record.attempts[-1].code is ErrorCode.WORKER_CRASHED
+        assert record.next_attempt_at == pytest.approx(h.clock.now() + delay)
+        h.clock.advance(delay - 0.001)
+        assert h.store.load(batch.batch_id).files[0].state is FileState.BACKOFF  # type: ignore[union-attr]
+        h.clock.advance(0.001)
+    view = h.settled(batch.batch_id)
+    assert view.batch.state is BatchState.SUCCEEDED
+    assert [a.outcome for a in view.files[0].attempts] == [
+        AttemptOutcome.FAILED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.SUCCEEDED,
+    ]
+    assert view.files[0].round_failures == 3
+
+
+def test_retries_stop_when_attempts_run_out(h: Harness) -> None:
+    batch = h.runtime.submit(h.files(b"segv"), policy=_policy(max_attempts=2)).batch
+    h.waiter.until(batch.batch_id, _in_state(FileState.BACKOFF))  # type: ignore[arg-type]
+    h.clock.advance(1.0)
+    view = h.settled(batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert len(view.files[0].attempts) == 2
+    assert view.files[0].error is not None
+    assert view.files[0].error.code is ErrorCode.WORKER_CRASHED
+
+
+def test_restart_intensity_trips_and_fails_the_batch_with_a_reason(h: Harness) -> None:
+    policy = BatchPolicy(
+        max_concurrency=3,
+        retry=RetryPolicy(max_attempts=10, jitter="none"),
+        restart_intensity=RestartIntensity(max_restarts=2, within_seconds=60),
+    )
+    batch = h.runtime.submit(h.files(b"exit:9", b"exit:9", b"exit:9", b"hang"), policy=policy)
+    view = h.settled(batch.batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert "More than 2 automatic restarts within 60 s" in view.batch.reason
+    assert view.counts[FileState.FAILED] == 1
+    assert view.counts[FileState.CANCELLED] == 3
+    assert sum(len(f.attempts) for f in view.files[:3]) == 3
+
+
+def test_tolerated_failure_threshold_fails_fast(h: Harness) -> None:
+    policy = BatchPolicy(
+        max_concurrency=1,
+        retry=RetryPolicy(max_attempts=1),
+        tolerated_failures=FailureThreshold(max_failed_files=1),
+    )
+    files = h.files(b"pdf-error", b"bug", b"ok", b"ok", b"ok")
+    view = h.settled(h.runtime.submit(files, policy=policy).batch.batch_id)
+    assert view.batch.state is BatchState.FAILED
+    assert "2 of 5 files failed" in view.batch.reason
+    assert _states(view) == [FileState.FAILED, FileState.FAILED] + [FileState.CANCELLED] * 3
+    assert all(not f.attempts for f in view.files[2:])
+
+
+def test_cancel_moves_every_waiting_file_in_one_event(h: Harness) -> None:
+    contents = [b"hang", b"hang", *[b"ok"] * 6]
+    policy = BatchPolicy(max_concurrency=2)
+    batch_id = h.runtime.submit(h.files(*contents), policy=policy).batch.batch_id
+    before = h.waiter.until(batch_id, _in_state(FileState.RUNNING, 2))  # type: ignore[arg-type]
+    cancelled = h.runtime.cancel(batch_id)
+    assert cancelled.counts[FileState.CANCELLED] == 8
+    events = h.store.events_after(batch_id, before.batch.sequence)
+    bulk = [e for e in events if e.bulk is not None]
+    assert len(bulk) == 1, "the six waiting files are cancelled by one event"
+    waiting = tuple(f.file_id for f in before.files[2:])
+    assert bulk[0].bulk is not None
+    assert bulk[0].bulk.file_ids == waiting
+    assert bulk[0].reason == "cancelled before its next attempt: Cancelled (client)."
+    stopped = [(e.previous_state, e.file.state) for e in events if e.file is not None]
+    assert stopped == [(FileState.RUNNING, FileState.CANCELLED)] * 2
+    assert len(events) == 1 + 1 + 2 + 1, "CANCELLING, the bulk, the two running, CANCELLED"
+    stored = h.store.load(batch_id)
+    assert stored is not None
+    assert all(f.error is not None and f.error.code is ErrorCode.CANCELLED for f in stored.files)
+
+
+def test_manual_retry_reruns_failed_files_with_a_fresh_budget(h: Harness) -> None:
+    policy = BatchPolicy(max_manual_retries=2, retry=RetryPolicy(max_attempts=1))
+    batch_id = h.runtime.submit(h.files(b"fail-until:3", b"ok"), policy=policy).batch.batch_id
+    view = h.settled(batch_id)
+    assert view.batch.state is BatchState.PARTIALLY_SUCCEEDED
+    failed, done = view.files
+
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [done.file_id])
+    assert refused.value.reason == "FILE_ALREADY_SUCCEEDED"
+    with pytest.raises(FileNotFound):
+        h.runtime.retry(batch_id, ["nope"])
+
+    reopened = h.runtime.retry(batch_id, [failed.file_id])
+    assert reopened.batch.state is BatchState.RUNNING
+    view = h.settled(batch_id)
+    assert view.files[0].state is FileState.FAILED
+    assert view.files[0].manual_retries == 1
+
+    h.runtime.retry(batch_id)  # no ids: every failed and cancelled file
+    view = h.settled(batch_id)
+    assert view.batch.state is BatchState.SUCCEEDED
+    assert view.files[0].manual_retries == 2
+    assert [a.number for a in view.files[0].attempts] == [1, 2, 3]
+    assert len(view.files[1].attempts) == 1, "a succeeded file is never processed again"
+
+
+def test_manual_retry_cap_and_in_flight_refusals(h: Harness) -> None:
+    policy = BatchPolicy(max_manual_retries=1, retry=RetryPolicy(max_attempts=1))
+    batch_id = h.runtime.submit(h.files(b"pdf-error", b"hang"), policy=policy).batch.batch_id
+    view = h.waiter.until(batch_id, _in_state(FileState.FAILED))  # type: ignore[arg-type]
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [view.files[1].file_id])
+    assert refused.value.reason == "FILE_IN_FLIGHT"
+    h.runtime.retry(batch_id, [view.files[0].file_id])
+    view = h.waiter.until(
+        batch_id, lambda v: v.files[0].state is FileState.FAILED and v.files[0].manual_retries
+    )
+    with pytest.raises(RetryRefused) as refused:
+        h.runtime.retry(batch_id, [view.files[0].file_id])
+    assert refused.value.reason == "MANUAL_RETRY_LIMIT"
+    h.runtime.cancel(batch_id)
+
+
+def test_events_count_up_without_gaps(h: Harness) -> None:
+    batch_id = h.runtime.submit(h.files(b"ok", b"pdf-error", b"ok")).batch.batch_id
+    h.settled(batch_id)
+    sequences = [e.sequence for e in h.store.events_after(batch_id, 0)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert h.store.load(batch_id).batch.sequence == sequences[-1]  # type: ignore[union-attr]
+
+
+def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
+    policy = BatchPolicy(retry=RetryPolicy(max_attempts=2, jitter="none", initial_backoff=4))
+    batch_id = h.runtime.submit(h.files(b"crash-until:2"), policy=policy).batch.batch_id
+    h.waiter.until(batch_id, _in_state(FileState.BACKOFF))  # type: ignore[arg-type]
+    h.clock.advance(4)
+    h.settled(batch_id)
+    history = [
+        (e.previous_state, e.file.state, e.reason)
+        for e in h.store.events_after(batch_id, 0)
+        if e.file is not None
+    ]
+    assert history == [
+        (FileState.PENDING, FileState.RUNNING, "attempt 1 started"),
+        (
+            FileState.RUNNING,
+            FileState.BACKOFF,
+            "attempt 1 failed with WORKER_CRASHED; next attempt in 4 s",
+        ),
+        (FileState.BACKOFF, FileState.RUNNING, "attempt 2 started"),
+        (FileState.RUNNING, FileState.SUCCEEDED, "attempt 2 succeeded"),
+    ]
+    batch_changes = [
+        (e.previous_state, e.batch_state) for e in h.store.events_after(batch_id, 0) if not e.file
+    ]
+    assert batch_changes == [
+        (BatchState.PENDING, BatchState.RUNNING),
+        (BatchState.RUNNING, BatchState.SUCCEEDED),
+    ]
+
+
+class _GatedStore(MemoryStore):
+    """Holds the commit that starts the batch's attempts until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+        self.gate = threading.Event()
+        self.committed: list[list[FileState | None]] = []
+
+    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+        states = [e.file.state if e.file else None for e in changes.events]
+        if FileState.RUNNING in states and not self.held.is_set():
+            self.held.set()
+            assert self.gate.wait(30)
+        super().commit(changes, results)
+        self.committed.append(states)
+
+
+def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
+    tmp_path: Path,
+) -> None:
+    store = _GatedStore()
+    for h in build_harness(tmp_path, store=store):
+        files = h.files(b"ok", b"ok", b"ok", b"ok")
+        batch_id = h.runtime.submit(files, policy=BatchPolicy(max_concurrency=4)).batch.batch_id
+        # The attempts are handed to the workers before the commit that says they run.
+        assert store.held.wait(30)
+        # A file actor stops right after it told the supervisor its outcome: once none
+        # is left, every outcome waits in the supervisor's inbox behind the held commit.
+        deadline = time.monotonic() + 30
+        while pykka.ActorRegistry.get_by_class(FileActor):
+            assert time.monotonic() < deadline, "the attempts did not finish"
+            time.sleep(0.01)
+        store.gate.set()
+        assert h.settled(batch_id).batch.state is BatchState.SUCCEEDED
+        assert store.committed[-2][-4:] == [FileState.RUNNING] * 4
+        assert store.committed[-1] == [FileState.SUCCEEDED] * 4 + [None], (
+            "the four outcomes that queued up, and the batch's end, in one commit"
+        )

@@ -1,0 +1,84 @@
+"""The Prometheus endpoint after a real batch through a real server."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.samples import not_a_pdf, text_pdf
+from tests.helpers.server_fixtures import ServerFactory
+
+
+def _scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_a_batch_with_mixed_outcomes(serve: ServerFactory) -> None:
+    server = serve(metrics_port=0)
+    assert server.service.metrics_address is not None
+    batch = server.submit(
+        ("a.pdf", text_pdf("one")), ("b.pdf", text_pdf("two")), ("c.pdf", not_a_pdf())
+    )
+    server.settle(batch.batch_id)
+    samples = _scrape(server.service.metrics_address)
+
+    assert samples[("pdfbatch_files_total", (("code", ""), ("outcome", "succeeded")))] == 2
+    assert samples[("pdfbatch_files_total", (("code", "NOT_A_PDF"), ("outcome", "failed")))] == 1
+    assert samples[("pdfbatch_attempts_total", (("outcome", "succeeded"),))] == 2
+    assert samples[("pdfbatch_attempts_total", (("outcome", "failed"),))] == 1
+    count = ("pdfbatch_attempt_duration_seconds_count", (("outcome", "succeeded"),))
+    assert samples[count] == 2
+    assert samples[("pdfbatch_batches", (("state", "partially_succeeded"),))] == 1
+    assert samples[("pdfbatch_batches", (("state", "running"),))] == 0
+    assert samples[("pdfbatch_workers", ())] == 2
+    assert samples[("pdfbatch_workers_busy", ())] == 0
+    assert samples[("pdfbatch_queue_depth", ())] == 0
+    assert samples[("pdfbatch_watchers", ())] == 0
+
+
+def test_metrics_are_off_by_default(serve: ServerFactory) -> None:
+    assert serve().service.metrics_address is None
+
+
+def test_restarts_and_their_delays_are_counted() -> None:
+    from actors.execution.local.pool import PoolStats
+    from actors.policy.catalogue import ErrorCode
+    from actors.policy.model import (
+        Attempt,
+        AttemptOutcome,
+        BatchEvent,
+        BatchState,
+        FileError,
+        FileRecord,
+        FileState,
+    )
+    from actors.storage.store import MemoryStore
+    from server.service.metrics import ServiceMetrics
+
+    class Idle:
+        def stats(self) -> PoolStats:
+            return PoolStats(workers=2, busy=0, queued=0)
+
+    metrics = ServiceMetrics(MemoryStore(), Idle(), lambda: 0)
+    attempt = Attempt(1, 10.0, 12.5, AttemptOutcome.FAILED, ErrorCode.WORKER_CRASHED, 7, 3.0)
+    backoff = FileRecord(
+        "f1", "a.pdf", "0" * 64, 1, FileState.BACKOFF, (attempt,),
+        error=FileError.of(ErrorCode.WORKER_CRASHED, 12.5),
+    )  # fmt: skip
+    metrics.observe(BatchEvent(3, "b", 12.5, BatchState.RUNNING, backoff, "", FileState.RUNNING))
+    registry = metrics.registry
+    assert (
+        registry.get_sample_value("pdfbatch_file_restarts_total", {"code": "WORKER_CRASHED"}) == 1
+    )
+    assert registry.get_sample_value("pdfbatch_backoff_delay_seconds_sum") == 3.0
+    assert (
+        registry.get_sample_value("pdfbatch_attempt_duration_seconds_sum", {"outcome": "failed"})
+        == 2.5
+    )

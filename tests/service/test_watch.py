@@ -1,0 +1,399 @@
+"""WatchBatch: snapshots, replay, resume after a drop, expiry, and slow watchers."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from actors.policy.book import BatchBook
+from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
+from actors.policy.refusals import BatchNotFound, ServiceClosing
+from actors.policy.rules import BatchPolicy
+from actors.storage.store import MemoryStore
+from server.client.api import Client
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.service.watch import WatchHub
+from server.wire import convert
+from server.wire.errors import WireError
+from tests.helpers.processes import eventually
+from tests.helpers.server_fixtures import (
+    WAIT,
+    RunningServer,
+    ServerFactory,
+    TcpProxy,
+    make_pdf,
+    many_pages,
+    refused,
+)
+
+
+def _contiguous(sequences: list[int]) -> bool:
+    return all(b == a + 1 for a, b in itertools.pairwise(sequences))
+
+
+def _slow_batch(server: RunningServer, files: int = 4) -> pb.Batch:
+    """A batch that takes a while: one file at a time, 300 pages each."""
+    pages = many_pages(300)
+    return server.submit(
+        *((f"{n}.pdf", pages) for n in range(files)), policy=pb.BatchPolicy(max_concurrency=1)
+    )
+
+
+# Through the server ------------------------------------------------------------------
+
+
+def test_watch_starts_with_a_snapshot_and_ends_after_the_terminal_state(
+    server: RunningServer,
+) -> None:
+    # A file of 300 pages keeps the batch running while the watch opens.
+    batch = server.submit(("a.pdf", many_pages(300)), ("b.pdf", b"junk"))
+
+    events = server.settle(batch.batch_id)
+
+    first, *changes = events
+    assert first.WhichOneof("change") == "snapshot"
+    assert first.snapshot.batch_id == batch.batch_id
+    assert first.sequence == first.snapshot.sequence
+    assert _contiguous([e.sequence for e in events])
+    assert changes[-1].WhichOneof("change") == "batch_state_change"
+    assert changes[-1].batch_state_change.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
+    assert all(e.batch_id == batch.batch_id for e in events)
+    # Screened out without a worker, the junk may have failed before the snapshot.
+    failed = [e.file for e in changes if e.file.state == pb.FILE_STATE_FAILED]
+    failed += [f for f in first.snapshot.files if f.state == pb.FILE_STATE_FAILED]
+    assert [(f.name, f.error.code) for f in failed] == [("b.pdf", "NOT_A_PDF")]
+    # Watching a settled batch yields its snapshot and ends.
+    assert [e.WhichOneof("change") for e in server.settle(batch.batch_id)] == ["snapshot"]
+
+
+def test_watch_after_n_replays_every_later_event(server: RunningServer) -> None:
+    batch = server.submit(("a.pdf", make_pdf("a")), ("b.pdf", make_pdf("b")))
+    everything = server.settle(batch.batch_id)
+    last = everything[-1].sequence
+
+    replayed = list(
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=2), timeout=WAIT
+        )
+    )
+
+    assert [e.sequence for e in replayed] == list(range(3, last + 1))
+    assert replayed[-1].batch_state == pb.BATCH_STATE_SUCCEEDED
+    at_end = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=last), timeout=WAIT
+    )
+    assert list(at_end) == []
+
+
+def test_a_dropped_stream_resumes_from_its_last_sequence(server: RunningServer) -> None:
+    batch = _slow_batch(server)
+    stream = server.stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch.batch_id), timeout=WAIT)
+    seen = [next(stream), next(stream)]
+    stream.cancel()
+
+    resumed = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=seen[-1].sequence),
+        timeout=WAIT,
+    )
+    seen += list(resumed)
+
+    assert _contiguous([e.sequence for e in seen])
+    assert seen[-1].batch_state == pb.BATCH_STATE_SUCCEEDED
+    stored = server.store.events_after(batch.batch_id, seen[0].sequence)
+    assert [e.sequence for e in seen[1:]] == [e.sequence for e in stored]
+
+
+def test_the_client_reconnects_after_a_network_drop_and_misses_nothing(
+    server: RunningServer, proxy_to: Callable[[str], TcpProxy]
+) -> None:
+    proxy = proxy_to(server.address)
+    batch = _slow_batch(server)
+    seen: list[pb.BatchEvent] = []
+    with Client(proxy.address) as client:
+        for event in client.watch(batch.batch_id):
+            seen.append(event)
+            if len(seen) == 3:
+                proxy.drop()
+
+    assert proxy.accepted >= 2
+    assert seen[0].WhichOneof("change") == "snapshot"
+    assert _contiguous([e.sequence for e in seen])
+    assert seen[-1].batch_state == pb.BATCH_STATE_SUCCEEDED
+
+
+def test_a_resume_point_older_than_the_history_is_refused(serve: ServerFactory) -> None:
+    server = serve(max_events_per_batch=3)
+    batch = server.submit(("a.pdf", make_pdf("a")), ("b.pdf", make_pdf("b")))
+    last = server.settle(batch.batch_id)[-1].sequence
+
+    error = refused(
+        lambda: list(
+            server.stub.WatchBatch(
+                pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=1), timeout=WAIT
+            )
+        )
+    )
+
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WATCH_HISTORY_EXPIRED",
+    )
+    assert error.metadata == {"after_sequence": "1"}
+    kept = list(
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=last - 3), timeout=WAIT
+        )
+    )
+    assert [e.sequence for e in kept] == [last - 2, last - 1, last]
+    # The client starts over from a fresh snapshot rather than leave a gap.
+    restarted = list(server.client.watch(batch.batch_id, after_sequence=1))
+    assert [e.WhichOneof("change") for e in restarted] == ["snapshot"]
+
+
+def test_a_resume_point_ahead_of_the_batch_is_out_of_range(server: RunningServer) -> None:
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    last = server.settle(batch.batch_id)[-1].sequence
+
+    error = refused(
+        lambda: list(
+            server.stub.WatchBatch(
+                pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=last + 5),
+                timeout=WAIT,
+            )
+        )
+    )
+
+    assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, "WATCH_SEQUENCE_AHEAD")
+
+
+def test_follow_keeps_watching_through_a_retry(server: RunningServer) -> None:
+    batch = server.submit(("junk.pdf", b"junk"))
+    server.settle(batch.batch_id)
+    stream = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=WAIT
+    )
+    assert next(stream).snapshot.state == pb.BATCH_STATE_FAILED
+
+    server.client.retry(batch.batch_id)
+    states = []
+    for event in stream:
+        if event.WhichOneof("change") == "batch_state_change":
+            states.append(event.batch_state_change.state)
+            if event.batch_state_change.state == pb.BATCH_STATE_FAILED:
+                break
+    stream.cancel()
+
+    assert states == [pb.BATCH_STATE_RUNNING, pb.BATCH_STATE_FAILED]
+    eventually(lambda: server.service.hub.open_watches == 0)
+
+
+def test_deleting_a_followed_batch_ends_its_watch(server: RunningServer) -> None:
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    stream = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=WAIT
+    )
+    next(stream)
+
+    server.client.delete(batch.batch_id)
+
+    error = refused(lambda: next(stream))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "BATCH_NOT_FOUND")
+
+
+def test_a_client_deadline_ends_the_watch_on_both_sides(server: RunningServer) -> None:
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    stream = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=0.5
+    )
+
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stream)
+
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    eventually(lambda: server.service.hub.open_watches == 0)
+
+
+def test_too_many_watches_are_refused(serve: ServerFactory) -> None:
+    server = serve(max_watchers=1)
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    first = server.stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True))
+    next(first)
+
+    error = refused(lambda: server.settle(batch.batch_id))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS")
+    assert error.retry_delay == 5.0
+    first.cancel()
+
+
+# The hub on its own, driven by a store ----------------------------------------------
+
+
+def _new_batch(store: MemoryStore, files: int, batch_id: str = "b1") -> BatchBook:
+    view = BatchView(
+        BatchRecord(batch_id, "", BatchPolicy(), BatchState.PENDING, 0.0, 0.0),
+        tuple(FileRecord(f"f{n}", f"{n}.pdf", "0" * 64, 1) for n in range(files)),
+    )
+    store.create_batch(view)
+    return BatchBook(view)
+
+
+def _run_batch(store: MemoryStore, book: BatchBook) -> None:
+    """Commit a whole run, one change per commit: 2 events per file, 2 for the batch."""
+    book.set_batch(BatchState.RUNNING, 1.0)
+    store.commit(book.take_changes(), {})
+    for record in book.files():
+        for state in (FileState.RUNNING, FileState.SUCCEEDED):
+            book.set_file(record.file_id, state, 2.0)
+            store.commit(book.take_changes(), {})
+    book.set_batch(BatchState.SUCCEEDED, 3.0)
+    store.commit(book.take_changes(), {})
+
+
+def _drain(items: Iterator[object]) -> list[int]:
+    return [item.sequence for item in items]  # type: ignore[attr-defined]
+
+
+def test_a_stalled_watcher_never_blocks_commits_and_catches_up_from_the_store() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store, queue_size=2)
+    book = _new_batch(store, files=10)
+    stalled = iter(hub.open("b1", 0, follow=False))
+    other = iter(hub.open("b1", 0, follow=False))
+    assert isinstance(next(stalled), BatchView)
+    assert isinstance(next(other), BatchView)
+
+    # Nobody reads while 22 events are committed on this very thread: a listener that
+    # waited for a reader would hang here.
+    _run_batch(store, book)
+
+    assert _drain(other) == list(range(1, 23))
+    assert _drain(stalled) == list(range(1, 23))
+    assert hub.open_watches == 0
+    hub.close()
+
+
+def test_a_watcher_that_falls_behind_the_history_gets_an_error_not_a_gap() -> None:
+    store = MemoryStore(max_events_per_batch=3)
+    hub = WatchHub(store, queue_size=2)
+    book = _new_batch(store, files=5)
+    stalled = iter(hub.open("b1", 0, follow=False))
+    next(stalled)
+
+    _run_batch(store, book)
+
+    with pytest.raises(WireError) as raised:
+        _drain(stalled)
+    assert raised.value.reason == "WATCH_HISTORY_EXPIRED"
+    hub.close()
+
+
+def test_deletion_and_shutdown_end_open_watches() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store)
+    _new_batch(store, files=1)
+    _new_batch(store, files=1, batch_id="b2")
+    deleted = iter(hub.open("b1", 0, follow=True))
+    closing = iter(hub.open("b2", 0, follow=True))
+    next(deleted)
+    next(closing)
+    results: dict[str, BaseException] = {}
+
+    def read(name: str, items: Iterator[object]) -> None:
+        try:
+            list(items)
+        except (BatchNotFound, ServiceClosing) as exc:
+            results[name] = exc
+
+    readers = [
+        threading.Thread(target=read, args=("deleted", deleted)),
+        threading.Thread(target=read, args=("closing", closing)),
+    ]
+    for reader in readers:
+        reader.start()
+    hub.batch_deleted("b1")
+    hub.close()
+    for reader in readers:
+        reader.join(WAIT)
+
+    assert isinstance(results["deleted"], BatchNotFound)
+    assert isinstance(results["closing"], ServiceClosing)
+    with pytest.raises(ServiceClosing):
+        hub.open("b1", 0, follow=False)
+
+
+def _events(frames: list[bytes]) -> list[pb.BatchEvent]:
+    return [pb.BatchEvent.FromString(frame) for frame in frames]
+
+
+def test_every_watcher_sends_the_same_bytes_for_an_event_serialized_once() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store)
+    book = _new_batch(store, files=10)
+    watches = [hub.open("b1", 0, follow=False).frames() for _ in range(3)]
+    snapshots = [pb.BatchEvent.FromString(next(frames)) for frames in watches]
+
+    _run_batch(store, book)
+    sent = [list(frames) for frames in watches]
+
+    assert all(s.WhichOneof("change") == "snapshot" for s in snapshots)
+    first, *others = sent
+    assert [e.sequence for e in _events(first)] == list(range(1, 23))
+    stored = store.events_after("b1", 0)
+    assert first == [convert.event_to_proto(e).SerializeToString() for e in stored]
+    for other in others:
+        assert all(mine is theirs for mine, theirs in zip(first, other, strict=True))
+    assert hub.open_watches == 0
+    hub.close()
+
+
+def test_a_watcher_stalled_while_sending_does_not_delay_the_others() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store, queue_size=2)
+    book = _new_batch(store, files=10)
+    stalled = hub.open("b1", 0, follow=False).frames()
+    other = hub.open("b1", 0, follow=False).frames()
+    next(stalled)
+    next(other)
+    sending, release = threading.Event(), threading.Event()
+    received: dict[str, list[bytes]] = {"stalled": [], "other": []}
+
+    def stall(frames: Iterator[bytes]) -> None:
+        for frame in frames:
+            received["stalled"].append(frame)
+            sending.set()
+            release.wait(WAIT)  # its client reads nothing, so its send never returns
+
+    def read(frames: Iterator[bytes]) -> None:
+        received["other"].extend(frames)
+
+    stalled_reader = threading.Thread(target=stall, args=(stalled,))
+    stalled_reader.start()
+    book.set_batch(BatchState.RUNNING, 1.0)
+    store.commit(book.take_changes(), {})
+    assert sending.wait(WAIT)
+    other_reader = threading.Thread(target=read, args=(other,))
+    other_reader.start()
+    for record in book.files():
+        for state in (FileState.RUNNING, FileState.SUCCEEDED):
+            book.set_file(record.file_id, state, 2.0)
+            store.commit(book.take_changes(), {})
+    book.set_batch(BatchState.SUCCEEDED, 3.0)
+    store.commit(book.take_changes(), {})
+
+    other_reader.join(WAIT)
+    assert not other_reader.is_alive()
+    assert len(received["stalled"]) == 1
+    release.set()
+    stalled_reader.join(WAIT)
+    # Overflowed meanwhile, it caught up from the store: nothing missed, nothing twice.
+    for name in ("stalled", "other"):
+        assert [e.sequence for e in _events(received[name])] == list(range(1, 23)), name
+    hub.close()
