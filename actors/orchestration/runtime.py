@@ -63,6 +63,8 @@ __all__ = ["NewFile", "Runtime", "validate_file_name"]
 
 log = structlog.get_logger(__name__)
 
+_UNSETTLED = frozenset(state for state in BatchState if not state.terminal)
+
 MAX_NAME_CHARS = 255
 _STATE_PHRASES = {
     FileState.PENDING: "is waiting to be processed",
@@ -178,9 +180,7 @@ class Runtime:
             StorageUnavailableError: The store cannot list its batches.
         """
         resumed: list[str] = []
-        for record in self.store.list_batches():
-            if record.state.terminal:
-                continue
+        for record in self.store.batches_in(_UNSETTLED):
             try:
                 self._supervisor(record.batch_id)
             except BatchNotFound:

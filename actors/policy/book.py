@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.policy.model import (
@@ -23,6 +24,7 @@ from actors.policy.model import (
     FileError,
     FileRecord,
     FileState,
+    all_counts,
     check_batch_transition,
     check_file_transition,
 )
@@ -37,6 +39,8 @@ class Changes:
     batch: BatchRecord
     files: tuple[FileRecord, ...]
     events: tuple[BatchEvent, ...]
+    # Files per state after the changes, every state present: stored with the batch.
+    counts: Mapping[FileState, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.events)
@@ -155,7 +159,12 @@ class BatchBook:
 
     def take_changes(self) -> Changes:
         """Hand over every change since the last call."""
-        changes = Changes(self._batch, tuple(self._dirty.values()), tuple(self._events))
+        changes = Changes(
+            self._batch,
+            tuple(self._dirty.values()),
+            tuple(self._events),
+            all_counts(self._counts),
+        )
         self._dirty.clear()
         self._events.clear()
         return changes

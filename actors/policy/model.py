@@ -25,17 +25,20 @@ __all__ = [
     "BatchEvent",
     "BatchRecord",
     "BatchState",
+    "BatchSummary",
     "BatchView",
     "BulkChange",
     "DocumentInfo",
     "ExtractionResult",
     "FileError",
+    "FilePage",
     "FileRecord",
     "FileState",
     "IllegalTransitionError",
     "ResultSummary",
     "ResultWarning",
     "WarningCode",
+    "all_counts",
     "check_batch_transition",
     "check_file_transition",
     "settled_batch_state",
@@ -264,6 +267,48 @@ class BatchRecord:
     bytes_released_at: float | None = None
 
 
+def all_counts(counts: Mapping[FileState, int]) -> dict[FileState, int]:
+    """``counts`` with every state present, zero included."""
+    return {state: counts.get(state, 0) for state in FileState}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """A batch without its files, with how many of them are in each state.
+
+    What listings and status answers need, read without loading a single file.
+
+    Attributes:
+        batch: The batch's record.
+        counts: Files per state, every state present.
+    """
+
+    batch: BatchRecord
+    counts: Mapping[FileState, int]
+
+    @property
+    def file_count(self) -> int:
+        """Files in the batch."""
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class FilePage:
+    """One page of a batch's files, in submission order.
+
+    Attributes:
+        files: ``(position, record)`` of each file of the page; positions count from 0
+            in submission order and name where the next page starts.
+        total: Files that match the page's filter, in the whole batch.
+        sequence: The batch's last event when the page was read: the files already
+            show every change up to it.
+    """
+
+    files: tuple[tuple[int, FileRecord], ...]
+    total: int
+    sequence: int
+
+
 @dataclass(frozen=True, slots=True)
 class BatchView:
     """A consistent snapshot of a batch and all of its files."""
@@ -274,8 +319,11 @@ class BatchView:
     @property
     def counts(self) -> Mapping[FileState, int]:
         """Files per state; every state present, zero included."""
-        tally = Counter(f.state for f in self.files)
-        return {state: tally.get(state, 0) for state in FileState}
+        return all_counts(Counter(f.state for f in self.files))
+
+    def summary(self) -> BatchSummary:
+        """The batch with its counts, without its files."""
+        return BatchSummary(self.batch, self.counts)
 
     def file(self, file_id: str) -> FileRecord | None:
         """The file with ``file_id``, or ``None``."""

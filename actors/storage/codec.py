@@ -41,6 +41,8 @@ __all__ = [
     "attempt_to_row",
     "batch_from_row",
     "batch_to_row",
+    "counts_from_json",
+    "counts_to_json",
     "error_from_dict",
     "error_to_dict",
     "error_to_json",
@@ -376,3 +378,14 @@ def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
     return tuple(
         ResultWarning(WarningCode(code), place, count) for code, place, count in json.loads(text)
     )
+
+
+def counts_to_json(counts: Mapping[FileState, int]) -> str:
+    """Files per state as JSON text; states without files left out."""
+    return json.dumps({state.value: n for state, n in counts.items() if n})
+
+
+def counts_from_json(text: str) -> dict[FileState, int]:
+    """The counts :func:`counts_to_json` made, every state present."""
+    stored = json.loads(text)
+    return {state: int(stored.get(state.value, 0)) for state in FileState}

@@ -12,18 +12,22 @@ batch while the sweep decides about it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.policy.model import BatchState
 from actors.storage.blobs import BlobStore
 from actors.storage.store import Store
 
 __all__ = ["RetentionPolicy", "SweepReport", "collect_garbage", "sweep"]
 
 log = structlog.get_logger(__name__)
+
+_ENDED = frozenset(state for state in BatchState if state.terminal)
 
 DAY = 86_400.0
 
@@ -95,8 +99,14 @@ def sweep(
     """
     released: list[str] = []
     deleted: list[str] = []
-    for batch in store.list_batches():
-        if not batch.state.terminal or batch.batch_id in busy:
+    # Only batches that ended long enough ago, from an index: a sweep's cost follows
+    # what it removes, not what is stored.
+    oldest_kept = min(
+        policy.bytes_after_end,
+        policy.records_after_end if policy.records_after_end is not None else math.inf,
+    )
+    for batch in store.batches_in(_ENDED, updated_by=now - oldest_kept):
+        if batch.batch_id in busy:
             continue
         age = now - batch.updated_at
         if policy.records_after_end is not None and age >= policy.records_after_end:

@@ -167,7 +167,28 @@ _V4 = (
     "DROP TABLE result_pages",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4)
+# Version 5: batches of any size, read in pages. Each batch keeps its files' counts per
+# state (JSON, written in the same transaction as the changes), so nothing counts by
+# reading files; files are paged in submission order, optionally by state; a tenant's
+# batches are listed newest first from an index.
+_V5 = (
+    "ALTER TABLE batches ADD COLUMN counts TEXT NOT NULL DEFAULT '{}'",
+    """
+    UPDATE batches SET counts = COALESCE((
+        SELECT json_group_object(state, n) FROM (
+            SELECT state, COUNT(*) AS n FROM files
+            WHERE files.batch_id = batches.batch_id GROUP BY state
+        )
+    ), '{}')
+    """,
+    "CREATE INDEX files_by_position ON files (batch_id, position)",
+    "CREATE INDEX files_by_state ON files (batch_id, state, position)",
+    "CREATE INDEX batches_by_owner ON batches (owner, created_at, batch_id)",
+    "CREATE INDEX batches_by_time ON batches (created_at, batch_id)",
+    "CREATE INDEX batches_by_change ON batches (state, updated_at)",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

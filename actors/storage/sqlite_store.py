@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from actors.policy.book import Changes
 from actors.policy.model import (
@@ -28,8 +29,11 @@ from actors.policy.model import (
     BatchEvent,
     BatchRecord,
     BatchState,
+    BatchSummary,
     BatchView,
     ExtractionResult,
+    FilePage,
+    FileState,
     ResultSummary,
 )
 from actors.policy.results import result_size, text_pieces
@@ -56,12 +60,13 @@ def _marks(count: int) -> str:
 
 
 _SELECT_BATCH = f"SELECT {_columns(codec.BATCH_COLUMNS)} FROM batches"
+_SELECT_BATCH_SUMMARY = f"SELECT {_columns(codec.BATCH_COLUMNS)}, counts FROM batches"
 _INSERT_BATCH = (
     f"INSERT INTO batches ({_columns(codec.BATCH_COLUMNS)}) "
     f"VALUES ({_marks(len(codec.BATCH_COLUMNS))})"
 )
 _UPDATE_BATCH = (
-    "UPDATE batches SET state = ?, updated_at = ?, sequence = ?, reason = ? "
+    "UPDATE batches SET state = ?, updated_at = ?, sequence = ?, reason = ?, counts = ? "
     "WHERE batch_id = ? AND sequence = ?"
 )
 _SELECT_FILES = (
@@ -90,6 +95,11 @@ _UPSERT_ATTEMPT = (
     "ON CONFLICT (batch_id, file_id, number) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in codec.ATTEMPT_COLUMNS[1:])
 )
+
+
+def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
+    *batch, counts = row
+    return BatchSummary(codec.batch_from_row(batch), codec.counts_from_json(counts))
 
 
 class SQLiteStore:
@@ -144,6 +154,10 @@ class SQLiteStore:
                 db.execute(_INSERT_BATCH, codec.batch_to_row(batch))
             except sqlite3.IntegrityError:
                 raise ValueError(f"batch {batch.batch_id} exists") from None
+            db.execute(
+                "UPDATE batches SET counts = ? WHERE batch_id = ?",
+                (codec.counts_to_json(view.counts), batch.batch_id),
+            )
             if batch.idempotency_key:
                 db.execute(
                     "INSERT INTO idempotency_keys (owner, key, batch_id) VALUES (?, ?, ?)",
@@ -185,6 +199,7 @@ class SQLiteStore:
                     batch.updated_at,
                     batch.sequence,
                     batch.reason,
+                    codec.counts_to_json(changes.counts),
                     batch_id,
                     previous,
                 ),
@@ -347,6 +362,102 @@ class SQLiteStore:
         with self._db.read() as db:
             row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
         return None if row is None else codec.batch_from_row(row)
+
+    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+        with self._db.read() as db:
+            row = db.execute(f"{_SELECT_BATCH_SUMMARY} WHERE batch_id = ?", (batch_id,)).fetchone()
+        return None if row is None else _summary_from_row(row)
+
+    def batch_state_counts(self) -> dict[BatchState, int]:
+        with self._db.read() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state").fetchall()
+        tally = {BatchState(state): int(n) for state, n in rows}
+        return {state: tally.get(state, 0) for state in BatchState}
+
+    def batches_in(
+        self, states: Collection[BatchState], *, updated_by: float | None = None
+    ) -> list[BatchRecord]:
+        if not states:
+            return []
+        clause = f"state IN ({_marks(len(states))})"
+        params: list[object] = [state.value for state in states]
+        if updated_by is not None:
+            clause += " AND updated_at <= ?"
+            params.append(updated_by)
+        with self._db.read() as db:
+            rows = db.execute(
+                f"{_SELECT_BATCH} WHERE {clause} ORDER BY updated_at, batch_id", params
+            ).fetchall()
+        return [codec.batch_from_row(row) for row in rows]
+
+    def batch_summaries(
+        self,
+        *,
+        owner: str | None,
+        states: Collection[BatchState],
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[BatchSummary]:
+        where: list[str] = []
+        params: list[object] = []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if states:
+            where.append(f"state IN ({_marks(len(states))})")
+            params.extend(state.value for state in states)
+        if before is not None:
+            where.append("(created_at, batch_id) < (?, ?)")
+            params.extend(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._db.read() as db:
+            rows = db.execute(
+                f"{_SELECT_BATCH_SUMMARY}{clause} ORDER BY created_at DESC, batch_id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [_summary_from_row(row) for row in rows]
+
+    def file_page(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[FileState],
+        after_position: int,
+        limit: int,
+    ) -> FilePage | None:
+        state_clause = f" AND state IN ({_marks(len(states))})" if states else ""
+        state_values = [state.value for state in states]
+        with self._db.read() as db:
+            head = db.execute(
+                "SELECT sequence, counts FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if head is None:
+                return None
+            rows = db.execute(
+                f"SELECT position, {_columns(codec.FILE_COLUMNS)} FROM files "
+                f"WHERE batch_id = ? AND position > ?{state_clause} "
+                "ORDER BY position LIMIT ?",
+                (batch_id, after_position, *state_values, limit),
+            ).fetchall()
+            attempts: dict[str, list[Attempt]] = {}
+            if rows:
+                first, last = rows[0][0], rows[-1][0]
+                for file_id, *attempt in db.execute(
+                    f"SELECT a.file_id, {_columns(tuple('a.' + c for c in codec.ATTEMPT_COLUMNS))} "
+                    "FROM attempts AS a JOIN files AS f USING (batch_id, file_id) "
+                    "WHERE a.batch_id = ? AND f.position BETWEEN ? AND ? "
+                    "ORDER BY a.file_id, a.number",
+                    (batch_id, first, last),
+                ):
+                    attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
+        sequence, counts_json = head
+        counts = codec.counts_from_json(counts_json)
+        total = sum(n for state, n in counts.items() if not states or state in states)
+        files = tuple(
+            (position, codec.file_from_row(row, attempts.get(row[0], ())))
+            for position, *row in rows
+        )
+        return FilePage(files, total, sequence)
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:

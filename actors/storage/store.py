@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Protocol
 
 from actors.policy.book import Changes
@@ -17,9 +18,13 @@ from actors.policy.model import (
     AuditEntry,
     BatchEvent,
     BatchRecord,
+    BatchState,
+    BatchSummary,
     BatchView,
     ExtractionResult,
+    FilePage,
     FileRecord,
+    FileState,
     ResultSummary,
 )
 from actors.policy.results import result_size, text_pieces
@@ -50,6 +55,59 @@ class Store(Protocol):
 
     def list_batches(self) -> list[BatchRecord]:
         """Every batch, newest first."""
+        ...
+
+    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+        """The batch with its counts, without loading its files, or ``None``."""
+        ...
+
+    def batch_state_counts(self) -> dict[BatchState, int]:
+        """How many batches are in each state, every state present (one aggregate)."""
+        ...
+
+    def batches_in(
+        self, states: Collection[BatchState], *, updated_by: float | None = None
+    ) -> list[BatchRecord]:
+        """The batches in ``states`` (last changed at ``updated_by`` or before, if given),
+        oldest change first: what resume and retention look for, from an index."""
+        ...
+
+    def batch_summaries(
+        self,
+        *,
+        owner: str | None,
+        states: Collection[BatchState],
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[BatchSummary]:
+        """Up to ``limit`` batches with their counts, newest first, without their files.
+
+        Args:
+            owner: Only this owner's batches; ``None`` for everyone's.
+            states: Only batches in these states; empty for all.
+            before: Only batches whose ``(created_at, batch_id)`` is below this key (the
+                last one of the previous page).
+            limit: The most batches to return.
+        """
+        ...
+
+    def file_page(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[FileState],
+        after_position: int,
+        limit: int,
+    ) -> FilePage | None:
+        """Up to ``limit`` files after ``after_position``, in submission order, with their
+        attempts; ``None`` for no such batch.
+
+        Args:
+            batch_id: The batch.
+            states: Only files in these states; empty for all.
+            after_position: The position of the previous page's last file; -1 to start.
+            limit: The most files to return.
+        """
         ...
 
     def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
@@ -206,6 +264,67 @@ class MemoryStore:
     def load_batch(self, batch_id: str) -> BatchRecord | None:
         with self._lock:
             return self._batches.get(batch_id)
+
+    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+        view = self.load(batch_id)
+        return None if view is None else view.summary()
+
+    def batch_state_counts(self) -> dict[BatchState, int]:
+        with self._lock:
+            tally = Counter(batch.state for batch in self._batches.values())
+        return {state: tally.get(state, 0) for state in BatchState}
+
+    def batches_in(
+        self, states: Collection[BatchState], *, updated_by: float | None = None
+    ) -> list[BatchRecord]:
+        with self._lock:
+            chosen = [
+                batch
+                for batch in self._batches.values()
+                if batch.state in states and (updated_by is None or batch.updated_at <= updated_by)
+            ]
+        return sorted(chosen, key=lambda batch: (batch.updated_at, batch.batch_id))
+
+    def batch_summaries(
+        self,
+        *,
+        owner: str | None,
+        states: Collection[BatchState],
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[BatchSummary]:
+        with self._lock:
+            chosen = sorted(
+                (
+                    batch
+                    for batch in self._batches.values()
+                    if (owner is None or batch.owner == owner)
+                    and (not states or batch.state in states)
+                    and (before is None or (batch.created_at, batch.batch_id) < before)
+                ),
+                key=lambda batch: (batch.created_at, batch.batch_id),
+                reverse=True,
+            )[:limit]
+        return [summary for b in chosen if (summary := self.batch_summary(b.batch_id))]
+
+    def file_page(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[FileState],
+        after_position: int,
+        limit: int,
+    ) -> FilePage | None:
+        view = self.load(batch_id)
+        if view is None:
+            return None
+        matching = [
+            (position, record)
+            for position, record in enumerate(view.files)
+            if not states or record.state in states
+        ]
+        page = tuple((p, r) for p, r in matching if p > after_position)[:limit]
+        return FilePage(page, len(matching), view.batch.sequence)
 
     def list_batches(self) -> list[BatchRecord]:
         with self._lock:

@@ -35,6 +35,9 @@ __all__ = ["main"]
 EXIT_FAILED_COMMAND = 1
 EXIT_INTERRUPTED = 130
 AddCommands = Callable[[Callable[..., argparse.ArgumentParser]], None]
+_FILE_STATES = [
+    v.name.removeprefix("FILE_STATE_") for v in pb.FileState.DESCRIPTOR.values if v.number
+]
 _BATCH_STATES = [
     v.name.removeprefix("BATCH_STATE_") for v in pb.BatchState.DESCRIPTOR.values if v.number
 ]
@@ -128,11 +131,23 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
-    batch = client.get(args.batch_id)
+    batch = client.get(args.batch_id, with_files=False)
+    states = [pb.FileState.Value(f"FILE_STATE_{s}") for s in args.state]
+    limit = args.limit if args.limit > 0 else None
+    files: list[pb.FileStatus] = []
+    total = 0
+    for page in client.file_pages(args.batch_id, states=states, page_size=min(limit or 1000, 1000)):
+        total = page.total_size
+        files.extend(page.files)
+        if limit is not None and len(files) >= limit:
+            del files[limit:]
+            break
     if args.json:
+        batch.files.extend(files)
         _print_json(batch)
         return exit_code(batch.state)
-    name = f" {batch.display_name!r}" if batch.display_name else ""
+    shown = terminal_safe if sys.stdout.isatty() else str
+    name = f" {shown(repr(batch.display_name))}" if batch.display_name else ""
     print(f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}")
     c = batch.counts
     print(
@@ -140,10 +155,18 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         f"{c.cancelled} cancelled, {c.running} running, {c.backoff} retrying, "
         f"{c.pending} pending"
     )
-    for file in batch.files:
+    for file in files:
         error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""
         state = file_state_name(file.state)
-        print(f"  {file.file_id}  {state:<10} {file.attempt_count} attempt(s)  {file.name}{error}")
+        print(
+            f"  {file.file_id}  {state:<10} {file.attempt_count} attempt(s)  "
+            f"{shown(file.name)}{error}"
+        )
+    if len(files) < total:
+        print(
+            f"  ... and {total - len(files)} more: --limit 0 lists them all, "
+            "--state FAILED only the failed ones."
+        )
     return exit_code(batch.state)
 
 
@@ -269,8 +292,21 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
     submit.add_argument("--max-concurrency", type=int, help="files of this batch at once")
     submit.add_argument("--watch", action="store_true", help="follow progress until it settles")
 
+    status = command("status", _status, "Show a batch, its counts and its first files.")
+    status.add_argument("batch_id")
+    status.add_argument(
+        "--limit", type=int, default=100, help="list at most this many files (0: all)"
+    )
+    status.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        type=str.upper,
+        choices=_FILE_STATES,
+        help="list only files in this state (repeatable)",
+    )
+
     for name, handler, text in (
-        ("status", _status, "Show a batch and its files."),
         ("watch", _watch, "Follow a batch live until it settles."),
         ("cancel", _cancel, "Cancel a batch."),
         ("delete", _delete, "Delete a batch, its results and its stored bytes."),

@@ -47,7 +47,14 @@ __all__ = [
 SERVICE = "pdfbatch.v1.BatchService"
 CHUNK_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 5
-_IDEMPOTENT = ("GetBatch", "ListBatches", "WatchBatch", "CancelBatch", "GetFileResult")
+_IDEMPOTENT = (
+    "GetBatch",
+    "ListBatches",
+    "ListFiles",
+    "WatchBatch",
+    "CancelBatch",
+    "GetFileResult",
+)
 SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -292,6 +299,37 @@ class Client:
             request = pb.ListBatchesRequest(page_size=page_size, page_token=token, states=states)
             page = self._stub.ListBatches(request, timeout=self._timeout)
             yield from page.batches
+            token = page.next_page_token
+            if not token:
+                return
+
+    def files(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[pb.FileState.ValueType] = (),
+        page_size: int = 1_000,
+    ) -> Iterator[pb.FileStatus]:
+        """The batch's files in submission order, fetching pages as needed."""
+        for page in self.file_pages(batch_id, states=states, page_size=page_size):
+            yield from page.files
+
+    def file_pages(
+        self,
+        batch_id: str,
+        *,
+        states: Iterable[pb.FileState.ValueType] = (),
+        page_size: int = 1_000,
+    ) -> Iterator[pb.ListFilesResponse]:
+        """The pages of :meth:`files`, each with its ``total_size`` and ``sequence``."""
+        states = list(states)
+        token = ""
+        while True:
+            request = pb.ListFilesRequest(
+                batch_id=batch_id, page_size=page_size, page_token=token, states=states
+            )
+            page = self._stub.ListFiles(request, timeout=self._timeout)
+            yield page
             token = page.next_page_token
             if not token:
                 return

@@ -8,7 +8,6 @@ them on their own port.
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -17,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from actors.execution.local.pool import PoolStats
-from actors.policy.model import BatchEvent, BatchState, FileState
+from actors.policy.model import BatchEvent, FileState
 from actors.storage.store import Store
 
 __all__ = ["ServiceMetrics"]
@@ -114,9 +113,8 @@ class _Gauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         batches = GaugeMetricFamily("pdfbatch_batches", "Batches by state.", labels=["state"])
-        tally = Tally(record.state for record in self._store.list_batches())
-        for state in BatchState:
-            batches.add_metric([state.value.lower()], tally[state])
+        for state, count in self._store.batch_state_counts().items():
+            batches.add_metric([state.value.lower()], count)
         yield batches
         yield GaugeMetricFamily(
             "pdfbatch_watchers", "Open WatchBatch streams.", value=self._watchers()

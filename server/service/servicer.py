@@ -34,7 +34,7 @@ from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire import convert
 from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
-from server.wire.paging import list_page
+from server.wire.paging import file_page, list_page
 
 __all__ = ["BatchServicer", "watch_handler"]
 
@@ -212,8 +212,15 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
-        view = self._owned(request.batch_id, self._auth.caller(context))
-        return convert.batch_to_proto(view, with_files=convert.wants_files(request.view))
+        caller = self._auth.caller(context)
+        # The basic view is the stored record and counts: no file is read, whatever
+        # the batch's size, and no supervisor is asked.
+        summary = self._store.batch_summary(_require(request.batch_id, "batch_id"))
+        if summary is None or summary.batch.owner != caller:
+            raise BatchNotFound(_NO_SUCH_BATCH)
+        if convert.wants_files(request.view):
+            return convert.batch_to_proto(self._owned(request.batch_id, caller))
+        return convert.summary_to_proto(summary)
 
     @_unary
     def ListBatches(
@@ -223,7 +230,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             convert.batch_state_from_proto(state, f"states[{index}]")
             for index, state in enumerate(request.states)
         }
-        views, token = list_page(
+        summaries, token = list_page(
             self._store,
             request.page_size,
             request.page_token,
@@ -231,8 +238,27 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             owner=self._auth.caller(context),
         )
         return pb.ListBatchesResponse(
-            batches=[convert.batch_to_proto(v, with_files=False) for v in views],
+            batches=[convert.summary_to_proto(summary) for summary in summaries],
             next_page_token=token,
+        )
+
+    @_unary
+    def ListFiles(
+        self, request: pb.ListFilesRequest, context: grpc.ServicerContext
+    ) -> pb.ListFilesResponse:
+        self._check_owner(request.batch_id, self._auth.caller(context))
+        states = {
+            convert.file_state_from_proto(state, f"states[{index}]")
+            for index, state in enumerate(request.states)
+        }
+        page, token = file_page(
+            self._store, request.batch_id, request.page_size, request.page_token, states
+        )
+        return pb.ListFilesResponse(
+            files=[convert.file_to_proto(record) for _, record in page.files],
+            next_page_token=token,
+            total_size=page.total,
+            sequence=page.sequence,
         )
 
     @_streaming

@@ -22,6 +22,7 @@ from actors.policy.model import (
     AuditEntry,
     BatchEvent,
     BatchState,
+    BatchSummary,
     BatchView,
     FileError,
     FileRecord,
@@ -39,12 +40,14 @@ __all__ = [
     "batch_state_to_proto",
     "batch_to_proto",
     "event_to_proto",
+    "file_state_from_proto",
     "file_to_proto",
     "policy_from_proto",
     "policy_to_proto",
     "result_chunks",
     "snapshot_to_proto",
     "spec_from_proto",
+    "summary_to_proto",
 ]
 
 MAX_DISPLAY_NAME_CHARS = 200
@@ -93,6 +96,18 @@ def batch_state_from_proto(value: pb.BatchState.ValueType, field_path: str) -> B
     if not name or value == pb.BATCH_STATE_UNSPECIFIED:
         raise _invalid("INVALID_STATE", [FieldViolation(field_path, "Name a batch state.")])
     return BatchState(name.removeprefix("BATCH_STATE_"))
+
+
+def file_state_from_proto(value: pb.FileState.ValueType, field_path: str) -> FileState:
+    """``FILE_STATE_FAILED`` -> ``FileState.FAILED``.
+
+    Raises:
+        WireError: ``INVALID_ARGUMENT`` for ``UNSPECIFIED`` or an unknown value.
+    """
+    name = pb.FileState.Name(value) if value in pb.FileState.values() else ""
+    if not name or value == pb.FILE_STATE_UNSPECIFIED:
+        raise _invalid("INVALID_STATE", [FieldViolation(field_path, "Name a file state.")])
+    return FileState(name.removeprefix("FILE_STATE_"))
 
 
 def _file_state(state: FileState) -> pb.FileState.ValueType:
@@ -176,9 +191,16 @@ def policy_to_proto(policy: BatchPolicy) -> pb.BatchPolicy:
 
 
 def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
-    """The batch, with its files unless ``with_files`` is false (listings)."""
-    batch = view.batch
-    counts = view.counts
+    """The batch, with its files unless ``with_files`` is false."""
+    batch = summary_to_proto(view.summary())
+    if with_files:
+        batch.files.extend(file_to_proto(f) for f in view.files)
+    return batch
+
+
+def summary_to_proto(summary: BatchSummary) -> pb.Batch:
+    """The batch and its counts, without files (listings, the basic view)."""
+    batch, counts = summary.batch, summary.counts
     return pb.Batch(
         batch_id=batch.batch_id,
         display_name=batch.name,
@@ -191,7 +213,6 @@ def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
             failed=counts[FileState.FAILED],
             cancelled=counts[FileState.CANCELLED],
         ),
-        files=[file_to_proto(f) for f in view.files] if with_files else [],
         policy=policy_to_proto(batch.policy),
         create_time=_timestamp(batch.created_at),
         update_time=_timestamp(batch.updated_at),
@@ -199,7 +220,7 @@ def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
         reason=batch.reason,
         labels=dict(batch.labels),
         idempotency_key=batch.idempotency_key,
-        file_count=len(view.files),
+        file_count=summary.file_count,
     )
 
 

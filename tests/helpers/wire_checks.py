@@ -32,6 +32,7 @@ ALLOWED: Mapping[str, frozenset[grpc.StatusCode]] = {
     "SubmitBatch": frozenset({OK, INVALID, EXHAUSTED, C.ALREADY_EXISTS, C.CANCELLED}),
     "GetBatch": frozenset({OK, INVALID, NOT_FOUND}),
     "ListBatches": frozenset({OK, INVALID}),
+    "ListFiles": frozenset({OK, INVALID, NOT_FOUND}),
     # DEADLINE_EXCEEDED: the client's own deadline on a watch that rightly waits.
     "WatchBatch": frozenset(
         {OK, INVALID, NOT_FOUND, C.OUT_OF_RANGE, PRECONDITION, C.DEADLINE_EXCEEDED}
@@ -244,6 +245,12 @@ def expect_unary(
             return _expect_watch(request, found)
         case "RetryFiles":
             return _expect_retry(request, found)
+        case "ListFiles":
+            if any(not 1 <= s <= 6 for s in request.states) or request.page_size < 0:
+                return Expected.exactly(INVALID)
+            if request.page_token:
+                # Tokens of file pages are never drawn: any given one was not made here.
+                return Expected.exactly(INVALID, "INVALID_PAGE_TOKEN")
         case "GetFileResult" | "GetFileHistory":
             record = _file(found, request.file_id)
             if record is None:

@@ -333,6 +333,11 @@ def _states() -> st.SearchStrategy[list[int]]:
     return st.lists(st.one_of(valid, valid, valid, st.integers(-1, 9), int32s()), max_size=3)
 
 
+def _file_states() -> st.SearchStrategy[list[int]]:
+    valid = st.integers(1, 6)
+    return st.lists(st.one_of(valid, valid, valid, st.integers(-1, 8), int32s()), max_size=3)
+
+
 def list_requests(
     tokens: Callable[[], Sequence[PageToken]],
 ) -> st.SearchStrategy[pb.ListBatchesRequest]:
@@ -380,6 +385,16 @@ def unary_requests(known: Known) -> st.SearchStrategy[tuple[str, Any]]:
     return st.one_of(
         st.tuples(st.just("GetBatch"), st.builds(pb.GetBatchRequest, batch_id=batch, view=views())),
         st.tuples(st.just("ListBatches"), list_requests(known.tokens)),
+        st.tuples(
+            st.just("ListFiles"),
+            st.builds(
+                pb.ListFilesRequest,
+                batch_id=batch,
+                page_size=st.one_of(st.integers(-2, 3), int32s()),
+                page_token=st.one_of(st.just(""), st.just(""), texts()),
+                states=_file_states(),
+            ),
+        ),
         st.tuples(
             st.just("WatchBatch"),
             st.builds(

@@ -285,6 +285,10 @@ def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
                 token = PageToken(answer.response.next_page_token, tuple(request.states))
                 world.tokens.append(token)
             assert len(answer.response.batches) <= (request.page_size or 50)
+        case "ListFiles":
+            page = answer.response
+            assert len(page.files) <= min(request.page_size or 100, 1000)
+            assert page.total_size <= world.batches[request.batch_id].file_count
         case "DeleteBatch":
             world.batches.pop(request.batch_id)
             world.deleted.add(request.batch_id)
@@ -461,6 +465,7 @@ def test_every_upload_stream_ends_with_a_precise_status_soak(
 _REQUEST_TYPES: dict[str, Any] = {
     "GetBatch": pb.GetBatchRequest,
     "ListBatches": pb.ListBatchesRequest,
+    "ListFiles": pb.ListFilesRequest,
     "WatchBatch": pb.WatchBatchRequest,
     "RetryFiles": pb.RetryFilesRequest,
     "CancelBatch": pb.CancelBatchRequest,

@@ -386,7 +386,7 @@ def test_an_unexpected_failure_is_internal_without_details(serve: ServerFactory)
     from actors.storage.store import MemoryStore
 
     class BrokenStore(MemoryStore):
-        def list_batches(self) -> list:  # type: ignore[type-arg]
+        def batch_summaries(self, **_: object) -> list:  # type: ignore[override,type-arg]
             raise RuntimeError("disk /var/secret/store.db exploded")
 
     server = serve(store=BrokenStore())

@@ -25,7 +25,7 @@ from actors.policy.model import (
     ResultWarning,
     WarningCode,
 )
-from actors.policy.refusals import InvalidRequest, RetryRefused
+from actors.policy.refusals import BatchNotFound, InvalidRequest, RetryRefused
 from actors.policy.results import TEXT_PIECE_CHARS
 from actors.policy.rules import BatchPolicy
 from actors.storage.blobs import BlobStore, BlobWriter
@@ -34,7 +34,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.settings import ServerSettings
 from server.wire import convert
 from server.wire.errors import WireError, status_of
-from server.wire.paging import list_page
+from server.wire.paging import file_page, list_page
 
 # Streamed blobs ---------------------------------------------------------------------
 
@@ -250,7 +250,8 @@ def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
     first, token = list_page(store, 2, "", set())
     store.create_batch(
         BatchView(
-            BatchRecord("new", "", BatchPolicy(), BatchState.PENDING, 99.0, 0.0), first[0].files
+            BatchRecord("new", "", BatchPolicy(), BatchState.PENDING, 99.0, 0.0),
+            _view("new", "a" * 64).files,
         )
     )
     second, token = list_page(store, 2, token, set())
@@ -261,6 +262,33 @@ def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
     assert token == ""
     with pytest.raises(WireError, match="page token"):
         list_page(store, 2, "eyJ0IjogMX0=", set())
+
+
+def test_file_pages_follow_submission_order_and_their_tokens_fit_one_listing() -> None:
+    store = MemoryStore()
+    record = BatchRecord("b1", "", BatchPolicy(), BatchState.PENDING, 0.0, 0.0)
+    files = tuple(FileRecord(f"f{n}", f"{n}.pdf", "a" * 64, 1) for n in (3, 1, 2))
+    store.create_batch(BatchView(record, files))
+    store.create_batch(_view("b2", "a" * 64))
+
+    first, token = file_page(store, "b1", 2, "", set())
+    second, end = file_page(store, "b1", 2, token, set())
+
+    assert [r.file_id for _, r in (*first.files, *second.files)] == ["f3", "f1", "f2"]
+    assert (first.total, second.total, end) == (3, 3, "")
+    for wrong in (
+        lambda: file_page(store, "b2", 2, token, set()),  # another batch's token
+        lambda: file_page(store, "b1", 2, token, {FileState.FAILED}),  # another filter's
+        lambda: file_page(store, "b1", 2, _token(b'{"b": "b1", "p": -5, "f": []}'), set()),
+        lambda: file_page(store, "b1", 2, _token(b'{"b": "b1", "p": 1.5, "f": []}'), set()),
+        lambda: file_page(store, "b1", 2, _token(b"[1]"), set()),
+        lambda: file_page(store, "b1", -1, "", set()),
+    ):
+        with pytest.raises(WireError) as raised:
+            wrong()
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(BatchNotFound):
+        file_page(store, "missing", 1, "", set())
 
 
 def _token(payload: bytes) -> str:

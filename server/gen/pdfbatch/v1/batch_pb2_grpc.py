@@ -51,6 +51,11 @@ class BatchServiceStub:
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.ListBatchesRequest.SerializeToString,
                 response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ListBatchesResponse.FromString,
                 _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/pdfbatch.v1.BatchService/ListFiles',
+                request_serializer=pdfbatch_dot_v1_dot_batch__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ListFilesResponse.FromString,
+                _registered_method=True)
         self.WatchBatch = channel.unary_stream(
                 '/pdfbatch.v1.BatchService/WatchBatch',
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.WatchBatchRequest.SerializeToString,
@@ -106,7 +111,9 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBatch(self, request, context):
-        """Returns the batch with every file, its attempts and its last error.
+        """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
+        files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
+        last error. For a big batch, ask for the basic view and page through ListFiles.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +121,16 @@ class BatchServiceServicer:
 
     def ListBatches(self, request, context):
         """Lists batches, newest first, without their `files`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFiles(self, request, context):
+        """Lists a batch's files in submission order, a page at a time, with their attempts
+        and last error; optionally only those in some states. Any size of batch: a page is
+        at most 1,000 files. A watcher that needs every file reads them here, then applies
+        the events after each page's `sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +201,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.ListBatches,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ListBatchesRequest.FromString,
                     response_serializer=pdfbatch_dot_v1_dot_batch__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ListFilesRequest.FromString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.ListFilesResponse.SerializeToString,
             ),
             'WatchBatch': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchBatch,
@@ -298,6 +320,33 @@ class BatchService:
             '/pdfbatch.v1.BatchService/ListBatches',
             pdfbatch_dot_v1_dot_batch__pb2.ListBatchesRequest.SerializeToString,
             pdfbatch_dot_v1_dot_batch__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdfbatch.v1.BatchService/ListFiles',
+            pdfbatch_dot_v1_dot_batch__pb2.ListFilesRequest.SerializeToString,
+            pdfbatch_dot_v1_dot_batch__pb2.ListFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,9 +54,18 @@ class BatchServiceStub:
     `idempotency_key` already used by the same caller, the existing batch is returned.
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]
-    """Returns the batch with every file, its attempts and its last error."""
+    """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
+    files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
+    last error. For a big batch, ask for the basic view and page through ListFiles.
+    """
     ListBatches: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListBatchesRequest, _batch_pb2.ListBatchesResponse]
     """Lists batches, newest first, without their `files`."""
+    ListFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListFilesRequest, _batch_pb2.ListFilesResponse]
+    """Lists a batch's files in submission order, a page at a time, with their attempts
+    and last error; optionally only those in some states. Any size of batch: a page is
+    at most 1,000 files. A watcher that needs every file reads them here, then applies
+    the events after each page's `sequence`.
+    """
     WatchBatch: _grpc.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]
     """Streams every change of the batch and of its files.
 
@@ -98,9 +107,18 @@ class BatchServiceAsyncStub(BatchServiceStub):
     `idempotency_key` already used by the same caller, the existing batch is returned.
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Returns the batch with every file, its attempts and its last error."""
+    """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
+    files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
+    last error. For a big batch, ask for the basic view and page through ListFiles.
+    """
     ListBatches: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListBatchesRequest, _batch_pb2.ListBatchesResponse]  # type: ignore[assignment]
     """Lists batches, newest first, without their `files`."""
+    ListFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListFilesRequest, _batch_pb2.ListFilesResponse]  # type: ignore[assignment]
+    """Lists a batch's files in submission order, a page at a time, with their attempts
+    and last error; optionally only those in some states. Any size of batch: a page is
+    at most 1,000 files. A watcher that needs every file reads them here, then applies
+    the events after each page's `sequence`.
+    """
     WatchBatch: _aio.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]  # type: ignore[assignment]
     """Streams every change of the batch and of its files.
 
@@ -151,7 +169,10 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.GetBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Returns the batch with every file, its attempts and its last error."""
+        """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
+        files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
+        last error. For a big batch, ask for the basic view and page through ListFiles.
+        """
 
     @_abc_1.abstractmethod
     def ListBatches(
@@ -160,6 +181,18 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.ListBatchesResponse, _abc.Awaitable[_batch_pb2.ListBatchesResponse]]:
         """Lists batches, newest first, without their `files`."""
+
+    @_abc_1.abstractmethod
+    def ListFiles(
+        self,
+        request: _batch_pb2.ListFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.ListFilesResponse, _abc.Awaitable[_batch_pb2.ListFilesResponse]]:
+        """Lists a batch's files in submission order, a page at a time, with their attempts
+        and last error; optionally only those in some states. Any size of batch: a page is
+        at most 1,000 files. A watcher that needs every file reads them here, then applies
+        the events after each page's `sequence`.
+        """
 
     @_abc_1.abstractmethod
     def WatchBatch(
