@@ -190,5 +190,6 @@ class BatchBook:
                 reason=reason,
                 previous_state=previous,
                 bulk=bulk,
+                counts=all_counts(self._counts),
             )
         )

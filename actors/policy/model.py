@@ -363,6 +363,8 @@ class BatchEvent:
         previous_state: The state the file or the batch left (the batch's for batch
             changes, the file's for file changes, ``None`` for bulk changes).
         bulk: The files changed together, for bulk changes.
+        counts: The batch's files per state after the change, every state present;
+            empty in events stored before counts were kept.
     """
 
     sequence: int
@@ -373,6 +375,7 @@ class BatchEvent:
     reason: str = ""
     previous_state: FileState | BatchState | None = None
     bulk: BulkChange | None = None
+    counts: Mapping[FileState, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

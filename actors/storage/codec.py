@@ -306,6 +306,7 @@ def event_to_json(event: BatchEvent) -> str:
             "reason": event.reason,
             "previous_state": None if previous is None else previous.value,
             "bulk": None if event.bulk is None else _bulk_to_dict(event.bulk),
+            "counts": {state.value: n for state, n in event.counts.items()},
         },
         separators=(",", ":"),
     )
@@ -343,6 +344,7 @@ def event_from_json(text: str) -> BatchEvent:
         reason=data["reason"],
         previous_state=None if previous is None else state_type(previous),
         bulk=None if bulk is None else _bulk_from_dict(bulk),
+        counts={FileState(state): n for state, n in data.get("counts", {}).items()},
     )
 
 

@@ -8,6 +8,7 @@ partially succeeded, 3 the batch failed or was cancelled, 1 the command itself f
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from server.cli.progress import (
     ProgressDisplay,
     batch_state_name,
     exit_code,
+    failure_line,
     file_state_name,
     summary,
     terminal_safe,
@@ -35,6 +37,8 @@ __all__ = ["main"]
 EXIT_FAILED_COMMAND = 1
 EXIT_INTERRUPTED = 130
 AddCommands = Callable[[Callable[..., argparse.ArgumentParser]], None]
+# Files not succeeded that a settled batch's summary lists before saying how many more.
+_SUMMARY_FILES = 100
 _FILE_STATES = [
     v.name.removeprefix("FILE_STATE_") for v in pb.FileState.DESCRIPTOR.values if v.number
 ]
@@ -82,19 +86,35 @@ def _password_file(text: str) -> tuple[str, str]:
 
 
 def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
-    """Watch with live progress until the batch settles; print the final batch."""
+    """Watch with live progress until the batch settles; print the final batch.
+
+    The final batch is its counts and the files that did not succeed (all of them with
+    ``--json``; the first hundred otherwise, and how many more).
+    """
     tracker = BatchTracker()
     display = ProgressDisplay(sys.stderr)
     try:
         for event in client.watch(batch_id, follow=getattr(args, "follow", False)):
-            display.update(tracker, tracker.apply(event))
+            notes = tracker.apply(event)
+            if event.HasField("snapshot") and event.snapshot.counts.failed:
+                # Failures from before the watch started are news to whoever watches.
+                failed = client.files(batch_id, states=[pb.FILE_STATE_FAILED])
+                notes += [failure_line(file) for file in failed]
+            display.update(tracker, notes)
     finally:
         display.close()
-    batch = client.get(batch_id)
+    batch = client.get(batch_id, with_files=False)
+    unsucceeded = client.files(batch_id, states=[pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED])
     if args.json:
+        batch.files.extend(unsucceeded)
         _print_json(batch)
-    else:
-        print("\n".join(summary(batch)))
+        return exit_code(batch.state)
+    shown = list(itertools.islice(unsucceeded, _SUMMARY_FILES + 1))
+    batch.files.extend(shown[:_SUMMARY_FILES])
+    print("\n".join(summary(batch)))
+    if len(shown) > _SUMMARY_FILES:
+        more = batch.counts.failed + batch.counts.cancelled - _SUMMARY_FILES
+        print(f"  ... and {more} more: pdfbatch status {batch_id} --state failed --limit 0")
     return exit_code(batch.state)
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "ProgressDisplay",
     "batch_state_name",
     "exit_code",
+    "failure_line",
     "file_state_name",
     "summary",
     "terminal_safe",
@@ -69,40 +70,44 @@ def _seconds_until(stamp: timestamp_pb2.Timestamp, now: timestamp_pb2.Timestamp)
     return max(0.0, (stamp.ToNanoseconds() - now.ToNanoseconds()) / 1e9)
 
 
-def _failure_line(file: pb.FileStatus) -> str:
-    return f"FAILED    {file.name} [{file.file_id}] {file.error.code}: {file.error.message}"
+def failure_line(file: pb.FileStatus) -> str:
+    """The line that tells a person a file failed, and why."""
+    name = terminal_safe(file.name)
+    return f"FAILED    {name} [{file.file_id}] {file.error.code}: {file.error.message}"
 
 
 class BatchTracker:
-    """The batch as its events describe it: a snapshot, then every change."""
+    """The batch as its events describe it: counts from the snapshot on, and the news.
+
+    It keeps no file: every event carries the batch's counts, so following a batch of a
+    million files costs what following one of ten does.
+    """
 
     def __init__(self) -> None:
         self.batch_id = ""
         self.state: pb.BatchState.ValueType = pb.BATCH_STATE_UNSPECIFIED
         self.reason = ""
-        self.files: dict[str, pb.FileStatus] = {}
+        self.file_count = 0
+        self._counts = pb.FileCounts()
 
     def apply(self, event: pb.BatchEvent) -> list[str]:
         """Take ``event`` in; return the lines worth telling a person about it."""
         notes: list[str] = []
         self.batch_id = event.batch_id
+        if event.HasField("counts"):
+            self._counts.CopyFrom(event.counts)
         match event.WhichOneof("change"):
             case "snapshot":
-                self.files = {f.file_id: f for f in event.snapshot.files}
+                self.file_count = event.snapshot.file_count
                 self.reason = event.snapshot.reason
                 notes.append(
                     f"batch {event.batch_id} {batch_state_name(event.batch_state)}: "
-                    f"{len(self.files)} files"
+                    f"{self.file_count} files"
                 )
-                # Failures from before the watch started are news to whoever watches.
-                notes += [
-                    _failure_line(f) for f in self.files.values() if f.state == pb.FILE_STATE_FAILED
-                ]
             case "file":
                 file = event.file
-                self.files[file.file_id] = file
                 if file.state == pb.FILE_STATE_FAILED:
-                    notes.append(_failure_line(file))
+                    notes.append(failure_line(file))
                 elif file.state == pb.FILE_STATE_BACKOFF:
                     delay = _seconds_until(file.next_attempt_time, event.event_time)
                     notes.append(
@@ -111,14 +116,6 @@ class BatchTracker:
                     )
             case "files":
                 change = event.files
-                for file_id in change.file_ids:
-                    status = self.files.setdefault(file_id, pb.FileStatus(file_id=file_id))
-                    status.state = change.state
-                    status.ClearField("next_attempt_time")
-                    if change.HasField("error"):
-                        status.error.CopyFrom(change.error)
-                    else:
-                        status.ClearField("error")
                 if change.file_ids:
                     notes.append(
                         f"{len(change.file_ids)} files {file_state_name(change.state)}: "
@@ -133,13 +130,23 @@ class BatchTracker:
         return notes
 
     def counts(self) -> Counter[pb.FileState.ValueType]:
-        """Files per state."""
-        return Counter(f.state for f in self.files.values())
+        """Files per state, as of the last event."""
+        c = self._counts
+        return Counter(
+            {
+                pb.FILE_STATE_PENDING: c.pending,
+                pb.FILE_STATE_RUNNING: c.running,
+                pb.FILE_STATE_BACKOFF: c.backoff,
+                pb.FILE_STATE_SUCCEEDED: c.succeeded,
+                pb.FILE_STATE_FAILED: c.failed,
+                pb.FILE_STATE_CANCELLED: c.cancelled,
+            }
+        )
 
     def progress_line(self, width: int = 24) -> str:
         """``[#####-----] 5/10 files · 4 succeeded · 1 failed · 2 running · RUNNING``."""
         counts = self.counts()
-        total = len(self.files)
+        total = self.file_count
         settled = sum(
             counts[s]
             for s in (pb.FILE_STATE_SUCCEEDED, pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)

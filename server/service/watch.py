@@ -22,7 +22,7 @@ from collections.abc import Generator, Iterator
 
 import grpc
 
-from actors.policy.model import BatchEvent, BatchState, BatchView
+from actors.policy.model import BatchEvent, BatchState, BatchSummary
 from actors.policy.refusals import BatchNotFound
 from actors.storage.store import Store
 from server.wire import convert
@@ -30,8 +30,8 @@ from server.wire.errors import WireError, service_closing
 
 __all__ = ["WatchHub", "WatchItem", "WatchSession"]
 
-WatchItem = BatchView | BatchEvent
-"""What a watch yields: a snapshot of the batch, or one event."""
+WatchItem = BatchSummary | BatchEvent
+"""What a watch yields: a snapshot of the batch (its record and counts), or one event."""
 
 
 def _expired(after: int) -> WireError:
@@ -249,7 +249,7 @@ class WatchSession:
     def __iter__(self) -> Iterator[WatchItem]:
         with contextlib.closing(self._items()) as items:
             for item in items:
-                yield item if isinstance(item, BatchView) else item.event
+                yield item if isinstance(item, BatchSummary) else item.event
 
     def frames(self) -> Iterator[bytes]:
         """The watch as serialized ``pb.BatchEvent`` messages, ready for the wire.
@@ -259,12 +259,12 @@ class WatchSession:
         """
         with contextlib.closing(self._items()) as items:
             for item in items:
-                if isinstance(item, BatchView):
+                if isinstance(item, BatchSummary):
                     yield convert.snapshot_to_proto(item).SerializeToString()
                 else:
                     yield item.frame()
 
-    def _items(self) -> Generator[BatchView | _Shared, None, None]:
+    def _items(self) -> Generator[BatchSummary | _Shared, None, None]:
         try:
             yield from self._start()
             while not self._done():
@@ -279,10 +279,11 @@ class WatchSession:
         finally:
             self.cancel()
 
-    def _start(self) -> Iterator[BatchView | _Shared]:
+    def _start(self) -> Iterator[BatchSummary | _Shared]:
         store = self._hub.store
         batch_id = self._watcher.batch_id
-        view = store.load(batch_id)
+        # The record and counts only: opening a watch costs the same for any batch size.
+        view = store.batch_summary(batch_id)
         if view is None:
             raise BatchNotFound("No batch with this id exists.")
         current = view.batch.sequence

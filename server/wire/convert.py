@@ -205,14 +205,7 @@ def summary_to_proto(summary: BatchSummary) -> pb.Batch:
         batch_id=batch.batch_id,
         display_name=batch.name,
         state=batch_state_to_proto(batch.state),
-        counts=pb.FileCounts(
-            pending=counts[FileState.PENDING],
-            running=counts[FileState.RUNNING],
-            backoff=counts[FileState.BACKOFF],
-            succeeded=counts[FileState.SUCCEEDED],
-            failed=counts[FileState.FAILED],
-            cancelled=counts[FileState.CANCELLED],
-        ),
+        counts=_counts_to_proto(counts),
         policy=policy_to_proto(batch.policy),
         create_time=_timestamp(batch.created_at),
         update_time=_timestamp(batch.updated_at),
@@ -221,6 +214,17 @@ def summary_to_proto(summary: BatchSummary) -> pb.Batch:
         labels=dict(batch.labels),
         idempotency_key=batch.idempotency_key,
         file_count=summary.file_count,
+    )
+
+
+def _counts_to_proto(counts: Mapping[FileState, int]) -> pb.FileCounts:
+    return pb.FileCounts(
+        pending=counts.get(FileState.PENDING, 0),
+        running=counts.get(FileState.RUNNING, 0),
+        backoff=counts.get(FileState.BACKOFF, 0),
+        succeeded=counts.get(FileState.SUCCEEDED, 0),
+        failed=counts.get(FileState.FAILED, 0),
+        cancelled=counts.get(FileState.CANCELLED, 0),
     )
 
 
@@ -240,15 +244,16 @@ def wants_files(view: pb.BatchView.ValueType) -> bool:
     )
 
 
-def snapshot_to_proto(view: BatchView) -> pb.BatchEvent:
-    """The event that opens a watch from sequence 0: the whole batch."""
-    batch = view.batch
+def snapshot_to_proto(summary: BatchSummary) -> pb.BatchEvent:
+    """The event that opens a watch from sequence 0: the batch and its counts."""
+    batch = summary_to_proto(summary)
     return pb.BatchEvent(
         sequence=batch.sequence,
         batch_id=batch.batch_id,
-        event_time=_timestamp(batch.updated_at),
-        batch_state=batch_state_to_proto(batch.state),
-        snapshot=batch_to_proto(view),
+        event_time=batch.update_time,
+        batch_state=batch.state,
+        snapshot=batch,
+        counts=batch.counts,
     )
 
 
@@ -260,6 +265,8 @@ def event_to_proto(event: BatchEvent) -> pb.BatchEvent:
         event_time=_timestamp(event.at),
         batch_state=batch_state_to_proto(event.batch_state),
     )
+    if event.counts:
+        message.counts.CopyFrom(_counts_to_proto(event.counts))
     if event.file is not None:
         message.file.CopyFrom(file_to_proto(event.file))
     elif event.bulk is not None:

@@ -195,17 +195,15 @@ def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
     tracker = BatchTracker()
     terminal = Terminal()
     display = ProgressDisplay(terminal)  # type: ignore[arg-type]
-    snapshot = pb.Batch(
-        batch_id="b",
-        state=pb.BATCH_STATE_RUNNING,
-        files=[
-            pb.FileStatus(file_id="f1", name="a.pdf", state=pb.FILE_STATE_RUNNING),
-            pb.FileStatus(file_id="f2", name="b.pdf", state=pb.FILE_STATE_PENDING),
-        ],
-    )
+    running = pb.FileCounts(running=1, pending=1)
+    snapshot = pb.Batch(batch_id="b", state=pb.BATCH_STATE_RUNNING, counts=running, file_count=2)
     events = [
         pb.BatchEvent(
-            sequence=1, batch_id="b", batch_state=pb.BATCH_STATE_RUNNING, snapshot=snapshot
+            sequence=1,
+            batch_id="b",
+            batch_state=pb.BATCH_STATE_RUNNING,
+            snapshot=snapshot,
+            counts=running,
         ),
         pb.BatchEvent(
             sequence=2,
@@ -217,6 +215,7 @@ def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
                 state=pb.FILE_STATE_FAILED,
                 error=pb.FileError(code="NOT_A_PDF", message="Not a PDF."),
             ),
+            counts=pb.FileCounts(failed=1, pending=1),
         ),
     ]
     for event in events:

@@ -161,18 +161,23 @@ def watch_until(
 ) -> pb.Batch:
     """Follow the batch from a snapshot until ``condition(batch)`` holds; return the batch.
 
-    Every event is applied to the snapshot, so the condition sees the batch as the
-    server stored it at that event; events are appended to ``seen``.
+    The snapshot's files are read with ``ListFiles``, then every later event is applied,
+    so the condition sees the batch as the server stored it at that event; events are
+    appended to ``seen``.
     """
     call = stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id, follow=True), timeout=WAIT)
     try:
         batch = pb.Batch()
+        read_at = 0
         for event in call:
             if seen is not None:
                 seen.append(event)
             if event.HasField("snapshot"):
                 batch.CopyFrom(event.snapshot)
-            elif event.HasField("file"):
+                page = stub.ListFiles(pb.ListFilesRequest(batch_id=batch_id, page_size=1000))
+                batch.files.extend(page.files)
+                read_at = page.sequence
+            elif event.HasField("file") and event.sequence > read_at:
                 for index, file in enumerate(batch.files):
                     if file.file_id == event.file.file_id:
                         batch.files[index].CopyFrom(event.file)

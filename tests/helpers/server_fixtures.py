@@ -113,8 +113,8 @@ def wait_until_running(stub: batch_pb2_grpc.BatchServiceStub, batch_id: str) -> 
     """Return once a file of the batch is running (in the snapshot or a later event)."""
     stream = stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id), timeout=WAIT)
     for event in stream:
-        files = event.snapshot.files if event.HasField("snapshot") else [event.file]
-        if any(f.state == pb.FILE_STATE_RUNNING for f in files):
+        # Every event, the snapshot included, carries the batch's counts.
+        if event.counts.running:
             break
     else:
         raise AssertionError("the batch settled before any file was seen running")

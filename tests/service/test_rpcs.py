@@ -223,12 +223,13 @@ def test_cancel_returns_once_the_batch_is_cancelled_and_nothing_runs(
     assert list(bulk.file_ids) == waiting
     assert len(waiting) >= 4
     assert (bulk.state, bulk.error.code) == (pb.FILE_STATE_CANCELLED, "CANCELLED")
+    # Every event carries the batch's counts: the last one's are the batch's.
     tracker = BatchTracker()
-    for event in (pb.BatchEvent(batch_id=batch.batch_id, snapshot=batch), *replay):
+    for event in replay:
         tracker.apply(event)
-    assert {i: f.state for i, f in tracker.files.items()} == {
-        f.file_id: f.state for f in cancelled.files
-    }
+    assert tracker.counts()[pb.FILE_STATE_CANCELLED] == cancelled.counts.cancelled
+    assert tracker.counts()[pb.FILE_STATE_SUCCEEDED] == cancelled.counts.succeeded
+    assert replay[-1].counts == cancelled.counts
     history = server.stub.GetFileHistory(
         pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=waiting[-1]), timeout=WAIT
     )

@@ -10,7 +10,14 @@ import grpc
 import pytest
 
 from actors.policy.book import BatchBook
-from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
+from actors.policy.model import (
+    BatchRecord,
+    BatchState,
+    BatchSummary,
+    BatchView,
+    FileRecord,
+    FileState,
+)
 from actors.policy.refusals import BatchNotFound, ServiceClosing
 from actors.policy.rules import BatchPolicy
 from actors.storage.store import MemoryStore
@@ -58,13 +65,19 @@ def test_watch_starts_with_a_snapshot_and_ends_after_the_terminal_state(
     assert first.WhichOneof("change") == "snapshot"
     assert first.snapshot.batch_id == batch.batch_id
     assert first.sequence == first.snapshot.sequence
+    assert first.counts == first.snapshot.counts
+    assert first.snapshot.file_count == 2
+    assert all(e.counts.ByteSize() for e in changes), "every event carries the counts"
+    assert changes[-1].counts.succeeded == changes[-1].counts.failed == 1
     assert _contiguous([e.sequence for e in events])
     assert changes[-1].WhichOneof("change") == "batch_state_change"
     assert changes[-1].batch_state_change.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
     assert all(e.batch_id == batch.batch_id for e in events)
     # Screened out without a worker, the junk may have failed before the snapshot.
     failed = [e.file for e in changes if e.file.state == pb.FILE_STATE_FAILED]
-    failed += [f for f in first.snapshot.files if f.state == pb.FILE_STATE_FAILED]
+    assert not first.snapshot.files, "a snapshot carries counts, not files"
+    if first.snapshot.counts.failed:
+        failed += server.client.files(batch.batch_id, states=[pb.FILE_STATE_FAILED])
     assert [(f.name, f.error.code) for f in failed] == [("b.pdf", "NOT_A_PDF")]
     # Watching a settled batch yields its snapshot and ends.
     assert [e.WhichOneof("change") for e in server.settle(batch.batch_id)] == ["snapshot"]
@@ -267,8 +280,8 @@ def test_a_stalled_watcher_never_blocks_commits_and_catches_up_from_the_store() 
     book = _new_batch(store, files=10)
     stalled = iter(hub.open("b1", 0, follow=False))
     other = iter(hub.open("b1", 0, follow=False))
-    assert isinstance(next(stalled), BatchView)
-    assert isinstance(next(other), BatchView)
+    assert isinstance(next(stalled), BatchSummary)
+    assert isinstance(next(other), BatchSummary)
 
     # Nobody reads while 22 events are committed on this very thread: a listener that
     # waited for a reader would hang here.

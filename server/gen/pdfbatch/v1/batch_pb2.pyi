@@ -997,6 +997,7 @@ class BatchEvent(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     BATCH_STATE_CHANGE_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per batch; only grows. A snapshot carries the sequence of the last event it includes."""
     batch_id: _builtins.str
@@ -1006,7 +1007,10 @@ class BatchEvent(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def snapshot(self) -> Global___Batch:
-        """The whole batch: the first event when watching from sequence 0."""
+        """The batch, its state and counts, without its files, whatever its size: the first
+        event when watching from sequence 0. A watcher that needs the files reads them
+        with ListFiles, then applies the events after each page's `sequence`.
+        """
 
     @_builtins.property
     def file(self) -> Global___FileStatus:
@@ -1020,6 +1024,12 @@ class BatchEvent(_message.Message):
     def files(self) -> Global___FilesChange:
         """Many files' new state at once (a cancel's waiting files)."""
 
+    @_builtins.property
+    def counts(self) -> Global___FileCounts:
+        """The batch's files per state after this change (the snapshot's too): progress
+        without keeping every file.
+        """
+
     def __init__(
         self,
         *,
@@ -1031,10 +1041,11 @@ class BatchEvent(_message.Message):
         file: Global___FileStatus | None = ...,
         batch_state_change: Global___BatchStateChange | None = ...,
         files: Global___FilesChange | None = ...,
+        counts: Global___FileCounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "files", b"files", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_state_change", b"batch_state_change", "change", b"change", "counts", b"counts", "event_time", b"event_time", "file", b"file", "files", b"files", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "event_time", b"event_time", "file", b"file", "files", b"files", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "counts", b"counts", "event_time", b"event_time", "file", b"file", "files", b"files", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["snapshot", "file", "batch_state_change", "files"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015

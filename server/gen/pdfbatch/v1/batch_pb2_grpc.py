@@ -139,7 +139,7 @@ class BatchServiceServicer:
     def WatchBatch(self, request, context):
         """Streams every change of the batch and of its files.
 
-        With `after_sequence` 0 the stream starts with a snapshot of the whole batch; with
+        With `after_sequence` 0 the stream starts with a snapshot of the batch; with
         N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
         WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
         is in a terminal state, unless `follow` is set.

@@ -69,7 +69,7 @@ class BatchServiceStub:
     WatchBatch: _grpc.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]
     """Streams every change of the batch and of its files.
 
-    With `after_sequence` 0 the stream starts with a snapshot of the whole batch; with
+    With `after_sequence` 0 the stream starts with a snapshot of the batch; with
     N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
     WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
     is in a terminal state, unless `follow` is set.
@@ -122,7 +122,7 @@ class BatchServiceAsyncStub(BatchServiceStub):
     WatchBatch: _aio.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]  # type: ignore[assignment]
     """Streams every change of the batch and of its files.
 
-    With `after_sequence` 0 the stream starts with a snapshot of the whole batch; with
+    With `after_sequence` 0 the stream starts with a snapshot of the batch; with
     N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
     WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
     is in a terminal state, unless `follow` is set.
@@ -202,7 +202,7 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_batch_pb2.BatchEvent], _abc.AsyncIterator[_batch_pb2.BatchEvent]]:
         """Streams every change of the batch and of its files.
 
-        With `after_sequence` 0 the stream starts with a snapshot of the whole batch; with
+        With `after_sequence` 0 the stream starts with a snapshot of the batch; with
         N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
         WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
         is in a terminal state, unless `follow` is set.
