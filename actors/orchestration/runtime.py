@@ -36,7 +36,7 @@ from actors.orchestration.messages import (
 )
 from actors.orchestration.supervisor import SupervisorDeps
 from actors.orchestration.vault import PasswordVault
-from actors.policy.catalogue import ErrorCode, StorageUnavailableError, has_control_characters
+from actors.policy.catalogue import ErrorCode, StorageUnavailableError, has_hidden_characters
 from actors.policy.model import (
     BatchRecord,
     BatchState,
@@ -80,8 +80,8 @@ def validate_file_name(name: str) -> None:
     """Refuse names that could be mistaken for paths or that hide characters.
 
     Raises:
-        InvalidRequest: The name is empty, too long, has a path separator or a control
-            character.
+        InvalidRequest: The name is empty, too long, has a path separator, or a
+            control, format or separator character.
     """
     if not name or len(name) > MAX_NAME_CHARS:
         raise InvalidRequest(
@@ -91,8 +91,12 @@ def validate_file_name(name: str) -> None:
         raise InvalidRequest(
             "A file name is a label, not a path: remove '/' and '\\'.", field="name"
         )
-    if has_control_characters(name):
-        raise InvalidRequest("A file name must not contain control characters.", field="name")
+    if has_hidden_characters(name):
+        raise InvalidRequest(
+            "A file name must not contain control, format or separator characters "
+            "(such as U+202E or U+200B): they make it print as another name.",
+            field="name",
+        )
 
 
 @dataclass(frozen=True, slots=True)

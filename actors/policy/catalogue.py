@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -22,7 +23,7 @@ __all__ = [
     "ResultTooLargeError",
     "StorageUnavailableError",
     "WrongPasswordError",
-    "has_control_characters",
+    "has_hidden_characters",
     "spec_for",
     "user_text",
 ]
@@ -199,12 +200,19 @@ def spec_for(code: ErrorCode) -> ErrorSpec:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode categories a name must not hold: controls (C0, DEL, C1), format characters
+# (bidirectional overrides, zero-width characters) and line and paragraph separators.
+# Each makes a name print as something else than it is.
+_HIDING_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def has_control_characters(text: str) -> bool:
-    """Whether ``text`` holds a C0 control character or DEL: refused in names and labels."""
-    return _CONTROL.search(text) is not None
+def has_hidden_characters(text: str) -> bool:
+    """Whether ``text`` holds a character that changes how it prints without showing:
+    a control, format or separator character (U+001B, U+009B, U+202E, U+200B, U+2028).
+
+    Refused in file names, display names and labels.
+    """
+    return any(unicodedata.category(char) in _HIDING_CATEGORIES for char in text)
 
 
 def user_text(text: str, limit: int = MAX_USER_MESSAGE_CHARS) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
+from actors.storage.private import PRIVATE_MODE, private_directory
+
 __all__ = ["BlobStore", "BlobWriter"]
 
 _TEMP_PREFIX = ".incoming-"
@@ -75,11 +77,11 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         self.reference_lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
+        private_directory(root)
 
     def _make_parent(self, target: Path) -> None:
         if not target.parent.is_dir():
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(mode=PRIVATE_MODE, exist_ok=True)
             _fsync_directory(self._root)
 
     def path(self, digest: str) -> Path:
@@ -142,7 +144,7 @@ class BlobStore:
         link on the same file system, and :meth:`sweep_temp` finds it after a crash.
         """
         incoming = self._root / _INCOMING_DIR
-        incoming.mkdir(exist_ok=True)
+        incoming.mkdir(mode=PRIVATE_MODE, exist_ok=True)
         fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=incoming)
         return BlobWriter(self, Path(temp), os.fdopen(fd, "wb"))
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from actors.policy.catalogue import StorageUnavailableError
+from actors.storage.private import private_directory
 from actors.storage.sqlite_schema import migrate
 
 __all__ = ["Connections", "Synchronous", "translated"]
@@ -68,7 +69,7 @@ class Connections:
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
         self._closed = False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(path.parent)
         with translated():
             # Results hold the documents' text: readable by the service's user only.
             # SQLite gives its -wal and -shm files the database file's mode.
@@ -92,6 +93,8 @@ class Connections:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA foreign_keys = ON")
+            # Deleted results and passwords' traces are overwritten, not left in free pages.
+            db.execute("PRAGMA secure_delete = ON")
             if readonly:
                 db.execute("PRAGMA query_only = ON")
         except BaseException:

@@ -18,13 +18,11 @@ from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from actors.execution.factory import make_executor
 from actors.execution.local.limits import ProcessLimits
@@ -34,6 +32,7 @@ from actors.orchestration.clock import ThreadScheduler
 from actors.orchestration.runtime import Runtime
 from actors.policy.model import FileState
 from actors.storage.blobs import BlobStore
+from actors.storage.private import private_directory
 from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
@@ -42,6 +41,7 @@ from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
 from server.service.metrics import ServiceMetrics
+from server.service.metrics_http import MetricsServer
 from server.service.servicer import BatchServicer, watch_handler
 from server.service.settings import ServerSettings
 from server.service.upload import Uploads
@@ -95,10 +95,13 @@ class Service:
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
         self._stopping = False
-        self._metrics_http: tuple[Any, threading.Thread] | None = None
+        self._metrics_http: MetricsServer | None = None
         with contextlib.ExitStack() as undo:
             data = settings.data_dir
-            (data / "work").mkdir(parents=True, exist_ok=True)
+            # Everything below holds documents, their names and digests: the service's
+            # user's alone.
+            private_directory(data)
+            private_directory(data / "work")
             # A killed service leaves its workers' directories and half-written uploads.
             _empty(data / "work")
             self._own_store: SQLiteStore | None = None
@@ -187,18 +190,14 @@ class Service:
         pool = self.pool if isinstance(self.pool, WorkerPool) else None
         metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
         undo.callback(self.store.subscribe(metrics.observe))
-        host = self.settings.address.rpartition(":")[0].strip("[]")
-        httpd, thread = start_http_server(port, addr=host, registry=metrics.registry)
-        self._metrics_http = (httpd, thread)
+        host = self.settings.metrics_address
+        self._metrics_http = MetricsServer(metrics.registry, host, port)
         undo.callback(self._stop_metrics)
-        return f"{host}:{httpd.server_port}"
+        return f"{host}:{self._metrics_http.port}"
 
     def _stop_metrics(self) -> None:
         if self._metrics_http is not None:
-            httpd, thread = self._metrics_http
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join()
+            self._metrics_http.close()
             self._metrics_http = None
 
     def _build_server(self) -> grpc.Server:

@@ -39,6 +39,7 @@ def add_service_commands(command: Command) -> None:
     serve.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (default off)"
     )
+    serve.add_argument("--metrics-address", help="the metrics endpoint's host (default 127.0.0.1)")
     serve.add_argument(
         "--executor",
         choices=("local", "ray", "auto"),
@@ -84,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
         name: value
         for name in (
             *("address", "data_dir", "workers", "shutdown_grace", "metrics_port"),
+            "metrics_address",
             *("executor", "ray_address"),
         )
         if (value := getattr(args, name)) is not None

@@ -278,6 +278,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         if self._retries is not None:
             self._retries.acquire(caller)
         self._owned(request.batch_id, caller)
+        for file_id, password in request.passwords.items():
+            self._uploads.limits.check_password(password, f"passwords[{file_id!r}]")
         view = self._runtime.retry(
             request.batch_id,
             list(request.file_ids) or None,

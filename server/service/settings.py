@@ -1,4 +1,4 @@
-"""Configuration of the service and of the client, from flags and ``PDFBATCH_*`` variables.
+"""Configuration of the service, from flags and ``PDFBATCH_*`` variables.
 
 Every setting can come from the environment (``PDFBATCH_ADDRESS``, ``PDFBATCH_DATA_DIR``,
 ``PDFBATCH_WORKERS``...); values given explicitly (the command line's flags) win.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
+import grpc
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,7 @@ from actors.policy.results import (
     ResultLimits,
 )
 from actors.storage.retention import RetentionPolicy
+from server.wire.errors import FieldViolation, WireError
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -40,6 +42,9 @@ class UploadLimits(BaseSettings):
         max_batch_bytes: Largest total of one batch. Default 2 GiB.
         max_files_per_batch: Most files in one batch. Default 1,000.
         max_name_chars: Longest file name, at most 255. Default 255.
+        max_password_bytes: Longest password of a file, in bytes of UTF-8, at submit and
+            at retry. Default 1,024: a real PDF password is far shorter, and passwords
+            stay in memory until their file ends.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -48,6 +53,26 @@ class UploadLimits(BaseSettings):
     max_batch_bytes: int = Field(default=2048 * _MIB, ge=1)
     max_files_per_batch: int = Field(default=1_000, ge=1)
     max_name_chars: int = Field(default=MAX_NAME_CHARS, ge=1, le=MAX_NAME_CHARS)
+    max_password_bytes: int = Field(default=1024, ge=1)
+
+    def check_password(self, password: str, field_path: str) -> None:
+        """Refuse a password over ``max_password_bytes``.
+
+        Raises:
+            WireError: ``INVALID_ARGUMENT``, ``PASSWORD_TOO_LONG``.
+        """
+        if len(password.encode("utf-8", "surrogatepass")) > self.max_password_bytes:
+            message = (
+                f"A password may have at most {self.max_password_bytes} bytes; "
+                "check that the right value was sent."
+            )
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "PASSWORD_TOO_LONG",
+                message,
+                violations=[FieldViolation(field_path, message)],
+                metadata={"max_password_bytes": str(self.max_password_bytes)},
+            )
 
 
 class SecuritySettings(BaseSettings):
@@ -137,8 +162,11 @@ class ServerSettings(BaseSettings):
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
             are stopped. Default 10.
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
-        metrics_port: Serve Prometheus metrics over HTTP on this port, on the host of
-            ``address``. Default ``None``: no metrics endpoint.
+        metrics_port: Serve Prometheus metrics over HTTP on this port. Default ``None``:
+            no metrics endpoint.
+        metrics_address: The host the metrics endpoint listens on. Default
+            ``127.0.0.1``: it has no authentication, so it is not exposed with the
+            service unless asked.
         executor: Where attempts run: ``"local"`` worker processes (default),
             ``"ray"`` tasks on a Ray cluster, or ``"auto"`` (Ray when it is installed
             and a cluster is named).
@@ -170,6 +198,7 @@ class ServerSettings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_address: str = "127.0.0.1"
     executor: Literal["local", "ray", "auto"] = "local"
     ray_address: str | None = None
 

@@ -72,6 +72,11 @@ class Uploads:
         quotas: What each tenant may hold. Default: no quotas.
     """
 
+    @property
+    def limits(self) -> UploadLimits:
+        """What one upload may hold (the password bound applies to retries too)."""
+        return self._limits
+
     def __init__(
         self,
         runtime: Runtime,
@@ -234,6 +239,8 @@ class Uploads:
             validate_file_name(header.name)
         except InvalidRequest as refusal:
             raise _bad("INVALID_FILE_NAME", refusal.message, f"{where}.name") from None
+        if header.HasField("password"):
+            limits.check_password(header.password, f"{where}.password")
         if header.size_bytes < 0:
             raise _bad("INVALID_FILE_SIZE", "A size cannot be negative.", f"{where}.size_bytes")
         if header.size_bytes > limits.max_file_bytes:

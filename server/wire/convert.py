@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import ValidationError
 
-from actors.policy.catalogue import has_control_characters
+from actors.policy.catalogue import has_hidden_characters
 from actors.policy.model import (
     Attempt,
     AuditEntry,
@@ -344,8 +344,12 @@ def _invalid(reason: str, violations: list[FieldViolation]) -> WireError:
 def _text_violations(path: str, value: str, max_chars: int) -> list[FieldViolation]:
     if len(value) > max_chars:
         return [FieldViolation(path, f"At most {max_chars} characters.")]
-    if has_control_characters(value):
-        return [FieldViolation(path, "Control characters are not allowed.")]
+    if has_hidden_characters(value):
+        return [
+            FieldViolation(
+                path, "Control, format and separator characters (such as U+202E) are not allowed."
+            )
+        ]
     return []
 
 

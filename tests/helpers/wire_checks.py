@@ -244,6 +244,8 @@ def expect_unary(
         case "WatchBatch":
             return _expect_watch(request, found)
         case "RetryFiles":
+            if any(_too_long(password) for password in request.passwords.values()):
+                return Expected.exactly(INVALID, "PASSWORD_TOO_LONG")
             return _expect_retry(request, found)
         case "ListFiles":
             if any(not 1 <= s <= 6 for s in request.states) or request.page_size < 0:
@@ -262,6 +264,13 @@ def expect_unary(
 
 # Uploads ----------------------------------------------------------------------------------
 
+# The service's default bound on a password (UploadLimits.max_password_bytes).
+MAX_PASSWORD_BYTES = 1024
+
+
+def _too_long(password: str) -> bool:
+    return len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -277,6 +286,7 @@ class Limits:
 _HEADER_RULES = {
     "INVALID_FILE_NAME": INVALID,
     "INVALID_FILE_SIZE": INVALID,
+    "PASSWORD_TOO_LONG": INVALID,
     "INVALID_CHECKSUM": INVALID,
     "TOO_MANY_FILES": EXHAUSTED,
     "FILE_TOO_LARGE": EXHAUSTED,
@@ -435,6 +445,10 @@ class UploadOracle:
         checks = [
             (index >= limits.max_files_per_batch, "TOO_MANY_FILES"),
             (not name_is_valid(header.name, limits.max_name_chars), "INVALID_FILE_NAME"),
+            (
+                header.HasField("password") and _too_long(header.password),
+                "PASSWORD_TOO_LONG",
+            ),
             (header.size_bytes < 0, "INVALID_FILE_SIZE"),
             (header.size_bytes > limits.max_file_bytes, "FILE_TOO_LARGE"),
             (total > limits.max_batch_bytes, "BATCH_TOO_LARGE"),

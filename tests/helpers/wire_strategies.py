@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,8 +55,9 @@ NASTY_TEXTS = (
 )
 # Codes of the error catalogue that a policy may name; anything else is refused.
 CATALOGUE_CODES = ("PROCESSING_TIMEOUT", "WORKER_CRASHED", "NOT_A_PDF")
-# Documented in batch.proto (FileHeader.name) and enforced with this pattern.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Documented in batch.proto (FileHeader.name).
+# Characters that make a name print as another: controls, format characters, separators.
+_HIDING = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def huge_texts() -> st.SearchStrategy[str]:
@@ -251,7 +252,8 @@ class SpecCase:
 
 
 def _printable(max_size: int) -> st.SearchStrategy[str]:
-    characters = st.characters(min_codepoint=0x20, exclude_characters="\x7f", codec="utf-8")
+    """Text a name or label may hold: no control, format or separator character."""
+    characters = st.characters(codec="utf-8", exclude_categories=tuple(_HIDING))
     return st.text(characters, max_size=max_size)
 
 
@@ -301,7 +303,7 @@ def name_is_valid(name: str, max_chars: int) -> bool:
         and "/" not in name
         and "\\" not in name
         and name not in (".", "..")
-        and not _CONTROL.search(name)
+        and not any(unicodedata.category(char) in _HIDING for char in name)
     )
 
 

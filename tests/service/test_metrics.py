@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import time
+import urllib.error
 import urllib.request
 
+import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.samples import not_a_pdf, text_pdf
+from server.service.metrics_http import MetricsServer
+from server.service.settings import ServerSettings
 from tests.helpers.server_fixtures import ServerFactory
 
 
@@ -82,3 +90,56 @@ def test_restarts_and_their_delays_are_counted() -> None:
         registry.get_sample_value("pdfbatch_attempt_duration_seconds_sum", {"outcome": "failed"})
         == 2.5
     )
+
+
+def test_only_metrics_is_served_by_a_server_of_bounded_threads() -> None:
+    server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, timeout=30, max_connections=2)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://{address}/", timeout=10)
+        assert raised.value.code == 404
+        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        try:
+            for connection in stalled:
+                connection.sendall(b"GET /metr")
+            # Two half-sent requests hold the two slots; the others are closed unanswered.
+            closed: set[socket.socket] = set()
+            deadline = time.monotonic() + 10
+            while len(closed) < 18 and time.monotonic() < deadline:
+                readable, _, _ = select.select([c for c in stalled if c not in closed], [], [], 1)
+                for connection in readable:
+                    assert connection.recv(1024) == b""
+                    closed.add(connection)
+            assert len(closed) == 18
+            held = [c for c in stalled if c not in closed]
+            assert select.select(held, [], [], 0.5)[0] == [], "held, not answered"
+        finally:
+            for connection in stalled:
+                connection.close()
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        server.close()
+
+
+def test_a_request_that_never_ends_is_dropped_after_the_timeout() -> None:
+    server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, timeout=0.2)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall(b"GET /metr")
+            connection.settimeout(10)
+            assert connection.recv(1024) == b""
+    finally:
+        server.close()
+
+
+def test_the_endpoint_has_its_own_address_loopback_by_default(serve: ServerFactory) -> None:
+    assert ServerSettings().metrics_address == "127.0.0.1"
+
+    server = serve(metrics_port=0, metrics_address="localhost")
+
+    address = server.service.metrics_address
+    assert address is not None
+    assert address.startswith("localhost:")
+    assert ("pdfbatch_watchers", ()) in _scrape(address)

@@ -692,9 +692,13 @@ class FileHeader(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """A label, not a path: no '/', '\\\\' or control characters."""
+    """A label, not a path: no '/' or '\\\\', and no control, format or separator
+    character (Unicode categories Cc, Cf, Zl, Zp: U+202E, U+200B, U+2028...).
+    """
     password: _builtins.str
-    """Opens an encrypted file. Held in memory only, never stored."""
+    """Opens an encrypted file. Held in memory only, never stored. At most
+    `max_password_bytes` (1 KiB by default) of UTF-8.
+    """
     size_bytes: _builtins.int
     """Exact size in bytes; the upload is refused if the bytes differ."""
     sha256: _builtins.str
@@ -1123,7 +1127,7 @@ class RetryFilesRequest(_message.Message):
 
     @_builtins.property
     def passwords(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Passwords for encrypted files, by file id."""
+        """Passwords for encrypted files, by file id; each at most 1 KiB of UTF-8 by default."""
 
     def __init__(
         self,
