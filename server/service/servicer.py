@@ -190,10 +190,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             WireError: ``batch_id`` is empty.
             BatchNotFound: No such batch, or not the caller's.
         """
-        view = self._runtime.get(_require(batch_id, "batch_id"))
-        if view.batch.owner != caller:
-            raise BatchNotFound(_NO_SUCH_BATCH)
-        return view
+        # The record first: someone else's batch costs what a missing one does, and its
+        # files are never read for the wrong caller.
+        self._check_owner(batch_id, caller)
+        return self._runtime.get(batch_id)
 
     def _check_owner(self, batch_id: str, caller: str) -> None:
         """As :meth:`_owned`, reading only the batch's record, not its files."""
@@ -322,7 +322,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
         batch_id = view.batch.batch_id
         events = self._store.events_after(batch_id, 0)
-        return convert.history_to_proto(record, events, self._store.audit_entries(batch_id))
+        # Only the owner's requests: another tenant's probes of this id are audited under
+        # that tenant, and are none of the owner's history.
+        requests = [e for e in self._store.audit_entries(batch_id) if e.caller == view.batch.owner]
+        return convert.history_to_proto(record, events, requests)
 
     @_unary
     def DeleteBatch(

@@ -72,11 +72,6 @@ class Uploads:
         quotas: What each tenant may hold. Default: no quotas.
     """
 
-    @property
-    def limits(self) -> UploadLimits:
-        """What one upload may hold (the password bound applies to retries too)."""
-        return self._limits
-
     def __init__(
         self,
         runtime: Runtime,
@@ -93,6 +88,11 @@ class Uploads:
         self._quotas = quotas
         # Shared with retention, which deletes blobs nobody refers to.
         self._lock = blobs.reference_lock
+
+    @property
+    def limits(self) -> UploadLimits:
+        """What one upload may hold (the password bound applies to retries too)."""
+        return self._limits
 
     def submit(
         self,

@@ -11,6 +11,8 @@ is left.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 
 from actors.policy.model import AttemptOutcome, BatchEvent, FileState
 from actors.storage.sqlite_store import SQLiteStore
@@ -25,6 +28,8 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.app import DATABASE_NAME
 from tests.helpers.crash_fixtures import WAIT, ServerLauncher, ServerProcess, watch_until
 from tests.helpers.crash_processors import script
+from tests.helpers.processes import eventually
+from tests.helpers.reliability import REPORT
 from tests.helpers.server_fixtures import upload
 
 TERMINAL_BATCH = {
@@ -385,3 +390,35 @@ def _check_history(
         assert all(f.round_failures == 0 for f in cut_short.files), "interruptions are no failures"
     finally:
         store.close()
+
+
+def test_nothing_the_service_started_outlives_a_kill_of_the_service_alone(
+    launcher: ServerLauncher,
+) -> None:
+    life = launcher.start()
+    batch = life.stub.SubmitBatch(
+        upload(pb.BatchSpec(), [("a.pdf", script(b"hang")), ("b.pdf", script(b"hang"))]),
+        timeout=WAIT,
+    )
+    watch_until(life.stub, batch.batch_id, count(pb.FILE_STATE_RUNNING, 2))
+    started = psutil.Process(life.process.pid).children(recursive=True)
+    assert len(started) >= 3, "the fork server and two busy workers (and the tracker)"
+
+    # The service alone, as an OOM killer or `kill -9 PID` would: not its group.
+    os.kill(life.process.pid, signal.SIGKILL)
+    life.process.wait(WAIT)
+    killed_at = time.monotonic()
+
+    # Before the fix, the fork server and the busy workers kept each other alive for as
+    # long as the attempts ran (minutes); now they go within a fraction of a second.
+    eventually(lambda: not [p for p in started if _running(p)], timeout=10)
+    gone_in = time.monotonic() - killed_at
+    REPORT.figure("children gone after kill -9 of the service", gone_in, "s")
+    life.kill()  # the group: nothing left to kill, but the channel is closed
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

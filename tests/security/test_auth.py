@@ -319,3 +319,27 @@ def test_settings_refuse_half_a_tls_configuration(tmp_path: Path) -> None:
         SecuritySettings(tls_cert=tmp_path / "c.pem")
     with pytest.raises(ValueError, match=r"tls_client_ca \(mutual TLS\) needs tls_cert"):
         SecuritySettings(tls_client_ca=tmp_path / "ca.pem")
+
+
+def test_another_tenants_probes_never_show_in_the_owners_history(
+    acme_batch: tuple[SecureServer, str],
+) -> None:
+    server, batch_id = acme_batch
+    globex = server.stub("globex")
+    probe = (("x-request-id", "globex-probe-1"),)
+    for call in (
+        lambda: globex.GetBatch(pb.GetBatchRequest(batch_id=batch_id), metadata=probe),
+        lambda: globex.CancelBatch(pb.CancelBatchRequest(batch_id=batch_id), metadata=probe),
+        lambda: globex.RetryFiles(pb.RetryFilesRequest(batch_id=batch_id), metadata=probe),
+    ):
+        with pytest.raises(grpc.RpcError):
+            call()
+
+    history = server.stub("acme").GetFileHistory(
+        pb.GetFileHistoryRequest(batch_id=batch_id, file_id="f00001")
+    )
+
+    requests = [e.request for e in history.entries if e.HasField("request")]
+    assert requests, "the owner's own requests are there"
+    assert {r.caller for r in requests} == {"acme"}
+    assert "globex-probe-1" not in str(history)

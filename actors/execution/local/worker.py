@@ -9,6 +9,7 @@ one starts and stops.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     # Shutdown is the parent's decision: a Ctrl-C reaching the whole process group
     # must not fail the attempt in progress.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _let_the_fork_server_go()
     _die_with_parent()
     if config.memory_limit_bytes is not None:
         _cap_address_space(config.memory_limit_bytes)
@@ -95,6 +98,25 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             return
         if isinstance(reply, WorkerFailed) and reply.worker_exiting:
             return
+
+
+def _let_the_fork_server_go() -> None:
+    """Close this worker's copy of the fork server's "service alive" pipe.
+
+    multiprocessing hands every process started from the fork server the write end of
+    the pipe whose end tells the fork server that the service is gone, so that the
+    process could start processes of its own. A worker never does; holding it would
+    keep the fork server alive after a ``kill -9`` of the service as long as a worker
+    lives, and the worker alive as long as its parent, the fork server, lives: both
+    would outlast the service by the rest of the attempt. Without it, the fork server
+    exits with the service and the parent-death signal ends this worker at once.
+    """
+    server = forkserver._forkserver
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 (a private attribute)
 
 
 def _die_with_parent() -> None:
