@@ -6,7 +6,8 @@ imports the service; this module, the program's entry point, is where the two me
 
 Exit codes: 0 every file succeeded (or the command did what it was asked), 2 the batch
 partially succeeded, 3 the batch failed or was cancelled, 1 the command itself failed
-(bad usage, server unreachable, request refused), 130 interrupted.
+(bad usage, server unreachable, request refused), 130 interrupted, 141 the reader of its
+output stopped reading (``pdfbatch list | head``), which ends it quietly.
 """
 
 from __future__ import annotations

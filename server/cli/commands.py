@@ -2,15 +2,20 @@
 
 Exit codes: 0 every file succeeded (or the command did what it was asked), 2 the batch
 partially succeeded, 3 the batch failed or was cancelled, 1 the command itself failed
-(bad usage, server unreachable, request refused), 130 interrupted.
+(bad usage, server unreachable, request refused), 130 interrupted, 141 the reader of
+the output stopped early.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import itertools
+import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -36,6 +41,8 @@ __all__ = ["main"]
 
 EXIT_FAILED_COMMAND = 1
 EXIT_INTERRUPTED = 130
+# As a process killed by SIGPIPE would report it: the reader stopped reading.
+EXIT_CLOSED_PIPE = 141
 AddCommands = Callable[[Callable[..., argparse.ArgumentParser]], None]
 # Files not succeeded that a settled batch's summary lists before saying how many more.
 _SUMMARY_FILES = 100
@@ -204,11 +211,19 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(pb.ListBatchesResponse(batches=batches))
         return 0
+    if not batches:
+        return 0
+    shown = terminal_safe if sys.stdout.isatty() else str
+    zone = datetime.now().astimezone().strftime("%z")
+    print(f"{'BATCH':<32}  {f'CREATED ({zone})':<19}  {'STATE':<20} {'OK/FILES':<12} NAME")
     for batch in batches:
-        created = batch.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        created = (
+            batch.create_time.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        )
         state = batch_state_name(batch.state)
         counts = f"{batch.counts.succeeded}/{batch.file_count} ok"
-        print(f"{batch.batch_id}  {created}  {state:<20} {counts:<12} {batch.display_name}")
+        name = shown(batch.display_name)
+        print(f"{batch.batch_id:<32}  {created:<19}  {state:<20} {counts:<12} {name}")
     return 0
 
 
@@ -272,8 +287,16 @@ def _delete(client: Client, args: argparse.Namespace) -> int:
 # Parser -----------------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pdfbatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
     parser = _Parser(prog="pdfbatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pdfbatch {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
@@ -370,7 +393,16 @@ def main(argv: Sequence[str] | None = None, service_commands: AddCommands | None
         service_commands: Adds commands that need no client (``serve``), given the
             function that makes one: ``(name, handler(args) -> int, help)``.
     """
-    args = _parser(service_commands).parse_args(argv)
+    parser = _parser(service_commands)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if not given:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(given)
+    return _quiet_on_closed_pipe(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.standalone:
         code: int = args.handler(args)
         return code
@@ -393,8 +425,27 @@ def main(argv: Sequence[str] | None = None, service_commands: AddCommands | None
         for field, description in described.violations:
             print(f"  {field}: {description}", file=sys.stderr)
         return EXIT_FAILED_COMMAND
+    except BrokenPipeError:
+        raise  # the reader of the output went away: not the command's failure
     except OSError as error:
         print(f"pdfbatch {args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED_COMMAND
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _quiet_on_closed_pipe(run: Callable[[], int]) -> int:
+    """``run()``, ending quietly when the reader of standard output goes away.
+
+    ``pdfbatch list | head`` closes the pipe early: that is no error to report, and the
+    interpreter must not report one either when it flushes standard output at exit.
+    """
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE

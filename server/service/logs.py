@@ -8,6 +8,7 @@ processors, so every line has the same shape and passes the same redaction.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -23,6 +24,7 @@ __all__ = [
     "redact_secret_fields",
     "reset_logging",
     "shared_processors",
+    "wants_colors",
 ]
 
 REDACTED = "[redacted]"
@@ -80,6 +82,18 @@ def shared_processors() -> list[Processor]:
     ]
 
 
+def wants_colors(stream: TextIO) -> bool:
+    """Colours on a terminal, unless ``NO_COLOR`` is set; everywhere if ``FORCE_COLOR`` is.
+
+    The https://no-color.org convention, as structlog follows it by default.
+    """
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()
+
+
 def configure_logging(
     *, level: int = logging.INFO, stream: TextIO | None = None, json: bool | None = None
 ) -> None:
@@ -96,7 +110,7 @@ def configure_logging(
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=wants_colors(stream))
     )
     structlog.configure(
         processors=[

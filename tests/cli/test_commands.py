@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 
+from server.cli.commands import EXIT_CLOSED_PIPE
 from server.cli.progress import BatchTracker, ProgressDisplay
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.main import main
+from server.service.logs import wants_colors
 from tests.helpers.server_fixtures import (
     RunningServer,
     free_port,
@@ -263,3 +269,74 @@ def test_passwords_come_from_files_for_submit_and_retry(
     )
     assert code == 0
     assert server.client.result(batch.batch_id, "f00001").pages == ["hidden"]
+
+
+def test_version_and_help_without_arguments_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    assert version.value.code == 0
+    assert capsys.readouterr().out.startswith("pdfbatch ")
+
+    assert main([]) == 0
+    helped = capsys.readouterr().out
+    assert helped.startswith("usage: pdfbatch")
+    assert "submit" in helped
+
+
+def test_list_says_what_its_columns_are_and_in_which_time_zone(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = server.submit(("a.pdf", make_pdf("a")), display_name="invoices")
+    server.settle(batch.batch_id)
+
+    code, out, _ = _run(capsys, "list", "--address", server.address)
+
+    assert code == 0
+    header, row = out.splitlines()
+    zone = datetime.now().astimezone().strftime("%z")
+    assert header.split() == ["BATCH", "CREATED", f"({zone})", "STATE", "OK/FILES", "NAME"]
+    assert row.startswith(batch.batch_id)
+    assert row.endswith("invoices")
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(server: RunningServer) -> None:
+    # Enough output to fill a pipe: the write fails once the reader is gone.
+    batch = server.submit(*((f"{n}.pdf", b"junk") for n in range(400)))
+    server.settle(batch.batch_id)
+    command = [
+        sys.executable, "-m", "server.main", "status", batch.batch_id,
+        "--json", "--limit", "0", "--address", server.address,
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(1) == b"{"
+        process.stdout.close()
+        error = process.stderr.read()
+        code = process.wait(60)
+
+    assert error == b""
+    assert code == EXIT_CLOSED_PIPE
+
+
+@pytest.mark.parametrize(
+    ("environment", "tty", "colors"),
+    [
+        ({}, True, True),
+        ({}, False, False),
+        ({"NO_COLOR": "1"}, True, False),
+        ({"FORCE_COLOR": "1"}, False, True),
+        ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, True, False),
+    ],
+)
+def test_service_logs_follow_no_color_and_force_color(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], tty: bool, colors: bool
+) -> None:
+    for name in ("NO_COLOR", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    stream = io.StringIO()
+    stream.isatty = lambda: tty  # type: ignore[method-assign]
+
+    assert wants_colors(stream) is colors
