@@ -278,6 +278,30 @@ def _results(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(client: Client, args: argparse.Namespace) -> int:
+    history = client.history(args.batch_id, args.file_id)
+    if args.json:
+        _print_json(history)
+        return 0
+    shown = terminal_safe if sys.stdout.isatty() else str
+    file = history.file
+    print(f"{shown(file.name)} [{file.file_id}]: {file_state_name(file.state)}")
+    for entry in history.entries:
+        when = entry.time.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        if entry.HasField("transition"):
+            change = entry.transition
+            moved = f"{file_state_name(change.from_state)} -> {file_state_name(change.to_state)}"
+            print(f"  {when}  {moved:<24} {shown(change.reason)}")
+        else:
+            asked = entry.request
+            detail = f" ({shown(asked.detail)})" if asked.detail else ""
+            print(
+                f"  {when}  {asked.action:<24} by {shown(asked.caller) or 'anonymous'}: "
+                f"{asked.outcome}{detail} [request {shown(asked.request_id)}]"
+            )
+    return 0
+
+
 def _delete(client: Client, args: argparse.Namespace) -> int:
     client.delete(args.batch_id)
     print(f"Deleted batch {args.batch_id}.")
@@ -377,6 +401,12 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
         help="password of the file FILE_ID, read from PATH's first line",
     )
     retry.add_argument("--watch", action="store_true", help="follow progress until it settles")
+
+    history = command(
+        "history", _history, "Show a file's state changes and the requests about its batch."
+    )
+    history.add_argument("batch_id")
+    history.add_argument("file_id")
 
     results = command("results", _results, "Print the text of succeeded files.")
     results.add_argument("batch_id")

@@ -49,6 +49,7 @@ CHUNK_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 5
 _IDEMPOTENT = (
     "GetBatch",
+    "GetFileHistory",
     "ListBatches",
     "ListFiles",
     "WatchBatch",
@@ -424,6 +425,11 @@ class Client:
                 pages += [[] for _ in range(index + 1 - len(pages))]
                 pages[index].append(chunk.page.text)
         return FileResult(metadata, ["".join(pieces) for pieces in pages])
+
+    def history(self, batch_id: str, file_id: str) -> pb.FileHistory:
+        """The file's state changes and the requests about its batch, oldest first."""
+        request = pb.GetFileHistoryRequest(batch_id=batch_id, file_id=file_id)
+        return self._stub.GetFileHistory(request, timeout=self._timeout)
 
     def delete(self, batch_id: str) -> None:
         """Delete the batch, its results and its stored bytes (cancelling it first)."""

@@ -340,3 +340,29 @@ def test_service_logs_follow_no_color_and_force_color(
     stream.isatty = lambda: tty  # type: ignore[method-assign]
 
     assert wants_colors(stream) is colors
+
+
+def test_history_shows_each_state_change_and_who_asked_for_what(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = server.submit(("junk.pdf", b"junk"))
+    server.settle(batch.batch_id)
+    address = ("--address", server.address)
+    assert _run(capsys, "retry", batch.batch_id, "f00001", "--watch", *address)[0] == 3
+
+    code, out, _ = _run(capsys, "history", batch.batch_id, "f00001", *address)
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "junk.pdf [f00001]: FAILED"
+    moves = [line.split()[2:5] for line in lines[1:] if " -> " in line]
+    assert moves == [
+        ["PENDING", "->", "RUNNING"],
+        ["RUNNING", "->", "FAILED"],
+        ["FAILED", "->", "PENDING"],
+        ["PENDING", "->", "RUNNING"],
+        ["RUNNING", "->", "FAILED"],
+    ]
+    assert any("RetryFiles" in line and ": OK" in line for line in lines)
+    code, out, _ = _run(capsys, "history", batch.batch_id, "f00001", "--json", *address)
+    assert json_format.Parse(out, pb.FileHistory()).file.file_id == "f00001"
