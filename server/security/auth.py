@@ -38,7 +38,8 @@ from typing import Any
 import grpc
 import structlog
 
-from server.wire.errors import WireError
+from server.security.ratelimit import RateLimiter
+from server.wire.errors import WireError, abort
 
 __all__ = [
     "OPEN_SERVICES",
@@ -209,14 +210,31 @@ class Authenticator:
         return tenant
 
 
-def _deny(request: object, context: grpc.ServicerContext) -> Any:
-    del request
-    log.warning("call_unauthenticated", peer=context.peer())
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.7:53512`` -> ``ipv4:10.0.0.7``: a peer's connections share one key."""
+    return peer.rpartition(":")[0] or peer
 
 
-def _denial(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as ``handler`` that refuses every call."""
+def _denial(
+    handler: grpc.RpcMethodHandler[Any, Any], failures: RateLimiter | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as ``handler`` that refuses every call.
+
+    A peer's failures beyond the ``failures`` limit are refused with
+    ``RESOURCE_EXHAUSTED`` and a ``RetryInfo``, unlogged: a guesser learns to wait, and
+    the log keeps at most the limit's lines per peer.
+    """
+
+    def deny(request: object, context: grpc.ServicerContext) -> Any:
+        del request
+        if failures is not None:
+            try:
+                failures.acquire(_peer_host(context.peer()))
+            except WireError as throttled:
+                abort(context, throttled)
+        log.warning("call_unauthenticated", peer=context.peer())
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
     make: Callable[..., grpc.RpcMethodHandler[Any, Any]]
     match handler.request_streaming, handler.response_streaming:
         case (False, False):
@@ -228,7 +246,7 @@ def _denial(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[A
         case _:
             make = grpc.stream_stream_rpc_method_handler
     # The request is never read: nothing of it is even deserialized.
-    return make(_deny, request_deserializer=None, response_serializer=None)
+    return make(deny, request_deserializer=None, response_serializer=None)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -239,10 +257,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     Args:
         authenticator: Knows the tokens.
+        failures: Failed authentications each peer may have before they are refused
+            as too many. Default none: no limit. Right tokens never meet it.
     """
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, failures: RateLimiter | None = None) -> None:
         self._authenticator = authenticator
+        self._failures = failures
 
     def intercept_service(
         self,
@@ -257,7 +278,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         if self._authenticator.tenant_for(metadata) is not None:
             return handler
-        return _denial(handler)
+        return _denial(handler, self._failures)
 
 
 def is_loopback(address: str) -> bool:

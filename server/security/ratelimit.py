@@ -67,6 +67,11 @@ class TokenBucket:
         return TokenBucket(self.rate, self.burst, tokens, now), (1.0 - tokens) / self.rate
 
 
+# Keys kept at most before full buckets (which hold no news) are forgotten: peers, unlike
+# tenants, are as many as callers make up.
+_MAX_KEYS = 10_000
+
+
 class RateLimiter:
     """One bucket per tenant for one kind of request.
 
@@ -107,6 +112,8 @@ class RateLimiter:
         """
         with self._lock:
             now = self._clock()
+            if len(self._buckets) >= _MAX_KEYS and tenant not in self._buckets:
+                self._forget_full(now)
             bucket = self._buckets.get(tenant) or TokenBucket.full(self._rate, self._burst, now)
             self._buckets[tenant], wait = bucket.take(now)
         if wait > 0:
@@ -118,3 +125,10 @@ class RateLimiter:
                 retry_after=wait,
                 metadata={"rate_per_second": f"{self._rate:g}", "burst": str(self._burst)},
             )
+
+    def _forget_full(self, now: float) -> None:
+        """Drop every bucket that has refilled: a new one would be the same."""
+        for key, bucket in list(self._buckets.items()):
+            refilled = bucket.tokens + max(0.0, now - bucket.updated) * bucket.rate
+            if refilled >= bucket.burst:
+                del self._buckets[key]

@@ -88,6 +88,13 @@ class Service:
         security = settings.security
         tokens = TenantTokens.load(security.tokens_file) if security.tokens_file else None
         self.authenticator = Authenticator(tokens)
+        self._auth_failures = RateLimiter(
+            "failed authentications",
+            "AUTHENTICATION_RATE_EXCEEDED",
+            rate=security.auth_failures_per_second,
+            burst=security.auth_failure_burst,
+            clock=clock,
+        )
         credentials = server_credentials(
             security.tls_cert, security.tls_key, security.tls_client_ca
         )
@@ -210,7 +217,10 @@ class Service:
             options=[("grpc.so_reuseport", 0)],
             # Health and reflection stay open (see server.security.auth); a request that does not
             # decode is the caller's mistake, not an internal error (see server.wire.decoding).
-            interceptors=[AuthInterceptor(self.authenticator), DecodingInterceptor()],
+            interceptors=[
+                AuthInterceptor(self.authenticator, self._auth_failures),
+                DecodingInterceptor(),
+            ],
         )
         batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
         # Replaces the generated one, which would serialize the serialized events again.

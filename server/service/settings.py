@@ -92,6 +92,10 @@ class SecuritySettings(BaseSettings):
         retries_per_second: ``RetryFiles`` calls a tenant may make per second in the
             long run. Default 2.
         retry_burst: ``RetryFiles`` calls a tenant may make at once. Default 50.
+        auth_failures_per_second: Failed authentications a peer (an address) may have
+            per second in the long run; more are refused with ``RESOURCE_EXHAUSTED``
+            and not logged. Default 1.
+        auth_failure_burst: Failed authentications a peer may have at once. Default 20.
         max_active_batches: Batches in progress per tenant. Default 100.
         max_stored_bytes: Bytes of uploaded files held per tenant. Default 50 GiB.
     """
@@ -106,6 +110,8 @@ class SecuritySettings(BaseSettings):
     submission_burst: int = Field(default=50, ge=1)
     retries_per_second: float = Field(default=2.0, gt=0)
     retry_burst: int = Field(default=50, ge=1)
+    auth_failures_per_second: float = Field(default=1.0, gt=0)
+    auth_failure_burst: int = Field(default=20, ge=1)
     max_active_batches: int = Field(default=100, ge=1)
     max_stored_bytes: int = Field(default=50 * 1024 * _MIB, ge=1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -225,3 +226,35 @@ def test_password_guesses_run_out_at_the_third_wrong_password() -> None:
     assert MAX_WRONG_PASSWORDS == 3
     assert not password_guesses_exhausted([other, wrong, None, wrong, other])
     assert password_guesses_exhausted([wrong, other, wrong, None, wrong])
+
+
+def test_a_peer_guessing_tokens_is_slowed_and_right_tokens_never_are(
+    secure_serve: SecureFactory,
+) -> None:
+    clock = ManualClock()
+    server = secure_serve(
+        security={"auth_failures_per_second": 0.5, "auth_failure_burst": 3}, clock=clock
+    )
+    guesser = server.stub(token="not-a-token-of-anyone-here")
+    request = pb.GetBatchRequest(batch_id="b")
+
+    def plain_code() -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as raised:
+            guesser.GetBatch(request)
+        return raised.value.code()  # type: ignore[attr-defined,no-any-return]
+
+    with structlog.testing.capture_logs() as logs:
+        first = [plain_code() for _ in range(3)]
+        throttled = [refused(lambda: guesser.GetBatch(request)) for _ in range(5)]
+
+    assert set(first) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert {(e.code, e.reason) for e in throttled} == {
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTHENTICATION_RATE_EXCEEDED")
+    }
+    assert throttled[0].retry_delay == 2.0
+    assert sum(entry["event"] == "call_unauthenticated" for entry in logs) == 3
+    # The right token from the same address is never slowed.
+    acme = server.stub("acme")
+    assert refused(lambda: acme.GetBatch(request)).code == grpc.StatusCode.NOT_FOUND
+    clock.advance(2.0)
+    assert plain_code() == grpc.StatusCode.UNAUTHENTICATED
