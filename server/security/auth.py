@@ -29,8 +29,9 @@ import json
 import re
 import secrets
 import string
+import threading
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,49 @@ def _denial(
     return make(deny, request_deserializer=None, response_serializer=None)
 
 
+def _bounded(
+    handler: grpc.RpcMethodHandler[Any, Any], slots: threading.BoundedSemaphore, limit: int
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler``'s streams (health's watches, reflection), at most ``limit`` at once in
+    all; more are refused at once, so that callers without a token cannot hold the
+    threads that tenants' calls need."""
+    refusal = WireError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_OPEN_STREAMS",
+        f"At most {limit} health watches and reflection streams may be open at once; "
+        "close one, then try again.",
+        retry_after=1.0,
+    )
+
+    def held(stream: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from stream
+        finally:
+            slots.release()
+
+    def take(context: grpc.ServicerContext) -> None:
+        if not slots.acquire(blocking=False):
+            abort(context, refusal)
+
+    decode, encode = handler.request_deserializer, handler.response_serializer
+    if handler.unary_stream is not None:
+        unary_stream = handler.unary_stream
+
+        def one_to_many(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            take(context)
+            return held(unary_stream(request, context), context)
+
+        return grpc.unary_stream_rpc_method_handler(one_to_many, decode, encode)
+    stream_stream = handler.stream_stream
+    assert stream_stream is not None
+
+    def many_to_many(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        take(context)
+        return held(stream_stream(requests, context), context)
+
+    return grpc.stream_stream_rpc_method_handler(many_to_many, decode, encode)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Refuses every call without a valid token, except to :data:`OPEN_SERVICES`.
 
@@ -259,11 +303,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
         authenticator: Knows the tokens.
         failures: Failed authentications each peer may have before they are refused
             as too many. Default none: no limit. Right tokens never meet it.
+        open_streams: Streams of the open services (health's watches, reflection),
+            which hold a thread each, allowed at once for everyone together. Default 8.
     """
 
-    def __init__(self, authenticator: Authenticator, failures: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        failures: RateLimiter | None = None,
+        *,
+        open_streams: int = 8,
+    ) -> None:
         self._authenticator = authenticator
         self._failures = failures
+        self._open_streams = threading.BoundedSemaphore(open_streams)
+        self._open_limit = open_streams
 
     def intercept_service(
         self,
@@ -273,8 +327,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         """See :meth:`grpc.ServerInterceptor.intercept_service`."""
         handler = continuation(handler_call_details)
         service = handler_call_details.method.lstrip("/").rpartition("/")[0]
-        if handler is None or service in OPEN_SERVICES:
+        if handler is None:
             return handler
+        if service in OPEN_SERVICES:
+            # Anyone may open these: their streams, which hold a thread each, are bounded.
+            if handler.unary_stream is None and handler.stream_stream is None:
+                return handler
+            return _bounded(handler, self._open_streams, self._open_limit)
         metadata = handler_call_details.invocation_metadata
         if self._authenticator.tenant_for(metadata) is not None:
             return handler

@@ -218,7 +218,11 @@ class Service:
             # Health and reflection stay open (see server.security.auth); a request that does not
             # decode is the caller's mistake, not an internal error (see server.wire.decoding).
             interceptors=[
-                AuthInterceptor(self.authenticator, self._auth_failures),
+                AuthInterceptor(
+                    self.authenticator,
+                    self._auth_failures,
+                    open_streams=self.settings.security.max_open_streams,
+                ),
                 DecodingInterceptor(),
             ],
         )

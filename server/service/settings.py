@@ -96,6 +96,9 @@ class SecuritySettings(BaseSettings):
             per second in the long run; more are refused with ``RESOURCE_EXHAUSTED``
             and not logged. Default 1.
         auth_failure_burst: Failed authentications a peer may have at once. Default 20.
+        max_open_streams: Health watches and reflection streams (open to anyone, a
+            thread each) allowed at once in all; more are refused with
+            ``RESOURCE_EXHAUSTED``. Default 8.
         max_active_batches: Batches in progress per tenant. Default 100.
         max_stored_bytes: Bytes of uploaded files held per tenant. Default 50 GiB.
     """
@@ -112,6 +115,7 @@ class SecuritySettings(BaseSettings):
     retry_burst: int = Field(default=50, ge=1)
     auth_failures_per_second: float = Field(default=1.0, gt=0)
     auth_failure_burst: int = Field(default=20, ge=1)
+    max_open_streams: int = Field(default=8, ge=1)
     max_active_batches: int = Field(default=100, ge=1)
     max_stored_bytes: int = Field(default=50 * 1024 * _MIB, ge=1)
 
