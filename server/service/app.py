@@ -198,7 +198,13 @@ class Service:
         metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
         undo.callback(self.store.subscribe(metrics.observe))
         host = self.settings.metrics_address
-        self._metrics_http = MetricsServer(metrics.registry, host, port)
+        self._metrics_http = MetricsServer(
+            metrics.registry,
+            host,
+            port,
+            timeout=self.settings.metrics_timeout_seconds,
+            max_connections=self.settings.metrics_max_connections,
+        )
         undo.callback(self._stop_metrics)
         return f"{host}:{self._metrics_http.port}"
 

@@ -177,6 +177,10 @@ class ServerSettings(BaseSettings):
         metrics_address: The host the metrics endpoint listens on. Default
             ``127.0.0.1``: it has no authentication, so it is not exposed with the
             service unless asked.
+        metrics_timeout_seconds: Seconds a metrics request may take to arrive whole;
+            a slower one is dropped. Default 5.
+        metrics_max_connections: Metrics requests served at once; more are closed
+            unanswered. Default 8.
         executor: Where attempts run: ``"local"`` worker processes (default),
             ``"ray"`` tasks on a Ray cluster, or ``"auto"`` (Ray when it is installed
             and a cluster is named).
@@ -209,6 +213,8 @@ class ServerSettings(BaseSettings):
     stop_timeout: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
+    metrics_timeout_seconds: float = Field(default=5.0, gt=0)
+    metrics_max_connections: int = Field(default=8, ge=1)
     executor: Literal["local", "ray", "auto"] = "local"
     ray_address: str | None = None
 

@@ -147,7 +147,13 @@ def test_a_request_that_never_ends_is_dropped_after_the_timeout() -> None:
 def test_the_endpoint_has_its_own_address_loopback_by_default(serve: ServerFactory) -> None:
     assert ServerSettings().metrics_address == "127.0.0.1"
 
-    server = serve(metrics_port=0, metrics_address="localhost")
+    server = serve(metrics_port=0, metrics_address="localhost", metrics_timeout_seconds=0.2)
+    metrics = server.service._metrics_http
+    assert metrics is not None
+    with socket.create_connection(("localhost", metrics.port)) as stalled:
+        stalled.sendall(b"GET /metr")
+        stalled.settimeout(10)
+        assert stalled.recv(1024) == b"", "dropped after the configured timeout"
 
     address = server.service.metrics_address
     assert address is not None
