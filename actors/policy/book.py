@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from actors.policy.model import (
@@ -39,8 +39,9 @@ class Changes:
     batch: BatchRecord
     files: tuple[FileRecord, ...]
     events: tuple[BatchEvent, ...]
-    # Files per state after the changes, every state present: stored with the batch.
-    counts: Mapping[FileState, int] = field(default_factory=dict)
+    # Files per state after the changes, every state present: stored with the batch,
+    # so required: an empty default would store a batch of no files.
+    counts: Mapping[FileState, int]
 
     def __bool__(self) -> bool:
         return bool(self.events)
