@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# buf, pinned in tools/buf/package-lock.json, installed from the npm registry.
+BUF_DIR := tools/buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
+RELEASED_CONTRACT := protos/released/pdfbatch-v1.json
 
-.PHONY: test lint typecheck pytest protos protos-check demo bench clean
+.PHONY: test lint typecheck pytest protos protos-check proto-lint proto-release demo bench clean
+
+$(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
+	npm ci --prefix $(BUF_DIR) --ignore-scripts --no-audit --no-fund
+	touch $(BUF)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 ## test: lint, type-check and run the whole test suite (what CI runs).
-test: lint typecheck protos-check pytest
+test: lint typecheck protos-check proto-lint pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check actors server tests bench
@@ -42,5 +50,17 @@ protos: $(STAMP)
 protos-check: $(STAMP)
 	$(BIN)/python protos/generate.py --check server/gen
 
+## proto-lint: buf lint (STANDARD and COMMENTS, buf.yaml) and buf breaking (WIRE_JSON)
+## against the last released contract.
+proto-lint: $(BUF)
+	$(BUF) lint
+	$(BUF) breaking --against $(RELEASED_CONTRACT)
+
+## proto-release: when a version is released, make its contract the one later changes
+## are checked against (see docs/contract.md).
+proto-release: $(BUF) $(STAMP)
+	$(BUF) build --exclude-source-info -o -#format=json \
+		| $(BIN)/python -m json.tool --indent 1 > $(RELEASED_CONTRACT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(BUF_DIR)/node_modules

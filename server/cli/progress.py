@@ -90,7 +90,7 @@ class BatchTracker:
         self.file_count = 0
         self._counts = pb.FileCounts()
 
-    def apply(self, event: pb.BatchEvent) -> list[str]:
+    def apply(self, event: pb.WatchBatchResponse) -> list[str]:
         """Take ``event`` in; return the lines worth telling a person about it."""
         notes: list[str] = []
         self.batch_id = event.batch_id

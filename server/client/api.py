@@ -342,7 +342,7 @@ class Client:
         after_sequence: int = 0,
         follow: bool = False,
         max_reconnects: int = 10,
-    ) -> Iterator[pb.BatchEvent]:
+    ) -> Iterator[pb.WatchBatchResponse]:
         """The batch's events; reconnects and resumes after a dropped connection.
 
         Starts with a snapshot when ``after_sequence`` is 0. If the server no longer has
@@ -407,7 +407,7 @@ class Client:
         request = pb.CancelBatchRequest(batch_id=batch_id, view=view)
         return self._stub.CancelBatch(request, timeout=self._timeout)
 
-    def result_chunks(self, batch_id: str, file_id: str) -> Iterator[pb.FileResultChunk]:
+    def result_chunks(self, batch_id: str, file_id: str) -> Iterator[pb.GetFileResultResponse]:
         """The raw result stream: metadata, then pieces of page text."""
         request = pb.GetFileResultRequest(batch_id=batch_id, file_id=file_id)
         yield from self._stub.GetFileResult(request)
@@ -426,7 +426,7 @@ class Client:
                 pages[index].append(chunk.page.text)
         return FileResult(metadata, ["".join(pieces) for pieces in pages])
 
-    def history(self, batch_id: str, file_id: str) -> pb.FileHistory:
+    def history(self, batch_id: str, file_id: str) -> pb.GetFileHistoryResponse:
         """The file's state changes and the requests about its batch, oldest first."""
         request = pb.GetFileHistoryRequest(batch_id=batch_id, file_id=file_id)
         return self._stub.GetFileHistory(request, timeout=self._timeout)

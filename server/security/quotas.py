@@ -61,7 +61,7 @@ class Admission:
                 f"Your batches already hold {self.stored_bytes} bytes of uploads and results; "
                 f"with this upload they would hold more than the {self.max_stored_bytes} "
                 "allowed. Delete batches you no longer need, or upload less.",
-                metadata={"max_stored_bytes": str(self.max_stored_bytes)},
+                metadata={"maxStoredBytes": str(self.max_stored_bytes)},
             )
 
 
@@ -105,6 +105,6 @@ class TenantQuotas:
                 f"You have {usage.active_batches} batches in progress, the most allowed. Wait "
                 "until one settles (or cancel one), then submit again.",
                 retry_after=_ACTIVE_RETRY_AFTER,
-                metadata={"max_active_batches": str(self._max_active)},
+                metadata={"maxActiveBatches": str(self._max_active)},
             )
         return Admission(usage.stored_bytes, self._max_bytes)

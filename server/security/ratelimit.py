@@ -123,7 +123,7 @@ class RateLimiter:
                 f"Too many {self._what}: at most {self._burst} at once and {self._rate:g} per "
                 f"second after that. Try again in {wait:.3g} s.",
                 retry_after=wait,
-                metadata={"rate_per_second": f"{self._rate:g}", "burst": str(self._burst)},
+                metadata={"ratePerSecond": f"{self._rate:g}", "burst": str(self._burst)},
             )
 
     def _forget_full(self, now: float) -> None:

@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import grpc
 import structlog
-from google.protobuf import empty_pb2
 
 from actors.orchestration.runtime import Runtime
 from actors.policy.model import BatchView
@@ -303,7 +302,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     @_streaming
     def GetFileResult(
         self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.FileResultChunk]:
+    ) -> Iterator[pb.GetFileResultResponse]:
         file_id = _require(request.file_id, "file_id")
         batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
         record, summary = self._runtime.result_summary(batch_id, file_id)
@@ -314,7 +313,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     @_unary
     def GetFileHistory(
         self, request: pb.GetFileHistoryRequest, context: grpc.ServicerContext
-    ) -> pb.FileHistory:
+    ) -> pb.GetFileHistoryResponse:
         file_id = _require(request.file_id, "file_id")
         view = self._owned(request.batch_id, self._auth.caller(context))
         record = view.file(file_id)
@@ -330,13 +329,13 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     @_unary
     def DeleteBatch(
         self, request: pb.DeleteBatchRequest, context: grpc.ServicerContext
-    ) -> empty_pb2.Empty:
+    ) -> pb.DeleteBatchResponse:
         batch_id = request.batch_id
         digests = [f.blob for f in self._owned(batch_id, self._auth.caller(context)).files]
         self._runtime.delete(batch_id)
         self._hub.batch_deleted(batch_id)
         self._uploads.release(digests)
-        return empty_pb2.Empty()
+        return pb.DeleteBatchResponse()
 
 
 def watch_handler(servicer: BatchServicer) -> grpc.RpcMethodHandler[pb.WatchBatchRequest, bytes]:

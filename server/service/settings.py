@@ -71,7 +71,7 @@ class UploadLimits(BaseSettings):
                 "PASSWORD_TOO_LONG",
                 message,
                 violations=[FieldViolation(field_path, message)],
-                metadata={"max_password_bytes": str(self.max_password_bytes)},
+                metadata={"maxPasswordBytes": str(self.max_password_bytes)},
             )
 
 

@@ -338,7 +338,7 @@ class Uploads:
                     "IDEMPOTENCY_KEY_REUSED",
                     "This idempotency key was already used for a batch of other files. Use a "
                     "new key for a new batch.",
-                    metadata={"batch_id": view.batch.batch_id},
+                    metadata={"batchId": view.batch.batch_id},
                 )
             return view
 

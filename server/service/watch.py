@@ -40,7 +40,7 @@ def _expired(after: int) -> WireError:
         "WATCH_HISTORY_EXPIRED",
         f"Events after sequence {after} are no longer kept. Read the batch again (watch "
         "from sequence 0 for a fresh snapshot).",
-        metadata={"after_sequence": str(after)},
+        metadata={"afterSequence": str(after)},
     )
 
 
@@ -59,7 +59,7 @@ class _Shared:
         return self.event.sequence
 
     def frame(self) -> bytes:
-        """The serialized ``pb.BatchEvent``."""
+        """The serialized ``pb.WatchBatchResponse``."""
         frame = self._frame
         if frame is None:
             # Watchers woken together may both get here; either's bytes are the same.
@@ -252,7 +252,7 @@ class WatchSession:
                 yield item if isinstance(item, BatchSummary) else item.event
 
     def frames(self) -> Iterator[bytes]:
-        """The watch as serialized ``pb.BatchEvent`` messages, ready for the wire.
+        """The watch as serialized ``pb.WatchBatchResponse`` messages, ready for the wire.
 
         An event that reached the watch live was serialized once, for every watcher of
         the batch.

@@ -244,10 +244,10 @@ def wants_files(view: pb.BatchView.ValueType) -> bool:
     )
 
 
-def snapshot_to_proto(summary: BatchSummary) -> pb.BatchEvent:
+def snapshot_to_proto(summary: BatchSummary) -> pb.WatchBatchResponse:
     """The event that opens a watch from sequence 0: the batch and its counts."""
     batch = summary_to_proto(summary)
-    return pb.BatchEvent(
+    return pb.WatchBatchResponse(
         sequence=batch.sequence,
         batch_id=batch.batch_id,
         event_time=batch.update_time,
@@ -257,9 +257,9 @@ def snapshot_to_proto(summary: BatchSummary) -> pb.BatchEvent:
     )
 
 
-def event_to_proto(event: BatchEvent) -> pb.BatchEvent:
+def event_to_proto(event: BatchEvent) -> pb.WatchBatchResponse:
     """One change: a file's new status, or the batch's new state."""
-    message = pb.BatchEvent(
+    message = pb.WatchBatchResponse(
         sequence=event.sequence,
         batch_id=event.batch_id,
         event_time=_timestamp(event.at),
@@ -289,14 +289,14 @@ def result_chunks(
     record: FileRecord,
     summary: ResultSummary,
     pieces: Iterable[tuple[int, str]],
-) -> Iterator[pb.FileResultChunk]:
+) -> Iterator[pb.GetFileResultResponse]:
     """The file's metadata, then its text as ``pieces`` come, each piece in one message.
 
     A piece longer than :data:`actors.policy.results.TEXT_PIECE_CHARS` (a page stored whole
     before results were kept in pieces) is cut here, so that no message grows with it.
     """
     info = {k: v for k, v in dataclasses.asdict(summary.info).items() if v is not None}
-    yield pb.FileResultChunk(
+    yield pb.GetFileResultResponse(
         metadata=pb.FileResultMetadata(
             batch_id=batch_id,
             file_id=record.file_id,
@@ -313,7 +313,7 @@ def result_chunks(
     for number, text in pieces:
         for start in range(0, max(len(text), 1), TEXT_PIECE_CHARS):
             piece = text[start : start + TEXT_PIECE_CHARS]
-            yield pb.FileResultChunk(page=pb.PageText(page_number=number, text=piece))
+            yield pb.GetFileResultResponse(page=pb.PageText(page_number=number, text=piece))
 
 
 # Requests ----------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
 
 def history_to_proto(
     record: FileRecord, events: Sequence[BatchEvent], audit: Sequence[AuditEntry]
-) -> pb.FileHistory:
+) -> pb.GetFileHistoryResponse:
     """A file's transitions and its batch's requests, merged oldest first."""
     entries: list[tuple[float, pb.HistoryEntry]] = []
     # Every file starts PENDING; unknown if the oldest events are no longer kept.
@@ -495,4 +495,4 @@ def history_to_proto(
         )
         entries.append((entry.at, pb.HistoryEntry(time=_timestamp(entry.at), request=request)))
     entries.sort(key=lambda pair: pair[0])
-    return pb.FileHistory(file=file_to_proto(record), entries=[e for _, e in entries])
+    return pb.GetFileHistoryResponse(file=file_to_proto(record), entries=[e for _, e in entries])

@@ -9,6 +9,7 @@ path or ``UNKNOWN``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -63,6 +64,9 @@ _MAX_DESCRIPTION_BYTES = 200
 # The serialized Status; violations that do not fit are left out.
 _MAX_STATUS_BYTES = 3072
 
+# AIP-193: ErrorInfo metadata keys are lowerCamelCase, as the proto's JSON names are.
+_METADATA_KEY = re.compile(r"[a-z][a-zA-Z0-9]*")
+
 _TIMED_OUT_MESSAGE = (
     "The service did not finish the request in time; it may still complete. "
     "Check the batch, then try again."
@@ -86,7 +90,11 @@ class WireError(Exception):
         message: Safe to show the caller as it is.
         violations: Bad fields, sent as ``BadRequest``.
         retry_after: Seconds after which trying again may help, sent as ``RetryInfo``.
-        metadata: Extra ``ErrorInfo`` metadata (ids, limits).
+        metadata: Extra ``ErrorInfo`` metadata (ids, limits), keyed in lowerCamelCase
+            (``fileId``, ``maxActiveBatches``) as AIP-193 asks.
+
+    Raises:
+        ValueError: A metadata key is not lowerCamelCase: a bug at the raise site.
     """
 
     def __init__(
@@ -99,6 +107,9 @@ class WireError(Exception):
         retry_after: float | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        for key in metadata or {}:
+            if not _METADATA_KEY.fullmatch(key):
+                raise ValueError(f"ErrorInfo metadata key {key!r} is not lowerCamelCase")
         # Refusals may quote the caller's own ids: one line, capped, like every message.
         message = _clip(user_text(message), _MAX_MESSAGE_BYTES)
         super().__init__(message)
@@ -152,7 +163,7 @@ def _from_refusal(refusal: Refusal) -> WireError:
     violations: list[FieldViolation] = []
     if isinstance(refusal, InvalidRequest) and refusal.field:
         violations.append(FieldViolation(refusal.field, refusal.message))
-    metadata = {"file_id": refusal.file_id} if refusal.file_id else {}
+    metadata = {"fileId": refusal.file_id} if refusal.file_id else {}
     return WireError(
         code,
         refusal.reason,

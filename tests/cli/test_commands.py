@@ -204,14 +204,14 @@ def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
     running = pb.FileCounts(running=1, pending=1)
     snapshot = pb.Batch(batch_id="b", state=pb.BATCH_STATE_RUNNING, counts=running, file_count=2)
     events = [
-        pb.BatchEvent(
+        pb.WatchBatchResponse(
             sequence=1,
             batch_id="b",
             batch_state=pb.BATCH_STATE_RUNNING,
             snapshot=snapshot,
             counts=running,
         ),
-        pb.BatchEvent(
+        pb.WatchBatchResponse(
             sequence=2,
             batch_id="b",
             batch_state=pb.BATCH_STATE_RUNNING,
@@ -365,4 +365,4 @@ def test_history_shows_each_state_change_and_who_asked_for_what(
     ]
     assert any("RetryFiles" in line and ": OK" in line for line in lines)
     code, out, _ = _run(capsys, "history", batch.batch_id, "f00001", "--json", *address)
-    assert json_format.Parse(out, pb.FileHistory()).file.file_id == "f00001"
+    assert json_format.Parse(out, pb.GetFileHistoryResponse()).file.file_id == "f00001"

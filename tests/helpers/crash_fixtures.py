@@ -157,7 +157,7 @@ def watch_until(
     stub: batch_pb2_grpc.BatchServiceStub,
     batch_id: str,
     condition: object,
-    seen: list[pb.BatchEvent] | None = None,
+    seen: list[pb.WatchBatchResponse] | None = None,
 ) -> pb.Batch:
     """Follow the batch from a snapshot until ``condition(batch)`` holds; return the batch.
 

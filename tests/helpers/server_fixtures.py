@@ -100,7 +100,7 @@ class RunningServer:
         """Upload ``(name, bytes)`` pairs in one stream."""
         return self.stub.SubmitBatch(upload(pb.BatchSpec(**spec), files), timeout=WAIT)
 
-    def settle(self, batch_id: str) -> list[pb.BatchEvent]:
+    def settle(self, batch_id: str) -> list[pb.WatchBatchResponse]:
         """Watch the batch from a snapshot until it is terminal; every event seen."""
         request = pb.WatchBatchRequest(batch_id=batch_id)
         return list(self.stub.WatchBatch(request, timeout=WAIT))

@@ -66,7 +66,7 @@ class Journal:
     accepted: dict[str, str] = field(default_factory=dict)  # batch id -> scenario
     # (batch id, file id) -> attempts when it was seen SUCCEEDED, and its text.
     succeeded: dict[tuple[str, str], tuple[int, list[str]]] = field(default_factory=dict)
-    seen_events: list[pb.BatchEvent] = field(default_factory=list)
+    seen_events: list[pb.WatchBatchResponse] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     left_behind: list[Path] = field(default_factory=list)
     # Batches whose deletion was cut off: there whole, or gone.

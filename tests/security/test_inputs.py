@@ -58,7 +58,7 @@ def test_passwords_are_bounded_at_submit_and_at_retry(server: RunningServer) -> 
         grpc.StatusCode.INVALID_ARGUMENT,
         "PASSWORD_TOO_LONG",
     )
-    assert too_long.metadata["max_password_bytes"] == "1024"
+    assert too_long.metadata["maxPasswordBytes"] == "1024"
     batch = submit_with("p" * 1024)  # at the limit
     server.settle(batch.batch_id)
     retry = pb.RetryFilesRequest(

@@ -82,7 +82,7 @@ def test_submissions_past_the_rate_are_refused_per_tenant_with_retry_info(
         "SUBMISSION_RATE_EXCEEDED",
     )
     assert error.retry_delay == 2.0
-    assert error.metadata == {"rate_per_second": "0.5", "burst": "2"}
+    assert error.metadata == {"ratePerSecond": "0.5", "burst": "2"}
     assert sorted(server.data_dir.joinpath("blobs").rglob("*")) == stored
     batches.append(submit(globex, ("g.pdf", PDF)))  # another tenant has its own bucket
     clock.advance(1.5)
@@ -132,7 +132,7 @@ def test_a_tenant_may_have_only_so_many_batches_in_progress(
         "TOO_MANY_ACTIVE_BATCHES",
         10.0,
     )
-    assert error.metadata == {"max_active_batches": "1"}
+    assert error.metadata == {"maxActiveBatches": "1"}
     assert sorted(server.data_dir.joinpath("blobs").rglob("*")) == stored
     # Repeating the submission that made the batch is no new batch: it is answered.
     again = submit(acme, ("busy.pdf", hostile_pdfs.cpu_bomb()), idempotency_key="busy")
@@ -178,7 +178,7 @@ def test_manual_retries_of_a_file_are_capped(secure_serve: SecureFactory) -> Non
         grpc.StatusCode.FAILED_PRECONDITION,
         "MANUAL_RETRY_LIMIT",
     )
-    assert error.metadata == {"file_id": "f00001"}
+    assert error.metadata == {"fileId": "f00001"}
 
 
 def test_wrong_passwords_are_capped_so_retries_cannot_guess_them(
@@ -214,7 +214,7 @@ def test_wrong_passwords_are_capped_so_retries_cannot_guess_them(
     assert (error.code, error.reason, error.metadata) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "PASSWORD_ATTEMPTS_EXHAUSTED",
-        {"file_id": "f00001"},
+        {"fileId": "f00001"},
     )
     assert "wrong password 3 times" in error.message
     assert "the-right-one" not in error.message

@@ -178,7 +178,7 @@ def test_retry_refusals_carry_their_codes_and_reasons(server: RunningServer) -> 
         grpc.StatusCode.FAILED_PRECONDITION,
         "FILE_ALREADY_SUCCEEDED",
     )
-    assert succeeded.metadata == {"file_id": file_id}
+    assert succeeded.metadata == {"fileId": file_id}
     nothing = refused(retry)
     assert (nothing.code, nothing.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -469,8 +469,8 @@ def test_a_refusal_that_quotes_a_huge_caller_id_still_arrives_as_that_refusal(
 
     for refusal in (history, retry):
         assert (refusal.code, refusal.reason) == (grpc.StatusCode.NOT_FOUND, "FILE_NOT_FOUND")
-        assert refusal.metadata["file_id"].startswith("\U0001f4a5")
-        assert len(refusal.metadata["file_id"].encode()) <= 128
+        assert refusal.metadata["fileId"].startswith("\U0001f4a5")
+        assert len(refusal.metadata["fileId"].encode()) <= 128
     assert (spec.code, spec.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BATCH_SPEC")
     assert spec.violations[0] == ("spec.labels", "At most 64 labels.")
     assert 1 < len(spec.violations) < 80

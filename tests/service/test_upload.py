@@ -71,7 +71,7 @@ def test_an_idempotency_key_reused_for_other_files_is_refused(server: RunningSer
     )
 
     assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
-    assert error.metadata == {"batch_id": first.batch_id}
+    assert error.metadata == {"batchId": first.batch_id}
     assert server.blob_files() == blobs
     server.settle(first.batch_id)
 

@@ -125,7 +125,7 @@ def test_the_client_reconnects_after_a_network_drop_and_misses_nothing(
 ) -> None:
     proxy = proxy_to(server.address)
     batch = _slow_batch(server)
-    seen: list[pb.BatchEvent] = []
+    seen: list[pb.WatchBatchResponse] = []
     with Client(proxy.address) as client:
         for event in client.watch(batch.batch_id):
             seen.append(event)
@@ -155,7 +155,7 @@ def test_a_resume_point_older_than_the_history_is_refused(serve: ServerFactory) 
         grpc.StatusCode.FAILED_PRECONDITION,
         "WATCH_HISTORY_EXPIRED",
     )
-    assert error.metadata == {"after_sequence": "1"}
+    assert error.metadata == {"afterSequence": "1"}
     kept = list(
         server.stub.WatchBatch(
             pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=last - 3), timeout=WAIT
@@ -342,8 +342,8 @@ def test_deletion_and_shutdown_end_open_watches() -> None:
         hub.open("b1", 0, follow=False)
 
 
-def _events(frames: list[bytes]) -> list[pb.BatchEvent]:
-    return [pb.BatchEvent.FromString(frame) for frame in frames]
+def _events(frames: list[bytes]) -> list[pb.WatchBatchResponse]:
+    return [pb.WatchBatchResponse.FromString(frame) for frame in frames]
 
 
 def test_every_watcher_sends_the_same_bytes_for_an_event_serialized_once() -> None:
@@ -351,7 +351,7 @@ def test_every_watcher_sends_the_same_bytes_for_an_event_serialized_once() -> No
     hub = WatchHub(store)
     book = _new_batch(store, files=10)
     watches = [hub.open("b1", 0, follow=False).frames() for _ in range(3)]
-    snapshots = [pb.BatchEvent.FromString(next(frames)) for frames in watches]
+    snapshots = [pb.WatchBatchResponse.FromString(next(frames)) for frames in watches]
 
     _run_batch(store, book)
     sent = [list(frames) for frames in watches]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
@@ -232,6 +233,17 @@ def test_refusals_map_to_codes_with_rich_details() -> None:
     internal = status_of(KeyError("/srv/secret"))
     assert internal.code == grpc.StatusCode.INTERNAL.value[0]
     assert "secret" not in internal.message
+
+
+def test_error_info_metadata_keys_are_lower_camel_case() -> None:
+    refused = RetryRefused("No.", reason="MANUAL_RETRY_LIMIT", file_id="f00003")
+    status = status_of(refused)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert dict(info.metadata) == {"fileId": "f00003"}
+    for key in ("file_id", "FileId", "max-bytes", ""):
+        with pytest.raises(ValueError, match="lowerCamelCase"):
+            WireError(grpc.StatusCode.INTERNAL, "X", "x", metadata={key: "1"})
 
 
 # Pages and settings -----------------------------------------------------------------

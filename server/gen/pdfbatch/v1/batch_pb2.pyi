@@ -6,6 +6,13 @@ The pdfbatch service: submit batches of PDFs, follow them, retry, cancel, fetch 
 Errors follow the rich error model (google.rpc.Status): every refusal carries an
 ErrorInfo whose `reason` is a stable UPPER_SNAKE string and whose domain is
 "pdfbatch.dev", plus BadRequest, RetryInfo and LocalizedMessage details where they help.
+ErrorInfo metadata keys are lowerCamelCase (AIP-193); the service sends `batchId`,
+`fileId`, `afterSequence`, `sequence`, `method`, `maxPasswordBytes`,
+`maxStoredBytes`, `maxActiveBatches`, `ratePerSecond` and `burst`, each with the
+refusals it explains.
+
+Field names, message numbers and enum numbers of a released version never change
+meaning: `make proto-lint` runs `buf breaking` against the last released contract.
 """
 
 from collections import abc as _abc
@@ -33,6 +40,7 @@ class _BatchState:
 class _BatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BATCH_STATE_UNSPECIFIED: _BatchState.ValueType  # 0
+    """Never sent by the service; in a request filter it is refused as INVALID_STATE."""
     BATCH_STATE_PENDING: _BatchState.ValueType  # 1
     """Accepted; no file has started yet."""
     BATCH_STATE_RUNNING: _BatchState.ValueType  # 2
@@ -49,9 +57,12 @@ class _BatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchState
     """Cancelled; nothing of the batch runs."""
 
 class BatchState(_BatchState, metaclass=_BatchStateEnumTypeWrapper):
-    """Where a batch is in its life."""
+    """Where a batch is in its life. SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED and CANCELLED are
+    terminal until a retry makes the batch RUNNING again.
+    """
 
 BATCH_STATE_UNSPECIFIED: BatchState.ValueType  # 0
+"""Never sent by the service; in a request filter it is refused as INVALID_STATE."""
 BATCH_STATE_PENDING: BatchState.ValueType  # 1
 """Accepted; no file has started yet."""
 BATCH_STATE_RUNNING: BatchState.ValueType  # 2
@@ -75,6 +86,9 @@ class _FileState:
 class _FileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FILE_STATE_UNSPECIFIED: _FileState.ValueType  # 0
+    """Never sent as a file's state; in a request filter it is refused as INVALID_STATE. In
+    a FileTransition's `from_state` it means the earlier state is no longer known.
+    """
     FILE_STATE_PENDING: _FileState.ValueType  # 1
     """Waiting for a worker."""
     FILE_STATE_RUNNING: _FileState.ValueType  # 2
@@ -89,9 +103,14 @@ class _FileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileState.V
     """Cancelled before it finished. Can be retried."""
 
 class FileState(_FileState, metaclass=_FileStateEnumTypeWrapper):
-    """Where a file is in its life."""
+    """Where a file is in its life. SUCCEEDED, FAILED and CANCELLED are terminal; the last
+    two can be left again by RetryFiles.
+    """
 
 FILE_STATE_UNSPECIFIED: FileState.ValueType  # 0
+"""Never sent as a file's state; in a request filter it is refused as INVALID_STATE. In
+a FileTransition's `from_state` it means the earlier state is no longer known.
+"""
 FILE_STATE_PENDING: FileState.ValueType  # 1
 """Waiting for a worker."""
 FILE_STATE_RUNNING: FileState.ValueType  # 2
@@ -113,9 +132,13 @@ class _AttemptOutcome:
 class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    """The attempt is still running."""
     ATTEMPT_OUTCOME_SUCCEEDED: _AttemptOutcome.ValueType  # 1
+    """The worker extracted the file; its result is stored."""
     ATTEMPT_OUTCOME_FAILED: _AttemptOutcome.ValueType  # 2
+    """The worker reported an error, crashed or ran out of time; `code` says which."""
     ATTEMPT_OUTCOME_CANCELLED: _AttemptOutcome.ValueType  # 3
+    """Stopped because the batch was cancelled while the attempt ran."""
     ATTEMPT_OUTCOME_INTERRUPTED: _AttemptOutcome.ValueType  # 4
     """Cut short by a restart of the service; not the file's fault."""
 
@@ -123,9 +146,13 @@ class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
     """How one attempt ended."""
 
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+"""The attempt is still running."""
 ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome.ValueType  # 1
+"""The worker extracted the file; its result is stored."""
 ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 2
+"""The worker reported an error, crashed or ran out of time; `code` says which."""
 ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 3
+"""Stopped because the batch was cancelled while the attempt ran."""
 ATTEMPT_OUTCOME_INTERRUPTED: AttemptOutcome.ValueType  # 4
 """Cut short by a restart of the service; not the file's fault."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
@@ -137,6 +164,7 @@ class _BatchView:
 class _BatchViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchView.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BATCH_VIEW_UNSPECIFIED: _BatchView.ValueType  # 0
+    """Chooses the method's default: BATCH_VIEW_FULL for GetBatch and CancelBatch."""
     BATCH_VIEW_BASIC: _BatchView.ValueType  # 1
     """The batch, its counts and its policy; `files` empty."""
     BATCH_VIEW_FULL: _BatchView.ValueType  # 2
@@ -146,6 +174,7 @@ class BatchView(_BatchView, metaclass=_BatchViewEnumTypeWrapper):
     """How much of a batch a reply carries."""
 
 BATCH_VIEW_UNSPECIFIED: BatchView.ValueType  # 0
+"""Chooses the method's default: BATCH_VIEW_FULL for GetBatch and CancelBatch."""
 BATCH_VIEW_BASIC: BatchView.ValueType  # 1
 """The batch, its counts and its policy; `files` empty."""
 BATCH_VIEW_FULL: BatchView.ValueType  # 2
@@ -159,19 +188,21 @@ class _Jitter:
 class _JitterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jitter.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     JITTER_UNSPECIFIED: _Jitter.ValueType  # 0
+    """Chooses the service's default, JITTER_FULL."""
     JITTER_FULL: _Jitter.ValueType  # 1
-    """Uniform in [0, cap]."""
+    """Uniform in [0, cap], which spreads the retries of many files that failed together."""
     JITTER_NONE: _Jitter.ValueType  # 2
-    """Exactly the cap."""
+    """Exactly the cap: predictable delays, for tests and single files."""
 
 class Jitter(_Jitter, metaclass=_JitterEnumTypeWrapper):
     """How retry delays are randomised."""
 
 JITTER_UNSPECIFIED: Jitter.ValueType  # 0
+"""Chooses the service's default, JITTER_FULL."""
 JITTER_FULL: Jitter.ValueType  # 1
-"""Uniform in [0, cap]."""
+"""Uniform in [0, cap], which spreads the retries of many files that failed together."""
 JITTER_NONE: Jitter.ValueType  # 2
-"""Exactly the cap."""
+"""Exactly the cap: predictable delays, for tests and single files."""
 Global___Jitter: _TypeAlias = Jitter  # noqa: Y015
 
 @_typing.final
@@ -195,18 +226,20 @@ class RetryPolicy(_message.Message):
     multiplier: _builtins.float
     """Growth of the cap per failure (1..100). Default 2."""
     jitter: Global___Jitter.ValueType
-    """Default JITTER_FULL."""
+    """How a delay is drawn below its cap. Unset: JITTER_FULL."""
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
-        """Cap of the first delay. Default 1 s."""
+        """Cap of the delay after the first failure (more than 0, at most 1 hour). Default 1 s."""
 
     @_builtins.property
     def max_backoff(self) -> _duration_pb2.Duration:
-        """Upper bound of any delay. Default 60 s."""
+        """Upper bound of any delay (at least `initial_backoff`, at most 24 hours). Default 60 s."""
 
     @_builtins.property
     def non_retryable_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Error codes (e.g. "PROCESSING_TIMEOUT") never retried, on top of the catalogue's."""
+        """Error codes (e.g. "PROCESSING_TIMEOUT") never retried, on top of the catalogue's
+        own non-retryable codes. Empty by default.
+        """
 
     def __init__(
         self,
@@ -235,14 +268,19 @@ Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class FailureThreshold(_message.Message):
-    """How many failed files a batch tolerates before it fails fast. Unset: no limit."""
+    """How many failed files a batch tolerates before it fails fast: exceeding either limit
+    fails the batch and cancels its other files. With both unset (the default) every file
+    is tried and the batch may end partially succeeded.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_FAILED_FILES_FIELD_NUMBER: _builtins.int
     MAX_FAILED_PERCENT_FIELD_NUMBER: _builtins.int
     max_failed_files: _builtins.int
+    """Failed files tolerated (0 or more); one more fails the batch. Unset: no limit."""
     max_failed_percent: _builtins.float
+    """Failed share of all files tolerated, in percent (0..100). Unset: no limit."""
     def __init__(
         self,
         *,
@@ -266,17 +304,22 @@ Global___FailureThreshold: _TypeAlias = FailureThreshold  # noqa: Y015
 
 @_typing.final
 class RestartIntensity(_message.Message):
-    """At most `max_restarts` automatic restarts within `within`, across the batch."""
+    """At most `max_restarts` automatic restarts within `within`, across the batch: more
+    means the failures are systemic, and the batch fails instead of burning every file's
+    attempts.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     WITHIN_FIELD_NUMBER: _builtins.int
     max_restarts: _builtins.int
-    """Default 50."""
+    """Automatic restarts (retries after a failed attempt) allowed in the window (0 or
+    more). Default 50.
+    """
     @_builtins.property
     def within(self) -> _duration_pb2.Duration:
-        """Default 60 s."""
+        """Length of the sliding window (more than 0). Default 60 s."""
 
     def __init__(
         self,
@@ -311,15 +354,23 @@ class BatchPolicy(_message.Message):
     max_manual_retries: _builtins.int
     """Manual retries allowed per file (0..1000). Default 5."""
     @_builtins.property
-    def retry(self) -> Global___RetryPolicy: ...
-    @_builtins.property
-    def file_timeout(self) -> _duration_pb2.Duration:
-        """Wall-clock time one attempt may take. Default 300 s."""
+    def retry(self) -> Global___RetryPolicy:
+        """Automatic retries of each file."""
 
     @_builtins.property
-    def tolerated_failures(self) -> Global___FailureThreshold: ...
+    def file_timeout(self) -> _duration_pb2.Duration:
+        """Wall-clock time one attempt may take before its worker is killed and the attempt
+        fails with PROCESSING_TIMEOUT (more than 0, at most 24 hours). Default 300 s.
+        """
+
     @_builtins.property
-    def restart_intensity(self) -> Global___RestartIntensity: ...
+    def tolerated_failures(self) -> Global___FailureThreshold:
+        """When the batch fails fast. Default: never; every file is tried."""
+
+    @_builtins.property
+    def restart_intensity(self) -> Global___RestartIntensity:
+        """Bound on automatic restarts across the whole batch."""
+
     def __init__(
         self,
         *,
@@ -347,7 +398,7 @@ Global___BatchPolicy: _TypeAlias = BatchPolicy  # noqa: Y015
 
 @_typing.final
 class FileCounts(_message.Message):
-    """Files per state."""
+    """Files per state; the six counts add up to the batch's `file_count`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -358,11 +409,17 @@ class FileCounts(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
+    """Files waiting for a worker."""
     running: _builtins.int
+    """Files with an attempt running."""
     backoff: _builtins.int
+    """Files waiting for their next automatic attempt."""
     succeeded: _builtins.int
+    """Files whose result can be fetched."""
     failed: _builtins.int
+    """Files that failed for good."""
     cancelled: _builtins.int
+    """Files cancelled before they finished."""
     def __init__(
         self,
         *,
@@ -398,7 +455,9 @@ class FileError(_message.Message):
     retryable: _builtins.bool
     """Whether another attempt of the same file can succeed."""
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the error happened."""
+
     def __init__(
         self,
         *,
@@ -431,16 +490,20 @@ class Attempt(_message.Message):
     number: _builtins.int
     """1-based over the file's whole life, manual retries included."""
     outcome: Global___AttemptOutcome.ValueType
-    """Unset while running."""
+    """How the attempt ended. Unspecified while running."""
     code: _builtins.str
-    """The failure's catalogue code, when it failed or was cancelled."""
+    """The failure's catalogue code, when it failed or was cancelled; empty otherwise."""
     worker_pid: _builtins.int
-    """The worker process that ran it, once known."""
+    """The worker process that ran it, once known (a process id on the service's host,
+    or of a Ray worker).
+    """
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt was handed to a worker."""
+
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Unset while running."""
+        """When the attempt ended. Unset while running."""
 
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
@@ -485,15 +548,19 @@ class FileStatus(_message.Message):
     MANUAL_RETRIES_FIELD_NUMBER: _builtins.int
     PASSWORD_SUPPLIED_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
-    """Unique within the batch."""
+    """Unique within the batch, given by the service in submission order ("f00001", ...)."""
     name: _builtins.str
     """The uploader's label for the file; never a path on the server."""
     state: Global___FileState.ValueType
+    """Where the file is in its life."""
     attempt_count: _builtins.int
+    """Attempts started so far, automatic and manual."""
     size_bytes: _builtins.int
+    """Size of the uploaded file, in bytes."""
     sha256: _builtins.str
     """Hex SHA-256 of the stored bytes."""
     manual_retries: _builtins.int
+    """Manual retries used so far, out of the policy's `max_manual_retries`."""
     password_supplied: _builtins.bool
     """Whether a password was supplied at submit or retry."""
     @_builtins.property
@@ -506,7 +573,7 @@ class FileStatus(_message.Message):
 
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
-        """When a file in BACKOFF is due."""
+        """When a file in BACKOFF is due; unset in every other state."""
 
     def __init__(
         self,
@@ -571,30 +638,45 @@ class Batch(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     FILE_COUNT_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The service's id for the batch: 32 lowercase hex digits."""
     display_name: _builtins.str
+    """The uploader's name for the batch, as submitted; may be empty."""
     state: Global___BatchState.ValueType
+    """Where the batch is in its life."""
     sequence: _builtins.int
     """Sequence of the last event: WatchBatch after it yields only later changes."""
     reason: _builtins.str
-    """Why the batch failed or was cancelled."""
+    """Why the batch failed or was cancelled, in words; empty otherwise."""
     idempotency_key: _builtins.str
+    """The idempotency key submitted with the batch; empty if none was given."""
     file_count: _builtins.int
+    """Files in the batch, whatever the view."""
     @_builtins.property
-    def counts(self) -> Global___FileCounts: ...
+    def counts(self) -> Global___FileCounts:
+        """Files per state."""
+
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStatus]:
-        """Empty in ListBatches responses."""
+        """Every file in submission order, with BATCH_VIEW_FULL; empty with BATCH_VIEW_BASIC
+        and in ListBatches responses.
+        """
 
     @_builtins.property
     def policy(self) -> Global___BatchPolicy:
         """The effective policy, every field set."""
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the batch was accepted."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the batch or one of its files last changed."""
+
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels submitted with the batch."""
+
     def __init__(
         self,
         *,
@@ -651,10 +733,11 @@ class BatchSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
-    """Up to 200 characters."""
+    """A name for people, up to 200 characters. Optional."""
     idempotency_key: _builtins.str
-    """Up to 128 characters. The same key from the same caller returns the same batch;
-    reusing a key for different files is refused with IDEMPOTENCY_KEY_REUSED.
+    """Up to 128 printable ASCII characters, no spaces. The same key from the same caller
+    returns the same batch; reusing a key for different files is refused with
+    IDEMPOTENCY_KEY_REUSED. Empty: every submission makes a new batch.
     """
     @_builtins.property
     def policy(self) -> Global___BatchPolicy:
@@ -693,14 +776,17 @@ class FileHeader(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A label, not a path: no '/' or '\\\\', and no control, format or separator
-    character (Unicode categories Cc, Cf, Zl, Zp: U+202E, U+200B, U+2028...).
+    character (Unicode categories Cc, Cf, Zl, Zp: U+202E, U+200B, U+2028...). At most
+    255 characters by default (the service's `max_name_chars`).
     """
     password: _builtins.str
     """Opens an encrypted file. Held in memory only, never stored. At most
     `max_password_bytes` (1 KiB by default) of UTF-8.
     """
     size_bytes: _builtins.int
-    """Exact size in bytes; the upload is refused if the bytes differ."""
+    """Exact size in bytes; the upload is refused if the bytes differ. At most the
+    service's `max_file_bytes` (256 MiB by default).
+    """
     sha256: _builtins.str
     """Hex SHA-256 of the bytes; when given, the upload is refused if it differs."""
     content: _builtins.bytes
@@ -752,6 +838,8 @@ Global___UploadEnd: _TypeAlias = UploadEnd  # noqa: Y015
 
 @_typing.final
 class SubmitBatchRequest(_message.Message):
+    """One message of an upload stream; see SubmitBatch for their order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
@@ -794,13 +882,16 @@ Global___SubmitBatchRequest: _TypeAlias = SubmitBatchRequest  # noqa: Y015
 
 @_typing.final
 class GetBatchRequest(_message.Message):
+    """Which batch to read, and how much of it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch's id, as SubmitBatch returned it."""
     view: Global___BatchView.ValueType
-    """Unspecified: BATCH_VIEW_FULL."""
+    """How much of the batch to return. Unspecified: BATCH_VIEW_FULL."""
     def __init__(
         self,
         *,
@@ -817,15 +908,19 @@ Global___GetBatchRequest: _TypeAlias = GetBatchRequest  # noqa: Y015
 
 @_typing.final
 class ListBatchesRequest(_message.Message):
+    """One page of the caller's batches."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1..1000; 0 means 50."""
+    """Batches per page, 1..1000; 0 means 50, more than 1000 means 1000."""
     page_token: _builtins.str
-    """From a previous response's `next_page_token`, with the same `states`."""
+    """From a previous response's `next_page_token`, with the same `states`; empty for
+    the first page.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___BatchState.ValueType]:
         """Only batches in one of these states; empty for all."""
@@ -847,14 +942,18 @@ Global___ListBatchesRequest: _TypeAlias = ListBatchesRequest  # noqa: Y015
 
 @_typing.final
 class ListBatchesResponse(_message.Message):
+    """A page of batches, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCHES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Token of the next page; empty on the last page."""
     @_builtins.property
-    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]: ...
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """The page's batches, without their files."""
+
     def __init__(
         self,
         *,
@@ -871,6 +970,8 @@ Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015
 
 @_typing.final
 class ListFilesRequest(_message.Message):
+    """One page of a batch's files."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
@@ -878,10 +979,13 @@ class ListFilesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch whose files to list."""
     page_size: _builtins.int
-    """1..1000; 0 means 100; more than 1000 means 1000."""
+    """Files per page, 1..1000; 0 means 100, more than 1000 means 1000."""
     page_token: _builtins.str
-    """From a previous response's `next_page_token`, with the same `batch_id` and `states`."""
+    """From a previous response's `next_page_token`, with the same `batch_id` and `states`;
+    empty for the first page.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___FileState.ValueType]:
         """Only files in one of these states; empty for all."""
@@ -904,6 +1008,8 @@ Global___ListFilesRequest: _TypeAlias = ListFilesRequest  # noqa: Y015
 
 @_typing.final
 class ListFilesResponse(_message.Message):
+    """A page of files, in submission order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILES_FIELD_NUMBER: _builtins.int
@@ -911,7 +1017,7 @@ class ListFilesResponse(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Token of the next page; empty on the last page."""
     total_size: _builtins.int
     """Files of the whole batch that match `states` when this page was read."""
     sequence: _builtins.int
@@ -919,7 +1025,9 @@ class ListFilesResponse(_message.Message):
     it, so a watcher applies only the events after it.
     """
     @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStatus]: ...
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStatus]:
+        """The page's files, each with its attempts and last error."""
+
     def __init__(
         self,
         *,
@@ -938,12 +1046,15 @@ Global___ListFilesResponse: _TypeAlias = ListFilesResponse  # noqa: Y015
 
 @_typing.final
 class WatchBatchRequest(_message.Message):
+    """Which batch to watch, and from where."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch to watch."""
     after_sequence: _builtins.int
     """0: start with a snapshot. N: replay every event after N first."""
     follow: _builtins.bool
@@ -972,7 +1083,9 @@ class BatchStateChange(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     state: Global___BatchState.ValueType
+    """The batch's new state."""
     reason: _builtins.str
+    """Why, in words (e.g. the failure threshold that was exceeded); may be empty."""
     def __init__(
         self,
         *,
@@ -988,7 +1101,7 @@ class BatchStateChange(_message.Message):
 Global___BatchStateChange: _TypeAlias = BatchStateChange  # noqa: Y015
 
 @_typing.final
-class BatchEvent(_message.Message):
+class WatchBatchResponse(_message.Message):
     """One change of a batch or of one of its files."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1005,10 +1118,13 @@ class BatchEvent(_message.Message):
     sequence: _builtins.int
     """Per batch; only grows. A snapshot carries the sequence of the last event it includes."""
     batch_id: _builtins.str
+    """The batch that changed."""
     batch_state: Global___BatchState.ValueType
     """The batch's state after the change."""
     @_builtins.property
-    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened."""
+
     @_builtins.property
     def snapshot(self) -> Global___Batch:
         """The batch, its state and counts, without its files, whatever its size: the first
@@ -1055,7 +1171,7 @@ class BatchEvent(_message.Message):
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
-Global___BatchEvent: _TypeAlias = BatchEvent  # noqa: Y015
+Global___WatchBatchResponse: _TypeAlias = WatchBatchResponse  # noqa: Y015
 
 @_typing.final
 class FilesChange(_message.Message):
@@ -1070,12 +1186,16 @@ class FilesChange(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     state: Global___FileState.ValueType
+    """Their new state."""
     reason: _builtins.str
+    """Why, in words, e.g. the cancel or the failure threshold that moved them."""
     @_builtins.property
-    def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The files that changed, in submission order."""
+
     @_builtins.property
     def error(self) -> Global___FileError:
-        """Unset when the files' errors were cleared."""
+        """Their new last error. Unset when the files' errors were cleared."""
 
     def __init__(
         self,
@@ -1095,6 +1215,8 @@ Global___FilesChange: _TypeAlias = FilesChange  # noqa: Y015
 
 @_typing.final
 class RetryFilesRequest(_message.Message):
+    """Which files of a batch to retry."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1121,13 +1243,16 @@ class RetryFilesRequest(_message.Message):
     FILE_IDS_FIELD_NUMBER: _builtins.int
     PASSWORDS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch whose files to retry."""
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Empty: every failed and cancelled file."""
+        """Files to retry, each FAILED or CANCELLED. Empty: every failed and cancelled file."""
 
     @_builtins.property
     def passwords(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Passwords for encrypted files, by file id; each at most 1 KiB of UTF-8 by default."""
+        """Passwords for encrypted files, by file id; each at most 1 KiB of UTF-8 by default.
+        Held in memory only, never stored.
+        """
 
     def __init__(
         self,
@@ -1146,11 +1271,14 @@ Global___RetryFilesRequest: _TypeAlias = RetryFilesRequest  # noqa: Y015
 
 @_typing.final
 class CancelBatchRequest(_message.Message):
+    """Which batch to cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch to cancel. Cancelling a batch that already ended changes nothing."""
     view: Global___BatchView.ValueType
     """How much of the batch the reply carries. Unspecified: BATCH_VIEW_FULL. A client
     that cancels a big batch and needs only its end state and counts asks for
@@ -1172,12 +1300,16 @@ Global___CancelBatchRequest: _TypeAlias = CancelBatchRequest  # noqa: Y015
 
 @_typing.final
 class GetFileResultRequest(_message.Message):
+    """Which file's result to stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The file's batch."""
     file_id: _builtins.str
+    """The file, which must have SUCCEEDED."""
     def __init__(
         self,
         *,
@@ -1194,7 +1326,10 @@ Global___GetFileResultRequest: _TypeAlias = GetFileResultRequest  # noqa: Y015
 
 @_typing.final
 class DocumentInfo(_message.Message):
-    """The document information dictionary, as far as the file has one."""
+    """The document information dictionary, as far as the file has one. A field is unset
+    when the file does not have it; each is cut to `max_metadata_field_bytes` (64 KiB by
+    default), with a METADATA_TRUNCATED warning.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1206,13 +1341,23 @@ class DocumentInfo(_message.Message):
     CREATION_DATE_FIELD_NUMBER: _builtins.int
     MODIFICATION_DATE_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """The document's title (/Title)."""
     author: _builtins.str
+    """Who wrote the document (/Author)."""
     subject: _builtins.str
+    """What the document is about (/Subject)."""
     creator: _builtins.str
+    """The program the document was made with (/Creator)."""
     producer: _builtins.str
+    """The program that wrote the PDF (/Producer)."""
     creation_date: _builtins.str
-    """ISO 8601, as written in the file."""
+    """When the document was created (/CreationDate), in ISO 8601; unset when the file
+    has no such date or it does not parse.
+    """
     modification_date: _builtins.str
+    """When the document was last changed (/ModDate), in ISO 8601; unset as
+    `creation_date` is.
+    """
     def __init__(
         self,
         *,
@@ -1279,12 +1424,21 @@ class FileResultMetadata(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The file's batch."""
     file_id: _builtins.str
+    """The file's id within the batch."""
     name: _builtins.str
+    """The file's name, as uploaded."""
     page_count: _builtins.int
+    """Pages in the document; as many PageText page numbers follow."""
     encrypted: _builtins.bool
+    """Whether the file was encrypted (and opened with the password supplied, or with
+    the empty one).
+    """
     @_builtins.property
-    def info(self) -> Global___DocumentInfo: ...
+    def info(self) -> Global___DocumentInfo:
+        """The document information dictionary."""
+
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultWarning]:
         """What was changed to make the result safe to store and send; empty for most files."""
@@ -1357,6 +1511,7 @@ class PageText(_message.Message):
     page_number: _builtins.int
     """1-based."""
     text: _builtins.str
+    """The page's text, or the next piece of it; empty for a page without text."""
     def __init__(
         self,
         *,
@@ -1372,17 +1527,21 @@ class PageText(_message.Message):
 Global___PageText: _TypeAlias = PageText  # noqa: Y015
 
 @_typing.final
-class FileResultChunk(_message.Message):
+class GetFileResultResponse(_message.Message):
+    """One message of a file's result stream: the metadata first, then the pages in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     METADATA_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def metadata(self) -> Global___FileResultMetadata:
-        """Always the first chunk."""
+        """Always the first message."""
 
     @_builtins.property
-    def page(self) -> Global___PageText: ...
+    def page(self) -> Global___PageText:
+        """The next page, or the next piece of a long page."""
+
     def __init__(
         self,
         *,
@@ -1397,14 +1556,17 @@ class FileResultChunk(_message.Message):
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
-Global___FileResultChunk: _TypeAlias = FileResultChunk  # noqa: Y015
+Global___GetFileResultResponse: _TypeAlias = GetFileResultResponse  # noqa: Y015
 
 @_typing.final
 class DeleteBatchRequest(_message.Message):
+    """Which batch to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The batch to delete; a running batch is cancelled first."""
     def __init__(
         self,
         *,
@@ -1419,13 +1581,34 @@ class DeleteBatchRequest(_message.Message):
 Global___DeleteBatchRequest: _TypeAlias = DeleteBatchRequest  # noqa: Y015
 
 @_typing.final
+class DeleteBatchResponse(_message.Message):
+    """The batch is gone: nothing more to say."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBatchResponse: _TypeAlias = DeleteBatchResponse  # noqa: Y015
+
+@_typing.final
 class GetFileHistoryRequest(_message.Message):
+    """Which file's history to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
+    """The file's batch."""
     file_id: _builtins.str
+    """The file."""
     def __init__(
         self,
         *,
@@ -1452,11 +1635,17 @@ class HistoryEntry(_message.Message):
     TRANSITION_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened or the request was made."""
+
     @_builtins.property
-    def transition(self) -> Global___FileTransition: ...
+    def transition(self) -> Global___FileTransition:
+        """A state change of the file."""
+
     @_builtins.property
-    def request(self) -> Global___AuditRecord: ...
+    def request(self) -> Global___AuditRecord:
+        """A request about the file's batch."""
+
     def __init__(
         self,
         *,
@@ -1476,6 +1665,8 @@ Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
 
 @_typing.final
 class FileTransition(_message.Message):
+    """One state change of a file."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
@@ -1483,8 +1674,11 @@ class FileTransition(_message.Message):
     TO_STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
+    """The batch event that recorded the change; the same sequence as WatchBatch's."""
     from_state: Global___FileState.ValueType
+    """The state before; unspecified when the events before this one are no longer kept."""
     to_state: Global___FileState.ValueType
+    """The state after."""
     reason: _builtins.str
     """Why, in words: attempt numbers, codes, the delay chosen, who retried."""
     def __init__(
@@ -1505,6 +1699,8 @@ Global___FileTransition: _TypeAlias = FileTransition  # noqa: Y015
 
 @_typing.final
 class AuditRecord(_message.Message):
+    """One request about a batch, from the service's audit trail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1513,6 +1709,9 @@ class AuditRecord(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """The request's id: the caller's `x-request-id` metadata when it sent a sane one,
+    else one the service made (and returned in the response's `x-request-id`).
+    """
     caller: _builtins.str
     """The tenant that made the request."""
     action: _builtins.str
@@ -1520,7 +1719,7 @@ class AuditRecord(_message.Message):
     outcome: _builtins.str
     """"OK", or the status code and reason the request was refused with."""
     detail: _builtins.str
-    """File ids of a retry."""
+    """File ids of a retry, comma-separated; empty for requests about the whole batch."""
     def __init__(
         self,
         *,
@@ -1539,13 +1738,17 @@ class AuditRecord(_message.Message):
 Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
 
 @_typing.final
-class FileHistory(_message.Message):
+class GetFileHistoryResponse(_message.Message):
+    """A file and everything that happened to it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILE_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def file(self) -> Global___FileStatus: ...
+    def file(self) -> Global___FileStatus:
+        """The file as it is now."""
+
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """Oldest first. State changes older than the retained event history are gone; the
@@ -1564,4 +1767,4 @@ class FileHistory(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___FileHistory: _TypeAlias = FileHistory  # noqa: Y015
+Global___GetFileHistoryResponse: _TypeAlias = GetFileHistoryResponse  # noqa: Y015

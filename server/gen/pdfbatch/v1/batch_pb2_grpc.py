@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from server.gen.pdfbatch.v1 import batch_pb2 as pdfbatch_dot_v1_dot_batch__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -27,7 +26,8 @@ if _version_not_supported:
 
 
 class BatchServiceStub:
-    """Batches of PDF files, processed by supervised workers.
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
     """
 
     def __init__(self, channel):
@@ -59,7 +59,7 @@ class BatchServiceStub:
         self.WatchBatch = channel.unary_stream(
                 '/pdfbatch.v1.BatchService/WatchBatch',
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.WatchBatchRequest.SerializeToString,
-                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.BatchEvent.FromString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.WatchBatchResponse.FromString,
                 _registered_method=True)
         self.RetryFiles = channel.unary_unary(
                 '/pdfbatch.v1.BatchService/RetryFiles',
@@ -74,22 +74,23 @@ class BatchServiceStub:
         self.GetFileResult = channel.unary_stream(
                 '/pdfbatch.v1.BatchService/GetFileResult',
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileResultRequest.SerializeToString,
-                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.FileResultChunk.FromString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileResultResponse.FromString,
                 _registered_method=True)
         self.DeleteBatch = channel.unary_unary(
                 '/pdfbatch.v1.BatchService/DeleteBatch',
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.SerializeToString,
-                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchResponse.FromString,
                 _registered_method=True)
         self.GetFileHistory = channel.unary_unary(
                 '/pdfbatch.v1.BatchService/GetFileHistory',
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
-                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.FileHistory.FromString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.FromString,
                 _registered_method=True)
 
 
 class BatchServiceServicer:
-    """Batches of PDF files, processed by supervised workers.
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
     """
 
     def SubmitBatch(self, request_iterator, context):
@@ -105,6 +106,11 @@ class BatchServiceServicer:
         come too late to stop the batch, as with any call whose request was complete:
         give an `idempotency_key` to find out by submitting again. With an
         `idempotency_key` already used by the same caller, the existing batch is returned.
+
+        Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
+        shares its response type with the other calls that return the batch.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,13 +120,17 @@ class BatchServiceServicer:
         """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
         files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
         last error. For a big batch, ask for the basic view and page through ListFiles.
+
+        Returns the Batch resource itself, as AIP-131 asks of a Get.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListBatches(self, request, context):
-        """Lists batches, newest first, without their `files`.
+        """Lists the caller's batches, newest first, without their `files`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +159,13 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryFiles(self, request, context):
-        """Retries the given files, or every failed and cancelled file when none are given.
+        """Retries the given files, or every failed and cancelled file when none are given,
+        and returns the batch with its files as they are after the retry was accepted.
+
+        Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+        one resource.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,13 +173,20 @@ class BatchServiceServicer:
 
     def CancelBatch(self, request, context):
         """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+
+        Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+        one resource.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFileResult(self, request, context):
-        """Streams a succeeded file's metadata, then its pages' text.
+        """Streams a succeeded file's metadata, then its pages' text. Refused with
+        FAILED_PRECONDITION and reason RESULT_NOT_AVAILABLE for a file that has not
+        succeeded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +194,7 @@ class BatchServiceServicer:
 
     def DeleteBatch(self, request, context):
         """Cancels the batch if needed, then removes it, its results and its stored bytes.
+        The audit trail of requests about it is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,7 +234,7 @@ def add_BatchServiceServicer_to_server(servicer, server):
             'WatchBatch': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchBatch,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.WatchBatchRequest.FromString,
-                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.BatchEvent.SerializeToString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.WatchBatchResponse.SerializeToString,
             ),
             'RetryFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryFiles,
@@ -225,17 +249,17 @@ def add_BatchServiceServicer_to_server(servicer, server):
             'GetFileResult': grpc.unary_stream_rpc_method_handler(
                     servicer.GetFileResult,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileResultRequest.FromString,
-                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.FileResultChunk.SerializeToString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileResultResponse.SerializeToString,
             ),
             'DeleteBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteBatch,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.FromString,
-                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchResponse.SerializeToString,
             ),
             'GetFileHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFileHistory,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.FromString,
-                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.FileHistory.SerializeToString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,7 +270,8 @@ def add_BatchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BatchService:
-    """Batches of PDF files, processed by supervised workers.
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
     """
 
     @staticmethod
@@ -373,7 +398,7 @@ class BatchService:
             target,
             '/pdfbatch.v1.BatchService/WatchBatch',
             pdfbatch_dot_v1_dot_batch__pb2.WatchBatchRequest.SerializeToString,
-            pdfbatch_dot_v1_dot_batch__pb2.BatchEvent.FromString,
+            pdfbatch_dot_v1_dot_batch__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,7 +479,7 @@ class BatchService:
             target,
             '/pdfbatch.v1.BatchService/GetFileResult',
             pdfbatch_dot_v1_dot_batch__pb2.GetFileResultRequest.SerializeToString,
-            pdfbatch_dot_v1_dot_batch__pb2.FileResultChunk.FromString,
+            pdfbatch_dot_v1_dot_batch__pb2.GetFileResultResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,7 +506,7 @@ class BatchService:
             target,
             '/pdfbatch.v1.BatchService/DeleteBatch',
             pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchRequest.SerializeToString,
-            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            pdfbatch_dot_v1_dot_batch__pb2.DeleteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -508,7 +533,7 @@ class BatchService:
             target,
             '/pdfbatch.v1.BatchService/GetFileHistory',
             pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
-            pdfbatch_dot_v1_dot_batch__pb2.FileHistory.FromString,
+            pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

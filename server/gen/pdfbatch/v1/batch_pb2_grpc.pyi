@@ -6,10 +6,16 @@ The pdfbatch service: submit batches of PDFs, follow them, retry, cancel, fetch 
 Errors follow the rich error model (google.rpc.Status): every refusal carries an
 ErrorInfo whose `reason` is a stable UPPER_SNAKE string and whose domain is
 "pdfbatch.dev", plus BadRequest, RetryInfo and LocalizedMessage details where they help.
+ErrorInfo metadata keys are lowerCamelCase (AIP-193); the service sends `batchId`,
+`fileId`, `afterSequence`, `sequence`, `method`, `maxPasswordBytes`,
+`maxStoredBytes`, `maxActiveBatches`, `ratePerSecond` and `burst`, each with the
+refusals it explains.
+
+Field names, message numbers and enum numbers of a released version never change
+meaning: `make proto-lint` runs `buf breaking` against the last released contract.
 """
 
 from collections import abc as _abc
-from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from server.gen.pdfbatch.v1 import batch_pb2 as _batch_pb2
 import abc as _abc_1
@@ -33,7 +39,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BatchServiceStub:
-    """Batches of PDF files, processed by supervised workers."""
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -52,21 +60,30 @@ class BatchServiceStub:
     come too late to stop the batch, as with any call whose request was complete:
     give an `idempotency_key` to find out by submitting again. With an
     `idempotency_key` already used by the same caller, the existing batch is returned.
+
+    Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
+    shares its response type with the other calls that return the batch.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]
     """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
     files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
     last error. For a big batch, ask for the basic view and page through ListFiles.
+
+    Returns the Batch resource itself, as AIP-131 asks of a Get.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListBatches: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListBatchesRequest, _batch_pb2.ListBatchesResponse]
-    """Lists batches, newest first, without their `files`."""
+    """Lists the caller's batches, newest first, without their `files`."""
     ListFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListFilesRequest, _batch_pb2.ListFilesResponse]
     """Lists a batch's files in submission order, a page at a time, with their attempts
     and last error; optionally only those in some states. Any size of batch: a page is
     at most 1,000 files. A watcher that needs every file reads them here, then applies
     the events after each page's `sequence`.
     """
-    WatchBatch: _grpc.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]
+    WatchBatch: _grpc.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.WatchBatchResponse]
     """Streams every change of the batch and of its files.
 
     With `after_sequence` 0 the stream starts with a snapshot of the batch; with
@@ -75,21 +92,41 @@ class BatchServiceStub:
     is in a terminal state, unless `follow` is set.
     """
     RetryFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]
-    """Retries the given files, or every failed and cancelled file when none are given."""
+    """Retries the given files, or every failed and cancelled file when none are given,
+    and returns the batch with its files as they are after the retry was accepted.
+
+    Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+    one resource.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     CancelBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelBatchRequest, _batch_pb2.Batch]
-    """Cancels the batch; returns once it is CANCELLED and nothing of it runs."""
-    GetFileResult: _grpc.UnaryStreamMultiCallable[_batch_pb2.GetFileResultRequest, _batch_pb2.FileResultChunk]
-    """Streams a succeeded file's metadata, then its pages' text."""
-    DeleteBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _empty_pb2.Empty]
-    """Cancels the batch if needed, then removes it, its results and its stored bytes."""
-    GetFileHistory: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.FileHistory]
+    """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+
+    Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+    one resource.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    GetFileResult: _grpc.UnaryStreamMultiCallable[_batch_pb2.GetFileResultRequest, _batch_pb2.GetFileResultResponse]
+    """Streams a succeeded file's metadata, then its pages' text. Refused with
+    FAILED_PRECONDITION and reason RESULT_NOT_AVAILABLE for a file that has not
+    succeeded.
+    """
+    DeleteBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _batch_pb2.DeleteBatchResponse]
+    """Cancels the batch if needed, then removes it, its results and its stored bytes.
+    The audit trail of requests about it is kept.
+    """
+    GetFileHistory: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.GetFileHistoryResponse]
     """A file's whole history: every state change (from, to, why: attempts, codes,
     delays chosen) and every request about its batch (who retried or cancelled it).
     """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
-    """Batches of PDF files, processed by supervised workers."""
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitBatch: _aio.StreamUnaryMultiCallable[_batch_pb2.SubmitBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
@@ -105,21 +142,30 @@ class BatchServiceAsyncStub(BatchServiceStub):
     come too late to stop the batch, as with any call whose request was complete:
     give an `idempotency_key` to find out by submitting again. With an
     `idempotency_key` already used by the same caller, the existing batch is returned.
+
+    Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
+    shares its response type with the other calls that return the batch.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
     """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
     files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
     last error. For a big batch, ask for the basic view and page through ListFiles.
+
+    Returns the Batch resource itself, as AIP-131 asks of a Get.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListBatches: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListBatchesRequest, _batch_pb2.ListBatchesResponse]  # type: ignore[assignment]
-    """Lists batches, newest first, without their `files`."""
+    """Lists the caller's batches, newest first, without their `files`."""
     ListFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListFilesRequest, _batch_pb2.ListFilesResponse]  # type: ignore[assignment]
     """Lists a batch's files in submission order, a page at a time, with their attempts
     and last error; optionally only those in some states. Any size of batch: a page is
     at most 1,000 files. A watcher that needs every file reads them here, then applies
     the events after each page's `sequence`.
     """
-    WatchBatch: _aio.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.BatchEvent]  # type: ignore[assignment]
+    WatchBatch: _aio.UnaryStreamMultiCallable[_batch_pb2.WatchBatchRequest, _batch_pb2.WatchBatchResponse]  # type: ignore[assignment]
     """Streams every change of the batch and of its files.
 
     With `after_sequence` 0 the stream starts with a snapshot of the batch; with
@@ -128,20 +174,40 @@ class BatchServiceAsyncStub(BatchServiceStub):
     is in a terminal state, unless `follow` is set.
     """
     RetryFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Retries the given files, or every failed and cancelled file when none are given."""
+    """Retries the given files, or every failed and cancelled file when none are given,
+    and returns the batch with its files as they are after the retry was accepted.
+
+    Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+    one resource.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     CancelBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Cancels the batch; returns once it is CANCELLED and nothing of it runs."""
-    GetFileResult: _aio.UnaryStreamMultiCallable[_batch_pb2.GetFileResultRequest, _batch_pb2.FileResultChunk]  # type: ignore[assignment]
-    """Streams a succeeded file's metadata, then its pages' text."""
-    DeleteBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Cancels the batch if needed, then removes it, its results and its stored bytes."""
-    GetFileHistory: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.FileHistory]  # type: ignore[assignment]
+    """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+
+    Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+    one resource.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    GetFileResult: _aio.UnaryStreamMultiCallable[_batch_pb2.GetFileResultRequest, _batch_pb2.GetFileResultResponse]  # type: ignore[assignment]
+    """Streams a succeeded file's metadata, then its pages' text. Refused with
+    FAILED_PRECONDITION and reason RESULT_NOT_AVAILABLE for a file that has not
+    succeeded.
+    """
+    DeleteBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.DeleteBatchRequest, _batch_pb2.DeleteBatchResponse]  # type: ignore[assignment]
+    """Cancels the batch if needed, then removes it, its results and its stored bytes.
+    The audit trail of requests about it is kept.
+    """
+    GetFileHistory: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.GetFileHistoryResponse]  # type: ignore[assignment]
     """A file's whole history: every state change (from, to, why: attempts, codes,
     delays chosen) and every request about its batch (who retried or cancelled it).
     """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Batches of PDF files, processed by supervised workers."""
+    """Batches of PDF files, processed by supervised workers. Every call is made by an
+    authenticated tenant and sees only that tenant's batches.
+    """
 
     @_abc_1.abstractmethod
     def SubmitBatch(
@@ -161,6 +227,11 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         come too late to stop the batch, as with any call whose request was complete:
         give an `idempotency_key` to find out by submitting again. With an
         `idempotency_key` already used by the same caller, the existing batch is returned.
+
+        Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
+        shares its response type with the other calls that return the batch.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -172,6 +243,10 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
         files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
         last error. For a big batch, ask for the basic view and page through ListFiles.
+
+        Returns the Batch resource itself, as AIP-131 asks of a Get.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -180,7 +255,7 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.ListBatchesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.ListBatchesResponse, _abc.Awaitable[_batch_pb2.ListBatchesResponse]]:
-        """Lists batches, newest first, without their `files`."""
+        """Lists the caller's batches, newest first, without their `files`."""
 
     @_abc_1.abstractmethod
     def ListFiles(
@@ -199,7 +274,7 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _batch_pb2.WatchBatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_batch_pb2.BatchEvent], _abc.AsyncIterator[_batch_pb2.BatchEvent]]:
+    ) -> _typing.Union[_abc.Iterator[_batch_pb2.WatchBatchResponse], _abc.AsyncIterator[_batch_pb2.WatchBatchResponse]]:
         """Streams every change of the batch and of its files.
 
         With `after_sequence` 0 the stream starts with a snapshot of the batch; with
@@ -214,7 +289,14 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.RetryFilesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Retries the given files, or every failed and cancelled file when none are given."""
+        """Retries the given files, or every failed and cancelled file when none are given,
+        and returns the batch with its files as they are after the retry was accepted.
+
+        Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+        one resource.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def CancelBatch(
@@ -222,30 +304,41 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.CancelBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Cancels the batch; returns once it is CANCELLED and nothing of it runs."""
+        """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+
+        Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
+        one resource.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetFileResult(
         self,
         request: _batch_pb2.GetFileResultRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_batch_pb2.FileResultChunk], _abc.AsyncIterator[_batch_pb2.FileResultChunk]]:
-        """Streams a succeeded file's metadata, then its pages' text."""
+    ) -> _typing.Union[_abc.Iterator[_batch_pb2.GetFileResultResponse], _abc.AsyncIterator[_batch_pb2.GetFileResultResponse]]:
+        """Streams a succeeded file's metadata, then its pages' text. Refused with
+        FAILED_PRECONDITION and reason RESULT_NOT_AVAILABLE for a file that has not
+        succeeded.
+        """
 
     @_abc_1.abstractmethod
     def DeleteBatch(
         self,
         request: _batch_pb2.DeleteBatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Cancels the batch if needed, then removes it, its results and its stored bytes."""
+    ) -> _typing.Union[_batch_pb2.DeleteBatchResponse, _abc.Awaitable[_batch_pb2.DeleteBatchResponse]]:
+        """Cancels the batch if needed, then removes it, its results and its stored bytes.
+        The audit trail of requests about it is kept.
+        """
 
     @_abc_1.abstractmethod
     def GetFileHistory(
         self,
         request: _batch_pb2.GetFileHistoryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_batch_pb2.FileHistory, _abc.Awaitable[_batch_pb2.FileHistory]]:
+    ) -> _typing.Union[_batch_pb2.GetFileHistoryResponse, _abc.Awaitable[_batch_pb2.GetFileHistoryResponse]]:
         """A file's whole history: every state change (from, to, why: attempts, codes,
         delays chosen) and every request about its batch (who retried or cancelled it).
         """
