@@ -40,10 +40,12 @@ from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, c
 from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
+from server.service.calls import CallObserver, ObservingInterceptor
 from server.service.metrics import ServiceMetrics
 from server.service.metrics_http import MetricsServer
 from server.service.servicer import BatchServicer, watch_handler
 from server.service.settings import ServerSettings
+from server.service.tracing import Tracing, tracing_from_environment
 from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire.decoding import DecodingInterceptor
@@ -69,6 +71,8 @@ class Service:
             else the PDF extractor.
         clock: Monotonic seconds for the per-tenant rate limits. Default
             ``time.monotonic``.
+        tracing: Traces of calls and attempts (:mod:`server.service.tracing`), shut
+            down by :meth:`stop`. Default none.
 
     Raises:
         RuntimeError: The address cannot be bound.
@@ -83,8 +87,11 @@ class Service:
         store: Store | None = None,
         processor: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self._tracing = tracing
+        self._metrics: ServiceMetrics | None = None
         security = settings.security
         tokens = TenantTokens.load(security.tokens_file) if security.tokens_file else None
         self.authenticator = Authenticator(tokens)
@@ -104,6 +111,7 @@ class Service:
         self._stopping = False
         self._metrics_http: MetricsServer | None = None
         with contextlib.ExitStack() as undo:
+            undo.callback(self._stop_tracing)
             data = settings.data_dir
             # Everything below holds documents, their names and digests: the service's
             # user's alone.
@@ -176,7 +184,7 @@ class Service:
                     clock=clock,
                 ),
             )
-            self.metrics_address = self._start_metrics(undo)
+            self.metrics_address = self._start_observers(undo)
             self.health = health.HealthServicer()
             self.server = self._build_server()
             undo.callback(self._rpc_threads.shutdown)
@@ -189,13 +197,15 @@ class Service:
                 raise RuntimeError(f"cannot listen on {settings.address}")
             undo.pop_all()
 
-    def _start_metrics(self, undo: contextlib.ExitStack) -> str | None:
-        """Serve Prometheus metrics if asked to; returns ``host:port`` or ``None``."""
+    def _start_observers(self, undo: contextlib.ExitStack) -> str | None:
+        """Trace and serve Prometheus metrics if asked to; returns ``host:port`` or ``None``."""
+        if self._tracing is not None:
+            undo.callback(self.store.subscribe(self._tracing.observe))
         port = self.settings.metrics_port
         if port is None:
             return None
         pool = self.pool if isinstance(self.pool, WorkerPool) else None
-        metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
+        metrics = self._metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
         undo.callback(self.store.subscribe(metrics.observe))
         host = self.settings.metrics_address
         self._metrics_http = MetricsServer(
@@ -207,6 +217,10 @@ class Service:
         )
         undo.callback(self._stop_metrics)
         return f"{host}:{self._metrics_http.port}"
+
+    def _stop_tracing(self) -> None:
+        if self._tracing is not None:
+            self._tracing.shutdown()
 
     def _stop_metrics(self) -> None:
         if self._metrics_http is not None:
@@ -221,9 +235,11 @@ class Service:
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
-            # Health and reflection stay open (see server.security.auth); a request that does not
+            # Calls are counted and traced first, so that refused ones are too; health and
+            # reflection stay open (see server.security.auth); a request that does not
             # decode is the caller's mistake, not an internal error (see server.wire.decoding).
             interceptors=[
+                *(ObservingInterceptor(observer) for observer in self._call_observers()),
                 AuthInterceptor(
                     self.authenticator,
                     self._auth_failures,
@@ -242,6 +258,14 @@ class Service:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         return server
+
+    def _call_observers(self) -> list[CallObserver]:
+        observers: list[CallObserver] = []
+        if self._metrics is not None:
+            observers.append(self._metrics.rpcs)
+        if self._tracing is not None:
+            observers.append(self._tracing)
+        return observers
 
     @property
     def address(self) -> str:
@@ -286,6 +310,8 @@ class Service:
             steps.callback(self.scheduler.close)
             steps.callback(self.pool.close)
             steps.callback(self._stop_metrics)
+            # After the runtime: the attempts it interrupts are traced too.
+            steps.callback(self._stop_tracing)
             steps.callback(self.runtime.close)
             steps.callback(self._rpc_threads.shutdown, wait=True)
             steps.callback(lambda: self.server.stop(max(0.0, deadline - time.monotonic())).wait())
@@ -367,7 +393,7 @@ def serve(settings: ServerSettings) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        service = Service(settings)
+        service = Service(settings, tracing=tracing_from_environment())
         service.start()
         print(f"listening on {service.address}", flush=True)
         try:

@@ -1,16 +1,26 @@
-"""Prometheus metrics: counted from the store's events, read from the pool and the hub.
+"""Prometheus metrics: counted from the store's events and the calls, read from the pool.
 
 Counters and histograms move as events are committed (the listener is a few dictionary
-lookups, so it costs the committing supervisor nothing worth measuring); gauges are read
-when Prometheus scrapes. Off by default; ``pdfbatch serve --metrics-port PORT`` serves
-them on their own port.
+lookups, so it costs the committing supervisor nothing worth measuring) and as calls end
+(:class:`RpcMetrics`, fed by :class:`server.service.calls.ObservingInterceptor`); gauges
+are read when Prometheus scrapes. Off by default; ``pdfbatch serve --metrics-port PORT``
+serves them on their own port.
+
+The per-call metrics have the names and labels of grpc-prometheus
+(``grpc_server_started_total``, ``grpc_server_handled_total`` by ``grpc_code``,
+``grpc_server_handling_seconds``; labels ``grpc_service``, ``grpc_method``,
+``grpc_type``), so that dashboards and alerts made for any gRPC server fit this one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -18,11 +28,14 @@ from prometheus_client.registry import Collector
 from actors.execution.local.pool import PoolStats
 from actors.policy.model import BatchEvent, FileState
 from actors.storage.store import Store
+from server.service.calls import CallScope, Method
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["RpcMetrics", "ServiceMetrics"]
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _DELAY_BUCKETS = (0.1, 0.5, 1, 2, 4, 8, 16, 32, 60, 120, 300)
+# Calls take from a millisecond (GetBatch) to hours (a followed watch, a large upload).
+_RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 _SETTLED = frozenset({FileState.SUCCEEDED, FileState.FAILED, FileState.CANCELLED})
 
 
@@ -76,6 +89,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_Gauges(store, pool, watchers))
+        self.rpcs = RpcMetrics(self.registry)
 
     def observe(self, event: BatchEvent) -> None:
         """Count one committed event; a store listener."""
@@ -129,3 +143,66 @@ class _Gauges(Collector):
         yield GaugeMetricFamily(
             "pdfbatch_queue_depth", "Attempts waiting for a worker.", value=stats.queued
         )
+
+
+class RpcMetrics:
+    """Calls by method and status code, and their latency; a call observer.
+
+    Args:
+        registry: Where the metrics are registered.
+        clock: Monotonic seconds. Default ``time.monotonic``.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self._clock = clock
+        self.started_calls = Counter(
+            "grpc_server_started_total",
+            "Calls started on the server, by method.",
+            labels,
+            registry=registry,
+        )
+        self.handled_calls = Counter(
+            "grpc_server_handled_total",
+            "Calls that ended, by method and gRPC status code (OK, NOT_FOUND, ...).",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from a call's start to its end, streams included, by method.",
+            labels,
+            buckets=_RPC_BUCKETS,
+            registry=registry,
+        )
+
+    def started(
+        self, method: Method, context: grpc.ServicerContext, request: object | None
+    ) -> CallScope:
+        """Count the call; its scope times it and counts its end."""
+        del context, request
+        labels = (method.kind, method.service, method.name)
+        self.started_calls.labels(*labels).inc()
+        return _TimedCall(self, labels, self._clock())
+
+
+class _TimedCall:
+    __slots__ = ("_labels", "_metrics", "_start")
+
+    def __init__(self, metrics: RpcMetrics, labels: tuple[str, str, str], start: float) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._start = start
+
+    def running(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def returned(self, response: object) -> None:
+        del response
+
+    def ended(self, code: grpc.StatusCode) -> None:
+        metrics = self._metrics
+        metrics.handled_calls.labels(*self._labels, code.name).inc()
+        metrics.handling_seconds.labels(*self._labels).observe(metrics._clock() - self._start)

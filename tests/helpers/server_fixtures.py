@@ -32,6 +32,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.service.app import DATABASE_NAME, Service
 from server.service.settings import ServerSettings, UploadLimits
+from server.service.tracing import Tracing
 
 WAIT = 60.0
 
@@ -141,7 +142,11 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
     running: list[RunningServer] = []
 
     def start(
-        *, store: Store | None = None, limits: dict[str, int] | None = None, **settings: Any
+        *,
+        store: Store | None = None,
+        limits: dict[str, int] | None = None,
+        tracing: Tracing | None = None,
+        **settings: Any,
     ) -> RunningServer:
         data_dir = tmp_path / f"server-{len(running)}"
         settings.setdefault("workers", 2)
@@ -155,6 +160,7 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
                 **settings,
             ),
             store=store,
+            tracing=tracing,
         )
         service.start()
         channel = grpc.insecure_channel(service.address)

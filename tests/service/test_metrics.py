@@ -9,11 +9,13 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.samples import not_a_pdf, text_pdf
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.metrics_http import MetricsServer
 from server.service.settings import ServerSettings
 from tests.helpers.processes import eventually
@@ -51,6 +53,81 @@ def test_metrics_count_a_batch_with_mixed_outcomes(serve: ServerFactory) -> None
     assert samples[("pdfbatch_workers_busy", ())] == 0
     assert samples[("pdfbatch_queue_depth", ())] == 0
     assert samples[("pdfbatch_watchers", ())] == 0
+
+
+_SERVICE = "pdfbatch.v1.BatchService"
+
+
+def _calls(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], method: str, kind: str
+) -> dict[str, float]:
+    """``grpc_server_handled_total`` of one method, by code."""
+    labels = (("grpc_method", method), ("grpc_service", _SERVICE), ("grpc_type", kind))
+    return {
+        dict(key)["grpc_code"]: value
+        for (name, key), value in samples.items()
+        if name == "grpc_server_handled_total"
+        and tuple(item for item in key if item[0] != "grpc_code") == labels
+    }
+
+
+def _rpc_sample(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, method: str, kind: str
+) -> float:
+    labels = (("grpc_method", method), ("grpc_service", _SERVICE), ("grpc_type", kind))
+    return samples.get((name, labels), 0.0)
+
+
+def test_calls_are_counted_by_method_and_code_and_timed_when_they_end(
+    serve: ServerFactory,
+) -> None:
+    server = serve(metrics_port=0)
+    address = server.service.metrics_address
+    assert address is not None
+    batch = server.submit(("a.pdf", text_pdf("one")))
+    server.settle(batch.batch_id)
+    server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=60)
+    with pytest.raises(grpc.RpcError) as missing:
+        server.stub.GetBatch(pb.GetBatchRequest(batch_id="0" * 32), timeout=60)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # A followed watch runs until its client leaves: started, not yet handled.
+    followed = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=60
+    )
+    assert next(followed).HasField("snapshot")
+    expired = server.stub.WatchBatch(
+        pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=0.5
+    )
+    with pytest.raises(grpc.RpcError) as late:
+        list(expired)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    # The server hears of a call's end after its client does.
+    def watches_ended() -> bool:
+        return _calls(_scrape(address), "WatchBatch", "server_stream") == {
+            "OK": 1,
+            "DEADLINE_EXCEEDED": 1,
+        }
+
+    eventually(watches_ended, timeout=30)
+    samples = _scrape(address)
+    assert _rpc_sample(samples, "grpc_server_started_total", "WatchBatch", "server_stream") == 3
+    assert _calls(samples, "GetBatch", "unary") == {"OK": 1, "NOT_FOUND": 1}
+    assert _calls(samples, "SubmitBatch", "client_stream") == {"OK": 1}
+    count = "grpc_server_handling_seconds_count"
+    assert _rpc_sample(samples, count, "GetBatch", "unary") == 2
+    assert _rpc_sample(samples, count, "WatchBatch", "server_stream") == 2
+    # The expired watch lasted its half second, and the histogram saw all of it.
+    assert (
+        _rpc_sample(samples, "grpc_server_handling_seconds_sum", "WatchBatch", "server_stream")
+        >= 0.5
+    )
+
+    followed.cancel()
+    eventually(
+        lambda: _calls(_scrape(address), "WatchBatch", "server_stream").get("CANCELLED") == 1,
+        timeout=30,
+    )
 
 
 def test_metrics_are_off_by_default(serve: ServerFactory) -> None:
