@@ -18,9 +18,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from actors.policy.model import (
+    Attempt,
+    AttemptOutcome,
+    BatchEvent,
+    BatchState,
+    FileRecord,
+    FileState,
+)
 from bench.samples import not_a_pdf, text_pdf
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from server.service.calls import Method
 from server.service.otel import OtelTracing
 from server.service.tracing import exporter_names, tracing_from_environment
 from tests.helpers.processes import eventually
@@ -223,3 +232,64 @@ def test_serve_with_the_console_exporter_prints_the_callers_trace(tmp_path: Path
     assert attempt["attributes"]["pdfbatch.batch_id"] == batch.batch_id
     assert attempt["attributes"]["pdfbatch.attempt.outcome"] == "SUCCEEDED"
     assert attempt["resource"]["attributes"]["service.name"] == "pdfbatch-under-test"
+
+
+class _Caller:
+    """What a call observer reads of a gRPC context: the caller's metadata."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+_SUBMIT = Method("pdfbatch.v1.BatchService", "SubmitBatch", "client_stream")
+
+
+def _attempt_ended(batch_id: str, started: float) -> BatchEvent:
+    attempt = Attempt(1, started, started + 0.5, AttemptOutcome.SUCCEEDED, None, 4242)
+    file = FileRecord("f00001", "a.pdf", "0" * 64, 1, FileState.SUCCEEDED, (attempt,))
+    return BatchEvent(3, batch_id, started + 0.5, BatchState.SUCCEEDED, file, "", FileState.RUNNING)
+
+
+def _created(batch_id: str, seconds: int) -> pb.Batch:
+    batch = pb.Batch(batch_id=batch_id)
+    batch.create_time.FromSeconds(seconds)
+    return batch
+
+
+def test_an_attempt_that_ends_before_its_submission_returns_waits_for_it() -> None:
+    spans = InMemorySpanExporter()
+    tracing = OtelTracing([SimpleSpanProcessor(spans)], clock=lambda: 100.0)
+    try:
+        submit = tracing.started(_SUBMIT, _Caller(), None)
+        tracing.observe(_attempt_ended("b1", 101.0))
+        assert spans.get_finished_spans() == ()
+        submit.returned(_created("b1", 101))
+        submit.ended(grpc.StatusCode.OK)
+        finished = list(spans.get_finished_spans())
+        (call,) = _named(finished, "pdfbatch.v1.BatchService/SubmitBatch")
+        (attempt,) = _named(finished, "pdfbatch.attempt")
+        assert call.context is not None
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == call.context.span_id
+        assert attempt.attributes is not None
+        assert attempt.attributes["pdfbatch.worker.pid"] == 4242
+        spans.clear()
+
+        # Nothing in flight could claim it: a root at once.
+        tracing.observe(_attempt_ended("resumed", 102.0))
+        (root,) = spans.get_finished_spans()
+        assert root.parent is None
+        assert root.attributes is not None
+        assert root.attributes["pdfbatch.cause"] == "unknown"
+        spans.clear()
+
+        # Parked while a submission is in flight; a root once it ended without claiming it.
+        other = tracing.started(_SUBMIT, _Caller(), None)
+        tracing.observe(_attempt_ended("resumed", 103.0))
+        assert spans.get_finished_spans() == ()
+        other.returned(_created("another", 103))
+        other.ended(grpc.StatusCode.OK)
+        (parked,) = _named(list(spans.get_finished_spans()), "pdfbatch.attempt")
+        assert parked.parent is None
+    finally:
+        tracing.shutdown()
