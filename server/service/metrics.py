@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -158,6 +158,7 @@ class RpcMetrics:
     ) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         self._clock = clock
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.started_calls = Counter(
             "grpc_server_started_total",
             "Calls started on the server, by method.",
@@ -184,8 +185,21 @@ class RpcMetrics:
         """Count the call; its scope times it and counts its end."""
         del context, request
         labels = (method.kind, method.service, method.name)
-        self.started_calls.labels(*labels).inc()
+        self._child(self.started_calls, labels).inc()
         return _TimedCall(self, labels, self._clock())
+
+    def _ended(self, labels: tuple[str, str, str], code: grpc.StatusCode, start: float) -> None:
+        self._child(self.handled_calls, (*labels, code.name)).inc()
+        self._child(self.handling_seconds, labels).observe(self._clock() - start)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        # ``labels()`` takes a lock and builds a key each time: a third of a call's cost.
+        # Methods and codes are few, so every child is kept.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 class _TimedCall:
@@ -203,6 +217,4 @@ class _TimedCall:
         del response
 
     def ended(self, code: grpc.StatusCode) -> None:
-        metrics = self._metrics
-        metrics.handled_calls.labels(*self._labels, code.name).inc()
-        metrics.handling_seconds.labels(*self._labels).observe(metrics._clock() - self._start)
+        self._metrics._ended(self._labels, code, self._start)
