@@ -1191,7 +1191,7 @@ class FilesChange(_message.Message):
     """Why, in words, e.g. the cancel or the failure threshold that moved them."""
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The files that changed, in submission order."""
+        """The files that changed."""
 
     @_builtins.property
     def error(self) -> Global___FileError:
