@@ -96,7 +96,11 @@ def tracing_from_environment(environ: Mapping[str, str] | None = None) -> Tracin
             hint="Install the extra: pip install 'pdfbatch[otel]'.",
         )
         return None
-    tracing = otel.OtelTracing.from_environment(names, environ)
+    try:
+        tracing = otel.OtelTracing.from_environment(names, environ)
+    except ValueError as error:
+        log.warning("tracing_unavailable", exporters=", ".join(names), error=str(error))
+        return None
     log.info("tracing", exporters=", ".join(names), service_name=tracing.service_name)
     started: Tracing = tracing
     return started

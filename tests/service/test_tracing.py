@@ -157,6 +157,11 @@ def test_the_exporters_come_from_the_standard_variables() -> None:
         assert exporter_names({"OTEL_TRACES_EXPORTER": "zipkin"}) == ()
     assert [entry["event"] for entry in logs] == ["tracing_exporter_unknown"]
     assert tracing_from_environment({"OTEL_TRACES_EXPORTER": "none"}) is None
+    with structlog.testing.capture_logs() as logs:
+        unknown_protocol = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "xml"}
+        assert tracing_from_environment(unknown_protocol) is None
+    assert [entry["event"] for entry in logs] == ["tracing_unavailable"]
+    assert "grpc or http/protobuf" in logs[0]["error"]
 
 
 def test_without_the_extra_traces_are_off_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
