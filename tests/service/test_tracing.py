@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import structlog
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -298,3 +300,70 @@ def test_an_attempt_that_ends_before_its_submission_returns_waits_for_it() -> No
         assert parked.parent is None
     finally:
         tracing.shutdown()
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP receiver on loopback: what a collector would get."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(service name, span name, attributes) of every span received."""
+        found = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        attributes: dict[str, Any] = {
+                            a.key: a.value.string_value or a.value.int_value
+                            for a in span.attributes
+                        }
+                        attributes["trace_id"] = span.trace_id.hex()
+                        found.append((resource["service.name"], span.name, attributes))
+        return found
+
+
+def test_otlp_sends_the_traces_to_the_endpoint(
+    serve: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = _Collector()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "pdfbatch-otlp")
+        monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+        tracing = tracing_from_environment()  # otlp, since an endpoint is set
+        assert tracing is not None
+        server = serve(tracing=tracing)
+        batch = server.stub.SubmitBatch(
+            upload(pb.BatchSpec(), [("a.pdf", text_pdf("one"))]),
+            timeout=WAIT,
+            metadata=_traceparent(_TRACE),
+        )
+        server.settle(batch.batch_id)
+        server.service.stop()  # sends what the batch processor holds
+        ours = [
+            (service, name, a) for service, name, a in collector.spans() if a["trace_id"] == _TRACE
+        ]
+        assert sorted(name for _, name, _ in ours) == [
+            "pdfbatch.attempt",
+            "pdfbatch.v1.BatchService/SubmitBatch",
+        ]
+        assert {service for service, _, _ in ours} == {"pdfbatch-otlp"}
+        (attempt,) = (a for _, name, a in ours if name == "pdfbatch.attempt")
+        assert attempt["pdfbatch.batch_id"] == batch.batch_id
+        assert attempt["pdfbatch.attempt.number"] == 1
+    finally:
+        receiver.stop(None).wait()
