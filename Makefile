@@ -17,7 +17,7 @@ $(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,ray,otel]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 ## demo: start the service on a fresh data directory and run a demo batch through it.
