@@ -30,6 +30,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.security.auth import hash_token
 
-__all__ = ["main", "measure"]
+__all__ = ["Plan", "main", "measure"]
 
 TOKENS = {"acme": "acme-bench-token-3f9a1c7e", "globex": "globex-bench-token-8b2d4e6f"}
 WAIT = 120.0
@@ -128,24 +130,46 @@ class _Server:
         self._log.close()
 
 
-def _timed(call: Callable[[], object]) -> float:
+# Seconds each of A's timed calls may take; a call past it counts as failed.
+CALL_TIMEOUT = 10.0
+
+
+def _timed(call: Callable[[], object], failures: list[str]) -> float:
+    """Seconds ``call`` took; a refused call is recorded in ``failures``."""
     began = time.perf_counter()
-    call()
+    try:
+        call()
+    except grpc.RpcError as error:
+        failures.append(error.code().name)
     return time.perf_counter() - began
 
 
-def _a_calls(
-    a: batch_pb2_grpc.BatchServiceStub, small: str, samples: int
-) -> dict[str, list[float]]:
-    """A's GetBatch, submit of one file and watch of a settled batch, timed."""
+@dataclass(frozen=True)
+class Plan:
+    """How many of A's calls each phase times, and how long each may take."""
+
+    samples: int = 200
+    call_timeout: float = CALL_TIMEOUT
+
+
+def _a_calls(a: batch_pb2_grpc.BatchServiceStub, small: str, plan: Plan) -> dict[str, list[float]]:
+    """A's GetBatch, submit of one file and watch of a settled batch, timed.
+
+    ``"failed"`` holds one number, not a latency: how many of the calls failed.
+    """
     get = pb.GetBatchRequest(batch_id=small)
     watch = pb.WatchBatchRequest(batch_id=small)
+    limit = plan.call_timeout
     out: dict[str, list[float]] = {"get": [], "submit": [], "watch": []}
-    for index in range(samples):
-        out["get"].append(_timed(lambda: a.GetBatch(get, timeout=WAIT)))
+    failed: list[str] = []
+    for index in range(plan.samples):
+        out["get"].append(_timed(lambda: a.GetBatch(get, timeout=limit), failed))
         if index % 10 == 0:
-            out["submit"].append(_timed(lambda: a.SubmitBatch(_upload("a", 1), timeout=WAIT)))
-            out["watch"].append(_timed(lambda: list(a.WatchBatch(watch, timeout=WAIT))))
+            out["submit"].append(
+                _timed(partial(a.SubmitBatch, _upload("a", 1), timeout=limit), failed)
+            )
+            out["watch"].append(_timed(lambda: list(a.WatchBatch(watch, timeout=limit)), failed))
+    out["failed"] = [float(len(failed))]
     return out
 
 
@@ -158,17 +182,17 @@ def _held(calls: list[Any]) -> int:
     return sum(not call.done() for call in calls)
 
 
-def measure(samples: int = 200, files: int = 300) -> dict[str, Any]:
+def measure(plan: Plan, files: int = 300) -> dict[str, Any]:
     """Run every phase; the figures and their raw samples."""
     with tempfile.TemporaryDirectory(prefix="pdfbatch-bench-tenants-") as scratch:
         server = _Server(Path(scratch))
         try:
-            return _phases(server, samples, files)
+            return _phases(server, plan, files)
         finally:
             server.stop()
 
 
-def _phases(server: _Server, samples: int, files: int) -> dict[str, Any]:
+def _phases(server: _Server, plan: Plan, files: int) -> dict[str, Any]:
     a, b = server.stub("acme"), server.stub("globex")
     small = a.SubmitBatch(_upload("small", 1), timeout=WAIT).batch_id
     big = a.SubmitBatch(_upload("big", files), timeout=WAIT).batch_id
@@ -176,10 +200,40 @@ def _phases(server: _Server, samples: int, files: int) -> dict[str, Any]:
     for batch_id in (small, big):
         _settle(a, batch_id)
     _settle(b, theirs)
-    phases: dict[str, dict[str, list[float]]] = {"calm": _a_calls(a, small, samples)}
     held: dict[str, int] = {}
+    phases = {
+        "calm": _a_calls(a, small, plan),
+        "300 open streams": _under_open_streams(server, a, small, plan, held=held),
+        "B holds its watches and 40 stalled uploads": _under_hostile_tenant(
+            a, b, small, theirs, plan, held=held
+        ),
+    }
+    foreign, missing = _foreign_and_missing(b, big, plan.samples)
+    figures: dict[str, Any] = {"held": held, "phases": {}}
+    for phase, calls in phases.items():
+        failed = int(calls.pop("failed")[0])
+        figures["phases"][phase] = {
+            f"{call} {stat} ms": round(1000 * fn(values), 2)
+            for call, values in calls.items()
+            for stat, fn in (("median", statistics.median), ("max", max))
+        } | {"calls failed": failed}
+    figures["foreign/missing GetBatch median"] = round(
+        statistics.median(foreign) / statistics.median(missing), 3
+    )
+    figures["foreign GetBatch median ms"] = round(1000 * statistics.median(foreign), 3)
+    figures["missing GetBatch median ms"] = round(1000 * statistics.median(missing), 3)
+    return figures
 
-    # Anyone, without a token: health watches and reflection streams, never read.
+
+def _under_open_streams(
+    server: _Server,
+    a: batch_pb2_grpc.BatchServiceStub,
+    small: str,
+    plan: Plan,
+    *,
+    held: dict[str, int],
+) -> dict[str, list[float]]:
+    """A's calls while anyone, without a token, opens streams and never reads them."""
     release = threading.Event()
     channels = [server.channel() for _ in range(10)]
 
@@ -201,13 +255,23 @@ def _phases(server: _Server, samples: int, files: int) -> dict[str, Any]:
     try:
         time.sleep(1.0)  # let the refusals come back
         held["open streams held"] = _held(streams)
-        phases["300 open streams"] = _a_calls(a, small, samples)
+        return _a_calls(a, small, plan)
     finally:
         release.set()
         for call in streams:
             call.cancel()
 
-    # Tenant B: every watch it may, and 40 stalled uploads.
+
+def _under_hostile_tenant(
+    a: batch_pb2_grpc.BatchServiceStub,
+    b: batch_pb2_grpc.BatchServiceStub,
+    small: str,
+    theirs: str,
+    plan: Plan,
+    *,
+    held: dict[str, int],
+) -> dict[str, list[float]]:
+    """A's calls while B holds every watch it may and 40 stalled uploads."""
     release = threading.Event()
     follow = pb.WatchBatchRequest(batch_id=theirs, follow=True)
     watches = [b.WatchBatch(follow, timeout=HOLD) for _ in range(WATCHES_ASKED)]
@@ -218,39 +282,30 @@ def _phases(server: _Server, samples: int, files: int) -> dict[str, Any]:
         time.sleep(1.0)
         held["B watches held"] = _held(watches)
         held["B uploads held"] = _held(uploads)
-        phases["B holds its watches and 40 stalled uploads"] = _a_calls(a, small, samples)
+        calls = _a_calls(a, small, plan)
         held["B uploads still held after"] = _held(uploads)
+        return calls
     finally:
         release.set()
         for call in (*watches, *uploads):
             call.cancel()
 
-    # B's GetBatch on A's big batch and on ids that do not exist, interleaved.
+
+def _foreign_and_missing(
+    b: batch_pb2_grpc.BatchServiceStub, big: str, samples: int
+) -> tuple[list[float], list[float]]:
+    """B's GetBatch on A's big batch and on ids that do not exist, interleaved."""
     foreign: list[float] = []
     missing: list[float] = []
     for _ in range(samples):
         for batch_id, into in ((big, foreign), (uuid.uuid4().hex, missing)):
             request = pb.GetBatchRequest(batch_id=batch_id)
             began = time.perf_counter()
-            try:
-                b.GetBatch(request, timeout=WAIT)
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+            code = b.GetBatch.future(request, timeout=WAIT).code()
             into.append(time.perf_counter() - began)
-
-    figures: dict[str, Any] = {"held": held, "phases": {}}
-    for phase, calls in phases.items():
-        figures["phases"][phase] = {
-            f"{call} {stat} ms": round(1000 * fn(values), 2)
-            for call, values in calls.items()
-            for stat, fn in (("median", statistics.median), ("max", max))
-        }
-    figures["foreign/missing GetBatch median"] = round(
-        statistics.median(foreign) / statistics.median(missing), 3
-    )
-    figures["foreign GetBatch median ms"] = round(1000 * statistics.median(foreign), 3)
-    figures["missing GetBatch median ms"] = round(1000 * statistics.median(missing), 3)
-    return figures
+            if code != grpc.StatusCode.NOT_FOUND:
+                raise RuntimeError(f"B's GetBatch of {batch_id} answered {code}")
+    return foreign, missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tenants", description=__doc__)
     parser.add_argument("--samples", type=int, default=200, help="GetBatch calls per phase")
     parser.add_argument("--files", type=int, default=300, help="files of A's big batch")
+    parser.add_argument(
+        "--call-timeout", type=float, default=CALL_TIMEOUT, help="seconds A's calls may take"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.samples, args.files), indent=2))
+    print(json.dumps(measure(Plan(args.samples, args.call_timeout), args.files), indent=2))
     return 0
 
 
