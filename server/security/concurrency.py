@@ -32,8 +32,10 @@ class CallCap:
     Attributes:
         limit: Calls allowed at once; ``None`` for no cap.
         reason: The ``ErrorInfo`` reason of a refusal (``TOO_MANY_UPLOADS``...).
-        setting: The setting's name, as a refusal names it (``max_uploads``).
-        message: What the refusal says, with ``{limit}`` where the number goes.
+        setting: The setting's name (``max_uploads``): the refusal's message names it,
+            and its ``ErrorInfo`` metadata gives its value under the lowerCamelCase
+            key (``maxUploads``).
+        message: What the refusal says, with ``{limit}`` and ``{setting}`` where they go.
     """
 
     limit: int | None
@@ -50,10 +52,16 @@ class CallCap:
         return WireError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             self.reason,
-            self.message.format(limit=self.limit),
+            self.message.format(limit=self.limit, setting=self.setting),
             retry_after=retry_after,
-            metadata={self.setting: str(self.limit)},
+            metadata={_camel(self.setting): str(self.limit)},
         )
+
+
+def _camel(snake: str) -> str:
+    """``max_uploads_per_tenant`` -> ``maxUploadsPerTenant``, as metadata keys are."""
+    first, *rest = snake.split("_")
+    return first + "".join(word.capitalize() for word in rest)
 
 
 class Slot:

@@ -58,7 +58,7 @@ class UploadPace:
             f"The upload sent nothing for {self.idle_seconds:g} s, so it was ended and "
             "nothing of it was stored. Send each file's bytes without pausing, then `end`; "
             "an operator can raise upload_idle_timeout_seconds.",
-            metadata={"upload_idle_timeout_seconds": f"{self.idle_seconds:g}"},
+            metadata={"uploadIdleTimeoutSeconds": f"{self.idle_seconds:g}"},
         )
 
     def too_long(self) -> WireError:
@@ -69,7 +69,7 @@ class UploadPace:
             f"The upload was still sending after {self.max_seconds:g} s, the most one may "
             "take, so it was ended and nothing of it was stored. Send smaller batches, or "
             "ask an operator to raise max_upload_seconds.",
-            metadata={"max_upload_seconds": f"{self.max_seconds:g}"},
+            metadata={"maxUploadSeconds": f"{self.max_seconds:g}"},
         )
 
 

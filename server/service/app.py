@@ -360,8 +360,8 @@ def _watch_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
             settings.watchers_per_tenant(tenants=tenants),
             "TOO_MANY_TENANT_WATCHERS",
             "max_watchers_per_tenant",
-            "You have {limit} watches open, the most one tenant may have; close one (or "
-            "watch without follow), then try again.",
+            "You have {limit} watches open, the most one tenant may have ({setting}); close "
+            "one (or watch without follow), then try again.",
         )
     )
 
@@ -373,15 +373,15 @@ def _upload_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
             settings.uploads_per_tenant(tenants=tenants),
             "TOO_MANY_TENANT_UPLOADS",
             "max_uploads_per_tenant",
-            "You have {limit} uploads in progress, the most one tenant may have; wait for "
-            "one to finish, then try again.",
+            "You have {limit} uploads in progress, the most one tenant may have ({setting}); "
+            "wait for one to finish, then try again.",
         ),
         CallCap(
             settings.max_uploads,
             "TOO_MANY_UPLOADS",
             "max_uploads",
-            "The service has {limit} uploads in progress, the most it takes at once; try "
-            "again shortly.",
+            "The service has {limit} uploads in progress, the most it takes at once "
+            "({setting}); try again shortly.",
         ),
     )
 

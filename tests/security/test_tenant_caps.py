@@ -69,9 +69,9 @@ def test_a_refused_watch_names_the_cap_and_the_setting(secure_serve: SecureFacto
     finally:
         hostile.close()
     assert (error.code, error.reason) == (EXHAUSTED, "TOO_MANY_TENANT_WATCHERS")
-    assert error.metadata == {"max_watchers_per_tenant": "1"}
+    assert error.metadata == {"maxWatchersPerTenant": "1"}
     assert error.retry_delay == 5.0
-    assert "the most one tenant may have" in error.message
+    assert "the most one tenant may have (max_watchers_per_tenant)" in error.message
 
 
 def test_stalled_uploads_of_one_tenant_leave_the_others_calls_answered(
@@ -108,7 +108,7 @@ def test_uploads_of_all_tenants_together_are_capped_too(secure_serve: SecureFact
     finally:
         hostile.close()
     assert (error.code, error.reason) == (EXHAUSTED, "TOO_MANY_UPLOADS")
-    assert error.metadata == {"max_uploads": "2"}
+    assert error.metadata == {"maxUploads": "2"}
     assert error.retry_delay == 5.0
 
 
@@ -152,7 +152,7 @@ def test_an_upload_that_trickles_past_its_longest_time_is_ended(
     finally:
         stop.set()
     assert (error.code, error.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPLOAD_TOO_SLOW")
-    assert error.metadata == {"max_upload_seconds": "1"}
+    assert error.metadata == {"maxUploadSeconds": "1"}
     eventually(lambda: _incoming(server) == [])
     assert server.service.store.list_batches() == []
 
