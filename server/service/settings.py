@@ -50,7 +50,9 @@ class UploadLimits(BaseSettings):
             (before the first included); a longer one ends it with
             ``DEADLINE_EXCEEDED`` ``UPLOAD_IDLE_TIMEOUT`` and stores nothing of it.
             Default 30: a client that sends keeps sending, and a stalled one holds a
-            thread of the service.
+            thread of the service. A message counts once it arrived whole, so a link
+            must carry one message in that time (the Python client's 1 MiB chunks need
+            35 KB/s).
         max_upload_seconds: Longest time one upload may take to arrive whole; a longer
             one ends with ``DEADLINE_EXCEEDED`` ``UPLOAD_TOO_SLOW``. Default 3,600: the
             largest batch (2 GiB) arrives within it at 600 KB/s.
