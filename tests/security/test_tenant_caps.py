@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.security.concurrency import CallCap, Slot, TenantCaps
 from server.security.pacing import UploadPace, paced
 from server.service.settings import ServerSettings
 from server.wire.errors import WireError
@@ -247,3 +250,35 @@ def test_the_thread_budget_leaves_room_beyond_every_long_call() -> None:
     assert settings.watchers_per_tenant(tenants=False) is None
     with pytest.raises(ValueError, match="max_watchers \\+ max_uploads \\+ max_open_streams"):
         ServerSettings(max_watchers=8, max_uploads=8, rpc_threads=24)
+
+
+@given(
+    per_tenant=st.integers(1, 4),
+    total=st.integers(1, 8),
+    steps=st.lists(st.tuples(st.booleans(), st.sampled_from("abc")), max_size=60),
+)
+def test_caps_never_let_a_tenant_or_everyone_past_their_limit(
+    per_tenant: int, total: int, steps: list[tuple[bool, str]]
+) -> None:
+    caps = TenantCaps(
+        CallCap(per_tenant, "TOO_MANY_TENANT_UPLOADS", "max_uploads_per_tenant", "{limit}"),
+        CallCap(total, "TOO_MANY_UPLOADS", "max_uploads", "{limit}"),
+    )
+    held: dict[str, list[Slot]] = {"a": [], "b": [], "c": []}
+    for take, tenant in steps:
+        if take:
+            mine, everyone = len(held[tenant]), sum(map(len, held.values()))
+            if mine >= per_tenant or everyone >= total:
+                # Refused exactly when a cap is full, the tenant's named first.
+                with pytest.raises(WireError) as refused_take:
+                    caps.take(tenant)
+                expected = "TOO_MANY_TENANT_UPLOADS" if mine >= per_tenant else "TOO_MANY_UPLOADS"
+                assert refused_take.value.reason == expected
+            else:
+                held[tenant].append(caps.take(tenant))
+        elif held[tenant]:
+            slot = held[tenant].pop()
+            slot.release()
+            slot.release()  # a second release gives nothing back twice
+        assert caps.held(tenant) == len(held[tenant])
+        assert caps.held() == sum(map(len, held.values()))
