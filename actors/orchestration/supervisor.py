@@ -73,8 +73,9 @@ _GROUP_COMMIT_EVENTS = 256
 _TEXT_TOO_LARGE = ResultTooLargeError.__name__
 _RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
 _PASSWORD_LOST = (
-    "This file is password-protected, and the service restarted since its password was "
-    "given; passwords are never stored. Retry the file with its password."
+    "This file is password-protected, and its password is no longer held (the service "
+    "restarted, or the file ended, since it was given); passwords are never stored. "
+    "Retry the file with its password."
 )
 
 
@@ -723,6 +724,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 if f.file_id in self._results
             }
             self._deps.store.commit(changes, results)
+            self._deps.passwords.forget_ended(changes.batch.batch_id, changes.files)
             for file_id in results:
                 del self._results[file_id]
         if self._settle_waiters and self._book.batch.state.terminal:

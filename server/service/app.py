@@ -37,6 +37,7 @@ from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
+from server.security.concurrency import CallCap, TenantCaps
 from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
@@ -155,14 +156,23 @@ class Service:
                 self.store,
                 queue_size=settings.watch_queue_size,
                 max_watchers=settings.max_watchers,
+                per_tenant=_watch_caps(settings, tenants=self.authenticator.required),
             )
             undo.callback(self.hub.close)
-            quotas = TenantQuotas(
+            self.quotas = quotas = TenantQuotas(
                 self.store,
                 max_active_batches=security.max_active_batches,
                 max_stored_bytes=security.max_stored_bytes,
             )
-            uploads = Uploads(self.runtime, self.store, self.blobs, settings.limits, quotas=quotas)
+            self.open_uploads = _upload_caps(settings, tenants=self.authenticator.required)
+            uploads = Uploads(
+                self.runtime,
+                self.store,
+                self.blobs,
+                settings.limits,
+                quotas=quotas,
+                open_uploads=self.open_uploads,
+            )
             self.servicer = BatchServicer(
                 self.runtime,
                 self.store,
@@ -235,6 +245,8 @@ class Service:
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
+            # Beyond it a call is refused at once rather than queued for a thread.
+            maximum_concurrent_rpcs=self.settings.concurrent_rpcs,
             # Calls are counted and traced first, so that refused ones are too; health and
             # reflection stay open (see server.security.auth); a request that does not
             # decode is the caller's mistake, not an internal error (see server.wire.decoding).
@@ -365,6 +377,39 @@ class Service:
                 changed.clear()
         finally:
             unsubscribe()
+
+
+def _watch_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
+    """Each tenant's cap on its ``WatchBatch`` streams (the hub counts everyone's)."""
+    return TenantCaps(
+        CallCap(
+            settings.watchers_per_tenant(tenants=tenants),
+            "TOO_MANY_TENANT_WATCHERS",
+            "max_watchers_per_tenant",
+            "You have {limit} watches open, the most one tenant may have ({setting}); close "
+            "one (or watch without follow), then try again.",
+        )
+    )
+
+
+def _upload_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
+    """Uploads open at once: each tenant's cap, and everyone's."""
+    return TenantCaps(
+        CallCap(
+            settings.uploads_per_tenant(tenants=tenants),
+            "TOO_MANY_TENANT_UPLOADS",
+            "max_uploads_per_tenant",
+            "You have {limit} uploads in progress, the most one tenant may have ({setting}); "
+            "wait for one to finish, then try again.",
+        ),
+        CallCap(
+            settings.max_uploads,
+            "TOO_MANY_UPLOADS",
+            "max_uploads",
+            "The service has {limit} uploads in progress, the most it takes at once "
+            "({setting}); try again shortly.",
+        ),
+    )
 
 
 def _empty(directory: Path) -> None:

@@ -264,8 +264,11 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def WatchBatch(  # type: ignore[override]  # serialized events: see watch_handler
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        self._owned(request.batch_id, self._auth.caller(context))
-        session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
+        caller = self._auth.caller(context)
+        self._owned(request.batch_id, caller)
+        session = self._hub.open(
+            request.batch_id, request.after_sequence, follow=request.follow, tenant=caller
+        )
         if not context.add_callback(session.cancel):
             session.cancel()
         yield from session.frames()

@@ -20,6 +20,7 @@ from actors.policy.results import (
     ResultLimits,
 )
 from actors.storage.retention import RetentionPolicy
+from server.security.pacing import UploadPace
 from server.wire.errors import FieldViolation, WireError
 
 __all__ = [
@@ -45,6 +46,16 @@ class UploadLimits(BaseSettings):
         max_password_bytes: Longest password of a file, in bytes of UTF-8, at submit and
             at retry. Default 1,024: a real PDF password is far shorter, and passwords
             stay in memory until their file ends.
+        upload_idle_timeout_seconds: Longest pause of an upload between two messages
+            (before the first included); a longer one ends it with
+            ``DEADLINE_EXCEEDED`` ``UPLOAD_IDLE_TIMEOUT`` and stores nothing of it.
+            Default 30: a client that sends keeps sending, and a stalled one holds a
+            thread of the service. A message counts once it arrived whole, so a link
+            must carry one message in that time (the Python client's 1 MiB chunks need
+            35 KB/s).
+        max_upload_seconds: Longest time one upload may take to arrive whole; a longer
+            one ends with ``DEADLINE_EXCEEDED`` ``UPLOAD_TOO_SLOW``. Default 3,600: the
+            largest batch (2 GiB) arrives within it at 600 KB/s.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -54,6 +65,13 @@ class UploadLimits(BaseSettings):
     max_files_per_batch: int = Field(default=1_000, ge=1)
     max_name_chars: int = Field(default=MAX_NAME_CHARS, ge=1, le=MAX_NAME_CHARS)
     max_password_bytes: int = Field(default=1024, ge=1)
+    upload_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_upload_seconds: float = Field(default=3600.0, gt=0)
+
+    @property
+    def pace(self) -> UploadPace:
+        """How slow an upload may be."""
+        return UploadPace(self.upload_idle_timeout_seconds, self.max_upload_seconds)
 
     def check_password(self, password: str, field_path: str) -> None:
         """Refuse a password over ``max_password_bytes``.
@@ -151,7 +169,17 @@ class ServerSettings(BaseSettings):
         limits: Upload limits.
         security: Authentication, TLS and per-tenant limits.
         max_watchers: Concurrent ``WatchBatch`` streams; more are refused with
-            ``RESOURCE_EXHAUSTED``. Default 64.
+            ``RESOURCE_EXHAUSTED`` ``TOO_MANY_WATCHERS``. Default 64.
+        max_watchers_per_tenant: Concurrent ``WatchBatch`` streams of one tenant; more
+            are refused with ``RESOURCE_EXHAUSTED`` ``TOO_MANY_TENANT_WATCHERS``.
+            Default: a quarter of ``max_watchers`` when tenants are configured (no
+            tenant can take every watch); none for the one anonymous tenant of a
+            service without tokens.
+        max_uploads: Concurrent ``SubmitBatch`` uploads; more are refused with
+            ``RESOURCE_EXHAUSTED`` ``TOO_MANY_UPLOADS``. Default 32.
+        max_uploads_per_tenant: Concurrent uploads of one tenant; more are refused with
+            ``RESOURCE_EXHAUSTED`` ``TOO_MANY_TENANT_UPLOADS``. Default: a quarter of
+            ``max_uploads`` when tenants are configured; none without tokens.
         watch_queue_size: Events buffered per watcher before it falls back to reading
             the store. Default 4,096: the events are shared by every watcher of the
             batch, so a watcher's queue costs a pointer per event, while a fallback
@@ -167,8 +195,12 @@ class ServerSettings(BaseSettings):
         retention_sweep_seconds: Seconds between two retention sweeps. Default 3600.
         processor: Import path of what workers run on each file. Default the PDF
             extractor; only tests set it (``PDFBATCH_PROCESSOR``), to script workers.
-        rpc_threads: Threads serving calls; more than ``max_watchers`` so that a full
-            house of watchers never starves other calls. Default ``max_watchers + 32``.
+        rpc_threads: Threads serving calls; more than ``max_watchers + max_uploads +
+            max_open_streams`` (the calls that hold a thread for long), so that a full
+            house of them never starves other calls. Default that sum + 32.
+        max_concurrent_rpcs: Calls the server takes at once, running or waiting for a
+            thread; more are refused with ``RESOURCE_EXHAUSTED`` at once instead of
+            queueing without end. Default twice the threads.
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
             are stopped. Default 10.
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
@@ -201,6 +233,9 @@ class ServerSettings(BaseSettings):
     limits: UploadLimits = Field(default_factory=UploadLimits)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
+    max_watchers_per_tenant: int | None = Field(default=None, ge=1)
+    max_uploads: int = Field(default=32, ge=1)
+    max_uploads_per_tenant: int | None = Field(default=None, ge=1)
     watch_queue_size: int = Field(default=4096, ge=1)
     max_events_per_batch: int | None = Field(default=100_000, ge=0)
     event_retention_seconds: float | None = Field(default=7 * _DAY, ge=0)
@@ -209,6 +244,7 @@ class ServerSettings(BaseSettings):
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     processor: str | None = None
     rpc_threads: int | None = Field(default=None, ge=2)
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -219,15 +255,35 @@ class ServerSettings(BaseSettings):
     ray_address: str | None = None
 
     @model_validator(mode="after")
-    def _threads_beyond_watchers(self) -> Self:
-        if self.rpc_threads is not None and self.rpc_threads <= self.max_watchers:
-            raise ValueError("rpc_threads must be more than max_watchers")
+    def _threads_beyond_long_calls(self) -> Self:
+        if self.rpc_threads is not None and self.rpc_threads <= self._long_calls:
+            raise ValueError(
+                "rpc_threads must be more than max_watchers + max_uploads + max_open_streams"
+            )
         return self
+
+    @property
+    def _long_calls(self) -> int:
+        """Calls that may hold a thread for long, at most, all kinds together."""
+        return self.max_watchers + self.max_uploads + self.security.max_open_streams
 
     @property
     def threads(self) -> int:
         """Threads serving calls."""
-        return self.rpc_threads or self.max_watchers + 32
+        return self.rpc_threads or self._long_calls + 32
+
+    @property
+    def concurrent_rpcs(self) -> int:
+        """Calls taken at once, running or queued for a thread."""
+        return self.max_concurrent_rpcs or 2 * self.threads
+
+    def watchers_per_tenant(self, *, tenants: bool) -> int | None:
+        """One tenant's cap on watches (``tenants``: whether tenants are configured)."""
+        return self.max_watchers_per_tenant or _share(self.max_watchers, tenants=tenants)
+
+    def uploads_per_tenant(self, *, tenants: bool) -> int | None:
+        """One tenant's cap on uploads (``tenants``: whether tenants are configured)."""
+        return self.max_uploads_per_tenant or _share(self.max_uploads, tenants=tenants)
 
     @property
     def result_limits(self) -> ResultLimits:
@@ -243,3 +299,9 @@ class ServerSettings(BaseSettings):
             events_max_age=self.event_retention_seconds,
             sweep_interval=self.retention_sweep_seconds,
         )
+
+
+def _share(total: int, *, tenants: bool) -> int | None:
+    """A tenant's default share of a cap of ``total``: a quarter when there are tenants;
+    none of its own for the one anonymous tenant, whom the cap of ``total`` bounds."""
+    return max(1, total // 4) if tenants else None

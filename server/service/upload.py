@@ -8,7 +8,11 @@ file. ``end`` is what tells a complete upload from a cancelled one: grpcio's syn
 can hand a cancel to the request iterator as a plain end of stream.
 
 Limits, and the tenant's quotas, are enforced as early as they can be: a header that
-declares too much is refused before any of its bytes are read.
+declares too much is refused before any of its bytes are read, and the bytes it declares
+stay reserved against the tenant's quota until the upload ends. A tenant may have only
+so many uploads open at once, and everyone together only so many (each holds a thread);
+an upload that pauses too long between messages, or takes too long in all, is ended
+(:mod:`server.security.pacing`).
 
 Blobs are content-addressed and shared between batches. Placing the blobs, submitting
 the batch and deleting blobs nobody refers to any more all happen under one lock, so a
@@ -32,6 +36,8 @@ from actors.policy.refusals import InvalidRequest
 from actors.storage.blobs import BlobStore, BlobWriter
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.security.concurrency import TenantCaps
+from server.security.pacing import paced
 from server.security.quotas import Admission, TenantQuotas
 from server.service.settings import UploadLimits
 from server.wire import convert
@@ -70,6 +76,7 @@ class Uploads:
         blobs: Where the bytes go.
         limits: What one upload may hold.
         quotas: What each tenant may hold. Default: no quotas.
+        open_uploads: Uploads open at once, per tenant and in all. Default: no caps.
     """
 
     def __init__(
@@ -80,12 +87,14 @@ class Uploads:
         limits: UploadLimits,
         *,
         quotas: TenantQuotas | None = None,
+        open_uploads: TenantCaps | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
         self._blobs = blobs
         self._limits = limits
         self._quotas = quotas
+        self._open_uploads = open_uploads
         # Shared with retention, which deletes blobs nobody refers to.
         self._lock = blobs.reference_lock
 
@@ -113,15 +122,20 @@ class Uploads:
                 still waits for it (the call's ``is_active``). Default: always.
 
         Raises:
-            WireError: The stream broke a rule or a limit, ended without ``end``, the
-                disk failed, or the idempotency key was used before for other files.
+            WireError: The stream broke a rule or a limit, ended without ``end``, paused
+                or ran too long, the tenant has too many uploads open, the disk failed,
+                or the idempotency key was used before for other files.
             Refusal: The runtime refused the batch.
             grpc.RpcError: The stream broke off, or the client was gone by the commit.
         """
         with contextlib.ExitStack() as stack:
+            if self._open_uploads is not None:
+                stack.enter_context(self._open_uploads.take(owner))
+            # Read on a thread of its own, so that a stalled client cannot hold this one.
+            messages = stack.enter_context(contextlib.closing(paced(requests, self._limits.pace)))
             try:
-                spec, staged = self._receive(requests, stack, owner)
-                return self._commit(spec, staged, owner, still_wanted)
+                spec, staged, admission = self._receive(messages, stack, owner)
+                return self._commit(spec, staged, owner, still_wanted, admission)
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
@@ -139,7 +153,7 @@ class Uploads:
 
     def _receive(
         self, requests: Iterator[pb.SubmitBatchRequest], stack: contextlib.ExitStack, owner: str
-    ) -> tuple[convert.BatchSpec, list[_Staged]]:
+    ) -> tuple[convert.BatchSpec, list[_Staged], Admission]:
         spec: convert.BatchSpec | None = None
         staged: list[_Staged] = []
         total = 0
@@ -160,6 +174,7 @@ class Uploads:
                     )
                 spec = convert.spec_from_proto(request.spec)
                 admission = self._admit(owner, spec.idempotency_key)
+                stack.callback(admission.release)
             elif kind == "file":
                 if staged:
                     self._finish(staged[-1], len(staged) - 1)
@@ -167,7 +182,7 @@ class Uploads:
                 # The file's own limits first: they are what such a header breaks, and
                 # they keep the total within reach of any quota.
                 self._check_header(request.file, len(staged), total)
-                admission.check(total)
+                admission.reserve(total)
                 staged.append(self._open(request.file, stack))
                 if request.file.content:
                     self._write(staged[-1], len(staged) - 1, request.file.content)
@@ -204,7 +219,7 @@ class Uploads:
                 "with the number of files as the last message, then close the stream.",
                 "end",
             )
-        return spec, staged
+        return spec, staged, admission
 
     def _end(self, end: pb.UploadEnd, staged: list[_Staged]) -> None:
         """The client says it sent everything: check that it did."""
@@ -301,14 +316,17 @@ class Uploads:
         staged: Sequence[_Staged],
         owner: str,
         still_wanted: Callable[[], bool],
+        admission: Admission,
     ) -> BatchView:
         with self._lock:
             if not still_wanted():
                 # Cancelled after `end`: the client will never see the batch. (A cancel
                 # that arrives after this check is too late, as for any complete call.)
                 raise grpc.RpcError()
-            # Again, now that no other upload can commit meanwhile.
-            self._admit(owner, spec.idempotency_key).check(sum(f.declared for f in staged))
+            # Again, now that no other upload can commit meanwhile; the bytes this one
+            # reserved are its own, not another's.
+            declared = sum(f.declared for f in staged)
+            self._admit(owner, spec.idempotency_key).check(declared, besides=admission)
             created: list[str] = []
             files: list[NewFile] = []
             for file in staged:

@@ -25,6 +25,7 @@ import grpc
 from actors.policy.model import BatchEvent, BatchState, BatchSummary
 from actors.policy.refusals import BatchNotFound
 from actors.storage.store import Store
+from server.security.concurrency import Slot, TenantCaps
 from server.wire import convert
 from server.wire.errors import WireError, service_closing
 
@@ -70,8 +71,10 @@ class _Shared:
 class _Watcher:
     """One watcher's queue; filled by the store's listener, drained by the watch."""
 
-    def __init__(self, batch_id: str, capacity: int) -> None:
+    def __init__(self, batch_id: str, capacity: int, slot: Slot | None = None) -> None:
         self.batch_id = batch_id
+        # The tenant's place among its watches, given back when the hub lets go of it.
+        self.slot = slot
         self._capacity = capacity
         self._changed = threading.Condition(threading.Lock())
         self._queue: deque[_Shared] = deque()
@@ -140,6 +143,7 @@ class WatchHub:
         max_watchers: Open watches allowed; more are refused with ``RESOURCE_EXHAUSTED``.
         liveness_interval: Seconds an idle watch waits before checking that its batch
             still exists. Default 2.
+        per_tenant: Each tenant's cap on its open watches. Default: none.
     """
 
     def __init__(
@@ -149,25 +153,43 @@ class WatchHub:
         queue_size: int = 256,
         max_watchers: int = 64,
         liveness_interval: float = 2.0,
+        per_tenant: TenantCaps | None = None,
     ) -> None:
         self.store = store
         self._queue_size = queue_size
         self._max_watchers = max_watchers
         self.liveness_interval = liveness_interval
+        self._per_tenant = per_tenant
         self._lock = threading.Lock()
         self._watchers: dict[str, set[_Watcher]] = {}
         self._count = 0
         self._closed = False
         self._unsubscribe = store.subscribe(self._on_event)
 
-    def open(self, batch_id: str, after_sequence: int, *, follow: bool) -> WatchSession:
-        """Register a watch; iterate the result to stream it.
+    def open(
+        self, batch_id: str, after_sequence: int, *, follow: bool, tenant: str = ""
+    ) -> WatchSession:
+        """Register a watch for ``tenant``; iterate the result to stream it.
 
         Raises:
-            WireError: Too many watches are open.
+            WireError: Too many watches are open, the tenant's or everyone's.
             ServiceClosing: The hub is closed.
         """
-        watcher = _Watcher(batch_id, self._queue_size)
+        watcher = _Watcher(batch_id, self._queue_size, self._admit_tenant(tenant))
+        try:
+            self._register(watcher)
+        except BaseException:
+            if watcher.slot is not None:
+                watcher.slot.release()
+            raise
+        return WatchSession(self, watcher, after_sequence, follow=follow)
+
+    def _admit_tenant(self, tenant: str) -> Slot | None:
+        """The tenant's place among its watches, if it has one left (see ``per_tenant``)."""
+        return None if self._per_tenant is None else self._per_tenant.take(tenant)
+
+    def _register(self, watcher: _Watcher) -> None:
+        batch_id = watcher.batch_id
         with self._lock:
             if self._closed:
                 raise service_closing()
@@ -180,7 +202,6 @@ class WatchHub:
                 )
             self._watchers.setdefault(batch_id, set()).add(watcher)
             self._count += 1
-        return WatchSession(self, watcher, after_sequence, follow=follow)
 
     def batch_deleted(self, batch_id: str) -> None:
         """End every watch of the batch with ``NOT_FOUND``."""
@@ -216,6 +237,8 @@ class WatchHub:
             self._count -= 1
             if not group:
                 del self._watchers[watcher.batch_id]
+        if watcher.slot is not None:
+            watcher.slot.release()
 
     def _on_event(self, event: BatchEvent) -> None:
         with self._lock:

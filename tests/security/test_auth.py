@@ -343,3 +343,46 @@ def test_another_tenants_probes_never_show_in_the_owners_history(
     assert requests, "the owner's own requests are there"
     assert {r.caller for r in requests} == {"acme"}
     assert "globex-probe-1" not in str(history)
+
+
+# What holds a batch's files, events, results and requests: never read for another tenant.
+_CONTENT_READS = (
+    "load",
+    "file_page",
+    "events_after",
+    "load_result",
+    "result_summary",
+    "result_text",
+    "audit_entries",
+)
+
+
+@pytest.mark.parametrize("rpc", [*BATCH_RPCS, "ListFiles", "GetFileHistory"])
+def test_another_tenants_batch_is_refused_from_its_record_alone(
+    acme_batch: tuple[SecureServer, str], rpc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, batch_id = acme_batch
+    store = server.service.store
+    reads: list[str] = []
+    for name in _CONTENT_READS:
+        method = getattr(store, name)
+
+        def spy(*args: object, _name: str = name, _method: Any = method) -> object:
+            if batch_id in args:
+                reads.append(_name)
+            return _method(*args)
+
+        monkeypatch.setattr(store, name, spy)
+    calls = {
+        **RPCS,
+        "ListFiles": lambda s, b: s.ListFiles(pb.ListFilesRequest(batch_id=b), timeout=WAIT),
+        "GetFileHistory": lambda s, b: s.GetFileHistory(
+            pb.GetFileHistoryRequest(batch_id=b, file_id="f00001"), timeout=WAIT
+        ),
+    }
+
+    error = _failure(lambda: calls[rpc](server.stub("globex"), batch_id))
+
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    # Refused from the batch's record: what a missing id costs, whatever the batch holds.
+    assert reads == []

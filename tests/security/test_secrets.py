@@ -126,3 +126,26 @@ def test_passwords_are_never_logged_stored_or_echoed(
         assert secret not in out
         assert secret not in err
         assert not [text for text in said.texts if secret in text], secret
+
+
+def test_a_password_is_dropped_once_its_file_has_ended(secure_serve: SecureFactory) -> None:
+    server = secure_serve()
+    acme = server.stub("acme")
+    vault = server.service.runtime._passwords
+    locked = make_pdf("locked text", password=RIGHT)
+    files = [("open.pdf", make_pdf("open"), RIGHT), ("locked.pdf", locked, WRONG[0])]
+    batch = acme.SubmitBatch(_upload(files), timeout=WAIT)
+    settled = settle(acme, batch.batch_id)
+    assert [f.state for f in settled.files] == [pb.FILE_STATE_SUCCEEDED, pb.FILE_STATE_FAILED]
+    # Neither file runs again unless retried: neither password is held any more.
+    assert len(vault) == 0
+
+    # A retry without the password is not tried with the wrong one it was once given.
+    acme.RetryFiles(_retry(batch.batch_id, None), timeout=WAIT)
+    error = settle(acme, batch.batch_id).files[1].error
+    assert error.code == "PDF_ENCRYPTED"
+    assert "no longer held" in error.message
+    # One given with a retry is used, then dropped in turn.
+    acme.RetryFiles(_retry(batch.batch_id, RIGHT), timeout=WAIT)
+    assert settle(acme, batch.batch_id).files[1].state == pb.FILE_STATE_SUCCEEDED
+    assert len(vault) == 0

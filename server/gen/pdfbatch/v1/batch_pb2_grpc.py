@@ -106,6 +106,11 @@ class BatchServiceServicer:
         come too late to stop the batch, as with any call whose request was complete:
         give an `idempotency_key` to find out by submitting again. With an
         `idempotency_key` already used by the same caller, the existing batch is returned.
+        An upload that pauses too long between messages, or takes too long in all, ends
+        with DEADLINE_EXCEEDED (UPLOAD_IDLE_TIMEOUT, UPLOAD_TOO_SLOW) and leaves nothing;
+        a caller with too many uploads open, or a service with too many, gets
+        RESOURCE_EXHAUSTED (TOO_MANY_TENANT_UPLOADS, TOO_MANY_UPLOADS). The bytes each
+        header declares are reserved against the caller's storage quota while it uploads.
 
         Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
         shares its response type with the other calls that return the batch.
@@ -152,7 +157,9 @@ class BatchServiceServicer:
         With `after_sequence` 0 the stream starts with a snapshot of the batch; with
         N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
         WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
-        is in a terminal state, unless `follow` is set.
+        is in a terminal state, unless `follow` is set. A caller with too many watches open,
+        or a service with too many, gets RESOURCE_EXHAUSTED (TOO_MANY_TENANT_WATCHERS,
+        TOO_MANY_WATCHERS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
