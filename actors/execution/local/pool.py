@@ -16,8 +16,9 @@ another worker could run). The worker runs them one by one and reports each outc
 with the start of the next, so every attempt starts its deadline when it really
 starts. Only the attempt in hand is the worker's fault if it dies: the rest of its
 chunk goes back to the head of the queue, not having spent an attempt. An attempt of a
-chunk cancelled before it started is dropped (:class:`SkipAttempts`); if the worker
-had just started it anyway, the pool kills the worker when it says so.
+chunk cancelled before it started is dropped
+(:func:`~actors.execution.local.worker.skip_message`); if the worker had just started it
+anyway, the pool kills the worker when it says so.
 ``concurrent.futures.ProcessPoolExecutor`` is not used: it was seen to hang for good
 when workers died under a memory rlimit.
 """
@@ -60,10 +61,10 @@ from actors.execution.local.worker import (
     NOTHING_NEXT,
     OUTCOME_HEADER_BYTES,
     ChunkItem,
-    RunChunk,
-    SkipAttempts,
     WorkerConfig,
     decode_outcome_header,
+    run_message,
+    skip_message,
 )
 from actors.policy.catalogue import ErrorCode
 from actors.policy.results import ResultLimits
@@ -166,7 +167,7 @@ class _Attempt(AttemptCallbacks):
     def item(self) -> ChunkItem:
         """What the worker needs of the job."""
         job = self.job
-        return ChunkItem(self.seq, job.blob_path, job.password, job.attempt)
+        return (self.seq, job.blob_path, job.password, job.attempt)
 
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.AttemptHandle.cancel`."""
@@ -444,7 +445,7 @@ class WorkerPool:
         """
         if dropped:
             with worker.send_lock, contextlib.suppress(OSError):  # gone: nothing to skip
-                worker.conn.send(SkipAttempts(tuple(attempt.seq for attempt in dropped)))
+                worker.conn.send(skip_message(tuple(attempt.seq for attempt in dropped)))
 
     def _take_out(self, worker: _Worker) -> _Attempt | None:
         """Remove ``worker`` from the pool and claim its running attempt. Hold the lock.
@@ -570,7 +571,7 @@ class WorkerPool:
         now = time.monotonic()
         for worker, taken in chunks:
             try:
-                worker.conn.send(RunChunk(tuple(attempt.item() for attempt in taken)))
+                worker.conn.send(run_message(tuple(attempt.item() for attempt in taken)))
             except OSError:
                 continue  # the worker is gone; its sentinel reports the attempt
             finally:

@@ -1,16 +1,18 @@
 """What runs inside a local worker process: chunks of attempts from its pipe.
 
-The pool sends a worker a chunk (:class:`RunChunk`: one or several attempts, as
-:class:`ChunkItem`), which it runs one by one with
+The pool sends a worker a chunk (:func:`run_message`: one or several attempts, as
+:data:`ChunkItem` tuples), which it runs one by one with
 :func:`actors.execution.attempt.run_processor` (which reads the blob itself). After each
-attempt it reads whatever else the pool sent meanwhile (a :class:`SkipAttempts` drops
+attempt it reads whatever else the pool sent meanwhile (a :func:`skip_message` drops
 attempts of the chunk that were cancelled before they started), then answers with one
 message that carries the attempt's reply and which attempt it starts next
 (:func:`encode_outcome`): one write per file says both that it ended and that the next
 one began, so the pool arms the next deadline when the worker really starts it. The
 first attempt of a chunk starts when the chunk arrives.
 
-The parent's handle on a worker is :mod:`actors.execution.local.process`;
+Messages to a worker are plain tuples: pickling 16 frozen dataclasses took 117 µs
+here, 16 tuples 1 µs. The parent's handle on a worker is
+:mod:`actors.execution.local.process`;
 :mod:`actors.execution.local.pool` decides when one starts and stops, and what it runs.
 """
 
@@ -45,12 +47,12 @@ __all__ = [
     "NOTHING_NEXT",
     "OUTCOME_HEADER_BYTES",
     "ChunkItem",
-    "RunChunk",
-    "SkipAttempts",
     "WorkerConfig",
     "decode_outcome_header",
     "encode_outcome",
+    "run_message",
     "run_worker",
+    "skip_message",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -61,35 +63,21 @@ OUTCOME_HEADER_BYTES = _OUTCOME_HEADER.size
 NOTHING_NEXT = -1
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkItem:
-    """One attempt as a worker needs it: no batch, file or tenant, only what to read.
-
-    Attributes:
-        seq: The pool's number for this hand-over; outcomes name it.
-        blob_path: Where the upload lies.
-        password: Opens an encrypted file.
-        attempt: The attempt's number over the file's life.
-    """
-
-    seq: int
-    blob_path: str
-    password: str | None = field(repr=False)
-    attempt: int
+# One attempt as a worker needs it: (seq, blob_path, password, attempt). ``seq`` is the
+# pool's number for this hand-over, which outcomes name; no batch, file or tenant.
+ChunkItem = tuple[int, str, str | None, int]
+_RUN = "run"
+_SKIP = "skip"
 
 
-@dataclass(frozen=True, slots=True)
-class RunChunk:
-    """Attempts to run in this order; the worker gets one only when it has none left."""
-
-    items: tuple[ChunkItem, ...]
+def run_message(items: tuple[ChunkItem, ...]) -> tuple[str, tuple[ChunkItem, ...]]:
+    """Attempts to run in this order; a worker gets one only when it has none left."""
+    return (_RUN, items)
 
 
-@dataclass(frozen=True, slots=True)
-class SkipAttempts:
+def skip_message(seqs: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
     """Attempts of the chunk in hand cancelled before they started: not to be run."""
-
-    seqs: tuple[int, ...]
+    return (_SKIP, seqs)
 
 
 def encode_outcome(done: int, next_seq: int, payload: bytes) -> bytes:
@@ -157,17 +145,13 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             if not _take(_receive(conn), chunk, skipped):
                 return
             continue
-        item = chunk.popleft()
-        if item.seq in skipped:
-            skipped.discard(item.seq)
+        seq, blob_path, password, attempt = chunk.popleft()
+        if seq in skipped:
+            skipped.discard(seq)
             continue
         start_cpu_budget(config.process_limits)
         reply, payload = run_processor(
-            processor,
-            Path(item.blob_path).read_bytes,
-            item.password,
-            item.attempt,
-            config.result_limits,
+            processor, Path(blob_path).read_bytes, password, attempt, config.result_limits
         )
         empty_directory(Path(config.temp_dir))
         # What the pool sent while this attempt ran decides what runs next.
@@ -175,11 +159,11 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
         while going_on and _has_more(conn):
             going_on = _take(_receive(conn), chunk, skipped)
         exiting = not going_on or (isinstance(reply, WorkerFailed) and reply.worker_exiting)
-        while chunk and chunk[0].seq in skipped:
-            skipped.discard(chunk.popleft().seq)
-        next_seq = chunk[0].seq if chunk and not exiting else NOTHING_NEXT
+        while chunk and chunk[0][0] in skipped:
+            skipped.discard(chunk.popleft()[0])
+        next_seq = chunk[0][0] if chunk and not exiting else NOTHING_NEXT
         try:
-            conn.send_bytes(encode_outcome(item.seq, next_seq, payload))
+            conn.send_bytes(encode_outcome(seq, next_seq, payload))
         except OSError:
             return
         if exiting:
@@ -203,9 +187,9 @@ def _has_more(conn: Connection) -> bool:
 def _take(message: object, chunk: deque[ChunkItem], skipped: set[int]) -> bool:
     """Apply one message from the pool; ``False`` when the worker is to stop."""
     match message:
-        case RunChunk(items=items):
+        case ("run", tuple(items)):
             chunk.extend(items)
-        case SkipAttempts(seqs=seqs):
+        case ("skip", tuple(seqs)):
             skipped.update(seqs)
         case _:
             return False  # None (stop), a closed pipe, or nothing this worker knows
