@@ -622,7 +622,13 @@ class WorkerPool:
             attempt.state = _State.DONE
             worker.replies += 1
             if done_seq not in (-1, attempt.seq):
-                log.error("worker answered for another attempt", pid=worker.pid)
+                # Not this attempt's outcome, whatever it says: the worker is broken.
+                reply = WorkerFailed(
+                    ErrorCode.INTERNAL,
+                    "ValueError",
+                    f"worker answered for attempt {done_seq}, not {attempt.seq}",
+                    worker_exiting=True,
+                )
                 retire = True
             if not retire and next_seq != NOTHING_NEXT:
                 if worker.chunk and worker.chunk[0].seq == next_seq:
