@@ -44,6 +44,8 @@ class AttemptJob:
         attempt: The attempt's number over the file's life (1-based).
         blob_path: Where the stored upload lies; the worker only reads it.
         password: Opens an encrypted file; held in memory only, never logged.
+        tenant: The batch's owner: executors take turns across tenants, then across
+            their batches, so that no tenant's big batch holds every worker.
     """
 
     batch_id: str
@@ -51,6 +53,7 @@ class AttemptJob:
     attempt: int
     blob_path: str
     password: str | None = field(default=None, repr=False)
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)

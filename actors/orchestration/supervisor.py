@@ -300,13 +300,9 @@ class BatchSupervisor(pykka.ThreadingActor):
             ),
             error=None,
         )
-        self._log.info(
-            "file_succeeded",
-            file_id=file_id,
-            attempt=len(record.attempts),
-            duration=now - record.attempts[-1].started_at,
-            worker_pid=report.worker_pid,
-        )
+        # No line per success: on small files it was the service's biggest log cost. The
+        # batch's summary says how it went (INFO), each failure keeps its WARNING line, and
+        # the file's history holds every attempt.
 
     def _fail(self, file_id: str, report: AttemptFailure) -> None:
         now = self._now()
@@ -429,6 +425,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._stop_children()
         self._cancel_waiting(now)
         self._book.set_batch(BatchState.FAILED, now, reason)
+        self._log_settled(now)
 
     # Scheduling --------------------------------------------------------------------
 
@@ -445,8 +442,21 @@ class BatchSupervisor(pykka.ThreadingActor):
                     self._start_attempt(file_id, now)
             if self._book.unsettled == 0:
                 self._book.set_batch(settled_batch_state(self._counts()), now, "")
+                self._log_settled(now)
         elif batch.state is BatchState.CANCELLING and not self._children:
             self._book.set_batch(BatchState.CANCELLED, now, batch.reason)
+            self._log_settled(now)
+
+    def _log_settled(self, now: float) -> None:
+        """The batch's one INFO line about its files: how many ended how, and how long."""
+        batch = self._book.batch
+        self._log.info(
+            "batch_settled",
+            state=batch.state.value,
+            files=sum(self._counts().values()),
+            **{state.value.lower(): count for state, count in self._counts().items() if count},
+            seconds=round(now - batch.created_at, 3),
+        )
 
     def _start_attempt(self, file_id: str, now: float) -> None:
         record = self._book.file(file_id)
@@ -465,6 +475,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             attempt=number,
             blob_path=str(self._deps.blobs.path(record.blob)),
             password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
+            tenant=self._book.batch.owner,
         )
         self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(

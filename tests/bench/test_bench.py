@@ -28,7 +28,7 @@ def test_throughput_runs_the_same_files_through_the_bare_pool_and_the_service(
         ["--scenario", "throughput", "--files", "6", "--repeat", "1", "--json", str(output)]
     )
     assert code == 0
-    [figure] = json.loads(output.read_text())["figures"]
+    figure, cpu, first = json.loads(output.read_text())["figures"]
     assert figure["scenario"] == "throughput"
     assert figure["value"] > 0
     outcomes = figure["detail"]["outcomes_last_pair"]
@@ -36,6 +36,11 @@ def test_throughput_runs_the_same_files_through_the_bare_pool_and_the_service(
     assert outcomes["service"]["succeeded"] == 6
     assert figure["target"] == ">= 0.95"
     assert isinstance(figure["passed"], bool)
+    # The server's own CPU time per file, and when the first file succeeded.
+    assert cpu["name"].startswith("server CPU per file")
+    assert cpu["value"] == figure["detail"]["cpu_ms_per_file"]["server"][0] > 0
+    assert first["name"].startswith("first file SUCCEEDED")
+    assert 0 < first["value"] == figure["detail"]["first_result_seconds"][0] < 600
 
 
 def test_cancel_latency_is_measured_on_every_run() -> None:

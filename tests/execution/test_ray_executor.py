@@ -10,6 +10,7 @@ module (``tests.helpers.ray_fixtures``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -222,3 +223,30 @@ def test_the_service_runs_on_ray_when_asked(
         ("good.pdf", ""),
         ("notes.pdf", "NOT_A_PDF"),
     ]
+
+
+def test_admission_takes_turns_across_tenants_and_a_waiting_cancel_costs_no_task(
+    executors: Callable[..., RayExecutor], blob: Blob, tmp_path: Path
+) -> None:
+    executor = executors(max_in_flight=1)
+    recorder = Recorder()
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    recorder.submit(executor, "gate", blob(b"gate:" + str(gate).encode()), tenant="b", batch="big")  # type: ignore[arg-type]
+    recorder.started("gate")
+    big = [f"big-{index}" for index in range(4)]
+    for key in big:
+        recorder.submit(executor, key, blob(b"pid"), tenant="b", batch="big")  # type: ignore[arg-type]
+    dropped = recorder.submit(executor, "dropped", blob(b"pid"), tenant="b", batch="big")  # type: ignore[arg-type]
+    recorder.submit(executor, "small", blob(b"pid"), tenant="a", batch="small")  # type: ignore[arg-type]
+
+    dropped.cancel(ErrorCode.CANCELLED)
+    gate.write_text("open")
+
+    assert recorder.done_now("dropped") == AttemptFailure(ErrorCode.CANCELLED, None)
+    for key in [*big, "small"]:
+        assert isinstance(recorder.done(key), AttemptSuccess)
+    after_gate = recorder.start_order[1:]
+    # First come, first served would start it last; turns start it second.
+    assert after_gate.index("small") == 1
+    assert "dropped" not in recorder.start_order

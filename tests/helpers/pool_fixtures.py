@@ -87,6 +87,8 @@ class Recorder:
         self._started: dict[str, queue.Queue[int | None]] = defaultdict(queue.Queue)
         self._done: dict[str, queue.Queue[AttemptOutcomeReport]] = defaultdict(queue.Queue)
         self.all_done: queue.Queue[tuple[str, AttemptOutcomeReport]] = queue.Queue()
+        # Keys in the order their attempts started, over every job.
+        self.start_order: list[str] = []
 
     def submit(
         self,
@@ -96,9 +98,11 @@ class Recorder:
         *,
         attempt: int = 1,
         password: str | None = None,
+        batch: str = "batch",
+        tenant: str = "",
     ) -> AttemptHandle:
         """Submit a job whose callbacks are recorded under ``key``."""
-        job = AttemptJob("batch", key, attempt, blob_path, password)
+        job = AttemptJob(batch, key, attempt, blob_path, password, tenant=tenant)
         with self._lock:
             queues = (self._started[key], self._done[key])
         return pool.submit(
@@ -110,6 +114,8 @@ class Recorder:
     def _record(self, key: str, kind: str, value: Any, target: queue.Queue[Any]) -> None:
         with self._lock:
             self.events[key].append((kind, value))
+            if kind == "started":
+                self.start_order.append(key)
         target.put(value)
 
     def _on_done(

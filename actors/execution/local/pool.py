@@ -7,6 +7,18 @@ races harmless: whoever moves an attempt to ``DONE`` under the lock reports it, 
 ``on_done`` runs exactly once; whoever takes a worker out of the pool under the lock
 kills, reaps and cleans it up, but only the monitor closes its file descriptors (or
 anyone, once the monitor stopped), never while the monitor may be polling them.
+
+Queued attempts wait in a :class:`~actors.execution.local.fair_queue.FairQueue` (turns
+across tenants, then batches). When many wait, an idle worker gets a chunk of them in
+one message (:func:`chunk_size`: one when few wait, so a lone file starts at once;
+never more than about :data:`CHUNK_SECONDS` of work, so a chunk does not hold files
+another worker could run). The worker runs them one by one and reports each outcome
+with the start of the next, so every attempt starts its deadline when it really
+starts. Only the attempt in hand is the worker's fault if it dies: the rest of its
+chunk goes back to the head of the queue, not having spent an attempt. An attempt of a
+chunk cancelled before it started is dropped
+(:func:`~actors.execution.local.worker.skip_message`); if the worker had just started it
+anyway, the pool kills the worker when it says so.
 ``concurrent.futures.ProcessPoolExecutor`` is not used: it was seen to hang for good
 when workers died under a memory rlimit.
 """
@@ -21,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import ForkServerContext
@@ -42,13 +54,30 @@ from actors.execution.contract import (
 )
 from actors.execution.extract import PdfLimits
 from actors.execution.local import worker as worker_main
+from actors.execution.local.fair_queue import FairQueue
 from actors.execution.local.limits import ProcessLimits
 from actors.execution.local.process import WorkerProcess, describe_exit, remove_tree
-from actors.execution.local.worker import WorkerConfig
+from actors.execution.local.worker import (
+    NOTHING_NEXT,
+    OUTCOME_HEADER_BYTES,
+    ChunkItem,
+    WorkerConfig,
+    decode_outcome_header,
+    run_message,
+    skip_message,
+)
 from actors.policy.catalogue import ErrorCode
 from actors.policy.results import ResultLimits
 
-__all__ = ["DEFAULT_MEMORY_LIMIT_BYTES", "DEFAULT_PROCESSOR", "PoolStats", "WorkerPool"]
+__all__ = [
+    "CHUNK_SECONDS",
+    "DEFAULT_MEMORY_LIMIT_BYTES",
+    "DEFAULT_PROCESSOR",
+    "MAX_CHUNK",
+    "PoolStats",
+    "WorkerPool",
+    "chunk_size",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +89,28 @@ REAP_TIMEOUT = 5.0
 RESTART_BACKOFF = 1.0
 # How often the monitor checks that the interpreter is not shutting down around it.
 _TICK = 0.5
+# The most attempts one message hands a worker; past some 16 the pipe costs no more.
+MAX_CHUNK = 16
+# About how much work (wall-clock seconds, at the recent mean) one chunk may hold.
+CHUNK_SECONDS = 0.05
+# Weight of the newest attempt in the running mean of attempt durations.
+_MEAN_WEIGHT = 0.2
+
+
+def chunk_size(
+    queued: int, workers: int, mean_seconds: float | None, chunk_seconds: float = CHUNK_SECONDS
+) -> int:
+    """How many attempts to hand an idle worker in one message.
+
+    One while no more wait than there are workers (a lone file starts at once), or
+    while no attempt ended yet (how long one takes is unknown); otherwise the worker's
+    share of the queue, at most :data:`MAX_CHUNK` and at most ``chunk_seconds`` of
+    work at ``mean_seconds`` each.
+    """
+    if queued <= workers or mean_seconds is None:
+        return 1
+    by_time = int(chunk_seconds / mean_seconds) if mean_seconds > 0 else MAX_CHUNK
+    return max(1, min(MAX_CHUNK, queued // workers, by_time))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +120,14 @@ class PoolStats:
     workers: int
     busy: int
     queued: int
+    # Messages that handed workers attempts since the pool started (one per chunk).
+    handovers: int = 0
 
 
 class _State(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # in the pool's queue
+    SENT = "sent"  # in a worker's chunk, not started
+    RUNNING = "running"  # the attempt its worker has in hand
     DONE = "done"
 
 
@@ -82,19 +136,38 @@ class _Worker(WorkerProcess):
 
     def __init__(self, context: ForkServerContext, config: WorkerConfig) -> None:
         super().__init__(context, config)
-        self.task: _Attempt | None = None
+        # What the worker holds, in order: the first RUNNING, the others SENT.
+        self.chunk: deque[_Attempt] = deque()
+        # Held while sending: the monitor sends chunks, cancelling threads send skips,
+        # and a skip must follow the chunk it names. Taken after the pool's lock, never
+        # before it.
+        self.send_lock = threading.Lock()
         self.replies = 0
+        self.started_at = 0.0
+
+    def close_fds(self) -> None:
+        """See :meth:`WorkerProcess.close_fds`; never under a skip being sent."""
+        with self.send_lock:
+            super().close_fds()
 
 
 class _Attempt(AttemptCallbacks):
     """The handle of one submitted job; ``state`` is guarded by the pool's lock."""
 
-    def __init__(self, pool: WorkerPool, job: AttemptJob, on_started: OnStarted, on_done: OnDone):
+    def __init__(
+        self, pool: WorkerPool, seq: int, job: AttemptJob, on_started: OnStarted, on_done: OnDone
+    ):
         super().__init__(on_started, on_done)
         self.job = job
+        self.seq = seq
         self.state = _State.QUEUED
         self.worker: _Worker | None = None
         self._pool = pool
+
+    def item(self) -> ChunkItem:
+        """What the worker needs of the job."""
+        job = self.job
+        return (self.seq, job.blob_path, job.password, job.attempt)
 
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.AttemptHandle.cancel`."""
@@ -124,6 +197,9 @@ class WorkerPool:
         result_limits: How big one file's result may be. Default ``ResultLimits()``.
         temp_root: Where the workers' temporary directories go. Default a fresh
             directory under the system's, removed by :meth:`close`.
+        chunk_seconds: About how much work one hand-over may give a worker, at the
+            recent mean attempt duration. Default :data:`CHUNK_SECONDS`; ``0`` hands
+            over one attempt at a time.
 
     Raises:
         ValueError: A bad worker count or memory limit, or a processor that cannot be
@@ -140,12 +216,16 @@ class WorkerPool:
         process_limits: ProcessLimits | None = None,
         result_limits: ResultLimits | None = None,
         temp_root: Path | None = None,
+        chunk_seconds: float = CHUNK_SECONDS,
     ) -> None:
         self._size = workers if workers is not None else os.cpu_count() or 1
         if self._size < 1:
             raise ValueError(f"workers must be at least 1, got {self._size}")
         if memory_limit_bytes is not None and memory_limit_bytes <= 0:
             raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes}")
+        if chunk_seconds < 0:
+            raise ValueError(f"chunk_seconds must not be negative, got {chunk_seconds}")
+        self._chunk_seconds = chunk_seconds
         load_processor(processor)
         self._own_temp_root = temp_root is None
         self._temp_root = temp_root or Path(tempfile.mkdtemp(prefix="pdfbatch-"))
@@ -159,7 +239,11 @@ class WorkerPool:
         self._context.set_forkserver_preload([worker_main.__name__, processor.partition(":")[0]])
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._queue: deque[_Attempt] = deque()
+        self._queue: FairQueue[_Attempt] = FairQueue(_line_of)
+        self._next_seq = 0
+        self._handovers = 0
+        # The monitor's running mean of attempt durations; None until one ended.
+        self._mean_seconds: float | None = None
         self._workers: list[_Worker] = []
         self._graveyard: list[_Worker] = []
         # Taken out of the pool by some thread and not yet reaped: close waits for them.
@@ -183,15 +267,19 @@ class WorkerPool:
         self._monitor.start()
 
     def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
-        """Queue ``job`` (first in, first out); see :class:`actors.execution.contract.Executor`.
+        """Queue ``job``; see :class:`actors.execution.contract.Executor`.
+
+        Attempts of one batch run in the order submitted; batches and tenants take turns
+        (:class:`~actors.execution.local.fair_queue.FairQueue`).
 
         Raises:
             RuntimeError: The pool is closed.
         """
-        attempt = _Attempt(self, job, on_started, on_done)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
+            attempt = _Attempt(self, self._next_seq, job, on_started, on_done)
+            self._next_seq += 1
             self._queue.append(attempt)
         self._wake()
         return attempt
@@ -207,10 +295,17 @@ class WorkerPool:
                 return
             self._closed = True
             workers, self._workers = self._workers, []
-            queued = [attempt for attempt in self._queue if attempt.state is _State.QUEUED]
-            unfinished = [*queued, *(w.task for w in workers if w.task is not None)]
-            self._queue.clear()
-            for attempt in unfinished:
+            # Only the attempt in hand ran in a worker; the rest of a chunk never started.
+            unfinished: list[tuple[_Attempt, int | None]] = [
+                (attempt, None) for attempt in self._queue.clear()
+            ]
+            for worker in workers:
+                unfinished += [
+                    (attempt, worker.pid if attempt.state is _State.RUNNING else None)
+                    for attempt in worker.chunk
+                ]
+                worker.chunk.clear()
+            for attempt, _ in unfinished:
                 attempt.state = _State.DONE
             self._changed.notify_all()
         self._stopping.set()
@@ -222,7 +317,7 @@ class WorkerPool:
         with self._changed:
             # Workers another thread is killing right now (a cancel) are gone too.
             self._changed.wait_for(lambda: not self._in_disposal, REAP_TIMEOUT)
-        for attempt in unfinished:
+        for attempt, _ in unfinished:
             attempt.finished.set()
         on_monitor = threading.current_thread() is self._monitor
         if self._monitor.ident is not None and not on_monitor:
@@ -239,32 +334,39 @@ class WorkerPool:
                 worker.close_fds()
         if self._own_temp_root:
             remove_tree(self._temp_root)
-        for attempt in unfinished:
-            pid = attempt.worker.pid if attempt.worker is not None else None
+        for attempt, pid in unfinished:
             attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, pid))
 
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
         with self._lock:
-            queued = [a for a in self._queue if a.state is _State.QUEUED and _of(a, batch_id)]
-            for attempt in queued:
-                attempt.state = _State.DONE  # dispatch drops it from the queue
-            # Queued ones are out of reach before any worker dies: a replacement cannot
+            # Waiting ones are out of reach before any worker dies: a replacement cannot
             # pick up the next attempt of the batch only to be killed in turn.
+            waiting = self._queue.remove_if(lambda attempt: _of(attempt, batch_id))
+            for attempt in waiting:
+                attempt.state = _State.DONE
+            unstarted = [
+                (worker, self._drop_unstarted(worker, lambda a: _of(a, batch_id)))
+                for worker in self._workers
+            ]
             victims = [
                 worker
                 for worker in self._workers
-                if worker.task is not None and _of(worker.task, batch_id)
+                if worker.chunk and _of(worker.chunk[0], batch_id)
             ]
             running = [self._take_out(worker) for worker in victims]
         for worker in victims:
             worker.kill()
+        for worker, dropped in unstarted:
+            if worker not in victims:
+                self._tell_to_skip(worker, dropped)
+            waiting += dropped
         for worker in victims:
             self._dispose(worker)
         if victims:
             self._wake()
-        for waiting in queued:
-            waiting.deliver_done(AttemptFailure(code, None))
+        for attempt in waiting:
+            attempt.deliver_done(AttemptFailure(code, None))
         for claimed, worker in zip(running, victims, strict=True):
             if claimed is not None:
                 claimed.deliver_done(AttemptFailure(code, worker.pid))
@@ -274,8 +376,10 @@ class WorkerPool:
         with self._lock:
             return PoolStats(
                 workers=len(self._workers),
-                busy=sum(1 for worker in self._workers if worker.task is not None),
-                queued=sum(1 for attempt in self._queue if attempt.state is _State.QUEUED),
+                busy=sum(1 for worker in self._workers if worker.chunk),
+                queued=len(self._queue)
+                + sum(len(worker.chunk) - 1 for worker in self._workers if worker.chunk),
+                handovers=self._handovers,
             )
 
     def pids(self) -> list[int]:
@@ -300,9 +404,13 @@ class WorkerPool:
     def _cancel(self, attempt: _Attempt, code: ErrorCode) -> None:
         with self._lock:
             state = attempt.state
-            victim = attempt.worker if state is _State.RUNNING else None
+            holder = attempt.worker
+            victim = holder if state is _State.RUNNING else None
             if state is _State.QUEUED:
-                attempt.state = _State.DONE  # dispatch drops it from the queue
+                self._queue.remove(attempt)
+                attempt.state = _State.DONE
+            elif state is _State.SENT and holder is not None:
+                self._drop_unstarted(holder, lambda queued: queued is attempt)
             elif victim is not None:
                 self._take_out(victim)
         if state is _State.DONE:
@@ -312,18 +420,56 @@ class WorkerPool:
         if victim is not None:
             self._dispose(victim)
             self._wake()
+        elif state is _State.SENT and holder is not None:
+            self._tell_to_skip(holder, [attempt])
         attempt.deliver_done(AttemptFailure(code, victim.pid if victim else None))
 
+    @staticmethod
+    def _drop_unstarted(worker: _Worker, chosen: Callable[[_Attempt], bool]) -> list[_Attempt]:
+        """Take the chosen attempts of ``worker``'s chunk that have not started out of
+        it and mark them ``DONE``. Hold the lock; then :meth:`_tell_to_skip` them."""
+        dropped = [a for a in worker.chunk if a.state is _State.SENT and chosen(a)]
+        if dropped:
+            worker.chunk = deque(a for a in worker.chunk if a not in dropped)
+            for attempt in dropped:
+                attempt.state = _State.DONE
+        return dropped
+
+    @staticmethod
+    def _tell_to_skip(worker: _Worker, dropped: Sequence[_Attempt]) -> None:
+        """Tell ``worker`` not to start attempts of its chunk; don't hold the lock.
+
+        Sent now, so that it is in the pipe before the worker ends the attempt in hand.
+        Should it start one anyway (its reply crossed this message), the pool kills it
+        when it says so (:meth:`_on_readable`).
+        """
+        if dropped:
+            with worker.send_lock, contextlib.suppress(OSError):  # gone: nothing to skip
+                worker.conn.send(skip_message(tuple(attempt.seq for attempt in dropped)))
+
     def _take_out(self, worker: _Worker) -> _Attempt | None:
-        """Remove ``worker`` from the pool and claim its running attempt. Hold the lock."""
+        """Remove ``worker`` from the pool and claim its running attempt. Hold the lock.
+
+        The rest of its chunk, never started, goes back to the head of the queue.
+        """
         self._workers.remove(worker)
         self._in_disposal.add(worker)
         self._changed.notify_all()
-        attempt, worker.task = worker.task, None
-        if attempt is not None and attempt.state is _State.RUNNING:
-            attempt.state = _State.DONE
-            return attempt
-        return None
+        chunk, worker.chunk = worker.chunk, deque()
+        claimed = None
+        if chunk and chunk[0].state is _State.RUNNING:
+            claimed = chunk.popleft()
+            claimed.state = _State.DONE
+        self._requeue(chunk)
+        return claimed
+
+    def _requeue(self, attempts: Iterable[_Attempt]) -> None:
+        """Put attempts a worker never started back at the head of their lines. Hold the lock."""
+        for attempt in reversed(list(attempts)):
+            if attempt.state is not _State.DONE:
+                attempt.state = _State.QUEUED
+                attempt.worker = None
+                self._queue.appendleft(attempt)
 
     def _dispose(self, worker: _Worker) -> int | None:
         """Reap a worker taken out of the pool; its descriptors go to the monitor."""
@@ -402,27 +548,41 @@ class WorkerPool:
             return
 
     def _dispatch(self) -> None:
-        assigned: list[tuple[_Attempt, _Worker]] = []
+        chunks: list[tuple[_Worker, list[_Attempt]]] = []
         with self._lock:
-            idle = [worker for worker in self._workers if worker.task is None]
-            while idle and self._queue:
-                attempt = self._queue.popleft()
-                if attempt.state is _State.QUEUED:  # not cancelled while it waited
-                    worker = idle.pop()
-                    attempt.state = _State.RUNNING
-                    attempt.worker, worker.task = worker, attempt
-                    assigned.append((attempt, worker))
-        for attempt, worker in assigned:
+            for worker in self._workers:
+                if not self._queue:
+                    break
+                if worker.chunk:
+                    continue
+                size = chunk_size(
+                    len(self._queue), self._size, self._mean_seconds, self._chunk_seconds
+                )
+                taken = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+                for attempt in taken:
+                    attempt.state = _State.SENT
+                    attempt.worker = worker
+                taken[0].state = _State.RUNNING
+                worker.chunk.extend(taken)
+                # Before the lock goes: a cancel of one of these sends its skip after.
+                worker.send_lock.acquire()
+                chunks.append((worker, taken))
+            self._handovers += len(chunks)
+        now = time.monotonic()
+        for worker, taken in chunks:
             try:
-                worker.conn.send(attempt.job)
+                worker.conn.send(run_message(tuple(attempt.item() for attempt in taken)))
             except OSError:
                 continue  # the worker is gone; its sentinel reports the attempt
-            attempt.deliver_started(worker.pid)
+            finally:
+                worker.send_lock.release()
+            worker.started_at = now
+            taken[0].deliver_started(worker.pid)
 
     def _wait_and_handle(self) -> None:
         with self._lock:
             everyone = list(self._workers)
-            busy = [worker for worker in everyone if worker.task is not None]
+            busy = [worker for worker in everyone if worker.chunk]
         timeout = _TICK
         if len(everyone) < self._size:
             timeout = min(_TICK, max(0.0, self._restart_not_before - time.monotonic()))
@@ -442,31 +602,64 @@ class WorkerPool:
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
-            reply = decode_reply(worker.conn.recv_bytes(self._max_reply_bytes))
+            data = worker.conn.recv_bytes(self._max_reply_bytes)
         except (EOFError, OSError):
             self._on_lost(worker)
             return
+        try:
+            done_seq, next_seq = decode_outcome_header(data)
+            reply = decode_reply(data[OUTCOME_HEADER_BYTES:])
         except ValueError as exc:
             # A worker that garbles its replies cannot be trusted with another job.
+            done_seq, next_seq = -1, NOTHING_NEXT
             reply = WorkerFailed(ErrorCode.INTERNAL, "ValueError", str(exc), worker_exiting=True)
         retire = isinstance(reply, WorkerFailed) and reply.worker_exiting
+        started: _Attempt | None = None
         with self._lock:
-            attempt = worker.task
-            if worker not in self._workers or attempt is None:
+            if worker not in self._workers or not worker.chunk:
                 return  # cancelled or closed meanwhile; that path reports it
+            attempt = worker.chunk.popleft()
             attempt.state = _State.DONE
-            worker.task = None
             worker.replies += 1
+            if done_seq not in (-1, attempt.seq):
+                # Not this attempt's outcome, whatever it says: the worker is broken.
+                reply = WorkerFailed(
+                    ErrorCode.INTERNAL,
+                    "ValueError",
+                    f"worker answered for attempt {done_seq}, not {attempt.seq}",
+                    worker_exiting=True,
+                )
+                retire = True
+            if not retire and next_seq != NOTHING_NEXT:
+                if worker.chunk and worker.chunk[0].seq == next_seq:
+                    started = worker.chunk[0]
+                    started.state = _State.RUNNING
+                else:
+                    # It started an attempt cancelled while its reply was on the way;
+                    # nothing of that attempt may run: the worker goes.
+                    retire = True
+            elif not retire and worker.chunk:
+                retire = True  # it says it holds nothing more: it cannot be trusted
             if retire:
                 self._take_out(worker)
         if retire:
             self._dispose(worker)  # it exits by itself after a MemoryError; make sure
+            self._wake()
+        now = time.monotonic()
+        self._observe(now - worker.started_at)
+        worker.started_at = now
+        if started is not None:
+            started.deliver_started(worker.pid)
         if isinstance(reply, WorkerFailed):
             attempt.deliver_done(
                 AttemptFailure(reply.code, worker.pid, reply.exception_type, reply.detail)
             )
         else:
             attempt.deliver_done(AttemptSuccess(reply.result, worker.pid))
+
+    def _observe(self, seconds: float) -> None:
+        mean = self._mean_seconds
+        self._mean_seconds = seconds if mean is None else mean + _MEAN_WEIGHT * (seconds - mean)
 
     def _on_lost(self, worker: _Worker) -> None:
         with self._lock:
@@ -488,3 +681,7 @@ class WorkerPool:
 
 def _of(attempt: _Attempt, batch_id: str) -> bool:
     return attempt.job.batch_id == batch_id
+
+
+def _line_of(attempt: _Attempt) -> tuple[str, str]:
+    return attempt.job.tenant, attempt.job.batch_id

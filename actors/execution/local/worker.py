@@ -1,10 +1,19 @@
-"""What runs inside a local worker process: attempts from its pipe, one at a time.
+"""What runs inside a local worker process: chunks of attempts from its pipe.
 
-A worker reads one :class:`~actors.execution.contract.AttemptJob` at a time from its
-pipe, runs it with :func:`actors.execution.attempt.run_processor` (which reads the blob
-itself) and answers with the reply's bytes. The parent's handle on a worker is
-:mod:`actors.execution.local.process`; :mod:`actors.execution.local.pool` decides when
-one starts and stops.
+The pool sends a worker a chunk (:func:`run_message`: one or several attempts, as
+:data:`ChunkItem` tuples), which it runs one by one with
+:func:`actors.execution.attempt.run_processor` (which reads the blob itself). After each
+attempt it reads whatever else the pool sent meanwhile (a :func:`skip_message` drops
+attempts of the chunk that were cancelled before they started), then answers with one
+message that carries the attempt's reply and which attempt it starts next
+(:func:`encode_outcome`): one write per file says both that it ended and that the next
+one began, so the pool arms the next deadline when the worker really starts it. The
+first attempt of a chunk starts when the chunk arrives.
+
+Messages to a worker are plain tuples: pickling 16 frozen dataclasses took 117 µs
+here, 16 tuples 1 µs. The parent's handle on a worker is
+:mod:`actors.execution.local.process`;
+:mod:`actors.execution.local.pool` decides when one starts and stops, and what it runs.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import logging
 import os
 import resource
 import signal
+import struct
 import sys
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
@@ -32,9 +43,58 @@ from actors.execution.extract import PdfLimits, configure_pdf_limits
 from actors.execution.local.limits import ProcessLimits, apply_process_limits, start_cpu_budget
 from actors.policy.results import ResultLimits
 
-__all__ = ["WorkerConfig", "run_worker"]
+__all__ = [
+    "NOTHING_NEXT",
+    "OUTCOME_HEADER_BYTES",
+    "ChunkItem",
+    "WorkerConfig",
+    "decode_outcome_header",
+    "encode_outcome",
+    "run_message",
+    "run_worker",
+    "skip_message",
+]
 
 _PR_SET_PDEATHSIG = 1
+# An outcome's header: the sequence number of the attempt that ended, and of the one
+# the worker starts next (NOTHING_NEXT when it waits for another chunk).
+_OUTCOME_HEADER = struct.Struct("<qq")
+OUTCOME_HEADER_BYTES = _OUTCOME_HEADER.size
+NOTHING_NEXT = -1
+
+
+# One attempt as a worker needs it: (seq, blob_path, password, attempt). ``seq`` is the
+# pool's number for this hand-over, which outcomes name; no batch, file or tenant.
+ChunkItem = tuple[int, str, str | None, int]
+_RUN = "run"
+_SKIP = "skip"
+
+
+def run_message(items: tuple[ChunkItem, ...]) -> tuple[str, tuple[ChunkItem, ...]]:
+    """Attempts to run in this order; a worker gets one only when it has none left."""
+    return (_RUN, items)
+
+
+def skip_message(seqs: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """Attempts of the chunk in hand cancelled before they started: not to be run."""
+    return (_SKIP, seqs)
+
+
+def encode_outcome(done: int, next_seq: int, payload: bytes) -> bytes:
+    """An attempt's reply, with the numbers of the attempt that ended and of the next."""
+    return _OUTCOME_HEADER.pack(done, next_seq) + payload
+
+
+def decode_outcome_header(data: bytes) -> tuple[int, int]:
+    """The (ended, next) sequence numbers at the start of an outcome.
+
+    Raises:
+        ValueError: ``data`` is too short to hold them.
+    """
+    if len(data) < OUTCOME_HEADER_BYTES:
+        raise ValueError("worker outcome shorter than its header")
+    done, next_seq = _OUTCOME_HEADER.unpack_from(data)
+    return done, next_seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,28 +136,64 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     configure_pdf_limits(config.pdf_limits)
     processor = load_processor(config.processor)
+    chunk: deque[ChunkItem] = deque()
+    skipped: set[int] = set()
     while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
+        if not chunk:
+            # Skips name attempts already sent; with none in hand, none is pending.
+            skipped.clear()
+            if not _take(_receive(conn), chunk, skipped):
+                return
+            continue
+        seq, blob_path, password, attempt = chunk.popleft()
+        if seq in skipped:
+            skipped.discard(seq)
+            continue
         start_cpu_budget(config.process_limits)
         reply, payload = run_processor(
-            processor,
-            Path(job.blob_path).read_bytes,
-            job.password,
-            job.attempt,
-            config.result_limits,
+            processor, Path(blob_path).read_bytes, password, attempt, config.result_limits
         )
         empty_directory(Path(config.temp_dir))
+        # What the pool sent while this attempt ran decides what runs next.
+        going_on = True
+        while going_on and _has_more(conn):
+            going_on = _take(_receive(conn), chunk, skipped)
+        exiting = not going_on or (isinstance(reply, WorkerFailed) and reply.worker_exiting)
+        while chunk and chunk[0][0] in skipped:
+            skipped.discard(chunk.popleft()[0])
+        next_seq = chunk[0][0] if chunk and not exiting else NOTHING_NEXT
         try:
-            conn.send_bytes(payload)
+            conn.send_bytes(encode_outcome(seq, next_seq, payload))
         except OSError:
             return
-        if isinstance(reply, WorkerFailed) and reply.worker_exiting:
+        if exiting:
             return
+
+
+def _receive(conn: Connection) -> object:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _has_more(conn: Connection) -> bool:
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return False
+
+
+def _take(message: object, chunk: deque[ChunkItem], skipped: set[int]) -> bool:
+    """Apply one message from the pool; ``False`` when the worker is to stop."""
+    match message:
+        case ("run", tuple(items)):
+            chunk.extend(items)
+        case ("skip", tuple(seqs)):
+            skipped.update(seqs)
+        case _:
+            return False  # None (stop), a closed pipe, or nothing this worker knows
+    return True
 
 
 def _let_the_fork_server_go() -> None:

@@ -18,6 +18,11 @@ on this node, otherwise through a probe task pinned to its node, which also remo
 temporary directory. The local pool's rules keep the races harmless: whoever moves an
 attempt to ``DONE`` under the lock reports it, so ``on_done`` runs exactly once, and
 callbacks run without the lock held.
+
+Admission is fair: at most ``max_in_flight`` attempts are in Ray at once; the others
+wait here in a :class:`~actors.execution.local.fair_queue.FairQueue` (turns across
+tenants, then batches), as in the local pool, since Ray's own queue is first come,
+first served and would let one tenant's big batch hold the whole cluster.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from actors.execution.contract import (
     OnStarted,
 )
 from actors.execution.extract import PdfLimits
+from actors.execution.local.fair_queue import FairQueue
 from actors.execution.local.pool import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_PROCESSOR
 from actors.execution.ray.processes import (
     PROBE_START_TIMEOUT,
@@ -73,7 +79,13 @@ _TICK = 0.05
 _attempt_task = ray.remote(num_returns="streaming", max_retries=0)(run_attempt)
 
 
+# Attempts in Ray at once per CPU of the cluster, by default: enough to keep every CPU
+# busy while results travel back, few enough that a newcomer's turn comes soon.
+IN_FLIGHT_PER_CPU = 2
+
+
 class _State(enum.Enum):
+    WAITING = "waiting"  # held here for its turn; Ray does not know it yet
     SUBMITTED = "submitted"  # handed to Ray; no worker has said it started
     RUNNING = "running"
     DONE = "done"  # claimed by whoever reports the outcome
@@ -87,7 +99,9 @@ class _Attempt(AttemptCallbacks):
     ) -> None:
         super().__init__(on_started, on_done)
         self.job = job
-        self.state = _State.SUBMITTED
+        self.state = _State.WAITING
+        # Counted against max_in_flight until it is over.
+        self.admitted = False
         self.stream: ray.ObjectRefGenerator[bytes] | None = None
         self.location: WorkerLocation | None = None
         # The task answered: nothing of it runs, so nothing needs to be waited for.
@@ -124,6 +138,9 @@ class RayExecutor:
         result_limits: How big one file's result may be. Default ``ResultLimits()``.
         runtime_env: Ray runtime environment of the tasks (``env_vars``, ``py_modules``
             ...). Default none.
+        max_in_flight: Attempts handed to Ray at once; the others wait their turn here.
+            Default :data:`IN_FLIGHT_PER_CPU` times the cluster's CPUs when the executor
+            starts.
 
     Raises:
         ValueError: A bad memory limit, or a processor that cannot be imported here.
@@ -141,9 +158,12 @@ class RayExecutor:
         pdf_limits: PdfLimits | None = None,
         result_limits: ResultLimits | None = None,
         runtime_env: Mapping[str, Any] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         if memory_limit_bytes is not None and memory_limit_bytes <= 0:
             raise ValueError(f"memory_limit_bytes must be positive, got {memory_limit_bytes}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         load_processor(processor)
         self._config = RayAttemptConfig(
             processor,
@@ -157,10 +177,18 @@ class RayExecutor:
             _join_ray(address, num_cpus)
         try:
             self._node_id = ray.get_runtime_context().get_node_id()
+            if max_in_flight is None:
+                cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+                max_in_flight = IN_FLIGHT_PER_CPU * max(1, cpus)
         except BaseException:
             if self._owns_ray:
                 ray.shutdown()
             raise
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._waiting: FairQueue[_Attempt] = FairQueue(
+            lambda attempt: (attempt.job.tenant, attempt.job.batch_id)
+        )
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._reading: dict[ray.ObjectRefGenerator[bytes], _Attempt] = {}
@@ -174,7 +202,8 @@ class RayExecutor:
         self._monitor.start()
 
     def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
-        """Read the file, put it in the object store and start its task.
+        """Hand the attempt to Ray (read the file, put it in the object store, start its
+        task) or, with ``max_in_flight`` attempts there already, queue it for its turn.
 
         See :class:`actors.execution.contract.Executor`. A file that cannot be read or handed to
         Ray fails the attempt through ``on_done`` (``STORAGE_UNAVAILABLE`` for an
@@ -187,6 +216,19 @@ class RayExecutor:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the Ray executor is closed")
+            if self._in_flight < self._max_in_flight:
+                self._in_flight += 1
+                attempt.admitted = True
+                attempt.state = _State.SUBMITTED
+            else:
+                self._waiting.append(attempt)
+        if attempt.admitted:
+            self._hand_over(attempt)
+        return attempt
+
+    def _hand_over(self, attempt: _Attempt) -> None:
+        """Start an admitted attempt's task; its failure to start is its outcome."""
+        job = attempt.job
         try:
             data = ray.put(Path(job.blob_path).read_bytes())
             task = _attempt_task.options(
@@ -197,32 +239,69 @@ class RayExecutor:
         # Nothing runs: the bytes could not be read or handed over. The failure is the
         # attempt's outcome, classified once.
         except Exception as exc:  # noqa: BLE001
-            attempt.state = _State.DONE
-            attempt.deliver_done(_failure(exc, None))
-            return attempt
+            with self._lock:
+                mine = attempt.state is not _State.DONE
+                attempt.state = _State.DONE
+            attempt.stream_closed.set()  # no stream: a cancel has nothing to wait for
+            self._release([attempt])
+            if mine:
+                attempt.deliver_done(_failure(exc, None))
+            return
         with self._lock:
             attempt.stream = stream
             closed = self._closed
+            # A cancel may have claimed it while its bytes went to Ray.
+            claimed = attempt.state is _State.DONE
             if closed:
                 attempt.state = _State.DONE
             else:
                 self._reading[stream] = attempt
                 self._changed.notify_all()
+        if claimed:
+            cancel_quietly(stream)
+            attempt.stream_closed.set()
+            return
         if closed:  # close() ran meanwhile and could not see this attempt
             cancel_quietly(stream)
+            attempt.stream_closed.set()
+            self._release([attempt])
             attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, None))
-        return attempt
+
+    def _release(self, attempts: Sequence[_Attempt]) -> None:
+        """Give back the slots of attempts that are over; hand the freed slots to the
+        next attempts in turn."""
+        admitted: list[_Attempt] = []
+        with self._lock:
+            for attempt in attempts:
+                if attempt.admitted:
+                    attempt.admitted = False
+                    self._in_flight -= 1
+            while not self._closed and self._waiting and self._in_flight < self._max_in_flight:
+                chosen = self._waiting.popleft()
+                chosen.state = _State.SUBMITTED
+                chosen.admitted = True
+                self._in_flight += 1
+                admitted.append(chosen)
+        for chosen in admitted:
+            self._hand_over(chosen)
 
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
         with self._lock:
+            # Waiting ones first: a freed slot must not go to the next one of the batch.
+            waiting = self._waiting.remove_if(lambda a: a.job.batch_id == batch_id)
+            for attempt in waiting:
+                attempt.state = _State.DONE
             victims = [
                 a
                 for a in self._reading.values()
                 if a.job.batch_id == batch_id and a.state is not _State.DONE
             ]
             self._claim(victims)
+        for attempt in waiting:
+            attempt.deliver_done(AttemptFailure(code, None))
         self._end(victims)
+        self._release(victims)
         for attempt in victims:
             attempt.deliver_done(AttemptFailure(code, attempt.pid))
 
@@ -237,6 +316,9 @@ class RayExecutor:
             self._closed = True
             unfinished = [a for a in self._reading.values() if a.state is not _State.DONE]
             self._claim(unfinished)
+            waiting = self._waiting.clear()
+            for attempt in waiting:
+                attempt.state = _State.DONE
         self._end(unfinished)
         with self._changed:
             # Attempts another thread is cancelling right now are over too.
@@ -247,6 +329,8 @@ class RayExecutor:
             self._monitor.join(REAP_TIMEOUT)
             if self._monitor.is_alive():
                 log.error("ray executor monitor did not stop; a callback may be blocking")
+        for attempt in waiting:
+            attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, None))
         for attempt in unfinished:
             attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, attempt.pid))
         if self._owns_ray:
@@ -265,14 +349,19 @@ class RayExecutor:
 
     def _cancel(self, attempt: _Attempt, code: ErrorCode) -> None:
         with self._lock:
-            mine = attempt.state is not _State.DONE
-            if mine:
+            state = attempt.state
+            if state is _State.WAITING:
+                self._waiting.remove(attempt)
+                attempt.state = _State.DONE
+            elif state is not _State.DONE:
                 self._claim([attempt])
-        if not mine:
+        if state is _State.DONE:
             # Another thread is ending it; cancel still returns only once it is over.
             attempt.finished.wait(REAP_TIMEOUT + PROBE_START_TIMEOUT)
             return
-        self._end([attempt])
+        if state is not _State.WAITING:
+            self._end([attempt])
+            self._release([attempt])
         attempt.deliver_done(AttemptFailure(code, attempt.pid))
 
     def _claim(self, attempts: Sequence[_Attempt]) -> None:
@@ -372,7 +461,8 @@ class RayExecutor:
             attempt.state = _State.DONE
         attempt.stream_closed.set()
         if not mine:
-            return  # a cancel claimed it and reports its own code
+            return  # a cancel claimed it, reports its own code and frees its slot
+        self._release([attempt])
         where = attempt.location
         if where is not None and not answered and where.node_id == self._node_id:
             # A crashed worker is gone, its temporary directory is not; elsewhere, the
