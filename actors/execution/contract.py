@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import ExtractionMode
 from actors.policy.model import ExtractionResult
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,7 @@ class AttemptJob:
         attempt: The attempt's number over the file's life (1-based).
         blob_path: Where the stored upload lies; the worker only reads it.
         password: Opens an encrypted file; held in memory only, never logged.
+        extraction_mode: How pages' text is put together, as the batch asked.
     """
 
     batch_id: str
@@ -51,6 +53,7 @@ class AttemptJob:
     attempt: int
     blob_path: str
     password: str | None = field(default=None, repr=False)
+    extraction_mode: ExtractionMode = ExtractionMode.PLAIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,6 +298,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
             ),
             error=None,
+            warnings=report.result.warnings,
         )
         self._log.info(
             "file_succeeded",
@@ -464,6 +465,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             attempt=number,
             blob_path=str(self._deps.blobs.path(record.blob)),
             password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
+            extraction_mode=self._policy.extraction_mode,
         )
         self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(

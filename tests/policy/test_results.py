@@ -269,8 +269,9 @@ def test_a_poison_result_fails_or_is_mended_alone_and_the_others_are_stored(
         ("title", 1),
         ("author", 1),
     }
-    assert store.load_result(batch_id, by_name["0.pdf"].file_id) == _result(
-        "plain text", title="Plain"
+    # Stored as made storable: with its page's character count.
+    assert store.load_result(batch_id, by_name["0.pdf"].file_id) == make_storable(
+        _result("plain text", title="Plain"), ResultLimits()
     )
 
 

@@ -90,6 +90,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             job.password,
             job.attempt,
             config.result_limits,
+            mode=job.extraction_mode,
         )
         empty_directory(Path(config.temp_dir))
         try:
