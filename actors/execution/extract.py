@@ -54,10 +54,13 @@ PDF_SIGNATURE = b"%PDF-"
 # Readers accept junk (mail headers, BOMs) before the signature; Acrobat looks this far.
 # The end of file marker and the cross-reference pointer are looked for as far from the end.
 SIGNATURE_WINDOW = 1024
-# What only a PDF's body holds: an object ("12 0 obj"), a cross-reference table, a
-# trailer, or the pointer to the cross-reference.
+# What only a PDF's body holds, written as a PDF writes it (prose that mentions a
+# trailer is not one).
 _PDF_STRUCTURE = re.compile(
-    rb"\d+[ \t\r\n\f\0]+\d+[ \t\r\n\f\0]+obj\b|\b(?:xref|trailer|startxref)\b"
+    rb"\d+\s+\d+\s+obj\b"  # an object: "12 0 obj"
+    rb"|\bxref\s+\d+\s+\d+"  # a cross-reference table's first section: "xref 0 6"
+    rb"|\btrailer\s*<<"  # the trailer dictionary
+    rb"|\bstartxref\s+\d+"  # the pointer to the cross-reference
 )
 _VERSION = re.compile(r"%PDF-(\d\.\d)")
 # What pypdf's extract_text is asked for, by mode.
@@ -203,7 +206,7 @@ def extract_pdf(
     warnings: list[ResultWarning] = []
     details = DocumentDetails(
         pdf_version=_version(reader),
-        pages=_page_infos(reader, warnings),
+        pages=_page_infos(reader, pages, warnings),
         outline=_part("outline", lambda: tuple(_outline(reader)), (), warnings),
         attachments=_part("attachments", lambda: tuple(_attachments(reader)), (), warnings),
         has_xmp=_part("xmp", lambda: _has_xmp(reader), False, warnings),
@@ -243,22 +246,24 @@ def _version(reader: PdfReader) -> str | None:
     return match.group(1) if match else None
 
 
-def _page_infos(reader: PdfReader, warnings: list[ResultWarning]) -> tuple[PageInfo, ...]:
+def _page_infos(
+    reader: PdfReader, texts: tuple[str, ...], warnings: list[ResultWarning]
+) -> tuple[PageInfo, ...]:
     infos = []
     damaged = False
-    for page in reader.pages:
+    for page, text in zip(reader.pages, texts, strict=True):
         try:
-            infos.append(_page_info(page))
+            infos.append(_page_info(page, len(text)))
         except _METADATA_ERRORS as exc:
             log.debug("unreadable page box", exception_type=type(exc).__name__)
             damaged = True
-            infos.append(PageInfo())
+            infos.append(PageInfo(characters=len(text)))
     if damaged:
         warnings.append(ResultWarning(WarningCode.PART_UNREADABLE, "pages", 0))
     return tuple(infos)
 
 
-def _page_info(page: PageObject) -> PageInfo:
+def _page_info(page: PageObject, characters: int) -> PageInfo:
     box = page.mediabox
     rotation = page.rotation
     return PageInfo(
@@ -266,6 +271,7 @@ def _page_info(page: PageObject) -> PageInfo:
         height=round(float(box.height), 3),
         # /Rotate must be a multiple of 90; pypdf hands over what the file says.
         rotation=rotation % 360 if isinstance(rotation, int) and rotation % 90 == 0 else 0,
+        characters=characters,
     )
 
 
