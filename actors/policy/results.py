@@ -121,6 +121,20 @@ class ResultLimits:
             if value <= 0:
                 raise ValueError(f"{field.name} must be positive, got {value}")
 
+    def max_metadata_message_bytes(self) -> int:
+        """The most bytes a result's metadata message can take on the wire.
+
+        Its document information fields, outline titles and attachment names at their
+        limits, a few bytes of numbers and tags for each entry, and 64 KiB for the rest.
+        """
+        fields = len(DOCUMENT_INFO_FIELDS)
+        entries = self.max_outline_entries + self.max_attachments
+        return (
+            fields * (self.max_metadata_field_bytes + 8)
+            + entries * (self.max_name_bytes + 32)
+            + (64 << 10)
+        )
+
     def max_reply_bytes(self) -> int:
         """The most bytes a worker's JSON reply of a result within these limits can take.
 
@@ -254,9 +268,16 @@ def _page_info(known: PageInfo, characters: int) -> PageInfo:
     return PageInfo(
         width=_dimension(known.width),
         height=_dimension(known.height),
-        rotation=known.rotation % 360 if isinstance(known.rotation, int) else 0,
+        rotation=_rotation(known.rotation),
         characters=characters,
     )
+
+
+def _rotation(value: object) -> int:
+    # Pages turn by quarter turns; anything else is a broken /Rotate, shown unturned.
+    if isinstance(value, int) and not isinstance(value, bool) and value % 90 == 0:
+        return value % 360
+    return 0
 
 
 def _dimension(value: object) -> float | None:
