@@ -1620,6 +1620,7 @@ class OutlineEntry(_message.Message):
     PAGE_NUMBER_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """The entry's title, as the reader's bookmark pane shows it."""
     page_number: _builtins.int
     """The page it points to, 1-based; unset for an entry that points nowhere in the
     document (a web link, a broken destination).
