@@ -387,7 +387,8 @@ def warnings_to_json(warnings: Sequence[ResultWarning]) -> str:
 
 def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
     """The warnings :func:`warnings_to_json` made."""
-    return _warnings_from_lists(json.loads(text))
+    # Most files have none: a batch of many files loads without parsing them.
+    return () if text == "[]" else _warnings_from_lists(json.loads(text))
 
 
 def _warnings_to_lists(warnings: Sequence[ResultWarning]) -> list[list[Any]]:
