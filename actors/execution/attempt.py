@@ -24,6 +24,13 @@ import structlog
 
 from actors.execution.classify import classify
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import (
+    Attachment,
+    DocumentDetails,
+    ExtractionMode,
+    OutlineEntry,
+    PageInfo,
+)
 from actors.policy.model import DocumentInfo, ExtractionResult, ResultWarning, WarningCode
 from actors.policy.results import ResultLimits, make_storable
 
@@ -114,9 +121,11 @@ def decode_reply(data: bytes) -> WorkerReply:
                         WarningCode(warning["code"]),
                         _typed(warning["place"], str),
                         _typed(warning["count"], int),
+                        _typed(warning["total"], int),
                     )
                     for warning in fields["warnings"]
                 ),
+                details=_details(fields["details"]),
             )
             return WorkerSucceeded(result)
         fields = payload["failed"]
@@ -128,6 +137,50 @@ def decode_reply(data: bytes) -> WorkerReply:
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed worker reply: {type(exc).__name__}") from exc
+
+
+def _details(fields: dict[str, Any]) -> DocumentDetails:
+    return DocumentDetails(
+        pdf_version=_optional_str(fields["pdf_version"]),
+        pages=tuple(
+            PageInfo(
+                width=_optional_float(page["width"]),
+                height=_optional_float(page["height"]),
+                rotation=_typed(page["rotation"], int),
+                characters=_typed(page["characters"], int),
+            )
+            for page in fields["pages"]
+        ),
+        outline=tuple(
+            OutlineEntry(
+                title=_typed(entry["title"], str),
+                page_number=_optional_int(entry["page_number"]),
+                depth=_typed(entry["depth"], int),
+            )
+            for entry in fields["outline"]
+        ),
+        attachments=tuple(
+            Attachment(
+                name=_typed(attachment["name"], str),
+                size_bytes=_optional_int(attachment["size_bytes"]),
+            )
+            for attachment in fields["attachments"]
+        ),
+        has_xmp=_typed(fields["has_xmp"], bool),
+    )
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None:
+        return None
+    # A whole number of points may come as a JSON integer.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else _typed(value, int)
 
 
 def _typed(value: object, kind: type[_T]) -> _T:
@@ -176,6 +229,8 @@ def run_processor(
     password: str | None,
     attempt: int,
     limits: ResultLimits,
+    *,
+    mode: ExtractionMode = ExtractionMode.PLAIN,
 ) -> tuple[WorkerReply, bytes]:
     """One attempt inside a worker: read the bytes, extract, check the result, classify
     any failure, and encode the reply.
@@ -183,21 +238,26 @@ def run_processor(
     Never raises for anything the processor does: a failure is a reply.
 
     Args:
-        processor: What extracts; it also gets ``attempt=`` if it has such a parameter.
+        processor: What extracts; it also gets ``attempt=`` and ``mode=`` if it has
+            parameters of those names.
         read: Reads the file's bytes (from the blob store, or Ray's object store).
         password: Opens an encrypted file.
         attempt: The attempt's number over the file's life.
         limits: How big the result may be.
+        mode: How pages' text is put together, as the batch asked.
 
     Returns:
         The reply, and the bytes it is sent as.
     """
     try:
         data = read()
-        if "attempt" in inspect.signature(processor).parameters:
-            result = processor(data, password, attempt=attempt)
-        else:
-            result = processor(data, password)
+        parameters = inspect.signature(processor).parameters
+        options: dict[str, Any] = {}
+        if "attempt" in parameters:
+            options["attempt"] = attempt
+        if "mode" in parameters:
+            options["mode"] = mode
+        result = processor(data, password, **options)
         reply: WorkerReply = storable_reply(result, limits)
     # Whatever the processor does, only a real process death may end the worker.
     except BaseException as exc:  # noqa: BLE001

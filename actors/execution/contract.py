@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import ExtractionMode
 from actors.policy.model import ExtractionResult
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,7 @@ class AttemptJob:
         password: Opens an encrypted file; held in memory only, never logged.
         tenant: The batch's owner: executors take turns across tenants, then across
             their batches, so that no tenant's big batch holds every worker.
+        extraction_mode: How pages' text is put together, as the batch asked.
     """
 
     batch_id: str
@@ -54,6 +56,7 @@ class AttemptJob:
     blob_path: str
     password: str | None = field(default=None, repr=False)
     tenant: str = ""
+    extraction_mode: ExtractionMode = ExtractionMode.PLAIN
 
 
 @dataclass(frozen=True, slots=True)

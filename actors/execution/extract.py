@@ -1,27 +1,50 @@
-"""Text and metadata extraction from one PDF, with pypdf.
+"""Text, metadata and structure extraction from one PDF, with pypdf.
 
 This module runs inside worker processes only. It raises whatever pypdf raises and
 leaves the naming of the failure to :func:`actors.execution.classify.classify`; the exceptions it
 raises itself are the ones ``classify`` maps to a precise code.
+
+The pages' text is the point: anything that keeps it from being read fails the file.
+Everything else (the information dictionary, the version, page sizes, the outline,
+attachments, XMP) is optional, and read part by part, each guarded: a damaged outline
+leaves the outline empty with a ``PART_UNREADABLE`` warning and the text is returned
+whole. Pages without text (whitespace only) are counted into a ``NO_TEXT_LAYER`` or
+``PARTIAL_TEXT_LAYER`` warning: such a file succeeded, but probably needs OCR.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
-from pypdf import PdfReader, overwrite_configuration
+from pypdf import PageObject, PdfReader, overwrite_configuration
 from pypdf.errors import EmptyFileError, FileNotDecryptedError, PyPdfError
+from pypdf.generic import Destination, EmbeddedFile, StreamObject
 
 from actors.policy.catalogue import NotAPdfError, WrongPasswordError
-from actors.policy.model import DocumentInfo, ExtractionResult
+from actors.policy.document import (
+    Attachment,
+    DocumentDetails,
+    ExtractionMode,
+    OutlineEntry,
+    PageInfo,
+)
+from actors.policy.model import DocumentInfo, ExtractionResult, ResultWarning, WarningCode
 
-__all__ = ["PDF_SIGNATURE", "SIGNATURE_WINDOW", "PdfLimits", "configure_pdf_limits", "extract_pdf"]
+__all__ = [
+    "PDF_SIGNATURE",
+    "SIGNATURE_WINDOW",
+    "PdfLimits",
+    "configure_pdf_limits",
+    "extract_pdf",
+    "looks_like_pdf",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +52,22 @@ _T = TypeVar("_T")
 
 PDF_SIGNATURE = b"%PDF-"
 # Readers accept junk (mail headers, BOMs) before the signature; Acrobat looks this far.
+# The end of file marker and the cross-reference pointer are looked for as far from the end.
 SIGNATURE_WINDOW = 1024
+# What only a PDF's body holds, written as a PDF writes it (prose that mentions a
+# trailer is not one).
+_PDF_STRUCTURE = re.compile(
+    rb"\d+\s+\d+\s+obj\b"  # an object: "12 0 obj"
+    rb"|\bxref\s+\d+\s+\d+"  # a cross-reference table's first section: "xref 0 6"
+    rb"|\btrailer\s*<<"  # the trailer dictionary
+    rb"|\bstartxref\s+\d+"  # the pointer to the cross-reference
+)
+_VERSION = re.compile(r"%PDF-(\d\.\d)")
+# What pypdf's extract_text is asked for, by mode.
+_PYPDF_MODES: dict[ExtractionMode, Literal["plain", "layout"]] = {
+    ExtractionMode.PLAIN: "plain",
+    ExtractionMode.LAYOUT: "layout",
+}
 
 # Garbage in the information dictionary must not fail a file whose pages read fine.
 _METADATA_ERRORS = (
@@ -113,20 +151,39 @@ def configure_pdf_limits(limits: PdfLimits) -> None:
     overwrite_configuration(**limits.as_pypdf_configuration())
 
 
-def extract_pdf(data: bytes, password: str | None) -> ExtractionResult:
-    """Read the page count, the information dictionary and every page's text.
+def looks_like_pdf(head: bytes, tail: bytes) -> bool:
+    """Whether a file whose first and last KiB are ``head`` and ``tail`` may be a PDF.
+
+    It is, with the ``%PDF-`` signature in ``head``; without it, if either shows a PDF's
+    structure (an object, a cross-reference table, a trailer, the ``startxref``
+    pointer): readers, pypdf included, recover such a file, whose first line was lost
+    or mangled in transit.
+    """
+    if PDF_SIGNATURE in head:
+        return True
+    return bool(_PDF_STRUCTURE.search(head) or _PDF_STRUCTURE.search(tail))
+
+
+def extract_pdf(
+    data: bytes, password: str | None, *, mode: ExtractionMode = ExtractionMode.PLAIN
+) -> ExtractionResult:
+    """Read the page count, the information dictionary, every page's text, and the
+    document's structure.
 
     Args:
         data: The whole file.
         password: Opens an encrypted file. Without one, the empty user password is
             tried, which opens many "protected" files.
+        mode: How each page's text is put together. Default plain reading order.
 
     Returns:
-        The extraction result.
+        The extraction result, with a warning for pages without text and for each
+        optional part that could not be read.
 
     Raises:
         EmptyFileError: ``data`` is empty.
-        NotAPdfError: No ``%PDF-`` signature in the first 1024 bytes.
+        NotAPdfError: No ``%PDF-`` signature in the first 1024 bytes and no sign of a
+            PDF's structure in them or in the last 1024.
         FileNotDecryptedError: The file is encrypted and no password opens it.
         WrongPasswordError: A password was given and neither it nor the empty password
             opens the file.
@@ -135,19 +192,128 @@ def extract_pdf(data: bytes, password: str | None) -> ExtractionResult:
     if not data:
         raise EmptyFileError("Cannot read an empty file")
     start = data.find(PDF_SIGNATURE, 0, SIGNATURE_WINDOW)
-    if start < 0:
-        raise NotAPdfError(f"no {PDF_SIGNATURE!r} signature in the first {SIGNATURE_WINDOW} bytes")
+    if start < 0 and not looks_like_pdf(data[:SIGNATURE_WINDOW], data[-SIGNATURE_WINDOW:]):
+        raise NotAPdfError(
+            f"no {PDF_SIGNATURE!r} signature in the first {SIGNATURE_WINDOW} bytes, "
+            "and no PDF structure"
+        )
     # Byte offsets in a file with leading junk count from the signature, as in Acrobat.
-    reader = PdfReader(io.BytesIO(data[start:] if start else data))
+    reader = PdfReader(io.BytesIO(data[start:] if start > 0 else data))
     if reader.is_encrypted:
         _decrypt(reader, password)
-    pages = tuple(page.extract_text() for page in reader.pages)
+    pypdf_mode = _PYPDF_MODES[mode]
+    pages = tuple(page.extract_text(extraction_mode=pypdf_mode) for page in reader.pages)
+    warnings: list[ResultWarning] = []
+    details = DocumentDetails(
+        pdf_version=_version(reader),
+        pages=_page_infos(reader, pages, warnings),
+        outline=_part("outline", lambda: tuple(_outline(reader)), (), warnings),
+        attachments=_part("attachments", lambda: tuple(_attachments(reader)), (), warnings),
+        has_xmp=_part("xmp", lambda: _has_xmp(reader), False, warnings),
+    )
     return ExtractionResult(
         page_count=len(pages),
         encrypted=reader.is_encrypted,
         info=_document_info(reader),
         pages=pages,
+        warnings=(*_text_layer(pages), *warnings),
+        details=details,
     )
+
+
+def _text_layer(pages: tuple[str, ...]) -> tuple[ResultWarning, ...]:
+    """The warning for pages without text, if any: a scan, or text drawn as pictures."""
+    blank = sum(1 for text in pages if not text.strip())
+    if not blank:
+        return ()
+    code = WarningCode.NO_TEXT_LAYER if blank == len(pages) else WarningCode.PARTIAL_TEXT_LAYER
+    return (ResultWarning(code, "text", blank, total=len(pages)),)
+
+
+def _part(name: str, read: Callable[[], _T], empty: _T, warnings: list[ResultWarning]) -> _T:
+    """An optional part of the document, or ``empty`` with a warning if it is damaged."""
+    try:
+        return read()
+    except _METADATA_ERRORS as exc:
+        log.debug("unreadable document part", part=name, exception_type=type(exc).__name__)
+        warnings.append(ResultWarning(WarningCode.PART_UNREADABLE, name, 0))
+        return empty
+
+
+def _version(reader: PdfReader) -> str | None:
+    header = _read_field("pdf_header", lambda: reader.pdf_header)
+    match = _VERSION.match(header) if isinstance(header, str) else None
+    return match.group(1) if match else None
+
+
+def _page_infos(
+    reader: PdfReader, texts: tuple[str, ...], warnings: list[ResultWarning]
+) -> tuple[PageInfo, ...]:
+    infos = []
+    damaged = False
+    for page, text in zip(reader.pages, texts, strict=True):
+        try:
+            infos.append(_page_info(page, len(text)))
+        except _METADATA_ERRORS as exc:
+            log.debug("unreadable page box", exception_type=type(exc).__name__)
+            damaged = True
+            infos.append(PageInfo(characters=len(text)))
+    if damaged:
+        warnings.append(ResultWarning(WarningCode.PART_UNREADABLE, "pages", 0))
+    return tuple(infos)
+
+
+def _page_info(page: PageObject, characters: int) -> PageInfo:
+    box = page.mediabox
+    rotation = page.rotation
+    return PageInfo(
+        width=round(float(box.width), 3),
+        height=round(float(box.height), 3),
+        # /Rotate must be a multiple of 90; pypdf hands over what the file says.
+        rotation=rotation % 360 if isinstance(rotation, int) and rotation % 90 == 0 else 0,
+        characters=characters,
+    )
+
+
+def _outline(reader: PdfReader) -> Iterator[OutlineEntry]:
+    """The outline's entries in reading order, nested lists flattened with their depth."""
+    # Iterative: a hostile outline may nest as deep as pypdf lets it.
+    stack: list[tuple[list[object], int, int]] = [(list(reader.outline), 0, 0)]
+    while stack:
+        items, index, depth = stack.pop()
+        if index >= len(items):
+            continue
+        stack.append((items, index + 1, depth))
+        item = items[index]
+        if isinstance(item, list):
+            # A list holds the children of the entry before it.
+            stack.append((item, 0, depth + 1))
+        elif isinstance(item, Destination):
+            number = reader.get_destination_page_number(item)
+            yield OutlineEntry(
+                title=str(item.title) if isinstance(item.title, str) else "",
+                page_number=None if number is None or number < 0 else number + 1,
+                depth=depth,
+            )
+
+
+def _attachments(reader: PdfReader) -> Iterator[Attachment]:
+    for attachment in reader.attachment_list:
+        yield Attachment(name=str(attachment.name), size_bytes=_attachment_size(attachment))
+
+
+def _attachment_size(attachment: EmbeddedFile) -> int | None:
+    declared = attachment.size
+    if isinstance(declared, int) and declared >= 0:
+        return int(declared)
+    # Undeclared (the /Size parameter is optional): decoded, within pypdf's stream limits.
+    content = _read_field("attachment size", lambda: attachment.content)
+    return len(content) if isinstance(content, bytes) else None
+
+
+def _has_xmp(reader: PdfReader) -> bool:
+    metadata = reader.root_object.get("/Metadata")
+    return metadata is not None and isinstance(metadata.get_object(), StreamObject)
 
 
 def _decrypt(reader: PdfReader, password: str | None) -> None:

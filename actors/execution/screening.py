@@ -1,15 +1,19 @@
 """Screening: a file that is not a PDF never reaches a worker.
 
 :class:`ScreenedExecutor` wraps any executor. Before it hands an attempt over, it reads
-the first KiB of the stored upload, as :func:`actors.execution.extract.extract_pdf` would: an
-empty file fails at once with ``PDF_EMPTY``, one without the ``%PDF-`` signature in its
-first 1024 bytes with ``NOT_A_PDF``. Such an attempt costs no worker, no queue slot and
-no parser; its outcome names no worker pid. The worker checks the signature again, so
-a file that changed between the two reads is still refused.
+the first and the last KiB of the stored upload, as
+:func:`actors.execution.extract.extract_pdf` would: an empty file fails at once with
+``PDF_EMPTY``; one with neither the ``%PDF-`` signature in its first 1024 bytes nor any
+sign of a PDF's structure in them or in its last 1024 (an object, a cross-reference
+table, a trailer) fails with ``NOT_A_PDF``. Such an attempt costs no worker, no queue
+slot and no parser; its outcome names no worker pid. A file whose signature line was
+lost but whose body is a PDF's goes on to a worker: readers recover such files. The
+worker checks again, so a file that changed between the two reads is still refused.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from actors.execution.classify import classify
@@ -21,7 +25,7 @@ from actors.execution.contract import (
     OnDone,
     OnStarted,
 )
-from actors.execution.extract import PDF_SIGNATURE, SIGNATURE_WINDOW
+from actors.execution.extract import SIGNATURE_WINDOW, looks_like_pdf
 from actors.policy.catalogue import ErrorCode
 
 __all__ = ["ScreenedExecutor", "screen"]
@@ -35,11 +39,12 @@ def screen(path: Path) -> ErrorCode | None:
     """
     with path.open("rb") as handle:
         head = handle.read(SIGNATURE_WINDOW)
-    if not head:
-        return ErrorCode.PDF_EMPTY
-    if head.find(PDF_SIGNATURE) < 0:
-        return ErrorCode.NOT_A_PDF
-    return None
+        if not head:
+            return ErrorCode.PDF_EMPTY
+        # The last KiB, which may overlap the first in a small file.
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - SIGNATURE_WINDOW))
+        tail = handle.read(SIGNATURE_WINDOW)
+    return None if looks_like_pdf(head, tail) else ErrorCode.NOT_A_PDF
 
 
 class _Refused:

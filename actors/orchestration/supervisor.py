@@ -299,6 +299,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
             ),
             error=None,
+            warnings=report.result.warnings,
         )
         # No line per success: on small files it was the service's biggest log cost. The
         # batch's summary says how it went (INFO), each failure keeps its WARNING line, and
@@ -476,6 +477,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             blob_path=str(self._deps.blobs.path(record.blob)),
             password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
             tenant=self._book.batch.owner,
+            extraction_mode=self._policy.extraction_mode,
         )
         self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(

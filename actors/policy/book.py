@@ -27,6 +27,7 @@ from actors.policy.model import (
     all_counts,
     check_batch_transition,
     check_file_transition,
+    warned_files,
 )
 
 __all__ = ["BatchBook", "Changes"]
@@ -42,6 +43,8 @@ class Changes:
     # Files per state after the changes, every state present: stored with the batch,
     # so required: an empty default would store a batch of no files.
     counts: Mapping[FileState, int]
+    # Succeeded files with warnings after the changes, stored with the counts.
+    files_with_warnings: int
 
     def __bool__(self) -> bool:
         return bool(self.events)
@@ -54,6 +57,7 @@ class BatchBook:
         self._batch = view.batch
         self._files: dict[str, FileRecord] = {f.file_id: f for f in view.files}
         self._counts: Counter[FileState] = Counter(f.state for f in view.files)
+        self._warned = warned_files(view.files)
         self._dirty: dict[str, FileRecord] = {}
         self._events: list[BatchEvent] = []
 
@@ -78,6 +82,11 @@ class BatchBook:
     def count(self, state: FileState) -> int:
         """Files in ``state``."""
         return self._counts[state]
+
+    @property
+    def files_with_warnings(self) -> int:
+        """Succeeded files whose result carries warnings."""
+        return self._warned
 
     @property
     def unsettled(self) -> int:
@@ -108,6 +117,7 @@ class BatchBook:
         self._dirty[file_id] = updated
         self._counts[current.state] -= 1
         self._counts[state] += 1
+        self._warned += warned_files((updated,)) - warned_files((current,))
         self._announce(now, file=updated, reason=reason, previous=current.state)
         return updated
 
@@ -138,6 +148,7 @@ class BatchBook:
             updated = dataclasses.replace(current, state=state, next_attempt_at=None, error=error)
             self._files[file_id] = updated
             self._counts[current.state] -= 1
+            self._warned += warned_files((updated,)) - warned_files((current,))
             # A change of the same file held back for this commit is now out of date;
             # the bulk change carries the rest.
             if file_id in self._dirty:
@@ -165,6 +176,7 @@ class BatchBook:
             tuple(self._dirty.values()),
             tuple(self._events),
             all_counts(self._counts),
+            self._warned,
         )
         self._dirty.clear()
         self._events.clear()

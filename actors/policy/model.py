@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from actors.policy.catalogue import ErrorCode, spec_for
+from actors.policy.document import DocumentDetails
 from actors.policy.rules import BatchPolicy
 
 __all__ = [
     "BATCH_TRANSITIONS",
     "DOCUMENT_INFO_FIELDS",
+    "DOCUMENT_PARTS",
     "FILE_TRANSITIONS",
     "Attempt",
     "AttemptOutcome",
@@ -42,6 +44,7 @@ __all__ = [
     "check_batch_transition",
     "check_file_transition",
     "settled_batch_state",
+    "warned_files",
 ]
 
 
@@ -216,6 +219,8 @@ class FileRecord:
         next_attempt_at: When a file in ``BACKOFF`` is due.
         error: The last error, cleared when the file succeeds or is retried.
         encrypted_with_password: Whether a password was supplied at submit or retry.
+        warnings: What users should know about the file's result (no text layer, a
+            damaged outline...), set when it succeeds; a file with warnings succeeded.
     """
 
     file_id: str
@@ -229,6 +234,7 @@ class FileRecord:
     next_attempt_at: float | None = None
     error: FileError | None = None
     encrypted_with_password: bool = False
+    warnings: tuple[ResultWarning, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +287,12 @@ class BatchSummary:
     Attributes:
         batch: The batch's record.
         counts: Files per state, every state present.
+        files_with_warnings: Succeeded files whose result carries warnings.
     """
 
     batch: BatchRecord
     counts: Mapping[FileState, int]
+    files_with_warnings: int = 0
 
     @property
     def file_count(self) -> int:
@@ -323,7 +331,7 @@ class BatchView:
 
     def summary(self) -> BatchSummary:
         """The batch with its counts, without its files."""
-        return BatchSummary(self.batch, self.counts)
+        return BatchSummary(self.batch, self.counts, warned_files(self.files))
 
     def file(self, file_id: str) -> FileRecord | None:
         """The file with ``file_id``, or ``None``."""
@@ -392,8 +400,19 @@ class DocumentInfo:
 
 
 DOCUMENT_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(DocumentInfo))
-# Where a warning applies: the pages' text, or one field of the information dictionary.
-_WARNING_PLACES = frozenset({"text", *DOCUMENT_INFO_FIELDS})
+# The optional parts of a document's structure (see DocumentDetails), by the name a
+# warning gives them.
+DOCUMENT_PARTS = ("version", "pages", "outline", "attachments", "xmp")
+# Where a warning applies: the pages' text, one field of the information dictionary,
+# or one part of the document's structure.
+_WARNING_PLACES = frozenset({"text", *DOCUMENT_INFO_FIELDS, *DOCUMENT_PARTS})
+_PART_NAMES = {
+    "version": "version header",
+    "pages": "page sizes",
+    "outline": "outline",
+    "attachments": "attachment list",
+    "xmp": "XMP metadata",
+}
 
 
 class WarningCode(enum.StrEnum):
@@ -403,6 +422,15 @@ class WarningCode(enum.StrEnum):
     CHARACTERS_REPLACED = "CHARACTERS_REPLACED"
     # A metadata field longer than the limit, cut to it.
     METADATA_TRUNCATED = "METADATA_TRUNCATED"
+    # No page has text: a scan or pictures of text, which needs OCR.
+    NO_TEXT_LAYER = "NO_TEXT_LAYER"
+    # Some pages, not all, have no text.
+    PARTIAL_TEXT_LAYER = "PARTIAL_TEXT_LAYER"
+    # An optional part of the document (its outline, attachments...) is damaged and
+    # was left out; the text is whole.
+    PART_UNREADABLE = "PART_UNREADABLE"
+    # A part had more entries than a result keeps (or longer titles); the rest was cut.
+    PART_TRUNCATED = "PART_TRUNCATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,22 +442,28 @@ class ResultWarning:
 
     Attributes:
         code: What happened.
-        place: ``"text"`` for the pages, else the metadata field (``"title"``, ...).
-        count: Characters replaced, or characters cut off.
+        place: ``"text"`` for the pages, else the metadata field (``"title"``, ...) or
+            the part of the document (``"outline"``, ...).
+        count: Characters replaced or cut off; pages without text; entries left out;
+            0 for a part that could not be read.
+        total: Pages in the document, for the text-layer warnings; else 0.
 
     Raises:
-        ValueError: An unknown place or a negative count.
+        ValueError: An unknown place, or a negative count or total.
     """
 
     code: WarningCode
     place: str
     count: int
+    total: int = 0
 
     def __post_init__(self) -> None:
         if self.place not in _WARNING_PLACES:
             raise ValueError(f"no such place for a warning: {self.place!r}")
-        if self.count < 0:
-            raise ValueError(f"a warning's count cannot be negative, got {self.count}")
+        if self.count < 0 or self.total < 0:
+            raise ValueError(
+                f"a warning's count and total cannot be negative, got {self.count}, {self.total}"
+            )
 
     @property
     def message(self) -> str:
@@ -447,10 +481,43 @@ class ResultWarning:
                     f"{where.capitalize()} was too long; its last {_characters(self.count)} "
                     "were cut off."
                 )
+            case WarningCode.NO_TEXT_LAYER:
+                return (
+                    f"No page has text ({_pages(self.total)}): the file is probably scanned "
+                    "or made of images, and needs OCR to have its text read."
+                )
+            case WarningCode.PARTIAL_TEXT_LAYER:
+                return (
+                    f"{self.count:,} of {_pages(self.total)} have no text: they are probably "
+                    "scanned or made of images, and need OCR to have their text read."
+                )
+            case WarningCode.PART_UNREADABLE:
+                return (
+                    f"The document's {_part(self.place)} could not be read (it is damaged) "
+                    "and was left out; the text is not affected."
+                )
+            case WarningCode.PART_TRUNCATED:
+                return (
+                    f"The document's {_part(self.place)} was longer than a result keeps; "
+                    f"{self.count:,} entries or characters were left out."
+                )
 
 
 def _characters(count: int) -> str:
     return "1 character" if count == 1 else f"{count:,} characters"
+
+
+def _pages(count: int) -> str:
+    return "1 page" if count == 1 else f"{count:,} pages"
+
+
+def _part(place: str) -> str:
+    return _PART_NAMES.get(place, place)
+
+
+def warned_files(files: Iterable[FileRecord]) -> int:
+    """Succeeded files whose result carries warnings."""
+    return sum(1 for f in files if f.warnings and f.state is FileState.SUCCEEDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,8 +529,10 @@ class ExtractionResult:
         encrypted: Whether the document was encrypted.
         info: The document information dictionary.
         pages: Each page's text, in order.
-        warnings: What was changed to make the result safe to keep (see
-            :mod:`actors.policy.results`).
+        warnings: What users should know: what was changed to make the result safe
+            to keep (see :mod:`actors.policy.results`), pages without text, parts of
+            the document that could not be read.
+        details: The document's structure: version, page sizes, outline, attachments.
     """
 
     page_count: int
@@ -471,6 +540,7 @@ class ExtractionResult:
     info: DocumentInfo
     pages: tuple[str, ...]
     warnings: tuple[ResultWarning, ...] = ()
+    details: DocumentDetails = field(default_factory=DocumentDetails)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,9 +551,10 @@ class ResultSummary:
         page_count: Pages in the document.
         encrypted: Whether the document was encrypted.
         info: The document information dictionary.
-        warnings: What was changed to make the result safe to keep.
+        warnings: What users should know about the result.
         stored_bytes: What the result takes in the store (its text and metadata in
             UTF-8); counts against its owner's storage quota.
+        details: The document's structure.
     """
 
     page_count: int
@@ -491,6 +562,7 @@ class ResultSummary:
     info: DocumentInfo
     warnings: tuple[ResultWarning, ...]
     stored_bytes: int
+    details: DocumentDetails = field(default_factory=DocumentDetails)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,13 @@ What is kept, and what is not:
   ``PDF_LIMIT_EXCEEDED``: a cut text would pass for a whole one. A metadata field over
   :attr:`ResultLimits.max_metadata_field_bytes` is cut to it, with a warning: the text is
   what users come for, and a title of megabytes is never a real title.
+- The document's structure (:class:`~actors.policy.document.DocumentDetails`) is kept
+  to :attr:`ResultLimits.max_outline_entries` outline entries,
+  :attr:`ResultLimits.max_attachments` attachments and
+  :attr:`ResultLimits.max_page_details` pages, each title or name cut to
+  :attr:`ResultLimits.max_name_bytes`, with a ``PART_TRUNCATED`` warning for what was
+  left out. Titles and names are cleaned as the text is. Each kept page's character
+  count is counted here, from the text as stored.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from actors.policy.catalogue import ResultTooLargeError
+from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
 from actors.policy.model import (
     DOCUMENT_INFO_FIELDS,
     DocumentInfo,
@@ -45,7 +53,11 @@ from actors.policy.model import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ATTACHMENTS",
     "DEFAULT_MAX_METADATA_FIELD_BYTES",
+    "DEFAULT_MAX_NAME_BYTES",
+    "DEFAULT_MAX_OUTLINE_ENTRIES",
+    "DEFAULT_MAX_PAGE_DETAILS",
     "DEFAULT_MAX_TEXT_BYTES",
     "REPLACEMENT",
     "TEXT_PIECE_CHARS",
@@ -58,6 +70,13 @@ __all__ = [
 
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_METADATA_FIELD_BYTES = 64 * 1024
+DEFAULT_MAX_OUTLINE_ENTRIES = 1_000
+DEFAULT_MAX_ATTACHMENTS = 1_000
+DEFAULT_MAX_NAME_BYTES = 1_024
+# Above pypdf's page-tree limit in the workers (50,000 by default).
+DEFAULT_MAX_PAGE_DETAILS = 100_000
+# What one page's details take in a worker's JSON reply, at most.
+_PAGE_DETAIL_REPLY_BYTES = 128
 REPLACEMENT = "\ufffd"
 # A piece of text for one message: at most 2 MiB of UTF-8, inside gRPC's 4 MiB limit.
 TEXT_PIECE_CHARS = 512 * 1024
@@ -76,6 +95,14 @@ class ResultLimits:
             over it the file fails with ``PDF_LIMIT_EXCEEDED``.
         max_metadata_field_bytes: One field of the information dictionary, in bytes
             of UTF-8. Default 64 KiB; a longer field is cut, with a warning.
+        max_outline_entries: Outline entries kept, nested ones included. Default
+            1,000; the rest are left out, with a warning.
+        max_attachments: Attachments listed. Default 1,000; the rest are left out,
+            with a warning.
+        max_name_bytes: One outline title or attachment name, in bytes of UTF-8.
+            Default 1 KiB; a longer one is cut, with a warning.
+        max_page_details: Pages whose size, rotation and character count are kept.
+            Default 100,000; the text of every page is kept regardless.
 
     Raises:
         ValueError: A limit is not positive.
@@ -83,6 +110,10 @@ class ResultLimits:
 
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     max_metadata_field_bytes: int = DEFAULT_MAX_METADATA_FIELD_BYTES
+    max_outline_entries: int = DEFAULT_MAX_OUTLINE_ENTRIES
+    max_attachments: int = DEFAULT_MAX_ATTACHMENTS
+    max_name_bytes: int = DEFAULT_MAX_NAME_BYTES
+    max_page_details: int = DEFAULT_MAX_PAGE_DETAILS
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -90,14 +121,35 @@ class ResultLimits:
             if value <= 0:
                 raise ValueError(f"{field.name} must be positive, got {value}")
 
+    def max_metadata_message_bytes(self) -> int:
+        """The most bytes a result's metadata message can take on the wire.
+
+        Its document information fields, outline titles and attachment names at their
+        limits, a few bytes of numbers and tags for each entry, and 64 KiB for the rest.
+        """
+        fields = len(DOCUMENT_INFO_FIELDS)
+        entries = self.max_outline_entries + self.max_attachments
+        return (
+            fields * (self.max_metadata_field_bytes + 8)
+            + entries * (self.max_name_bytes + 32)
+            + (64 << 10)
+        )
+
     def max_reply_bytes(self) -> int:
         """The most bytes a worker's JSON reply of a result within these limits can take.
 
         JSON doubles at worst the characters :func:`make_storable` keeps (a quote or a
-        backslash becomes two bytes); 1 MiB covers the rest of the reply.
+        backslash becomes two bytes); each outline entry and attachment adds its name
+        and a few numbers, each page its details; 1 MiB covers the rest of the reply.
         """
         fields = len(DOCUMENT_INFO_FIELDS)
-        return 2 * (self.max_text_bytes + fields * self.max_metadata_field_bytes) + (1 << 20)
+        names = self.max_outline_entries + self.max_attachments
+        return (
+            2 * (self.max_text_bytes + fields * self.max_metadata_field_bytes)
+            + names * (2 * self.max_name_bytes + _PAGE_DETAIL_REPLY_BYTES)
+            + self.max_page_details * _PAGE_DETAIL_REPLY_BYTES
+            + (1 << 20)
+        )
 
 
 def text_pieces(pages: Sequence[str]) -> Iterator[tuple[int, int, str]]:
@@ -113,10 +165,18 @@ def text_pieces(pages: Sequence[str]) -> Iterator[tuple[int, int, str]]:
 
 
 def result_size(result: ExtractionResult) -> int:
-    """What ``result`` takes in a store: its text and metadata fields, in UTF-8 bytes."""
+    """What ``result`` takes in a store: its text, metadata fields, outline titles and
+    attachment names, in UTF-8 bytes."""
     fields = (getattr(result.info, name) for name in DOCUMENT_INFO_FIELDS)
-    return sum(utf8_size(page) for page in result.pages) + sum(
-        utf8_size(value) for value in fields if value is not None
+    details = result.details
+    names = (
+        *(entry.title for entry in details.outline),
+        *(attachment.name for attachment in details.attachments),
+    )
+    return (
+        sum(utf8_size(page) for page in result.pages)
+        + sum(utf8_size(value) for value in fields if value is not None)
+        + sum(utf8_size(name) for name in names)
     )
 
 
@@ -151,13 +211,113 @@ def make_storable(result: ExtractionResult, limits: ResultLimits) -> ExtractionR
         if value is not None:
             value = _clean_field(name, value, limits.max_metadata_field_bytes, warnings)
         info[name] = value
+    details = _storable_details(result.details, pages, limits, warnings)
     return ExtractionResult(
         page_count=_count(result.page_count),
         encrypted=bool(result.encrypted),
         info=DocumentInfo(**info),
         pages=pages,
-        warnings=tuple(warnings),
+        # A page count over the limit is found again in a result made storable twice.
+        warnings=tuple(dict.fromkeys(warnings)),
+        details=details,
     )
+
+
+def _storable_details(
+    details: object,
+    pages: tuple[str, ...],
+    limits: ResultLimits,
+    warnings: list[ResultWarning],
+) -> DocumentDetails:
+    if not isinstance(details, DocumentDetails):
+        raise TypeError(f"details must be DocumentDetails, not {type(details).__name__}")
+    described = details.pages[: limits.max_page_details]
+    page_infos = []
+    for number, text in enumerate(pages[: limits.max_page_details]):
+        known = described[number] if number < len(described) else PageInfo()
+        page_infos.append(_page_info(known, len(text)))
+    if len(pages) > limits.max_page_details:
+        _truncated(warnings, "pages", len(pages) - limits.max_page_details)
+    kept_entries = details.outline[: limits.max_outline_entries]
+    titles = _clean_names("outline", [e.title for e in kept_entries], limits, warnings)
+    outline = tuple(
+        OutlineEntry(title, _optional_count(entry.page_number, 2**31), _natural(entry.depth, 2**31))
+        for title, entry in zip(titles, kept_entries, strict=True)
+    )
+    _truncated(warnings, "outline", len(details.outline) - len(outline))
+    kept_files = details.attachments[: limits.max_attachments]
+    names = _clean_names("attachments", [a.name for a in kept_files], limits, warnings)
+    attachments = tuple(
+        Attachment(name, _optional_count(attachment.size_bytes, 2**63))
+        for name, attachment in zip(names, kept_files, strict=True)
+    )
+    _truncated(warnings, "attachments", len(details.attachments) - len(attachments))
+    version = details.pdf_version
+    if version is not None:
+        version = _clean_field("version", version, 16, warnings)
+    return DocumentDetails(
+        pdf_version=version,
+        pages=tuple(page_infos),
+        outline=outline,
+        attachments=attachments,
+        has_xmp=bool(details.has_xmp),
+    )
+
+
+def _page_info(known: PageInfo, characters: int) -> PageInfo:
+    return PageInfo(
+        width=_dimension(known.width),
+        height=_dimension(known.height),
+        rotation=_rotation(known.rotation),
+        characters=characters,
+    )
+
+
+def _rotation(value: object) -> int:
+    # Pages turn by quarter turns; anything else is a broken /Rotate, shown unturned.
+    if isinstance(value, int) and not isinstance(value, bool) and value % 90 == 0:
+        return value % 360
+    return 0
+
+
+def _dimension(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None
+
+
+def _truncated(warnings: list[ResultWarning], place: str, count: int) -> None:
+    if count:
+        warnings.append(ResultWarning(WarningCode.PART_TRUNCATED, place, count))
+
+
+def _clean_names(
+    place: str, values: list[object], limits: ResultLimits, warnings: list[ResultWarning]
+) -> list[str]:
+    """Titles or names cleaned as text is and cut to the limit; one warning per kind."""
+    names, replaced, cut = [], 0, 0
+    for value in values:
+        text, count = _clean(value)
+        replaced += count
+        if utf8_size(text) > limits.max_name_bytes:
+            kept = text.encode("utf-8")[: limits.max_name_bytes].decode("utf-8", errors="ignore")
+            cut += len(text) - len(kept)
+            text = kept
+        names.append(text)
+    if replaced:
+        warnings.append(ResultWarning(WarningCode.CHARACTERS_REPLACED, place, replaced))
+    _truncated(warnings, place, cut)
+    return names
+
+
+def _optional_count(value: object, bound: int) -> int | None:
+    return None if value is None else _natural(value, bound)
+
+
+def _natural(value: object, bound: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < bound:
+        raise TypeError(f"expected a natural number below {bound}, not {value!r}")
+    return value
 
 
 def _clean_pages(pages: object) -> tuple[tuple[str, ...], int]:

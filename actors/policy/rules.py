@@ -14,6 +14,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.policy.catalogue import ErrorCode, spec_for
+from actors.policy.document import ExtractionMode
 
 __all__ = [
     "MAX_WRONG_PASSWORDS",
@@ -146,6 +147,8 @@ class BatchPolicy(BaseModel):
         tolerated_failures: Fail-fast threshold. Default: tolerate any number.
         restart_intensity: Limit on automatic restarts across the batch.
         max_manual_retries: Manual retries allowed per file. Default 5.
+        extraction_mode: How pages' text is put together: ``PLAIN`` reading order
+            (default) or ``LAYOUT``, laid out as on the page.
     """
 
     model_config = _FROZEN
@@ -156,6 +159,7 @@ class BatchPolicy(BaseModel):
     tolerated_failures: FailureThreshold = FailureThreshold()
     restart_intensity: RestartIntensity = RestartIntensity()
     max_manual_retries: int = Field(default=5, ge=0, le=1000)
+    extraction_mode: ExtractionMode = ExtractionMode.PLAIN
 
 
 @dataclass(frozen=True, slots=True)

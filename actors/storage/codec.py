@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
 from actors.policy.model import (
     Attempt,
     AttemptOutcome,
@@ -43,6 +44,8 @@ __all__ = [
     "batch_to_row",
     "counts_from_json",
     "counts_to_json",
+    "details_from_json",
+    "details_to_json",
     "error_from_dict",
     "error_to_dict",
     "error_to_json",
@@ -56,6 +59,7 @@ __all__ = [
     "info_to_json",
     "policy_from_json",
     "policy_to_json",
+    "warned_from_json",
     "warnings_from_json",
     "warnings_to_json",
 ]
@@ -91,6 +95,7 @@ FILE_COLUMNS = (
     "next_attempt_at",
     "error",
     "encrypted_with_password",
+    "warnings",
 )
 ATTEMPT_COLUMNS = (
     "number",
@@ -172,12 +177,13 @@ def file_to_row(record: FileRecord) -> Row:
         record.next_attempt_at,
         error_to_json(record.error),
         int(record.encrypted_with_password),
+        warnings_to_json(record.warnings),
     )
 
 
 def file_from_row(row: Sequence[Any], attempts: Sequence[Attempt] = ()) -> FileRecord:
     """The file record :func:`file_to_row` made, with ``attempts``."""
-    (file_id, name, blob, size, state, failures, retries, next_at, error, encrypted) = row
+    (file_id, name, blob, size, state, failures, retries, next_at, error, encrypted, warned) = row
     return FileRecord(
         file_id=file_id,
         name=name,
@@ -190,6 +196,7 @@ def file_from_row(row: Sequence[Any], attempts: Sequence[Attempt] = ()) -> FileR
         next_attempt_at=next_at,
         error=None if error is None else error_from_dict(json.loads(error)),
         encrypted_with_password=bool(encrypted),
+        warnings=warnings_from_json(warned),
     )
 
 
@@ -272,6 +279,7 @@ def file_to_dict(record: FileRecord) -> Json:
         "next_attempt_at": record.next_attempt_at,
         "error": None if record.error is None else error_to_dict(record.error),
         "encrypted_with_password": record.encrypted_with_password,
+        "warnings": _warnings_to_lists(record.warnings),
     }
 
 
@@ -290,6 +298,8 @@ def file_from_dict(data: Mapping[str, Any]) -> FileRecord:
         next_attempt_at=data["next_attempt_at"],
         error=None if error is None else error_from_dict(error),
         encrypted_with_password=data["encrypted_with_password"],
+        # Events stored before files kept their warnings have none.
+        warnings=_warnings_from_lists(data.get("warnings", ())),
     )
 
 
@@ -371,20 +381,74 @@ def info_from_json(text: str) -> DocumentInfo:
 
 
 def warnings_to_json(warnings: Sequence[ResultWarning]) -> str:
-    """A result's warnings as JSON text."""
-    return json.dumps([[w.code.value, w.place, w.count] for w in warnings])
+    """A result's or a file's warnings as JSON text."""
+    return json.dumps(_warnings_to_lists(warnings))
 
 
 def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
     """The warnings :func:`warnings_to_json` made."""
+    # Most files have none: a batch of many files loads without parsing them.
+    return () if text == "[]" else _warnings_from_lists(json.loads(text))
+
+
+def _warnings_to_lists(warnings: Sequence[ResultWarning]) -> list[list[Any]]:
+    return [[w.code.value, w.place, w.count, w.total] for w in warnings]
+
+
+def _warnings_from_lists(lists: Sequence[Sequence[Any]]) -> tuple[ResultWarning, ...]:
+    # Warnings stored before they had a total are three items long.
     return tuple(
-        ResultWarning(WarningCode(code), place, count) for code, place, count in json.loads(text)
+        ResultWarning(WarningCode(code), place, count, *total)
+        for code, place, count, *total in lists
     )
 
 
-def counts_to_json(counts: Mapping[FileState, int]) -> str:
-    """Files per state as JSON text; states without files left out."""
-    return json.dumps({state.value: n for state, n in counts.items() if n})
+def details_to_json(details: DocumentDetails) -> str:
+    """A result's document structure as JSON text; pages as ``[width, height, rotation,
+    characters]``, outline entries as ``[title, page, depth]``, attachments as ``[name,
+    size]``: a document of many pages stays a small row."""
+    return json.dumps(
+        {
+            "pdf_version": details.pdf_version,
+            "pages": [[p.width, p.height, p.rotation, p.characters] for p in details.pages],
+            "outline": [[e.title, e.page_number, e.depth] for e in details.outline],
+            "attachments": [[a.name, a.size_bytes] for a in details.attachments],
+            "has_xmp": details.has_xmp,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def details_from_json(text: str) -> DocumentDetails:
+    """The structure :func:`details_to_json` made; empty for results stored before."""
+    data = json.loads(text)
+    return DocumentDetails(
+        pdf_version=data.get("pdf_version"),
+        pages=tuple(PageInfo(*page) for page in data.get("pages", ())),
+        outline=tuple(OutlineEntry(*entry) for entry in data.get("outline", ())),
+        attachments=tuple(Attachment(*item) for item in data.get("attachments", ())),
+        has_xmp=bool(data.get("has_xmp", False)),
+    )
+
+
+# The key of the succeeded files with warnings, next to the per-state counts: no state
+# is spelled this way.
+_WARNED_KEY = "files_with_warnings"
+
+
+def counts_to_json(counts: Mapping[FileState, int], files_with_warnings: int = 0) -> str:
+    """Files per state as JSON text, states without files left out; with the number of
+    succeeded files whose result has warnings, when there are any."""
+    stored: dict[str, int] = {state.value: n for state, n in counts.items() if n}
+    if files_with_warnings:
+        stored[_WARNED_KEY] = files_with_warnings
+    return json.dumps(stored)
+
+
+def warned_from_json(text: str) -> int:
+    """The succeeded files with warnings :func:`counts_to_json` stored."""
+    return int(json.loads(text).get(_WARNED_KEY, 0))
 
 
 def counts_from_json(text: str) -> dict[FileState, int]:

@@ -188,7 +188,16 @@ _V5 = (
     "CREATE INDEX batches_by_change ON batches (state, updated_at)",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5)
+# Version 6: richer results. A file keeps its result's warnings (no text layer, a damaged
+# outline...), shown with its status; the batch's counts JSON gains how many succeeded
+# files have warnings; a result keeps its document's structure (version, page sizes,
+# outline, attachments) as JSON. Older rows have none.
+_V6 = (
+    "ALTER TABLE files ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE results ADD COLUMN details TEXT NOT NULL DEFAULT '{}'",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

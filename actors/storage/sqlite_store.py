@@ -99,7 +99,11 @@ _UPSERT_ATTEMPT = (
 
 def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
     *batch, counts = row
-    return BatchSummary(codec.batch_from_row(batch), codec.counts_from_json(counts))
+    return BatchSummary(
+        codec.batch_from_row(batch),
+        codec.counts_from_json(counts),
+        codec.warned_from_json(counts),
+    )
 
 
 class SQLiteStore:
@@ -156,7 +160,10 @@ class SQLiteStore:
                 raise ValueError(f"batch {batch.batch_id} exists") from None
             db.execute(
                 "UPDATE batches SET counts = ? WHERE batch_id = ?",
-                (codec.counts_to_json(view.counts), batch.batch_id),
+                (
+                    codec.counts_to_json(view.counts, view.summary().files_with_warnings),
+                    batch.batch_id,
+                ),
             )
             if batch.idempotency_key:
                 db.execute(
@@ -199,7 +206,7 @@ class SQLiteStore:
                     batch.updated_at,
                     batch.sequence,
                     batch.reason,
-                    codec.counts_to_json(changes.counts),
+                    codec.counts_to_json(changes.counts, changes.files_with_warnings),
                     batch_id,
                     previous,
                 ),
@@ -259,7 +266,7 @@ class SQLiteStore:
         db.execute("DELETE FROM results WHERE batch_id = ? AND file_id = ?", (batch_id, file_id))
         db.execute(
             "INSERT INTO results (batch_id, file_id, page_count, encrypted, info, warnings, "
-            "stored_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "stored_bytes, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 batch_id,
                 file_id,
@@ -268,6 +275,7 @@ class SQLiteStore:
                 codec.info_to_json(result.info),
                 codec.warnings_to_json(result.warnings),
                 result_size(result),
+                codec.details_to_json(result.details),
             ),
         )
         db.executemany(
@@ -492,24 +500,26 @@ class SQLiteStore:
             info=summary.info,
             pages=tuple("".join(pieces) for pieces in pages.values()),
             warnings=summary.warnings,
+            details=summary.details,
         )
 
     def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
         with self._db.read() as db:
             row = db.execute(
-                "SELECT page_count, encrypted, info, warnings, stored_bytes FROM results "
+                "SELECT page_count, encrypted, info, warnings, stored_bytes, details FROM results "
                 "WHERE batch_id = ? AND file_id = ?",
                 (batch_id, file_id),
             ).fetchone()
         if row is None:
             return None
-        page_count, encrypted, info, warnings, stored_bytes = row
+        page_count, encrypted, info, warnings, stored_bytes, details = row
         return ResultSummary(
             page_count=page_count,
             encrypted=bool(encrypted),
             info=codec.info_from_json(info),
             warnings=codec.warnings_from_json(warnings),
             stored_bytes=stored_bytes,
+            details=codec.details_from_json(details),
         )
 
     def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:

@@ -350,7 +350,12 @@ class MemoryStore:
         if result is None:
             return None
         return ResultSummary(
-            result.page_count, result.encrypted, result.info, result.warnings, result_size(result)
+            result.page_count,
+            result.encrypted,
+            result.info,
+            result.warnings,
+            result_size(result),
+            result.details,
         )
 
     def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:

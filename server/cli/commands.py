@@ -133,6 +133,8 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         policy.file_timeout.CopyFrom(_duration(args.file_timeout))
     if args.max_concurrency is not None:
         policy.max_concurrency = args.max_concurrency
+    if args.layout:
+        policy.extraction_mode = pb.EXTRACTION_MODE_LAYOUT
     passwords = dict(args.password_file)
     files = [UploadFile(f.path, f.name, passwords.get(f.name)) for f in collect_files(args.paths)]
     if not files:
@@ -175,19 +177,23 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         return exit_code(batch.state)
     shown = terminal_safe if sys.stdout.isatty() else str
     name = f" {shown(repr(batch.display_name))}" if batch.display_name else ""
-    print(f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}")
+    layout = " (layout text)" if batch.policy.extraction_mode == pb.EXTRACTION_MODE_LAYOUT else ""
+    print(f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}{layout}")
     c = batch.counts
+    warned = f" ({batch.files_with_warnings} with warnings)" if batch.files_with_warnings else ""
     print(
-        f"  {batch.file_count} files: {c.succeeded} succeeded, {c.failed} failed, "
+        f"  {batch.file_count} files: {c.succeeded} succeeded{warned}, {c.failed} failed, "
         f"{c.cancelled} cancelled, {c.running} running, {c.backoff} retrying, "
         f"{c.pending} pending"
     )
     for file in files:
         error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""
+        codes = ", ".join(dict.fromkeys(w.code for w in file.warnings))
+        warnings = f"  warnings: {codes}" if codes else ""
         state = file_state_name(file.state)
         print(
             f"  {file.file_id}  {state:<10} {file.attempt_count} attempt(s)  "
-            f"{shown(file.name)}{error}"
+            f"{shown(file.name)}{error}{warnings}"
         )
     if len(files) < total:
         print(
@@ -358,6 +364,11 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
     submit.add_argument("--file-timeout", type=float, help="seconds one attempt may take")
     submit.add_argument("--max-concurrency", type=int, help="files of this batch at once")
     submit.add_argument("--watch", action="store_true", help="follow progress until it settles")
+    submit.add_argument(
+        "--layout",
+        action="store_true",
+        help="extract text laid out as on the page (columns, tables) rather than in reading order",
+    )
 
     status = command("status", _status, "Show a batch, its counts and its first files.")
     status.add_argument("batch_id")

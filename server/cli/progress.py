@@ -24,6 +24,7 @@ __all__ = [
     "file_state_name",
     "summary",
     "terminal_safe",
+    "warning_lines",
 ]
 
 # What a terminal would obey rather than show: controls but tab and line feed (escape
@@ -76,6 +77,12 @@ def failure_line(file: pb.FileStatus) -> str:
     return f"FAILED    {name} [{file.file_id}] {file.error.code}: {file.error.message}"
 
 
+def warning_lines(file: pb.FileStatus) -> list[str]:
+    """The lines that tell a person what to know about a succeeded file's result."""
+    name = terminal_safe(file.name)
+    return [f"WARNING   {name} [{file.file_id}] {w.code}: {w.message}" for w in file.warnings]
+
+
 class BatchTracker:
     """The batch as its events describe it: counts from the snapshot on, and the news.
 
@@ -108,6 +115,8 @@ class BatchTracker:
                 file = event.file
                 if file.state == pb.FILE_STATE_FAILED:
                     notes.append(failure_line(file))
+                elif file.state == pb.FILE_STATE_SUCCEEDED:
+                    notes += warning_lines(file)
                 elif file.state == pb.FILE_STATE_BACKOFF:
                     delay = _seconds_until(file.next_attempt_time, event.event_time)
                     notes.append(
@@ -205,13 +214,18 @@ class ProgressDisplay:
             self._drawn = False
 
 
+def _with_warnings(batch: pb.Batch) -> str:
+    warned = batch.files_with_warnings
+    return f" ({warned} with warnings)" if warned else ""
+
+
 def summary(batch: pb.Batch) -> list[str]:
     """Lines that sum a batch up: its state and counts, then each file not succeeded."""
     c = batch.counts
     lines = [
         f"Batch {batch.batch_id} {batch_state_name(batch.state)}: "
-        f"{c.succeeded} succeeded, {c.failed} failed, {c.cancelled} cancelled "
-        f"of {batch.file_count} files."
+        f"{c.succeeded} succeeded{_with_warnings(batch)}, {c.failed} failed, "
+        f"{c.cancelled} cancelled of {batch.file_count} files."
     ]
     if batch.reason:
         lines.append(f"  {batch.reason}")

@@ -136,10 +136,18 @@ def collect_files(paths: Iterable[str | Path]) -> list[UploadFile]:
 
 @dataclass(frozen=True, slots=True)
 class FileResult:
-    """A succeeded file's metadata and the text of each of its pages."""
+    """A succeeded file's metadata and the text of each of its pages.
+
+    Attributes:
+        metadata: What the file is: its information, warnings and structure.
+        pages: Each page's text.
+        page_details: Each page's size, rotation and character count, by page number
+            (pages beyond the service's ``max_page_details`` have none).
+    """
 
     metadata: pb.FileResultMetadata
     pages: list[str]
+    page_details: dict[int, pb.PageDetails] = field(default_factory=dict)
 
 
 def _upload_requests(
@@ -416,6 +424,7 @@ class Client:
         """A succeeded file's metadata and pages, reassembled."""
         metadata = pb.FileResultMetadata()
         pages: list[list[str]] = []
+        details: dict[int, pb.PageDetails] = {}
         for chunk in self.result_chunks(batch_id, file_id):
             if chunk.HasField("metadata"):
                 metadata = chunk.metadata
@@ -424,7 +433,9 @@ class Client:
                 index = chunk.page.page_number - 1
                 pages += [[] for _ in range(index + 1 - len(pages))]
                 pages[index].append(chunk.page.text)
-        return FileResult(metadata, ["".join(pieces) for pieces in pages])
+                if chunk.page.HasField("details"):
+                    details[chunk.page.page_number] = chunk.page.details
+        return FileResult(metadata, ["".join(pieces) for pieces in pages], details)
 
     def history(self, batch_id: str, file_id: str) -> pb.GetFileHistoryResponse:
         """The file's state changes and the requests about its batch, oldest first."""

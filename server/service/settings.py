@@ -15,7 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.orchestration.runtime import MAX_NAME_CHARS
 from actors.policy.results import (
+    DEFAULT_MAX_ATTACHMENTS,
     DEFAULT_MAX_METADATA_FIELD_BYTES,
+    DEFAULT_MAX_NAME_BYTES,
+    DEFAULT_MAX_OUTLINE_ENTRIES,
+    DEFAULT_MAX_PAGE_DETAILS,
     DEFAULT_MAX_TEXT_BYTES,
     ResultLimits,
 )
@@ -33,6 +37,8 @@ __all__ = [
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _MIB = 1024 * 1024
 _DAY = 86_400.0
+# What one result metadata message may take: gRPC refuses messages over 4 MiB.
+_MAX_METADATA_MESSAGE_BYTES = 4 * _MIB - 64 * 1024
 
 
 class UploadLimits(BaseSettings):
@@ -166,6 +172,15 @@ class ServerSettings(BaseSettings):
             ``PDF_LIMIT_EXCEEDED`` (a cut text would pass for a whole one).
         max_metadata_field_bytes: One field of a result's document information, in
             bytes of UTF-8. Default 64 KiB; a longer field is cut, with a warning.
+        max_outline_entries: Outline entries a result keeps, nested ones included.
+            Default 1,000; the rest are left out, with a ``PART_TRUNCATED`` warning.
+        max_attachments: Attachments a result lists. Default 1,000; the rest are left
+            out, with a warning.
+        max_result_name_bytes: One outline title or attachment name, in bytes of
+            UTF-8. Default 1 KiB; a longer one is cut, with a warning.
+        max_page_details: Pages whose size, rotation and character count a result
+            keeps. Default 100,000 (above what the workers' page-tree limit lets
+            through); every page's text is kept regardless.
         limits: Upload limits.
         security: Authentication, TLS and per-tenant limits.
         max_watchers: Concurrent ``WatchBatch`` streams; more are refused with
@@ -230,6 +245,10 @@ class ServerSettings(BaseSettings):
     open_files_limit: int | None = Field(default=64, ge=16)
     max_result_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1)
     max_metadata_field_bytes: int = Field(default=DEFAULT_MAX_METADATA_FIELD_BYTES, ge=1)
+    max_outline_entries: int = Field(default=DEFAULT_MAX_OUTLINE_ENTRIES, ge=1)
+    max_attachments: int = Field(default=DEFAULT_MAX_ATTACHMENTS, ge=1)
+    max_result_name_bytes: int = Field(default=DEFAULT_MAX_NAME_BYTES, ge=1)
+    max_page_details: int = Field(default=DEFAULT_MAX_PAGE_DETAILS, ge=1)
     limits: UploadLimits = Field(default_factory=UploadLimits)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
@@ -262,6 +281,18 @@ class ServerSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _metadata_fits_one_message(self) -> Self:
+        # A result's metadata goes in one message; gRPC refuses messages over 4 MiB.
+        size = self.result_limits.max_metadata_message_bytes()
+        if size > _MAX_METADATA_MESSAGE_BYTES:
+            raise ValueError(
+                f"a result's metadata could take {size:,} bytes, over the "
+                f"{_MAX_METADATA_MESSAGE_BYTES:,} one message may: lower max_outline_entries, "
+                "max_attachments, max_result_name_bytes or max_metadata_field_bytes"
+            )
+        return self
+
     @property
     def _long_calls(self) -> int:
         """Calls that may hold a thread for long, at most, all kinds together."""
@@ -288,7 +319,14 @@ class ServerSettings(BaseSettings):
     @property
     def result_limits(self) -> ResultLimits:
         """How big one file's result may be."""
-        return ResultLimits(self.max_result_text_bytes, self.max_metadata_field_bytes)
+        return ResultLimits(
+            max_text_bytes=self.max_result_text_bytes,
+            max_metadata_field_bytes=self.max_metadata_field_bytes,
+            max_outline_entries=self.max_outline_entries,
+            max_attachments=self.max_attachments,
+            max_name_bytes=self.max_result_name_bytes,
+            max_page_details=self.max_page_details,
+        )
 
     @property
     def retention(self) -> RetentionPolicy:

@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import ValidationError
 
 from actors.policy.catalogue import has_hidden_characters
+from actors.policy.document import DocumentDetails, ExtractionMode, PageInfo
 from actors.policy.model import (
     Attempt,
     AuditEntry,
@@ -28,6 +29,7 @@ from actors.policy.model import (
     FileRecord,
     FileState,
     ResultSummary,
+    ResultWarning,
 )
 from actors.policy.results import TEXT_PIECE_CHARS
 from actors.policy.rules import BatchPolicy
@@ -39,15 +41,18 @@ __all__ = [
     "batch_state_from_proto",
     "batch_state_to_proto",
     "batch_to_proto",
+    "details_to_proto",
     "event_to_proto",
     "file_state_from_proto",
     "file_to_proto",
+    "page_details_to_proto",
     "policy_from_proto",
     "policy_to_proto",
     "result_chunks",
     "snapshot_to_proto",
     "spec_from_proto",
     "summary_to_proto",
+    "warning_to_proto",
 ]
 
 MAX_DISPLAY_NAME_CHARS = 200
@@ -144,12 +149,48 @@ def file_to_proto(record: FileRecord) -> pb.FileStatus:
         sha256=record.blob,
         manual_retries=record.manual_retries,
         password_supplied=record.encrypted_with_password,
+        warnings=[warning_to_proto(w) for w in record.warnings],
     )
     if record.error is not None:
         message.error.CopyFrom(_error_to_proto(record.error))
     if record.next_attempt_at is not None:
         message.next_attempt_time.CopyFrom(_timestamp(record.next_attempt_at))
     return message
+
+
+def warning_to_proto(warning: ResultWarning) -> pb.ResultWarning:
+    """A warning with its message for people."""
+    return pb.ResultWarning(
+        code=warning.code.value,
+        message=warning.message,
+        place=warning.place,
+        count=warning.count,
+        total=warning.total,
+    )
+
+
+def details_to_proto(details: DocumentDetails) -> pb.DocumentDetails:
+    """The document's structure without its pages (see :func:`page_details_to_proto`)."""
+    message = pb.DocumentDetails(
+        outline=[
+            pb.OutlineEntry(title=e.title, page_number=e.page_number, depth=e.depth)
+            for e in details.outline
+        ],
+        attachments=[
+            pb.Attachment(name=a.name, size_bytes=a.size_bytes) for a in details.attachments
+        ],
+        has_xmp=details.has_xmp,
+    )
+    if details.pdf_version is not None:
+        message.pdf_version = details.pdf_version
+    return message
+
+
+def page_details_to_proto(page: PageInfo) -> pb.PageDetails:
+    """One page's size, rotation and character count; unknown sizes left unset."""
+    return pb.PageDetails(
+        width=page.width, height=page.height, rotation=page.rotation, characters=page.characters
+    )
 
 
 def _error_to_proto(error: FileError) -> pb.FileError:
@@ -187,7 +228,15 @@ def policy_to_proto(policy: BatchPolicy) -> pb.BatchPolicy:
             within=_duration(policy.restart_intensity.within_seconds),
         ),
         max_manual_retries=policy.max_manual_retries,
+        extraction_mode=_EXTRACTION_MODES_TO_PROTO[policy.extraction_mode],
     )
+
+
+_EXTRACTION_MODES_TO_PROTO = {
+    ExtractionMode.PLAIN: pb.EXTRACTION_MODE_PLAIN,
+    ExtractionMode.LAYOUT: pb.EXTRACTION_MODE_LAYOUT,
+}
+_EXTRACTION_MODES = {value: mode for mode, value in _EXTRACTION_MODES_TO_PROTO.items()}
 
 
 def batch_to_proto(view: BatchView, *, with_files: bool = True) -> pb.Batch:
@@ -214,6 +263,7 @@ def summary_to_proto(summary: BatchSummary) -> pb.Batch:
         labels=dict(batch.labels),
         idempotency_key=batch.idempotency_key,
         file_count=summary.file_count,
+        files_with_warnings=summary.files_with_warnings,
     )
 
 
@@ -304,16 +354,20 @@ def result_chunks(
             page_count=summary.page_count,
             encrypted=summary.encrypted,
             info=pb.DocumentInfo(**info),
-            warnings=[
-                pb.ResultWarning(code=w.code.value, message=w.message, place=w.place, count=w.count)
-                for w in summary.warnings
-            ],
+            warnings=[warning_to_proto(w) for w in summary.warnings],
+            details=details_to_proto(summary.details),
         )
     )
+    page_infos = summary.details.pages
+    described = 0
     for number, text in pieces:
         for start in range(0, max(len(text), 1), TEXT_PIECE_CHARS):
-            piece = text[start : start + TEXT_PIECE_CHARS]
-            yield pb.GetFileResultResponse(page=pb.PageText(page_number=number, text=piece))
+            piece = pb.PageText(page_number=number, text=text[start : start + TEXT_PIECE_CHARS])
+            # The page's details go with its first piece, whatever its length.
+            if described < number <= len(page_infos):
+                piece.details.CopyFrom(page_details_to_proto(page_infos[number - 1]))
+                described = number
+            yield pb.GetFileResultResponse(page=piece)
 
 
 # Requests ----------------------------------------------------------------------------
@@ -432,6 +486,18 @@ def _overrides(message: pb.BatchPolicy, path: str) -> dict[str, Any]:
         out["restart_intensity"] = chosen
     if message.HasField("max_manual_retries"):
         out["max_manual_retries"] = message.max_manual_retries
+    if message.extraction_mode != pb.EXTRACTION_MODE_UNSPECIFIED:
+        if message.extraction_mode not in _EXTRACTION_MODES:
+            raise _invalid(
+                "INVALID_BATCH_SPEC",
+                [
+                    FieldViolation(
+                        f"{path}.extraction_mode",
+                        "Use EXTRACTION_MODE_PLAIN or EXTRACTION_MODE_LAYOUT.",
+                    )
+                ],
+            )
+        out["extraction_mode"] = _EXTRACTION_MODES[message.extraction_mode]
     return out
 
 

@@ -129,8 +129,9 @@ def huge_declared_length() -> bytes:
 
 
 def wrong_magic() -> bytes:
-    """A ZIP archive's first bytes; the PDF signature comes only after the first KiB."""
-    return b"PK\x03\x04" + bytes(2048) + one_page("too late")
+    """A ZIP archive's first bytes; a PDF signature only after the first KiB, and no
+    object, cross-reference table or trailer: nothing a reader could recover."""
+    return b"PK\x03\x04" + bytes(2048) + b"%PDF-1.7\n" + bytes(2048)
 
 
 def truncated() -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pypdf
 from pypdf.errors import PdfReadError
 
+from actors.policy.document import DocumentDetails, PageInfo
 from actors.policy.model import DocumentInfo, ExtractionResult
 
 SCRIPTED = "tests.helpers.processors:scripted"
@@ -26,9 +27,14 @@ PLAIN = "tests.helpers.processors:plain"
 
 
 def result(*pages: str) -> ExtractionResult:
-    """A fixed result carrying ``pages``."""
+    """A fixed result carrying ``pages``, as a worker stores it: each page's character
+    count in its details."""
     return ExtractionResult(
-        page_count=len(pages), encrypted=False, info=DocumentInfo(title="scripted"), pages=pages
+        page_count=len(pages),
+        encrypted=False,
+        info=DocumentInfo(title="scripted"),
+        pages=pages,
+        details=DocumentDetails(pages=tuple(PageInfo(characters=len(page)) for page in pages)),
     )
 
 

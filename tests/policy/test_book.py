@@ -18,6 +18,8 @@ from actors.policy.model import (
     FileRecord,
     FileState,
     IllegalTransitionError,
+    ResultWarning,
+    WarningCode,
     settled_batch_state,
 )
 from actors.policy.rules import BatchPolicy
@@ -128,3 +130,22 @@ def test_a_bulk_move_with_one_illegal_file_moves_none() -> None:
     assert not book.take_changes()
     book.set_files([], FileState.CANCELLED, 3.0, "nothing waits", error=None)
     assert not book.take_changes(), "an empty bulk move is no event"
+
+
+def test_succeeded_files_with_warnings_are_counted_and_handed_over() -> None:
+    warned = (ResultWarning(WarningCode.NO_TEXT_LAYER, "text", 1, 1),)
+    book = _book(3)
+    book.set_batch(BatchState.RUNNING, 1.0)
+    for file_id in ("f0", "f1", "f2"):
+        book.set_file(file_id, FileState.RUNNING, 2.0)
+    book.set_file("f0", FileState.SUCCEEDED, 3.0, warnings=warned)
+    book.set_file("f1", FileState.SUCCEEDED, 3.0)
+    book.set_file("f2", FileState.FAILED, 3.0)
+
+    changes = book.take_changes()
+
+    assert book.files_with_warnings == changes.files_with_warnings == 1
+    assert changes.events[-1].counts[FileState.SUCCEEDED] == 2
+    # A book rebuilt from the stored files counts the same.
+    assert BatchBook(book.view()).files_with_warnings == 1
+    assert book.view().summary().files_with_warnings == 1

@@ -31,6 +31,7 @@ from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import CATALOGUE, ErrorCode, ResultTooLargeError
+from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
 from actors.policy.model import (
     DocumentInfo,
     ExtractionResult,
@@ -269,8 +270,9 @@ def test_a_poison_result_fails_or_is_mended_alone_and_the_others_are_stored(
         ("title", 1),
         ("author", 1),
     }
-    assert store.load_result(batch_id, by_name["0.pdf"].file_id) == _result(
-        "plain text", title="Plain"
+    # Stored as made storable: with its page's character count.
+    assert store.load_result(batch_id, by_name["0.pdf"].file_id) == make_storable(
+        _result("plain text", title="Plain"), ResultLimits()
     )
 
 
@@ -337,3 +339,68 @@ def test_a_surrogate_pair_read_one_unit_at_a_time_is_its_character() -> None:
 
     assert stored.pages == ("\U0001f600 \ufffd\ufffd",)
     assert stored.warnings == (ResultWarning(WarningCode.CHARACTERS_REPLACED, "text", 2),)
+
+
+def test_details_are_bounded_cleaned_and_counted_once() -> None:
+    details = DocumentDetails(
+        pdf_version="1.7",
+        pages=(PageInfo(612, 792, 450, 99), PageInfo(None, -5.0, 7, 0)),
+        outline=tuple(OutlineEntry(f"t\x00{n}" * 3, n, 0) for n in range(5)),
+        attachments=(Attachment("ok.csv", 3), Attachment("é" * 10, None)),
+    )
+    result = ExtractionResult(1, False, DocumentInfo(), ("ab", "c\x01", "xyz"), details=details)
+    limits = ResultLimits(max_outline_entries=3, max_attachments=1, max_name_bytes=6)
+
+    stored = make_storable(result, limits)
+
+    # Characters counted from the stored text; rotation reduced; a negative size unknown;
+    # a page with no details of its own gets its character count.
+    assert stored.details.pages == (
+        PageInfo(612.0, 792.0, 90, 2),
+        PageInfo(None, None, 0, 2),
+        PageInfo(None, None, 0, 3),
+    )
+    # "t\x000t\x000t\x000": cleaned, then cut to 6 bytes (U+FFFD takes 3).
+    assert [e.title for e in stored.details.outline] == ["t\ufffd0t", "t\ufffd1t", "t\ufffd2t"]
+    assert stored.details.attachments == (Attachment("ok.csv", 3),)
+    by_place = {(w.code, w.place): w.count for w in stored.warnings}
+    assert by_place[(WarningCode.CHARACTERS_REPLACED, "outline")] == 9
+    # 9 characters replaced; 5 cut from each of 3 titles; 2 entries left out.
+    assert sorted(w.count for w in stored.warnings if w.place == "outline") == [2, 9, 15]
+    assert by_place[(WarningCode.PART_TRUNCATED, "attachments")] == 1
+    assert make_storable(stored, limits) == stored
+
+
+def test_a_page_count_over_the_details_limit_is_warned_once() -> None:
+    limits = ResultLimits(max_page_details=2)
+    result = ExtractionResult(3, False, DocumentInfo(), ("a", "b", "c"))
+
+    stored = make_storable(result, limits)
+
+    assert [page.characters for page in stored.details.pages] == [1, 1]
+    assert stored.warnings == (ResultWarning(WarningCode.PART_TRUNCATED, "pages", 1),)
+    assert make_storable(stored, limits).warnings == stored.warnings
+
+
+def test_details_that_are_not_details_fail_the_result() -> None:
+    broken = ExtractionResult(1, False, DocumentInfo(), ("a",), details="oops")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="details must be DocumentDetails"):
+        make_storable(broken, ResultLimits())
+
+
+def test_a_reply_carries_the_details_and_warnings_whole() -> None:
+    details = DocumentDetails(
+        "1.4",
+        (PageInfo(10.5, 20, 90, 1),),
+        (OutlineEntry("Intro", None, 2),),
+        (Attachment("a.bin", 7),),
+        has_xmp=True,
+    )
+    warning = ResultWarning(WarningCode.PARTIAL_TEXT_LAYER, "text", 1, 2)
+    result = ExtractionResult(2, False, DocumentInfo(), ("x", " "), (warning,), details)
+
+    reply = storable_reply(result, ResultLimits())
+
+    assert decode_reply(encode_reply(reply)) == reply
+    assert reply.result.details.pages[0] == PageInfo(10.5, 20.0, 90, 1)

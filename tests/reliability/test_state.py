@@ -39,6 +39,7 @@ from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import DocumentDetails, PageInfo
 from actors.policy.model import (
     BATCH_TRANSITIONS,
     FILE_TRANSITIONS,
@@ -272,12 +273,15 @@ def policies(draw: st.DrawFn) -> BatchPolicy:
 
 
 def _result(key: AttemptKey) -> ExtractionResult:
-    """A result no other attempt returns, so a replaced result shows."""
+    """A result no other attempt returns, so a replaced result shows; as a worker sends
+    it, with its page's character count."""
+    text = f"text of {key.batch_id}/{key.file_id}, attempt {key.attempt}"
     return ExtractionResult(
         page_count=key.attempt,
         encrypted=False,
         info=DocumentInfo(title=f"{key.file_id} attempt {key.attempt}"),
-        pages=(f"text of {key.batch_id}/{key.file_id}, attempt {key.attempt}",),
+        pages=(text,),
+        details=DocumentDetails(pages=(PageInfo(characters=len(text)),)),
     )
 
 

@@ -12,6 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import (
+    Attachment,
+    DocumentDetails,
+    ExtractionMode,
+    OutlineEntry,
+    PageInfo,
+)
 from actors.policy.model import (
     Attempt,
     AttemptOutcome,
@@ -24,6 +31,8 @@ from actors.policy.model import (
     FileError,
     FileRecord,
     FileState,
+    ResultWarning,
+    WarningCode,
 )
 from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
 from actors.storage import codec
@@ -60,6 +69,7 @@ def policies(draw: st.DrawFn) -> BatchPolicy:
             within_seconds=draw(st.floats(min_value=0.001, max_value=1e6)),
         ),
         max_manual_retries=draw(st.integers(0, 1000)),
+        extraction_mode=draw(st.sampled_from(ExtractionMode)),
     )
 
 
@@ -77,6 +87,26 @@ attempts = st.builds(
     retry_delay=optional_times,
 )
 digests = st.text("0123456789abcdef", min_size=64, max_size=64)
+warnings = st.builds(
+    ResultWarning,
+    code=st.sampled_from(WarningCode),
+    place=st.sampled_from(["text", "title", "outline", "pages"]),
+    count=counts,
+    total=counts,
+)
+sizes = st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False)
+details = st.builds(
+    DocumentDetails,
+    pdf_version=st.none() | st.sampled_from(["1.4", "1.7", "2.0"]),
+    pages=st.lists(
+        st.builds(PageInfo, sizes, sizes, st.sampled_from([0, 90, 180, 270]), counts), max_size=4
+    ).map(tuple),
+    outline=st.lists(
+        st.builds(OutlineEntry, texts, st.none() | counts, st.integers(0, 100)), max_size=4
+    ).map(tuple),
+    attachments=st.lists(st.builds(Attachment, texts, st.none() | counts), max_size=3).map(tuple),
+    has_xmp=st.booleans(),
+)
 
 
 @st.composite
@@ -98,6 +128,7 @@ def files(draw: st.DrawFn, file_id: str | None = None) -> FileRecord:
         next_attempt_at=draw(optional_times),
         error=draw(st.none() | errors),
         encrypted_with_password=draw(st.booleans()),
+        warnings=tuple(draw(st.lists(warnings, max_size=3))),
     )
 
 
@@ -194,6 +225,34 @@ def test_an_event_survives_its_json_with_the_file_it_carries(event: BatchEvent) 
 @given(infos)
 def test_document_information_survives_its_json(info: DocumentInfo) -> None:
     assert codec.info_from_json(codec.info_to_json(info)) == info
+
+
+@given(details)
+def test_document_details_survive_their_json(document: DocumentDetails) -> None:
+    assert codec.details_from_json(codec.details_to_json(document)) == document
+
+
+@given(st.lists(warnings, max_size=4))
+def test_warnings_survive_their_json(stored: list[ResultWarning]) -> None:
+    assert codec.warnings_from_json(codec.warnings_to_json(stored)) == tuple(stored)
+
+
+def test_warnings_and_details_stored_before_they_grew_are_read() -> None:
+    assert codec.warnings_from_json('[["CHARACTERS_REPLACED", "text", 3]]') == (
+        ResultWarning(WarningCode.CHARACTERS_REPLACED, "text", 3, 0),
+    )
+    assert codec.details_from_json("{}") == DocumentDetails()
+
+
+@given(st.dictionaries(st.sampled_from(FileState), counts), counts)
+def test_counts_keep_the_files_with_warnings_beside_the_states(
+    by_state: dict[FileState, int], warned: int
+) -> None:
+    text = codec.counts_to_json(by_state, warned)
+
+    assert codec.counts_from_json(text) == {s: by_state.get(s, 0) for s in FileState}
+    assert codec.warned_from_json(text) == warned
+    assert codec.warned_from_json(codec.counts_to_json(by_state)) == 0
 
 
 @given(policies())

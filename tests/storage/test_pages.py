@@ -11,6 +11,7 @@ import pytest
 
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
+from actors.policy.document import DocumentDetails
 from actors.policy.model import (
     BatchRecord,
     BatchState,
@@ -148,3 +149,45 @@ def test_batches_are_counted_and_found_by_state_without_a_scan_of_all(store: Sto
     assert [b.batch_id for b in store.batches_in(ended)] == ["b1", "b2"]
     assert [b.batch_id for b in store.batches_in(ended, updated_by=11.0)] == ["b1"]
     assert store.batches_in(set()) == []
+
+
+def test_a_version_5_database_reads_its_files_and_results_without_warnings(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        migrate(db, target=5)
+        db.execute(
+            "INSERT INTO batches (batch_id, name, policy, state, created_at, updated_at, "
+            "sequence, reason, labels, owner, idempotency_key, counts) "
+            "VALUES ('b', 'n', ?, 'SUCCEEDED', 0, 0, 0, '', '{}', 'alice', '', "
+            "'{\"SUCCEEDED\": 1}')",
+            (BatchPolicy().model_dump_json(),),
+        )
+        db.execute(
+            "INSERT INTO files VALUES ('b', 0, 'f1', 'a.pdf', 'd', 10, 'SUCCEEDED', 0, 0, "
+            "NULL, NULL, 0)"
+        )
+        db.execute(
+            "INSERT INTO results (batch_id, file_id, page_count, encrypted, info, warnings, "
+            "stored_bytes) VALUES ('b', 'f1', 1, 0, '{}', '[[\"CHARACTERS_REPLACED\", "
+            '"text", 2]]\', 5)'
+        )
+    db.close()
+
+    store = SQLiteStore(path)
+    try:
+        view = store.load("b")
+        summary = store.batch_summary("b")
+        result = store.result_summary("b", "f1")
+    finally:
+        store.close()
+    assert view is not None
+    assert summary is not None
+    assert result is not None
+    assert view.files[0].warnings == ()
+    assert summary.files_with_warnings == 0
+    assert result.details == DocumentDetails()
+    assert [(w.code.value, w.count, w.total) for w in result.warnings] == [
+        ("CHARACTERS_REPLACED", 2, 0)
+    ]

@@ -167,7 +167,7 @@ class _Attempt(AttemptCallbacks):
     def item(self) -> ChunkItem:
         """What the worker needs of the job."""
         job = self.job
-        return (self.seq, job.blob_path, job.password, job.attempt)
+        return (self.seq, job.blob_path, job.password, job.attempt, job.extraction_mode.value)
 
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.AttemptHandle.cancel`."""

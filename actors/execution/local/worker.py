@@ -41,6 +41,7 @@ from actors.execution.attempt import (
 )
 from actors.execution.extract import PdfLimits, configure_pdf_limits
 from actors.execution.local.limits import ProcessLimits, apply_process_limits, start_cpu_budget
+from actors.policy.document import ExtractionMode
 from actors.policy.results import ResultLimits
 
 __all__ = [
@@ -63,9 +64,10 @@ OUTCOME_HEADER_BYTES = _OUTCOME_HEADER.size
 NOTHING_NEXT = -1
 
 
-# One attempt as a worker needs it: (seq, blob_path, password, attempt). ``seq`` is the
-# pool's number for this hand-over, which outcomes name; no batch, file or tenant.
-ChunkItem = tuple[int, str, str | None, int]
+# One attempt as a worker needs it: (seq, blob_path, password, attempt, extraction mode).
+# ``seq`` is the pool's number for this hand-over, which outcomes name; no batch, file or
+# tenant.
+ChunkItem = tuple[int, str, str | None, int, str]
 _RUN = "run"
 _SKIP = "skip"
 
@@ -145,13 +147,18 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             if not _take(_receive(conn), chunk, skipped):
                 return
             continue
-        seq, blob_path, password, attempt = chunk.popleft()
+        seq, blob_path, password, attempt, mode = chunk.popleft()
         if seq in skipped:
             skipped.discard(seq)
             continue
         start_cpu_budget(config.process_limits)
         reply, payload = run_processor(
-            processor, Path(blob_path).read_bytes, password, attempt, config.result_limits
+            processor,
+            Path(blob_path).read_bytes,
+            password,
+            attempt,
+            config.result_limits,
+            mode=ExtractionMode(mode),
         )
         empty_directory(Path(config.temp_dir))
         # What the pool sent while this attempt ran decides what runs next.

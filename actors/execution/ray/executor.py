@@ -235,7 +235,7 @@ class RayExecutor:
                 name=f"pdfbatch {job.batch_id}/{job.file_id}#{job.attempt}",
                 **runtime_env_option(self._runtime_env),
             )
-            stream = task.remote(self._config, data, job.password, job.attempt)
+            stream = task.remote(self._config, data, job.password, job.attempt, job.extraction_mode)
         # Nothing runs: the bytes could not be read or handed over. The failure is the
         # attempt's outcome, classified once.
         except Exception as exc:  # noqa: BLE001

@@ -48,6 +48,7 @@ from actors.execution.attempt import (
 )
 from actors.execution.extract import PdfLimits, configure_pdf_limits
 from actors.execution.ray.processes import BUSY_MARKER, WorkerLocation, process_alive, process_stat
+from actors.policy.document import ExtractionMode
 from actors.policy.results import ResultLimits
 
 __all__ = ["RayAttemptConfig", "run_attempt"]
@@ -76,7 +77,11 @@ class RayAttemptConfig:
 
 
 def run_attempt(
-    config: RayAttemptConfig, data: bytes, password: str | None, attempt: int
+    config: RayAttemptConfig,
+    data: bytes,
+    password: str | None,
+    attempt: int,
+    mode: ExtractionMode,
 ) -> Iterator[bytes]:
     """The Ray task of one attempt: yield the location, then the encoded outcome.
 
@@ -94,7 +99,9 @@ def run_attempt(
     except BaseException as exc:  # noqa: BLE001
         payload = encode_reply(failure(exc))
     else:
-        _, payload = run_processor(processor, lambda: data, password, attempt, config.result_limits)
+        _, payload = run_processor(
+            processor, lambda: data, password, attempt, config.result_limits, mode=mode
+        )
     empty_directory(state.temp_dir)
     yield payload
 

@@ -181,6 +181,34 @@ BATCH_VIEW_FULL: BatchView.ValueType  # 2
 """The batch with every file."""
 Global___BatchView: _TypeAlias = BatchView  # noqa: Y015
 
+class _ExtractionMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExtractionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExtractionMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXTRACTION_MODE_UNSPECIFIED: _ExtractionMode.ValueType  # 0
+    """Not set: in a submitted policy, the default PLAIN."""
+    EXTRACTION_MODE_PLAIN: _ExtractionMode.ValueType  # 1
+    """Text in reading order, one line per line of text: what most uses want."""
+    EXTRACTION_MODE_LAYOUT: _ExtractionMode.ValueType  # 2
+    """Text laid out as on the page, columns and indentation kept with spaces (pypdf's
+    layout mode): for tables, forms and multi-column pages. More characters, slower.
+    """
+
+class ExtractionMode(_ExtractionMode, metaclass=_ExtractionModeEnumTypeWrapper):
+    """How a page's text is put together from what the page draws."""
+
+EXTRACTION_MODE_UNSPECIFIED: ExtractionMode.ValueType  # 0
+"""Not set: in a submitted policy, the default PLAIN."""
+EXTRACTION_MODE_PLAIN: ExtractionMode.ValueType  # 1
+"""Text in reading order, one line per line of text: what most uses want."""
+EXTRACTION_MODE_LAYOUT: ExtractionMode.ValueType  # 2
+"""Text laid out as on the page, columns and indentation kept with spaces (pypdf's
+layout mode): for tables, forms and multi-column pages. More characters, slower.
+"""
+Global___ExtractionMode: _TypeAlias = ExtractionMode  # noqa: Y015
+
 class _Jitter:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -349,10 +377,15 @@ class BatchPolicy(_message.Message):
     TOLERATED_FAILURES_FIELD_NUMBER: _builtins.int
     RESTART_INTENSITY_FIELD_NUMBER: _builtins.int
     MAX_MANUAL_RETRIES_FIELD_NUMBER: _builtins.int
+    EXTRACTION_MODE_FIELD_NUMBER: _builtins.int
     max_concurrency: _builtins.int
     """Files of this batch running at once (1..1024). Default 4."""
     max_manual_retries: _builtins.int
     """Manual retries allowed per file (0..1000). Default 5."""
+    extraction_mode: Global___ExtractionMode.ValueType
+    """How the pages' text is extracted, for every attempt of every file of the batch.
+    Unspecified: EXTRACTION_MODE_PLAIN. `pdfbatch submit --layout` asks for LAYOUT.
+    """
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """Automatic retries of each file."""
@@ -380,10 +413,11 @@ class BatchPolicy(_message.Message):
         tolerated_failures: Global___FailureThreshold | None = ...,
         restart_intensity: Global___RestartIntensity | None = ...,
         max_manual_retries: _builtins.int | None = ...,
+        extraction_mode: Global___ExtractionMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency", "_max_manual_retries", b"_max_manual_retries", "file_timeout", b"file_timeout", "max_concurrency", b"max_concurrency", "max_manual_retries", b"max_manual_retries", "restart_intensity", b"restart_intensity", "retry", b"retry", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency", "_max_manual_retries", b"_max_manual_retries", "file_timeout", b"file_timeout", "max_concurrency", b"max_concurrency", "max_manual_retries", b"max_manual_retries", "restart_intensity", b"restart_intensity", "retry", b"retry", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency", "_max_manual_retries", b"_max_manual_retries", "extraction_mode", b"extraction_mode", "file_timeout", b"file_timeout", "max_concurrency", b"max_concurrency", "max_manual_retries", b"max_manual_retries", "restart_intensity", b"restart_intensity", "retry", b"retry", "tolerated_failures", b"tolerated_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrency: _TypeAlias = _typing.Literal["max_concurrency"]  # noqa: Y015
     _WhichOneofArgType__max_concurrency: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency"]  # noqa: Y015
@@ -547,6 +581,7 @@ class FileStatus(_message.Message):
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     MANUAL_RETRIES_FIELD_NUMBER: _builtins.int
     PASSWORD_SUPPLIED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """Unique within the batch, given by the service in submission order ("f00001", ...)."""
     name: _builtins.str
@@ -575,6 +610,14 @@ class FileStatus(_message.Message):
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When a file in BACKOFF is due; unset in every other state."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultWarning]:
+        """What the user should know about the file's result, set when it succeeds:
+        NO_TEXT_LAYER (no page has text: it probably needs OCR), PARTIAL_TEXT_LAYER,
+        a damaged outline left out... A file with warnings is SUCCEEDED all the same.
+        The same warnings as the result's metadata.
+        """
+
     def __init__(
         self,
         *,
@@ -589,10 +632,11 @@ class FileStatus(_message.Message):
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         manual_retries: _builtins.int = ...,
         password_supplied: _builtins.bool = ...,
+        warnings: _abc.Iterable[Global___ResultWarning] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "error", b"error", "file_id", b"file_id", "manual_retries", b"manual_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "password_supplied", b"password_supplied", "sha256", b"sha256", "size_bytes", b"size_bytes", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "error", b"error", "file_id", b"file_id", "manual_retries", b"manual_retries", "name", b"name", "next_attempt_time", b"next_attempt_time", "password_supplied", b"password_supplied", "sha256", b"sha256", "size_bytes", b"size_bytes", "state", b"state", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -637,6 +681,7 @@ class Batch(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     FILE_COUNT_FIELD_NUMBER: _builtins.int
+    FILES_WITH_WARNINGS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The service's id for the batch: 32 lowercase hex digits."""
     display_name: _builtins.str
@@ -651,6 +696,8 @@ class Batch(_message.Message):
     """The idempotency key submitted with the batch; empty if none was given."""
     file_count: _builtins.int
     """Files in the batch, whatever the view."""
+    files_with_warnings: _builtins.int
+    """Succeeded files whose result carries warnings (counted in `counts.succeeded` too)."""
     @_builtins.property
     def counts(self) -> Global___FileCounts:
         """Files per state."""
@@ -693,10 +740,11 @@ class Batch(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         idempotency_key: _builtins.str = ...,
         file_count: _builtins.int = ...,
+        files_with_warnings: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "policy", b"policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "file_count", b"file_count", "files", b"files", "idempotency_key", b"idempotency_key", "labels", b"labels", "policy", b"policy", "reason", b"reason", "sequence", b"sequence", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "file_count", b"file_count", "files", b"files", "files_with_warnings", b"files_with_warnings", "idempotency_key", b"idempotency_key", "labels", b"labels", "policy", b"policy", "reason", b"reason", "sequence", b"sequence", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1423,6 +1471,7 @@ class FileResultMetadata(_message.Message):
     ENCRYPTED_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The file's batch."""
     file_id: _builtins.str
@@ -1441,7 +1490,14 @@ class FileResultMetadata(_message.Message):
 
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultWarning]:
-        """What was changed to make the result safe to store and send; empty for most files."""
+        """What the user should know about the result: what was changed to make it safe to
+        store and send, pages without text, parts of the document that could not be
+        read. Empty for most files.
+        """
+
+    @_builtins.property
+    def details(self) -> Global___DocumentDetails:
+        """The document's structure: version, pages, outline, attachments."""
 
     def __init__(
         self,
@@ -1453,14 +1509,168 @@ class FileResultMetadata(_message.Message):
         encrypted: _builtins.bool = ...,
         info: Global___DocumentInfo | None = ...,
         warnings: _abc.Iterable[Global___ResultWarning] | None = ...,
+        details: Global___DocumentDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "encrypted", b"encrypted", "file_id", b"file_id", "info", b"info", "name", b"name", "page_count", b"page_count", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "details", b"details", "encrypted", b"encrypted", "file_id", b"file_id", "info", b"info", "name", b"name", "page_count", b"page_count", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileResultMetadata: _TypeAlias = FileResultMetadata  # noqa: Y015
+
+@_typing.final
+class DocumentDetails(_message.Message):
+    """The document's structure, as far as it could be read; each page's size and
+    character count come with the page's text (PageText.details), so that this message
+    does not grow with the document's pages. Each list is bounded by the service's result
+    limits (by default 1,000 outline entries, 1,000 attachments, titles and names of
+    1 KiB); what was left out is counted in a PART_TRUNCATED warning, and a part that
+    could not be read is empty, with a PART_UNREADABLE warning.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PDF_VERSION_FIELD_NUMBER: _builtins.int
+    OUTLINE_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    HAS_XMP_FIELD_NUMBER: _builtins.int
+    pdf_version: _builtins.str
+    """The version in the file's header, e.g. "1.7"; unset when the header is missing."""
+    has_xmp: _builtins.bool
+    """Whether the document carries an XMP metadata stream."""
+    @_builtins.property
+    def outline(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutlineEntry]:
+        """The outline (bookmarks) in reading order, nested entries flattened with a depth."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """The files embedded in the document."""
+
+    def __init__(
+        self,
+        *,
+        pdf_version: _builtins.str | None = ...,
+        outline: _abc.Iterable[Global___OutlineEntry] | None = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+        has_xmp: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pdf_version", b"_pdf_version", "pdf_version", b"pdf_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pdf_version", b"_pdf_version", "attachments", b"attachments", "has_xmp", b"has_xmp", "outline", b"outline", "pdf_version", b"pdf_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__pdf_version: _TypeAlias = _typing.Literal["pdf_version"]  # noqa: Y015
+    _WhichOneofArgType__pdf_version: _TypeAlias = _typing.Literal["_pdf_version", b"_pdf_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pdf_version) -> _WhichOneofReturnType__pdf_version | None: ...
+
+Global___DocumentDetails: _TypeAlias = DocumentDetails  # noqa: Y015
+
+@_typing.final
+class PageDetails(_message.Message):
+    """One page: its size, rotation, and how much text came out of it. Kept for the first
+    100,000 pages by default (`max_page_details`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    CHARACTERS_FIELD_NUMBER: _builtins.int
+    width: _builtins.float
+    """Width of the media box in points (1/72 inch); unset when the box is unreadable."""
+    height: _builtins.float
+    """Height of the media box in points; unset when the box is unreadable."""
+    rotation: _builtins.int
+    """Clockwise rotation the page is shown with: 0, 90, 180 or 270."""
+    characters: _builtins.int
+    """Characters of text extracted from the page, whitespace included. A page whose
+    text is only whitespace counts as having no text (see NO_TEXT_LAYER).
+    """
+    def __init__(
+        self,
+        *,
+        width: _builtins.float | None = ...,
+        height: _builtins.float | None = ...,
+        rotation: _builtins.int = ...,
+        characters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_height", b"_height", "_width", b"_width", "height", b"height", "width", b"width"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_height", b"_height", "_width", b"_width", "characters", b"characters", "height", b"height", "rotation", b"rotation", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
+    _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
+    _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
+    _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
+
+Global___PageDetails: _TypeAlias = PageDetails  # noqa: Y015
+
+@_typing.final
+class OutlineEntry(_message.Message):
+    """One entry of the document's outline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    PAGE_NUMBER_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """The entry's title, as the reader's bookmark pane shows it."""
+    page_number: _builtins.int
+    """The page it points to, 1-based; unset for an entry that points nowhere in the
+    document (a web link, a broken destination).
+    """
+    depth: _builtins.int
+    """0 for a top-level entry, 1 for its children, and so on."""
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        page_number: _builtins.int | None = ...,
+        depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_page_number", b"_page_number", "page_number", b"page_number"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_page_number", b"_page_number", "depth", b"depth", "page_number", b"page_number", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__page_number: _TypeAlias = _typing.Literal["page_number"]  # noqa: Y015
+    _WhichOneofArgType__page_number: _TypeAlias = _typing.Literal["_page_number", b"_page_number"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__page_number) -> _WhichOneofReturnType__page_number | None: ...
+
+Global___OutlineEntry: _TypeAlias = OutlineEntry  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    """A file embedded in the document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name as the document gives it: a label, never a path to trust."""
+    size_bytes: _builtins.int
+    """Its size in bytes, as declared by the document or else decoded; unset if unknown."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size_bytes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
+    _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_bytes) -> _WhichOneofReturnType__size_bytes | None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
 
 @_typing.final
 class ResultWarning(_message.Message):
@@ -1472,16 +1682,29 @@ class ResultWarning(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     PLACE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """"CHARACTERS_REPLACED": characters replaced with U+FFFD. "METADATA_TRUNCATED": a
-    metadata field was longer than the service keeps, and was cut.
+    metadata field was longer than the service keeps, and was cut. "NO_TEXT_LAYER": no
+    page has text (a scan, or text drawn as pictures): the file probably needs OCR.
+    "PARTIAL_TEXT_LAYER": some pages have no text. "PART_UNREADABLE": an optional part
+    of the document (see `place`) is damaged and was left out; the text is whole.
+    "PART_TRUNCATED": a part had more entries, or longer titles, than a result keeps.
     """
     message: _builtins.str
     """The warning in a sentence for people."""
     place: _builtins.str
-    """"text" for the pages, else the DocumentInfo field, e.g. "title"."""
+    """"text" for the pages; a DocumentInfo field, e.g. "title"; or a part of the
+    document: "version", "pages", "outline", "attachments", "xmp".
+    """
     count: _builtins.int
-    """Characters replaced, or cut off."""
+    """Characters replaced or cut off; pages without text; entries or characters left
+    out; 0 for a part that could not be read.
+    """
+    total: _builtins.int
+    """For NO_TEXT_LAYER and PARTIAL_TEXT_LAYER, the pages of the document (`count` of
+    `total` pages have no text); else 0.
+    """
     def __init__(
         self,
         *,
@@ -1489,10 +1712,11 @@ class ResultWarning(_message.Message):
         message: _builtins.str = ...,
         place: _builtins.str = ...,
         count: _builtins.int = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "message", b"message", "place", b"place"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "message", b"message", "place", b"place", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1508,19 +1732,27 @@ class PageText(_message.Message):
 
     PAGE_NUMBER_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     page_number: _builtins.int
     """1-based."""
     text: _builtins.str
     """The page's text, or the next piece of it; empty for a page without text."""
+    @_builtins.property
+    def details(self) -> Global___PageDetails:
+        """The page's size, rotation and character count: on the page's first chunk only,
+        and unset for pages beyond the service's `max_page_details`.
+        """
+
     def __init__(
         self,
         *,
         page_number: _builtins.int = ...,
         text: _builtins.str = ...,
+        details: Global___PageDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_number", b"page_number", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "page_number", b"page_number", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
