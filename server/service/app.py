@@ -147,6 +147,8 @@ class Service:
                 self.store,
                 queue_size=settings.watch_queue_size,
                 max_watchers=settings.max_watchers,
+                max_events_per_message=settings.watch_max_events_per_message,
+                max_message_bytes=settings.watch_max_message_bytes,
             )
             undo.callback(self.hub.close)
             quotas = TenantQuotas(

@@ -265,7 +265,12 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         self._owned(request.batch_id, self._auth.caller(context))
-        session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
+        session = self._hub.open(
+            request.batch_id,
+            request.after_sequence,
+            follow=request.follow,
+            events_per_message=request.max_events_per_message,
+        )
         if not context.add_callback(session.cancel):
             session.cancel()
         yield from session.frames()

@@ -153,6 +153,11 @@ class BatchServiceServicer:
         N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
         WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
         is in a terminal state, unless `follow` is set.
+
+        With `max_events_per_message` above 1 a watcher that is behind receives the events
+        it has not yet received together: each message is the newest of them, with the
+        older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+        every event is delivered once, in sequence order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -90,6 +90,11 @@ class BatchServiceStub:
     N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
     WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
     is in a terminal state, unless `follow` is set.
+
+    With `max_events_per_message` above 1 a watcher that is behind receives the events
+    it has not yet received together: each message is the newest of them, with the
+    older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+    every event is delivered once, in sequence order.
     """
     RetryFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]
     """Retries the given files, or every failed and cancelled file when none are given,
@@ -172,6 +177,11 @@ class BatchServiceAsyncStub(BatchServiceStub):
     N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
     WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
     is in a terminal state, unless `follow` is set.
+
+    With `max_events_per_message` above 1 a watcher that is behind receives the events
+    it has not yet received together: each message is the newest of them, with the
+    older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+    every event is delivered once, in sequence order.
     """
     RetryFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]  # type: ignore[assignment]
     """Retries the given files, or every failed and cancelled file when none are given,
@@ -281,6 +291,11 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         N it first replays every event after N. Fails with FAILED_PRECONDITION and reason
         WATCH_HISTORY_EXPIRED when N is older than the retained history. Ends once the batch
         is in a terminal state, unless `follow` is set.
+
+        With `max_events_per_message` above 1 a watcher that is behind receives the events
+        it has not yet received together: each message is the newest of them, with the
+        older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+        every event is delivered once, in sequence order.
         """
 
     @_abc_1.abstractmethod
