@@ -42,8 +42,12 @@ class AttemptJob:
         batch_id: The batch.
         file_id: The file.
         attempt: The attempt's number over the file's life (1-based).
-        blob_path: Where the stored upload lies; the worker only reads it.
+        blob_path: Where the stored upload lies; the worker only reads it. Empty when
+            ``blob_content`` carries the bytes.
         password: Opens an encrypted file; held in memory only, never logged.
+        blob_content: The stored upload itself, for a small one kept inside the blob
+            store's database: the worker gets its bytes with the job, never the
+            database. ``None`` for an upload stored as a file.
     """
 
     batch_id: str
@@ -51,6 +55,29 @@ class AttemptJob:
     attempt: int
     blob_path: str
     password: str | None = field(default=None, repr=False)
+    blob_content: bytes | None = field(default=None, repr=False)
+
+    def read_blob(self) -> bytes:
+        """The upload's bytes: those the job carries, else the file's.
+
+        Raises:
+            OSError: The file cannot be read.
+        """
+        if self.blob_content is not None:
+            return self.blob_content
+        with open(self.blob_path, "rb") as handle:
+            return handle.read()
+
+    def blob_head(self, size: int) -> bytes:
+        """The upload's first ``size`` bytes, without reading a file's whole.
+
+        Raises:
+            OSError: The file cannot be read.
+        """
+        if self.blob_content is not None:
+            return self.blob_content[:size]
+        with open(self.blob_path, "rb") as handle:
+            return handle.read(size)
 
 
 @dataclass(frozen=True, slots=True)

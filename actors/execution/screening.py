@@ -24,7 +24,7 @@ from actors.execution.contract import (
 from actors.execution.extract import PDF_SIGNATURE, SIGNATURE_WINDOW
 from actors.policy.catalogue import ErrorCode
 
-__all__ = ["ScreenedExecutor", "screen"]
+__all__ = ["ScreenedExecutor", "screen", "screen_head"]
 
 
 def screen(path: Path) -> ErrorCode | None:
@@ -34,7 +34,11 @@ def screen(path: Path) -> ErrorCode | None:
         OSError: The file cannot be read.
     """
     with path.open("rb") as handle:
-        head = handle.read(SIGNATURE_WINDOW)
+        return screen_head(handle.read(SIGNATURE_WINDOW))
+
+
+def screen_head(head: bytes) -> ErrorCode | None:
+    """:func:`screen` of a file whose first ``SIGNATURE_WINDOW`` bytes are ``head``."""
     if not head:
         return ErrorCode.PDF_EMPTY
     if head.find(PDF_SIGNATURE) < 0:
@@ -65,7 +69,7 @@ class ScreenedExecutor:
     def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
         """See :meth:`actors.execution.contract.Executor.submit`."""
         try:
-            code = screen(Path(job.blob_path))
+            code = screen_head(job.blob_head(SIGNATURE_WINDOW))
         except OSError as exc:
             on_done(AttemptFailure(classify(exc), None, type(exc).__name__, str(exc)))
             return _Refused()

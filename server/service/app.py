@@ -118,7 +118,8 @@ class Service:
                 )
                 undo.callback(self._own_store.close)
             self.store: Store = store
-            self.blobs = BlobStore(data / "blobs")
+            self.blobs = BlobStore(data / "blobs", inline_max_bytes=settings.inline_blob_max_bytes)
+            undo.callback(self.blobs.close)
             self.blobs.sweep_temp()
             self.pool = make_executor(
                 settings.executor,
@@ -285,6 +286,7 @@ class Service:
             steps.callback(log.info, "stopped")
             if self._own_store is not None:
                 steps.callback(self._own_store.close)
+            steps.callback(self.blobs.close)
             steps.callback(self.scheduler.close)
             steps.callback(self.pool.close)
             steps.callback(self._stop_metrics)

@@ -163,6 +163,10 @@ class ServerSettings(BaseSettings):
         watch_max_message_bytes: A ``WatchBatch`` message ends before its events
             would exceed this many bytes; a larger single event goes alone. Default
             1 MiB.
+        inline_blob_max_bytes: Uploaded files of at most this many bytes are stored as
+            rows of a SQLite file (``blobs/inline.sqlite``) rather than a file each.
+            Default 256 KiB: a file creation costs more than a small file's whole
+            upload. 0 stores every upload as a file.
         max_events_per_batch: Events kept per batch for ``WatchBatch`` resumes.
             Default 100,000; ``None`` keeps all.
         event_retention_seconds: Age past which events are forgotten. Default 7 days;
@@ -209,6 +213,7 @@ class ServerSettings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     max_watchers: int = Field(default=64, ge=1)
     watch_queue_size: int = Field(default=4096, ge=1)
+    inline_blob_max_bytes: int = Field(default=256 * 1024, ge=0, le=64 * _MIB)
     watch_max_events_per_message: int = Field(default=256, ge=1)
     watch_max_message_bytes: int = Field(default=_MIB, ge=1024)
     max_events_per_batch: int | None = Field(default=100_000, ge=0)

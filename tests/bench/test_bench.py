@@ -48,11 +48,13 @@ def test_cancel_latency_is_measured_on_every_run() -> None:
 
 
 def test_watch_latency_is_measured_for_every_watcher() -> None:
-    figures = watch_latency(Options(files=30, workers=WORKERS))
-    assert len(figures) == 2
-    for figure in figures:
+    single, coalesced = watch_latency(Options(files=30, workers=WORKERS))
+    for figure in (single, coalesced):
         assert figure.detail["watchers"] == 50
         # Every live event reached every watcher that was connected by then.
         assert figure.detail["deliveries"] >= figure.detail["events"] > 0
         assert figure.value is not None
         assert not math.isnan(figure.value)
+    # One message per event and watcher, and the snapshots; coalesced, never more.
+    assert single.detail["messages"] == single.detail["deliveries"] + 50
+    assert coalesced.detail["messages"] <= coalesced.detail["deliveries"] + 50

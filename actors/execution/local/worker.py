@@ -86,7 +86,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
         start_cpu_budget(config.process_limits)
         reply, payload = run_processor(
             processor,
-            Path(job.blob_path).read_bytes,
+            job.read_blob,
             job.password,
             job.attempt,
             config.result_limits,

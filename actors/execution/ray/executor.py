@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -188,7 +187,7 @@ class RayExecutor:
             if self._closed:
                 raise RuntimeError("the Ray executor is closed")
         try:
-            data = ray.put(Path(job.blob_path).read_bytes())
+            data = ray.put(job.read_blob())
             task = _attempt_task.options(
                 name=f"pdfbatch {job.batch_id}/{job.file_id}#{job.attempt}",
                 **runtime_env_option(self._runtime_env),
