@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.__main__ import main
 from bench.cancel import cancel_latency
 from bench.options import Options
+from bench.small_blobs import small_blobs
 from bench.watch import watch_latency
 
 WORKERS = 2
@@ -58,3 +59,12 @@ def test_watch_latency_is_measured_for_every_watcher() -> None:
     # One message per event and watcher, and the snapshots; coalesced, never more.
     assert single.detail["messages"] == single.detail["deliveries"] + 50
     assert coalesced.detail["messages"] <= coalesced.detail["deliveries"] + 50
+
+
+def test_small_blob_uploads_are_measured_both_ways() -> None:
+    store, wire = small_blobs(Options(files=20, repeat=1, workers=1))
+    for figure in (store, wire):
+        runs = figure.detail["ms_per_file"]
+        assert set(runs) == {"files", "rows"}
+        assert all(len(ms) == 1 and 0 < ms[0] < 60_000 for ms in runs.values())
+        assert figure.value == runs["rows"][0]
