@@ -23,6 +23,7 @@ from bench.peer import peer
 from bench.recovery import recovery
 from bench.report import Figure, render_table, write_json
 from bench.scale import scale, scale_batches
+from bench.small_blobs import small_blobs
 from bench.throughput import control_plane, throughput
 from bench.watch import watch_latency
 from server.service.logs import configure_logging, reset_logging
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale-batches": scale_batches,
     "recovery": recovery,
     "peer": peer,
+    "small-blobs": small_blobs,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -1,14 +1,16 @@
 """The watch scenario's clients: many ``WatchBatch`` streams in a process of their own.
 
-Run by :mod:`bench.watch` as ``python -m bench.watchers ADDRESS COUNT OUTPUT``. Each
-watcher gets its own channel (and connection), as separate clients would; all of them
-share one asyncio loop, so that the harness spends as little CPU as a client can and
-the latency measured is the service's. Once every channel is connected it prints
-``ready``; then it reads the batch id from standard input, opens every stream at once
-and records ``time.monotonic()`` (one clock for every process of the machine) as each
-event arrives. When every stream has ended with the settled batch, it writes
-``{"received": [[[sequence, seconds], ...], ...], "cpu_seconds": s}`` (``s`` its own
-CPU time) to OUTPUT.
+Run by :mod:`bench.watch` as ``python -m bench.watchers ADDRESS COUNT OUTPUT PER_MESSAGE``
+(``PER_MESSAGE`` is the ``max_events_per_message`` each stream asks for). Each watcher
+gets its own channel (and connection), as separate clients would; all of them share one
+asyncio loop, so that the harness spends as little CPU as a client can and the latency
+measured is the service's. Once every channel is connected it prints ``ready``; then it
+reads the batch id from standard input, opens every stream at once and notes, for each
+event after the stream's snapshot, the wall-clock time it arrived minus its
+``event_time`` (one clock for every process of the machine). When every stream has
+ended with the settled batch, it writes ``{"received": [[[sequence, seconds], ...],
+...], "messages": n, "cpu_seconds": s}`` (``n`` the messages received by all the
+streams, ``s`` its own CPU time) to OUTPUT.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from server.client.api import events_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 
@@ -32,15 +35,24 @@ _CONNECT_TIMEOUT = 30.0
 _OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def _watch(channel: grpc.aio.Channel, batch_id: str, out: list[list[float]]) -> None:
+async def _watch(
+    channel: grpc.aio.Channel, batch_id: str, per_message: int, out: list[list[float]]
+) -> int:
+    """Follow the batch to its end; the number of messages received."""
     stub = batch_pb2_grpc.BatchServiceStub(channel)
-    async for event in stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id)):
-        arrived = time.monotonic()
-        if event.WhichOneof("change") != "snapshot":
-            out.append([event.sequence, arrived])
+    request = pb.WatchBatchRequest(batch_id=batch_id, max_events_per_message=per_message)
+    messages = 0
+    async for message in stub.WatchBatch(request):
+        arrived = time.time()
+        messages += 1
+        if message.WhichOneof("change") == "snapshot":
+            continue
+        for event in events_of(message):
+            out.append([event.sequence, arrived - event.event_time.ToNanoseconds() / 1e9])
+    return messages
 
 
-async def _run(address: str, count: int) -> list[list[list[float]]]:
+async def _run(address: str, count: int, per_message: int) -> tuple[list[list[list[float]]], int]:
     channels = [grpc.aio.insecure_channel(address, options=_OPTIONS) for _ in range(count)]
     try:
         await asyncio.wait_for(
@@ -49,21 +61,24 @@ async def _run(address: str, count: int) -> list[list[list[float]]]:
         print("ready", flush=True)
         batch_id = (await asyncio.to_thread(sys.stdin.readline)).strip()
         received: list[list[list[float]]] = [[] for _ in channels]
-        await asyncio.gather(
-            *(_watch(c, batch_id, out) for c, out in zip(channels, received, strict=True))
+        messages = await asyncio.gather(
+            *(
+                _watch(c, batch_id, per_message, out)
+                for c, out in zip(channels, received, strict=True)
+            )
         )
-        return received
+        return received, sum(messages)
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
 def main(argv: list[str]) -> int:
     """Watch as described above; 0 once every stream ended."""
-    address, count, output = argv[0], int(argv[1]), Path(argv[2])
-    received = asyncio.run(_run(address, count))
+    address, count, output, per_message = argv[0], int(argv[1]), Path(argv[2]), int(argv[3])
+    received, messages = asyncio.run(_run(address, count, per_message))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
-    output.write_text(json.dumps({"received": received, "cpu_seconds": cpu}))
+    output.write_text(json.dumps({"received": received, "messages": messages, "cpu_seconds": cpu}))
     return 0
 
 

@@ -7,6 +7,7 @@ job over or to kill a process.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +44,15 @@ class AttemptJob:
         batch_id: The batch.
         file_id: The file.
         attempt: The attempt's number over the file's life (1-based).
-        blob_path: Where the stored upload lies; the worker only reads it.
+        blob_path: Where the stored upload lies; the worker only reads it. Empty when
+            ``blob_content`` carries the bytes.
         password: Opens an encrypted file; held in memory only, never logged.
         tenant: The batch's owner: executors take turns across tenants, then across
             their batches, so that no tenant's big batch holds every worker.
         extraction_mode: How pages' text is put together, as the batch asked.
+        blob_content: The stored upload itself, for a small one kept inside the blob
+            store's database: the worker gets its bytes with the job, never the
+            database. ``None`` for an upload stored as a file.
     """
 
     batch_id: str
@@ -57,6 +62,32 @@ class AttemptJob:
     password: str | None = field(default=None, repr=False)
     tenant: str = ""
     extraction_mode: ExtractionMode = ExtractionMode.PLAIN
+    blob_content: bytes | None = field(default=None, repr=False)
+
+    def read_blob(self) -> bytes:
+        """The upload's bytes: those the job carries, else the file's.
+
+        Raises:
+            OSError: The file cannot be read.
+        """
+        if self.blob_content is not None:
+            return self.blob_content
+        with open(self.blob_path, "rb") as handle:
+            return handle.read()
+
+    def blob_ends(self, size: int) -> tuple[bytes, bytes]:
+        """The upload's first and last ``size`` bytes (the same bytes twice in a file
+        shorter than ``size``), without reading a file's whole.
+
+        Raises:
+            OSError: The file cannot be read.
+        """
+        if self.blob_content is not None:
+            return self.blob_content[:size], self.blob_content[-size:]
+        with open(self.blob_path, "rb") as handle:
+            head = handle.read(size)
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+            return head, handle.read(size)
 
 
 @dataclass(frozen=True, slots=True)

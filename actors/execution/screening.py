@@ -28,7 +28,7 @@ from actors.execution.contract import (
 from actors.execution.extract import SIGNATURE_WINDOW, looks_like_pdf
 from actors.policy.catalogue import ErrorCode
 
-__all__ = ["ScreenedExecutor", "screen"]
+__all__ = ["ScreenedExecutor", "screen", "screen_ends"]
 
 
 def screen(path: Path) -> ErrorCode | None:
@@ -39,11 +39,16 @@ def screen(path: Path) -> ErrorCode | None:
     """
     with path.open("rb") as handle:
         head = handle.read(SIGNATURE_WINDOW)
-        if not head:
-            return ErrorCode.PDF_EMPTY
-        # The last KiB, which may overlap the first in a small file.
+        # The last bytes, which may overlap the first in a small file.
         handle.seek(max(0, handle.seek(0, os.SEEK_END) - SIGNATURE_WINDOW))
-        tail = handle.read(SIGNATURE_WINDOW)
+        return screen_ends(head, handle.read(SIGNATURE_WINDOW))
+
+
+def screen_ends(head: bytes, tail: bytes) -> ErrorCode | None:
+    """:func:`screen` of a file whose first and last ``SIGNATURE_WINDOW`` bytes are
+    ``head`` and ``tail``."""
+    if not head:
+        return ErrorCode.PDF_EMPTY
     return None if looks_like_pdf(head, tail) else ErrorCode.NOT_A_PDF
 
 
@@ -70,7 +75,7 @@ class ScreenedExecutor:
     def submit(self, job: AttemptJob, on_started: OnStarted, on_done: OnDone) -> AttemptHandle:
         """See :meth:`actors.execution.contract.Executor.submit`."""
         try:
-            code = screen(Path(job.blob_path))
+            code = screen_ends(*job.blob_ends(SIGNATURE_WINDOW))
         except OSError as exc:
             on_done(AttemptFailure(classify(exc), None, type(exc).__name__, str(exc)))
             return _Refused()

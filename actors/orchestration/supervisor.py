@@ -470,14 +470,16 @@ class BatchSupervisor(pykka.ThreadingActor):
             attempts=(*record.attempts, Attempt(number=number, started_at=now)),
             next_attempt_at=None,
         )
+        content = self._small_blob(record.blob)
         job = AttemptJob(
             batch_id=self._book.batch.batch_id,
             file_id=file_id,
             attempt=number,
-            blob_path=str(self._deps.blobs.path(record.blob)),
+            blob_path="" if content is not None else str(self._deps.blobs.path(record.blob)),
             password=self._deps.passwords.get(self._book.batch.batch_id, file_id),
             tenant=self._book.batch.owner,
             extraction_mode=self._policy.extraction_mode,
+            blob_content=content,
         )
         self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(
@@ -488,6 +490,19 @@ class BatchSupervisor(pykka.ThreadingActor):
             job=job,
             timeout=self._policy.file_timeout,
         )
+
+    def _small_blob(self, digest: str) -> bytes | None:
+        """A small blob's bytes for the job to carry; ``None``: the worker reads the file.
+
+        A database that cannot be read is logged and taken as no row: the attempt then
+        fails reading the (missing) file, and its classified failure is retried like
+        any other storage error, instead of the supervisor crashing.
+        """
+        try:
+            return self._deps.blobs.content(digest)
+        except OSError as exc:
+            log.warning("small_blob_unreadable", blob=digest, error=str(exc))
+            return None
 
     def _arm_backoff(self, file_id: str, attempt: int, delay: float) -> None:
         me = self.actor_ref

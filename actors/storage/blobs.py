@@ -4,6 +4,13 @@ A blob is written to a temporary name in the same directory, fsynced, then renam
 a reader never sees half a file and a crash leaves at most a temp file to sweep. An
 upload of many files skips the fsyncs and flushes the file system once, before its
 batch (the only thing that refers to the blobs) is stored.
+
+Blobs of at most ``inline_max_bytes`` (256 KiB by default) are rows of a SQLite file
+in the same directory instead (:mod:`actors.storage.inline_blobs`): a file creation
+costs more than a small file's whole upload. Both kinds answer to the same digest, are
+deleted and listed alike, and are made durable by the same flush. A worker never opens
+the SQLite file: the supervisor reads a small blob (:meth:`BlobStore.content`) and the
+attempt carries its bytes, so a worker sees only the file it works on.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
+from actors.storage.inline_blobs import InlineBlobs, InlineBlobWriter
 from actors.storage.private import PRIVATE_MODE, private_directory
 
-__all__ = ["BlobStore", "BlobWriter"]
+__all__ = ["DEFAULT_INLINE_MAX_BYTES", "BlobStore", "BlobWriter", "InlineBlobWriter"]
+
+DEFAULT_INLINE_MAX_BYTES = 256 * 1024
 
 _TEMP_PREFIX = ".incoming-"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -65,7 +75,12 @@ def _fsync_directory(path: Path) -> None:
 
 
 class BlobStore:
-    """Content-addressed files under ``root``.
+    """Content-addressed blobs under ``root``: files, and rows for the small ones.
+
+    Args:
+        root: The directory.
+        inline_max_bytes: Blobs of at most this many bytes are stored as SQLite rows
+            rather than files. Default 256 KiB; 0 stores every blob as a file.
 
     Attributes:
         reference_lock: Held by whoever makes a batch refer to blobs (from committing
@@ -74,10 +89,18 @@ class BlobStore:
             batch that will refer to it is stored.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES) -> None:
+        if inline_max_bytes < 0:
+            raise ValueError("inline_max_bytes cannot be negative")
         self._root = root
+        self.inline_max_bytes = inline_max_bytes
         self.reference_lock = threading.Lock()
         private_directory(root)
+        self._inline = InlineBlobs(root)
+
+    def close(self) -> None:
+        """Close the small blobs' database. Idempotent."""
+        self._inline.close()
 
     def _make_parent(self, target: Path) -> None:
         if not target.parent.is_dir():
@@ -85,7 +108,7 @@ class BlobStore:
             _fsync_directory(self._root)
 
     def path(self, digest: str) -> Path:
-        """Where the blob with ``digest`` lies (whether or not it exists)."""
+        """Where the blob with ``digest`` lies as a file (whether or not it exists)."""
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError("not a sha256 hex digest")
         return self._root / digest[:2] / digest
@@ -95,6 +118,10 @@ class BlobStore:
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.exists():
+            return digest
+        if len(data) <= self.inline_max_bytes:
+            if self._inline.put(digest, data):
+                self._inline.flush()
             return digest
         self._make_parent(target)
         fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=target.parent)
@@ -122,39 +149,78 @@ class BlobStore:
         _sync_file_system(self._root)
 
     def exists(self, digest: str) -> bool:
-        """Whether the blob is stored."""
-        return self.path(digest).exists()
+        """Whether the blob is stored, as a file or a row."""
+        return self.path(digest).exists() or self._inline.exists(digest)
+
+    def content(self, digest: str) -> bytes | None:
+        """A small blob's bytes; ``None`` if the blob is not stored as a row.
+
+        ``None`` means: read the file at :meth:`path` (which may be missing too).
+
+        Raises:
+            OSError: The small blobs' database could not be read.
+        """
+        return self._inline.content(digest)
 
     def delete(self, digest: str) -> None:
-        """Remove the blob, if present."""
+        """Remove the blob, if present (as a file, a row, or both)."""
         self.path(digest).unlink(missing_ok=True)
+        self._inline.delete(digest)
+
+    def scrub(self) -> None:
+        """Overwrite what deleted small blobs left behind; after a round of deletes."""
+        self._inline.scrub()
 
     def digests(self) -> Iterator[str]:
-        """The digest of every stored blob (temporary files aside), in no order."""
+        """The digest of every stored blob (temporary files aside), in no order.
+
+        A digest stored both ways (after ``inline_max_bytes`` changed) comes twice.
+        """
         for shard in self._root.iterdir():
             if shard.is_dir() and len(shard.name) == 2:
                 for blob in shard.iterdir():
                     if _DIGEST.fullmatch(blob.name):
                         yield blob.name
+        yield from self._inline.digests()
 
-    def writer(self) -> BlobWriter:
+    def writer(self, size: int | None = None) -> BlobWriter | InlineBlobWriter:
         """Start a blob whose bytes arrive in pieces; see :class:`BlobWriter`.
+
+        Args:
+            size: The blob's size, when known: one of at most ``inline_max_bytes``
+                becomes a row (:class:`InlineBlobWriter`, which takes no more than
+                ``size`` bytes). Default: unknown, a file.
 
         The temporary file lies in the store's own directory, so committing it is a
         link on the same file system, and :meth:`sweep_temp` finds it after a crash.
         """
+        if size is not None and 0 <= size <= self.inline_max_bytes:
+            return _SmallBlobWriter(self, size)
         incoming = self._root / _INCOMING_DIR
         incoming.mkdir(mode=PRIVATE_MODE, exist_ok=True)
         fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=incoming)
         return BlobWriter(self, Path(temp), os.fdopen(fd, "wb"))
 
     def sweep_temp(self) -> int:
-        """Remove temp files a crash left behind; returns how many."""
-        removed = 0
+        """Remove temp files and incoming rows a crash left behind; returns how many."""
+        removed = self._inline.sweep_incoming()
         for temp in self._root.glob(f"*/{_TEMP_PREFIX}*"):
             temp.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+class _SmallBlobWriter(InlineBlobWriter):
+    """An :class:`InlineBlobWriter` that leaves alone bytes stored as a file already."""
+
+    def __init__(self, store: BlobStore, limit: int) -> None:
+        super().__init__(store._inline, limit)
+        self._store = store
+
+    def commit(self, *, durable: bool = True, stored_elsewhere: bool = False) -> bool:
+        """See :meth:`InlineBlobWriter.commit`."""
+        as_file = stored_elsewhere or self._store.path(self.finish()).exists()
+        return super().commit(durable=durable, stored_elsewhere=as_file)
 
 
 class BlobWriter:
@@ -236,6 +302,11 @@ class BlobWriter:
         if self._settled:
             raise ValueError("blob writer was already committed or aborted")
         digest = self.finish(durable=durable)
+        if self._store._inline.exists(digest):
+            # Stored as a row already (when inline_max_bytes was larger): keep that.
+            self._settled = True
+            self._temp.unlink(missing_ok=True)
+            return False
         target = self._store.path(digest)
         self._store._make_parent(target)
         try:

@@ -158,6 +158,8 @@ def collect_garbage(store: Store, blobs: BlobStore, *, lock_timeout: float = 1.0
             if not store.blob_in_use(digest):
                 blobs.delete(digest)
                 removed += 1
+        if removed:
+            blobs.scrub()
         return removed
     finally:
         blobs.reference_lock.release()

@@ -101,7 +101,9 @@ def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
     tracker = BatchTracker()
     display = ProgressDisplay(sys.stderr)
     try:
-        for event in client.watch(batch_id, follow=getattr(args, "follow", False)):
+        # A message at a time: a watch that is behind gets its events together, and the
+        # progress line is redrawn once for them.
+        for event in client.watch_messages(batch_id, follow=getattr(args, "follow", False)):
             notes = tracker.apply(event)
             if event.HasField("snapshot") and event.snapshot.counts.failed:
                 # Failures from before the watch started are news to whoever watches.

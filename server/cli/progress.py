@@ -97,8 +97,18 @@ class BatchTracker:
         self.file_count = 0
         self._counts = pb.FileCounts()
 
-    def apply(self, event: pb.WatchBatchResponse) -> list[str]:
-        """Take ``event`` in; return the lines worth telling a person about it."""
+    def apply(self, message: pb.WatchBatchResponse) -> list[str]:
+        """Take a ``WatchBatch`` message in; return the lines worth telling a person.
+
+        A message carrying several events (its ``earlier_events``, then itself) is taken
+        in as each of them in turn, oldest first.
+        """
+        notes: list[str] = []
+        for event in message.earlier_events:
+            notes += self._apply(event)
+        return notes + self._apply(message)
+
+    def _apply(self, event: pb.WatchBatchResponse) -> list[str]:
         notes: list[str] = []
         self.batch_id = event.batch_id
         if event.HasField("counts"):

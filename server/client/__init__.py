@@ -4,7 +4,14 @@ The rule of this package: it speaks the wire (the generated code) and nothing el
 never imports the service or :mod:`actors`, so it works against any pdfbatch server.
 """
 
-from server.client.api import Client, FileResult, UploadFile, collect_files, describe_error
+from server.client.api import (
+    Client,
+    FileResult,
+    UploadFile,
+    collect_files,
+    describe_error,
+    events_of,
+)
 from server.client.settings import ClientSettings
 from server.client.tls import CredentialsError, channel_credentials
 
@@ -17,4 +24,5 @@ __all__ = [
     "channel_credentials",
     "collect_files",
     "describe_error",
+    "events_of",
 ]

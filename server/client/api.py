@@ -42,10 +42,13 @@ __all__ = [
     "UploadFile",
     "collect_files",
     "describe_error",
+    "events_of",
 ]
 
 SERVICE = "pdfbatch.v1.BatchService"
 CHUNK_BYTES = 1024 * 1024
+# Events per WatchBatch message the client asks for; the service may cap it lower.
+WATCH_EVENTS_PER_MESSAGE = 256
 MAX_ATTEMPTS = 5
 _IDEMPOTENT = (
     "GetBatch",
@@ -110,6 +113,19 @@ class UploadFile:
     path: Path
     name: str
     password: str | None = field(default=None, repr=False)
+
+
+def events_of(message: pb.WatchBatchResponse) -> list[pb.WatchBatchResponse]:
+    """The events one ``WatchBatch`` message carries, oldest first.
+
+    ``message``'s ``earlier_events``, then ``message`` itself without them.
+    """
+    if not message.earlier_events:
+        return [message]
+    newest = pb.WatchBatchResponse()
+    newest.CopyFrom(message)
+    del newest.earlier_events[:]
+    return [*message.earlier_events, newest]
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[UploadFile]:
@@ -351,10 +367,34 @@ class Client:
         follow: bool = False,
         max_reconnects: int = 10,
     ) -> Iterator[pb.WatchBatchResponse]:
-        """The batch's events; reconnects and resumes after a dropped connection.
+        """The batch's events, one at a time; see :meth:`watch_messages`.
+
+        Each event is yielded alone (without ``earlier_events``), in sequence order.
+        """
+        for message in self.watch_messages(
+            batch_id,
+            after_sequence=after_sequence,
+            follow=follow,
+            max_reconnects=max_reconnects,
+        ):
+            yield from events_of(message)
+
+    def watch_messages(
+        self,
+        batch_id: str,
+        *,
+        after_sequence: int = 0,
+        follow: bool = False,
+        max_reconnects: int = 10,
+    ) -> Iterator[pb.WatchBatchResponse]:
+        """The batch's events as they arrive; reconnects and resumes after a dropped connection.
 
         Starts with a snapshot when ``after_sequence`` is 0. If the server no longer has
         the events after the last one seen, the watch starts over with a new snapshot.
+        Asks for several events per message: when the watch is behind, a message carries
+        the events that were waiting, the older ones in its ``earlier_events``
+        (:func:`events_of` lists them all). A display redrawn once per message keeps up
+        with any rate of events.
 
         Args:
             batch_id: The batch.
@@ -369,13 +409,18 @@ class Client:
         failures = 0
         while True:
             call = self._stub.WatchBatch(
-                pb.WatchBatchRequest(batch_id=batch_id, after_sequence=last, follow=follow)
+                pb.WatchBatchRequest(
+                    batch_id=batch_id,
+                    after_sequence=last,
+                    follow=follow,
+                    max_events_per_message=WATCH_EVENTS_PER_MESSAGE,
+                )
             )
             try:
-                for event in call:
+                for message in call:
                     failures = 0
-                    last = event.sequence
-                    yield event
+                    last = message.sequence
+                    yield message
                 return
             except grpc.RpcError as error:
                 described = describe_error(error)

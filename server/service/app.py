@@ -127,7 +127,8 @@ class Service:
                 )
                 undo.callback(self._own_store.close)
             self.store: Store = store
-            self.blobs = BlobStore(data / "blobs")
+            self.blobs = BlobStore(data / "blobs", inline_max_bytes=settings.inline_blob_max_bytes)
+            undo.callback(self.blobs.close)
             self.blobs.sweep_temp()
             self.pool = make_executor(
                 settings.executor,
@@ -157,43 +158,11 @@ class Service:
                 queue_size=settings.watch_queue_size,
                 max_watchers=settings.max_watchers,
                 per_tenant=_watch_caps(settings, tenants=self.authenticator.required),
+                max_events_per_message=settings.watch_max_events_per_message,
+                max_message_bytes=settings.watch_max_message_bytes,
             )
             undo.callback(self.hub.close)
-            self.quotas = quotas = TenantQuotas(
-                self.store,
-                max_active_batches=security.max_active_batches,
-                max_stored_bytes=security.max_stored_bytes,
-            )
-            self.open_uploads = _upload_caps(settings, tenants=self.authenticator.required)
-            uploads = Uploads(
-                self.runtime,
-                self.store,
-                self.blobs,
-                settings.limits,
-                quotas=quotas,
-                open_uploads=self.open_uploads,
-            )
-            self.servicer = BatchServicer(
-                self.runtime,
-                self.store,
-                uploads,
-                self.hub,
-                auth=self.authenticator,
-                submissions=RateLimiter(
-                    "submissions",
-                    "SUBMISSION_RATE_EXCEEDED",
-                    rate=security.submissions_per_second,
-                    burst=security.submission_burst,
-                    clock=clock,
-                ),
-                retries=RateLimiter(
-                    "retries",
-                    "RETRY_RATE_EXCEEDED",
-                    rate=security.retries_per_second,
-                    burst=security.retry_burst,
-                    clock=clock,
-                ),
-            )
+            self.servicer = self._build_servicer(clock)
             self.metrics_address = self._start_observers(undo)
             self.health = health.HealthServicer()
             self.server = self._build_server()
@@ -206,6 +175,46 @@ class Service:
             if self.port == 0:
                 raise RuntimeError(f"cannot listen on {settings.address}")
             undo.pop_all()
+
+    def _build_servicer(self, clock: Callable[[], float]) -> BatchServicer:
+        """The gRPC service over the runtime: its quotas, upload caps and rate limits."""
+        security = self.settings.security
+        settings = self.settings
+        self.quotas = quotas = TenantQuotas(
+            self.store,
+            max_active_batches=security.max_active_batches,
+            max_stored_bytes=security.max_stored_bytes,
+        )
+        self.open_uploads = _upload_caps(settings, tenants=self.authenticator.required)
+        uploads = Uploads(
+            self.runtime,
+            self.store,
+            self.blobs,
+            settings.limits,
+            quotas=quotas,
+            open_uploads=self.open_uploads,
+        )
+        return BatchServicer(
+            self.runtime,
+            self.store,
+            uploads,
+            self.hub,
+            auth=self.authenticator,
+            submissions=RateLimiter(
+                "submissions",
+                "SUBMISSION_RATE_EXCEEDED",
+                rate=security.submissions_per_second,
+                burst=security.submission_burst,
+                clock=clock,
+            ),
+            retries=RateLimiter(
+                "retries",
+                "RETRY_RATE_EXCEEDED",
+                rate=security.retries_per_second,
+                burst=security.retry_burst,
+                clock=clock,
+            ),
+        )
 
     def _start_observers(self, undo: contextlib.ExitStack) -> str | None:
         """Trace and serve Prometheus metrics if asked to; returns ``host:port`` or ``None``."""
@@ -319,6 +328,7 @@ class Service:
             steps.callback(log.info, "stopped")
             if self._own_store is not None:
                 steps.callback(self._own_store.close)
+            steps.callback(self.blobs.close)
             steps.callback(self.scheduler.close)
             steps.callback(self.pool.close)
             steps.callback(self._stop_metrics)

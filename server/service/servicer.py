@@ -267,7 +267,11 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         caller = self._auth.caller(context)
         self._owned(request.batch_id, caller)
         session = self._hub.open(
-            request.batch_id, request.after_sequence, follow=request.follow, tenant=caller
+            request.batch_id,
+            request.after_sequence,
+            follow=request.follow,
+            tenant=caller,
+            events_per_message=request.max_events_per_message,
         )
         if not context.add_callback(session.cancel):
             session.cancel()

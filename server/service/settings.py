@@ -199,6 +199,17 @@ class ServerSettings(BaseSettings):
             the store. Default 4,096: the events are shared by every watcher of the
             batch, so a watcher's queue costs a pointer per event, while a fallback
             costs reading and converting every missed event again for that watcher.
+        watch_max_events_per_message: Most events one ``WatchBatch`` message carries,
+            whatever the watch asks for (``max_events_per_message``). Default 256: a
+            watch that is behind catches up in few messages, each well below gRPC's
+            message limit.
+        watch_max_message_bytes: A ``WatchBatch`` message ends before its events
+            would exceed this many bytes; a larger single event goes alone. Default
+            1 MiB.
+        inline_blob_max_bytes: Uploaded files of at most this many bytes are stored as
+            rows of a SQLite file (``blobs/inline.sqlite``) rather than a file each.
+            Default 256 KiB: a file creation costs more than a small file's whole
+            upload. 0 stores every upload as a file.
         max_events_per_batch: Events kept per batch for ``WatchBatch`` resumes.
             Default 100,000; ``None`` keeps all.
         event_retention_seconds: Age past which events are forgotten. Default 7 days;
@@ -256,6 +267,9 @@ class ServerSettings(BaseSettings):
     max_uploads: int = Field(default=32, ge=1)
     max_uploads_per_tenant: int | None = Field(default=None, ge=1)
     watch_queue_size: int = Field(default=4096, ge=1)
+    inline_blob_max_bytes: int = Field(default=256 * 1024, ge=0, le=64 * _MIB)
+    watch_max_events_per_message: int = Field(default=256, ge=1)
+    watch_max_message_bytes: int = Field(default=_MIB, ge=1024)
     max_events_per_batch: int | None = Field(default=100_000, ge=0)
     event_retention_seconds: float | None = Field(default=7 * _DAY, ge=0)
     bytes_retention_seconds: float = Field(default=7 * _DAY, ge=0)

@@ -1,7 +1,8 @@
 """``SubmitBatch`` uploads: from a stream of messages to stored blobs and a new batch.
 
-Each file is written to a temporary file in the blob store while it arrives, hashed on
-the way, and checked against its header. Nothing is stored under a digest until the
+Each file is written to a temporary file in the blob store while it arrives (a file
+declared no bigger than the store's ``inline_max_bytes``: to a row of its database),
+hashed on the way, and checked against its header. Nothing is stored under a digest until the
 client has sent ``end`` and closed the stream; a stream that breaks off (client gone,
 deadline, a limit) or ends without ``end`` leaves no batch, no blob and no temporary
 file. ``end`` is what tells a complete upload from a cancelled one: grpcio's sync server
@@ -33,7 +34,7 @@ import grpc
 from actors.orchestration.runtime import NewFile, Runtime, validate_file_name
 from actors.policy.model import BatchView
 from actors.policy.refusals import InvalidRequest
-from actors.storage.blobs import BlobStore, BlobWriter
+from actors.storage.blobs import BlobStore, BlobWriter, InlineBlobWriter
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.security.concurrency import TenantCaps
@@ -58,7 +59,8 @@ class _Staged:
     password: str | None
     declared: int
     sha256: str
-    writer: BlobWriter
+    # A row for a file of at most the blob store's inline_max_bytes, else a file.
+    writer: BlobWriter | InlineBlobWriter
     # The header carried the bytes: no chunk may follow.
     inline: bool = False
 
@@ -279,7 +281,9 @@ class Uploads:
 
     def _open(self, header: pb.FileHeader, stack: contextlib.ExitStack) -> _Staged:
         password = header.password if header.HasField("password") else None
-        writer = stack.enter_context(self._blobs.writer())
+        # The declared size picks where the bytes go; more than it is refused anyway.
+        writer = self._blobs.writer(max(header.size_bytes, 0))
+        stack.enter_context(writer)
         return _Staged(header.name, password, header.size_bytes, header.sha256, writer)
 
     def _write(self, file: _Staged, index: int, chunk: bytes) -> None:
@@ -361,9 +365,13 @@ class Uploads:
             return view
 
     def _release_unused(self, digests: Iterable[str]) -> None:
+        deleted = False
         for digest in set(digests):
             if not self._store.blob_in_use(digest):
                 self._blobs.delete(digest)
+                deleted = True
+        if deleted:
+            self._blobs.scrub()
 
 
 class _Content(Protocol):

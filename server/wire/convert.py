@@ -41,6 +41,7 @@ __all__ = [
     "batch_state_from_proto",
     "batch_state_to_proto",
     "batch_to_proto",
+    "coalesced_event_frame",
     "details_to_proto",
     "event_to_proto",
     "file_state_from_proto",
@@ -332,6 +333,43 @@ def event_to_proto(event: BatchEvent) -> pb.WatchBatchResponse:
             pb.BatchStateChange(state=message.batch_state, reason=event.reason)
         )
     return message
+
+
+# `earlier_events` as it lies on the wire: its field number, length-delimited.
+_EARLIER_EVENTS_TAG = bytes(
+    [pb.WatchBatchResponse.DESCRIPTOR.fields_by_name["earlier_events"].number << 3 | 2]
+)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def coalesced_event_frame(frames: Sequence[bytes]) -> bytes:
+    """One serialized ``pb.WatchBatchResponse`` carrying several, from their serialized forms.
+
+    The last of ``frames`` is the message; the others, in order, become its
+    ``earlier_events``. A repeated field may follow the others on the wire, so the
+    message is the frames joined with a field header before each earlier one: nothing
+    is parsed or serialized again, and every watcher of a batch reuses the frames each
+    event was serialized to once.
+
+    Args:
+        frames: Serialized ``pb.WatchBatchResponse`` messages, oldest first, none with
+            ``earlier_events`` of its own; at least one.
+    """
+    *earlier, last = frames
+    if not earlier:
+        return last
+    parts = [last]
+    for frame in earlier:
+        parts += (_EARLIER_EVENTS_TAG, _varint(len(frame)), frame)
+    return b"".join(parts)
 
 
 def result_chunks(

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.__main__ import main
 from bench.cancel import cancel_latency
 from bench.options import Options
+from bench.small_blobs import small_blobs
 from bench.watch import watch_latency
 
 WORKERS = 2
@@ -53,11 +54,22 @@ def test_cancel_latency_is_measured_on_every_run() -> None:
 
 
 def test_watch_latency_is_measured_for_every_watcher() -> None:
-    figures = watch_latency(Options(files=30, workers=WORKERS))
-    assert len(figures) == 2
-    for figure in figures:
+    single, coalesced = watch_latency(Options(files=30, workers=WORKERS))
+    for figure in (single, coalesced):
         assert figure.detail["watchers"] == 50
         # Every live event reached every watcher that was connected by then.
         assert figure.detail["deliveries"] >= figure.detail["events"] > 0
         assert figure.value is not None
         assert not math.isnan(figure.value)
+    # One message per event and watcher, and the snapshots; coalesced, never more.
+    assert single.detail["messages"] == single.detail["deliveries"] + 50
+    assert coalesced.detail["messages"] <= coalesced.detail["deliveries"] + 50
+
+
+def test_small_blob_uploads_are_measured_both_ways() -> None:
+    store, wire = small_blobs(Options(files=20, repeat=1, workers=1))
+    for figure in (store, wire):
+        runs = figure.detail["ms_per_file"]
+        assert set(runs) == {"files", "rows"}
+        assert all(len(ms) == 1 and 0 < ms[0] < 60_000 for ms in runs.values())
+        assert figure.value == runs["rows"][0]

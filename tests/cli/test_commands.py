@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from server.cli.commands import EXIT_CLOSED_PIPE
 from server.cli.progress import BatchTracker, ProgressDisplay
+from server.client.api import events_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.main import main
 from server.service.logs import wants_colors
@@ -366,3 +367,43 @@ def test_history_shows_each_state_change_and_who_asked_for_what(
     assert any("RetryFiles" in line and ": OK" in line for line in lines)
     code, out, _ = _run(capsys, "history", batch.batch_id, "f00001", "--json", *address)
     assert json_format.Parse(out, pb.GetFileHistoryResponse()).file.file_id == "f00001"
+
+
+def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> None:
+    def failed(sequence: int, name: str, counts: pb.FileCounts) -> pb.WatchBatchResponse:
+        return pb.WatchBatchResponse(
+            sequence=sequence,
+            batch_id="b",
+            batch_state=pb.BATCH_STATE_RUNNING,
+            file=pb.FileStatus(
+                file_id=name,
+                name=name,
+                state=pb.FILE_STATE_FAILED,
+                error=pb.FileError(code="NOT_A_PDF", message="Not a PDF."),
+            ),
+            counts=counts,
+        )
+
+    events = [
+        failed(2, "a.pdf", pb.FileCounts(failed=1, pending=2)),
+        failed(3, "b.pdf", pb.FileCounts(failed=2, pending=1)),
+        pb.WatchBatchResponse(
+            sequence=4,
+            batch_id="b",
+            batch_state=pb.BATCH_STATE_FAILED,
+            batch_state_change=pb.BatchStateChange(state=pb.BATCH_STATE_FAILED, reason="all"),
+            counts=pb.FileCounts(failed=2, cancelled=1),
+        ),
+    ]
+    one_by_one = BatchTracker()
+    notes = [note for event in events for note in one_by_one.apply(event)]
+    message = pb.WatchBatchResponse()
+    message.CopyFrom(events[-1])
+    message.earlier_events.extend(events[:-1])
+    together = BatchTracker()
+
+    assert together.apply(message) == notes
+    assert [n.split()[0] for n in notes] == ["FAILED", "FAILED", "batch"]
+    assert together.counts() == one_by_one.counts()
+    assert together.state == pb.BATCH_STATE_FAILED
+    assert events_of(message) == events

@@ -24,6 +24,7 @@ import psutil
 from actors.policy.catalogue import ErrorCode
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.reliability import REPORT
 from tests.helpers.server_fixtures import upload
 
@@ -260,6 +261,6 @@ def check_no_temp_files(data_dir: Path, *, stopped: bool) -> None:
     work = data_dir / "work"
     left = sorted(work.iterdir() if stopped else (p for p in work.rglob("*") if p.is_file()))
     assert left == [], f"worker temp files left behind: {left}"
-    incoming = list((data_dir / "blobs").rglob(".incoming-*"))
+    incoming = incoming_blobs(data_dir / "blobs")
     assert incoming == [], f"half-written uploads left behind: {incoming}"
     REPORT.invariant("no temp files left")

@@ -33,6 +33,7 @@ from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.service.app import DATABASE_NAME, Service
 from server.service.settings import ServerSettings, UploadLimits
 from server.service.tracing import Tracing
+from tests.helpers.blob_checks import stored_blobs
 
 WAIT = 60.0
 
@@ -94,8 +95,8 @@ class RunningServer:
             store.close()
 
     def blob_files(self) -> list[Path]:
-        """Every file under the blob store: blobs and temporary files alike."""
-        return sorted(p for p in (self.data_dir / "blobs").rglob("*") if p.is_file())
+        """Every blob under the blob store: files, temporary files and rows alike."""
+        return stored_blobs(self.data_dir / "blobs")
 
     def submit(self, *files: tuple[str, bytes], **spec: Any) -> pb.Batch:
         """Upload ``(name, bytes)`` pairs in one stream."""

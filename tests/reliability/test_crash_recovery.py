@@ -26,6 +26,7 @@ from actors.policy.model import AttemptOutcome, BatchEvent, FileState
 from actors.storage.sqlite_store import SQLiteStore
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.app import DATABASE_NAME
+from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.crash_fixtures import WAIT, ServerLauncher, ServerProcess, watch_until
 from tests.helpers.crash_processors import script
 from tests.helpers.processes import eventually
@@ -111,6 +112,7 @@ def kill(life: ServerProcess, journal: Journal, moment: str, data: Path) -> None
     """Kill the service at ``moment``, remembering the temporary files it leaves."""
     journal.kills.append(moment)
     journal.left_behind += [*(data / "work").iterdir(), *(data / "blobs").rglob(".incoming-*")]
+    # Rows of uploads being received are checked by what is left at the end.
     life.kill()
 
 
@@ -178,8 +180,9 @@ def test_accepted_batches_survive_sigkill_at_every_moment(launcher: ServerLaunch
 
     # 2. An upload half sent: never acknowledged, so never a batch.
     life = restart(launcher, journal)
-    held = HeldUpload(life, [script(b"ok" * 50_000)], send=60_000)
-    wait_for(lambda: any((data / "blobs").rglob(".incoming-*")))
+    # Bigger than a small blob: a file being written, which the test can see.
+    held = HeldUpload(life, [script(b"ok" * 150_000)], send=60_000)
+    wait_for(lambda: any(incoming_blobs(data / "blobs")))
     kill(life, journal, "mid-upload", data)
     held.finish()
 
@@ -261,8 +264,9 @@ def test_accepted_batches_survive_sigkill_at_every_moment(launcher: ServerLaunch
 
     # 10. The second file of an upload half sent.
     life = restart(launcher, journal)
-    held = HeldUpload(life, [script(b"ok"), script(b"ok" * 50_000)], send=70_000)
-    wait_for(lambda: len(list((data / "blobs").rglob(".incoming-*"))) >= 2)
+    # The first file is a row being received, the second a file being written.
+    held = HeldUpload(life, [script(b"ok"), script(b"ok" * 150_000)], send=70_000)
+    wait_for(lambda: len(incoming_blobs(data / "blobs")) >= 2)
     kill(life, journal, "mid-upload-second-file", data)
     held.finish()
 
@@ -304,7 +308,7 @@ def test_accepted_batches_survive_sigkill_at_every_moment(launcher: ServerLaunch
     assert (timed_out.state, timed_out.error.code) == (pb.FILE_STATE_FAILED, "PROCESSING_TIMEOUT")
     assert completed(timed_out) == [pb.ATTEMPT_OUTCOME_FAILED] * 2, "the budget: 2 attempts"
     _check_history(data, journal, final=final, backoff_due=backoff_due, flaky=flaky, sleepy=sleepy)
-    assert not list((data / "blobs").rglob(".incoming-*"))
+    assert incoming_blobs(data / "blobs") == []
     assert not list((data / "work").iterdir())
     cancelled_at_restart = [a.outcome for f in final[hung].files for a in f.attempts].count(
         pb.ATTEMPT_OUTCOME_INTERRUPTED

@@ -26,6 +26,7 @@ import pytest
 from server.client.auth import BearerToken
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
+from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.crash_processors import script
 from tests.helpers.hostile_tenant import HeldCalls, held_watches, stalled_uploads
 from tests.helpers.processes import eventually
@@ -164,7 +165,7 @@ def _check_refused(calls: HeldCalls, allowed: int, reason: str) -> None:
 
 
 def _temp_uploads(data_dir: Path) -> list[Path]:
-    return list(data_dir.joinpath("blobs").rglob(".incoming-*"))
+    return incoming_blobs(data_dir / "blobs")
 
 
 def test_a_hostile_tenant_within_its_caps_leaves_the_other_working(

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.service.app import SERVICE_NAME
+from tests.helpers.blob_checks import incoming_blobs, stored_blobs
 from tests.helpers.processes import eventually
 from tests.helpers.reliability import REPORT
 from tests.helpers.security_fixtures import SecureFactory, SecureServer
@@ -144,11 +145,7 @@ class Wire:
         REPORT.invariant("wire: service still serving")
 
     def no_temp_files(self) -> None:
-        def clean() -> bool:
-            blobs = self.server.data_dir / "blobs"
-            return not any(p.name.startswith(".incoming-") for p in blobs.rglob("*"))
-
-        eventually(clean)
+        eventually(lambda: incoming_blobs(self.server.data_dir / "blobs") == [])
         REPORT.invariant("wire: no half-received upload left")
 
     def nothing_lost(self) -> None:
@@ -166,7 +163,7 @@ class Wire:
         assert self.listed() == set(self.batches)
         REPORT.invariant("wire: nothing accepted was lost")
         self.no_temp_files()
-        stored = {p.name for p in (self.server.data_dir / "blobs").rglob("*") if p.is_file()}
+        stored = {p.name for p in stored_blobs(self.server.data_dir / "blobs")}
         digests = {f.sha256 for b in self.batches.values() for f in b.files}
         assert stored == digests, "stored bytes differ from the accepted batches' files"
         REPORT.invariant("wire: only accepted uploads stored")

@@ -77,9 +77,9 @@ def test_the_data_directory_is_private_even_if_it_was_not(
     data.chmod(0o755)  # as an earlier version left it, whatever the umask
     server = serve()
     assert server.data_dir == data
-    batch = server.stub.SubmitBatch(
-        upload(pb.BatchSpec(), [("a.pdf", make_pdf("a"))]), timeout=WAIT
-    )
+    # A small file is a row of the blobs' database; a big one a file of its own.
+    files = [("a.pdf", make_pdf("a")), ("big.pdf", make_pdf("big", padding=300 * 1024))]
+    batch = server.stub.SubmitBatch(upload(pb.BatchSpec(), files), timeout=WAIT)
     server.settle(batch.batch_id)
 
     directories = [data, *(p for p in data.rglob("*") if p.is_dir())]
@@ -88,6 +88,9 @@ def test_the_data_directory_is_private_even_if_it_was_not(
     assert any(len(d.name) == 2 for d in directories), "a blob shard was made"
     modes = {d.relative_to(data).as_posix(): stat.S_IMODE(d.stat().st_mode) for d in directories}
     assert set(modes.values()) == {0o700}, modes
+    inline = list((data / "blobs").glob("inline.sqlite*"))
+    assert inline, "the small file went to the blobs' database"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in inline} == {0o600}
 
 
 def test_deleted_results_are_overwritten_in_the_database(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from server.security.concurrency import CallCap, Slot, TenantCaps
 from server.security.pacing import UploadPace, paced
 from server.service.settings import ServerSettings
 from server.wire.errors import WireError
+from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.hostile_tenant import held_watches, stalled_uploads
 from tests.helpers.processes import eventually
 from tests.helpers.security_fixtures import SecureFactory, SecureServer, settle, submit
@@ -27,8 +28,13 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def _incoming(server: SecureServer) -> list[str]:
-    """Temporary files of uploads in progress."""
-    return [p.name for p in server.data_dir.joinpath("blobs").rglob(".incoming-*")]
+    """Uploads in progress: temporary files and incoming rows."""
+    return [p.name for p in incoming_blobs(server.data_dir / "blobs")]
+
+
+# Uploads staged as files, where a held upload's bytes can be seen on disk: a small one
+# kept inline is in memory until its file ends.
+ON_DISK = {"inline_blob_max_bytes": 0}
 
 
 def _upload_readers() -> int:
@@ -81,7 +87,7 @@ def test_stalled_uploads_of_one_tenant_leave_the_others_calls_answered(
     secure_serve: SecureFactory,
 ) -> None:
     # Fewer threads than the stalled uploads: before the caps, they held them all.
-    server = secure_serve(max_watchers=4, max_uploads=8, rpc_threads=24)
+    server = secure_serve(max_watchers=4, max_uploads=8, rpc_threads=24, **ON_DISK)
     acme, globex = server.stub("acme"), server.stub("globex")
     mine = submit(acme, ("a.pdf", PDF))
 
@@ -118,7 +124,7 @@ def test_uploads_of_all_tenants_together_are_capped_too(secure_serve: SecureFact
 def test_a_stalled_upload_is_ended_with_its_reason_and_leaves_nothing(
     secure_serve: SecureFactory,
 ) -> None:
-    server = secure_serve(limits={"upload_idle_timeout_seconds": 0.5})
+    server = secure_serve(limits={"upload_idle_timeout_seconds": 0.5}, **ON_DISK)
     globex = server.stub("globex")
     hostile = stalled_uploads(globex, 1)
     try:
@@ -141,7 +147,9 @@ def test_a_stalled_upload_is_ended_with_its_reason_and_leaves_nothing(
 def test_an_upload_that_trickles_past_its_longest_time_is_ended(
     secure_serve: SecureFactory,
 ) -> None:
-    server = secure_serve(limits={"upload_idle_timeout_seconds": 5.0, "max_upload_seconds": 1.0})
+    server = secure_serve(
+        limits={"upload_idle_timeout_seconds": 5.0, "max_upload_seconds": 1.0}, **ON_DISK
+    )
     stop = threading.Event()
 
     def trickle() -> Iterator[pb.SubmitBatchRequest]:
@@ -206,7 +214,7 @@ def _open_upload(size: int, go: threading.Event, data: bytes) -> Iterator[pb.Sub
 
 def test_parallel_uploads_cannot_together_go_past_the_quota(secure_serve: SecureFactory) -> None:
     big = make_pdf("big", padding=2000)
-    server = secure_serve(security={"max_stored_bytes": len(big) + len(big) // 2})
+    server = secure_serve(security={"max_stored_bytes": len(big) + len(big) // 2}, **ON_DISK)
     acme = server.stub("acme")
     go = threading.Event()
     first = acme.SubmitBatch.future(_open_upload(len(big), go, big), timeout=WAIT)

@@ -522,7 +522,10 @@ def test_the_python_client_ends_its_upload_with_the_file_count(tmp_path: Path) -
 def _spec_and_header_then_wait(
     header_sent: threading.Event, cancelled: threading.Event
 ) -> Iterator[pb.SubmitBatchRequest]:
-    yield from CANCELLED_SHAPE
+    yield SPEC
+    # Declared bigger than a small blob: the server opens a temporary file for it, which
+    # tells the test that the header arrived.
+    yield pb.SubmitBatchRequest(file=pb.FileHeader(name="big.pdf", size_bytes=MIB))
     header_sent.set()
     cancelled.wait(WAIT)
 
@@ -563,3 +566,27 @@ def test_an_upload_whose_client_is_gone_by_the_commit_stores_nothing(
         uploads.submit(messages, owner="", still_wanted=lambda: False)
 
     _nothing_left(server)
+
+
+def test_small_files_are_rows_big_ones_files_and_workers_read_both(
+    serve: ServerFactory,
+) -> None:
+    server = serve(inline_blob_max_bytes=64 * 1024)
+    small, big = make_pdf("small"), make_pdf("big", padding=100 * 1024)
+    batch = server.submit(("small.pdf", small), ("big.pdf", big))
+    server.settle(batch.batch_id)
+
+    stored = {p.name: p.parent.name for p in server.blob_files()}
+    assert stored == {
+        hashlib.sha256(small).hexdigest(): "rows",
+        hashlib.sha256(big).hexdigest(): hashlib.sha256(big).hexdigest()[:2],
+    }
+    pages = [server.client.result(batch.batch_id, f.file_id).pages for f in batch.files]
+    assert pages == [["small"], ["big"]], "each worker got its file's bytes"
+    # The tenant's bytes count both kinds alike.
+    assert server.store.tenant_usage("")[0] == 0
+    assert server.store.tenant_usage("")[1] >= len(small) + len(big)
+
+    server.client.delete(batch.batch_id)
+
+    assert server.blob_files() == []

@@ -21,8 +21,9 @@ from actors.policy.model import (
 from actors.policy.refusals import BatchNotFound, ServiceClosing
 from actors.policy.rules import BatchPolicy
 from actors.storage.store import MemoryStore
-from server.client.api import Client
+from server.client.api import Client, events_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.service.watch import WatchHub
 from server.wire import convert
 from server.wire.errors import WireError
@@ -246,6 +247,111 @@ def test_too_many_watches_are_refused(serve: ServerFactory) -> None:
     first.cancel()
 
 
+# Coalescing: several events per message ---------------------------------------------
+
+# A client that reads nothing lets at most this many bytes of the stream wait for it:
+# past them the server's send blocks, as it would for a client on a slow link.
+_SMALL_WINDOW = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+
+
+def _flattened(messages: list[pb.WatchBatchResponse]) -> list[pb.WatchBatchResponse]:
+    return [event for message in messages for event in events_of(message)]
+
+
+def _stored_events(server: RunningServer, batch_id: str, after: int) -> list[pb.WatchBatchResponse]:
+    return [convert.event_to_proto(e) for e in server.store.events_after(batch_id, after)]
+
+
+def test_a_watcher_that_falls_behind_gets_the_waiting_events_together_each_once_in_order(
+    server: RunningServer,
+) -> None:
+    batch = server.submit(*((f"{n}.pdf", make_pdf(f"file {n}")) for n in range(30)))
+    with grpc.insecure_channel(server.address, options=_SMALL_WINDOW) as channel:
+        stream = batch_pb2_grpc.BatchServiceStub(channel).WatchBatch(
+            pb.WatchBatchRequest(batch_id=batch.batch_id, max_events_per_message=256),
+            timeout=WAIT,
+        )
+        snapshot = next(stream)
+        # The client reads nothing more until the batch is over.
+        eventually(lambda: server.store.batch_summary(batch.batch_id).batch.state.terminal)
+        messages = list(stream)
+
+    events = _flattened(messages)
+    assert events == _stored_events(server, batch.batch_id, snapshot.sequence)
+    assert [e.sequence for e in events] == list(
+        range(snapshot.sequence + 1, events[-1].sequence + 1)
+    )
+    assert events[-1].batch_state == pb.BATCH_STATE_SUCCEEDED
+    # 30 files make 60 events or more (some may precede the snapshot); the stalled watch
+    # got them in far fewer messages.
+    assert len(events) >= 30
+    assert len(messages) <= len(events) // 3
+    for message in messages:
+        # Each message is its newest event, carrying the batch's state as of it.
+        assert message.sequence == events_of(message)[-1].sequence
+        assert all(not e.earlier_events for e in message.earlier_events)
+
+
+def test_a_replay_comes_in_messages_of_at_most_the_events_asked_for(
+    server: RunningServer,
+) -> None:
+    batch = server.submit(*((f"{n}.pdf", make_pdf(f"file {n}")) for n in range(4)))
+    server.settle(batch.batch_id)
+
+    messages = list(
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(
+                batch_id=batch.batch_id, after_sequence=1, max_events_per_message=4
+            ),
+            timeout=WAIT,
+        )
+    )
+
+    events = _flattened(messages)
+    assert events == _stored_events(server, batch.batch_id, 1)
+    sizes = [len(events_of(m)) for m in messages]
+    assert sizes == [4] * (len(events) // 4) + ([len(events) % 4] if len(events) % 4 else [])
+    # Without asking, one event per message, as before.
+    single = list(
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(batch_id=batch.batch_id, after_sequence=1), timeout=WAIT
+        )
+    )
+    assert single == events
+
+
+def test_the_service_caps_the_events_per_message_and_refuses_a_negative_count(
+    serve: ServerFactory,
+) -> None:
+    server = serve(watch_max_events_per_message=3)
+    batch = server.submit(*((f"{n}.pdf", make_pdf(f"file {n}")) for n in range(3)))
+    server.settle(batch.batch_id)
+
+    messages = list(
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(
+                batch_id=batch.batch_id, after_sequence=1, max_events_per_message=256
+            ),
+            timeout=WAIT,
+        )
+    )
+    error = refused(
+        lambda: list(
+            server.stub.WatchBatch(
+                pb.WatchBatchRequest(batch_id=batch.batch_id, max_events_per_message=-1),
+                timeout=WAIT,
+            )
+        )
+    )
+
+    assert max(len(events_of(m)) for m in messages) == 3
+    assert _flattened(messages) == _stored_events(server, batch.batch_id, 1)
+    assert (error.code, error.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_EVENTS_PER_MESSAGE",
+    )
+
+
 # The hub on its own, driven by a store ----------------------------------------------
 
 
@@ -409,4 +515,41 @@ def test_a_watcher_stalled_while_sending_does_not_delay_the_others() -> None:
     # Overflowed meanwhile, it caught up from the store: nothing missed, nothing twice.
     for name in ("stalled", "other"):
         assert [e.sequence for e in _events(received[name])] == list(range(1, 23)), name
+    hub.close()
+
+
+def test_a_stalled_watcher_sends_what_waited_in_one_message_of_the_shared_frames() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store)
+    book = _new_batch(store, files=10)
+    one_by_one = hub.open("b1", 0, follow=False).frames()
+    coalesced = hub.open("b1", 0, follow=False, events_per_message=100).frames()
+    next(one_by_one)
+    next(coalesced)
+
+    _run_batch(store, book)
+    singles, (message,) = list(one_by_one), list(coalesced)
+
+    stored = [convert.event_to_proto(e) for e in store.events_after("b1", 0)]
+    assert events_of(pb.WatchBatchResponse.FromString(message)) == stored
+    # The same bytes each event was serialized to, joined: nothing converted again.
+    assert all(frame in message for frame in singles)
+    assert hub.open_watches == 0
+    hub.close()
+
+
+def test_a_message_ends_before_its_bytes_would_pass_the_budget() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store, max_message_bytes=300)
+    book = _new_batch(store, files=10)
+    watch = hub.open("b1", 0, follow=False, events_per_message=100).frames()
+    next(watch)
+
+    _run_batch(store, book)
+    frames = list(watch)
+
+    messages = [pb.WatchBatchResponse.FromString(frame) for frame in frames]
+    assert 1 < len(messages) < 22
+    assert all(len(frame) <= 300 for frame in frames)
+    assert [e.sequence for m in messages for e in events_of(m)] == list(range(1, 23))
     hub.close()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from actors.storage.blobs import BlobStore
+from actors.storage.blobs import BlobStore, BlobWriter
+from tests.helpers.blob_checks import stored_blobs
 
 
 def test_same_bytes_are_stored_once(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     first = blobs.put(b"%PDF-1.7 hello")
     second = blobs.put(b"%PDF-1.7 hello")
     assert first == second == hashlib.sha256(b"%PDF-1.7 hello").hexdigest()
@@ -20,13 +21,13 @@ def test_same_bytes_are_stored_once(tmp_path: Path) -> None:
 
 
 def test_digest_must_be_sha256_hex(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     with pytest.raises(ValueError, match="not a sha256 hex digest"):
         blobs.path("../../etc/passwd")
 
 
 def test_sweep_removes_half_written_temp_files(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     digest = blobs.put(b"data")
     left_over = blobs.path(digest).parent / ".incoming-abc"
     left_over.write_bytes(b"half")
@@ -36,7 +37,7 @@ def test_sweep_removes_half_written_temp_files(tmp_path: Path) -> None:
 
 
 def test_blobs_committed_without_fsync_are_there_and_synced_together(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = BlobStore(tmp_path, inline_max_bytes=0)
     digests = []
     for n in range(20):
         with store.writer() as writer:
@@ -49,7 +50,7 @@ def test_blobs_committed_without_fsync_are_there_and_synced_together(tmp_path: P
 
 
 def test_a_blob_cut_short_by_a_power_cut_is_replaced_by_the_next_upload(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = BlobStore(tmp_path, inline_max_bytes=0)
     data = b"%PDF-1.7 whole"
     target = store.path(hashlib.sha256(data).hexdigest())
     target.parent.mkdir(parents=True)
@@ -58,3 +59,105 @@ def test_a_blob_cut_short_by_a_power_cut_is_replaced_by_the_next_upload(tmp_path
         writer.write(data)
         assert not writer.commit(durable=False), "the name was taken"
     assert target.read_bytes() == data
+
+
+# Small blobs, rows of the blobs' database ---------------------------------------------
+
+
+def _inline_rows(root: Path) -> list[Path]:
+    return [p for p in stored_blobs(root) if p.parent.name == "rows"]
+
+
+def test_a_small_blob_is_a_row_invisible_until_committed_and_stored_once(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=64)
+    data = b"%PDF-1.7 small"
+    with blobs.writer(len(data)) as writer:
+        writer.write(data[:5])
+        writer.write(data[5:])
+        digest = writer.finish(durable=False)
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert not blobs.exists(digest)
+        assert [p.name for p in stored_blobs(tmp_path)] == [".incoming-row-1"]
+        assert writer.commit(durable=False) is True
+    with blobs.writer(len(data)) as again:
+        again.write(data)
+        assert again.commit() is False, "the same bytes are stored once"
+    blobs.sync()
+
+    assert blobs.exists(digest)
+    assert blobs.content(digest) == data
+    assert list(blobs.digests()) == [digest]
+    assert [p.name for p in stored_blobs(tmp_path)] == [digest], "a row, no file, no temp"
+    blobs.close()
+
+
+def test_a_small_blob_abandoned_or_cut_by_a_crash_leaves_no_row(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=64)
+    with blobs.writer(4) as unfinished:
+        unfinished.write(b"half")
+    with blobs.writer(4) as finished:
+        finished.write(b"full")
+        finished.finish()
+        assert len(_inline_rows(tmp_path)) == 1
+    assert _inline_rows(tmp_path) == []
+    crashed = blobs.writer(4)
+    crashed.write(b"lost")
+    crashed.finish()
+    blobs.close()  # the service dies with the row in `incoming`
+
+    restarted = BlobStore(tmp_path, inline_max_bytes=64)
+    assert restarted.sweep_temp() == 1
+    assert stored_blobs(tmp_path) == []
+    restarted.close()
+
+
+def test_a_small_blob_takes_no_more_bytes_than_announced(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=64)
+    with blobs.writer(4) as writer, pytest.raises(ValueError, match="at most 4 bytes"):
+        writer.write(b"12345")
+    big = blobs.writer(65)
+    assert isinstance(big, BlobWriter), "over the threshold: a file"
+    big.abort()
+    blobs.close()
+
+
+def test_a_deleted_small_blob_leaves_no_trace_of_its_bytes_on_disk(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=1024)
+    secret = b"%PDF-1.7 " + b"confidential-" * 20
+    digest = blobs.put(secret)
+    kept = blobs.put(b"%PDF-1.7 another")
+    assert any(secret in p.read_bytes() for p in tmp_path.glob("inline.sqlite*"))
+
+    blobs.delete(digest)
+    blobs.scrub()
+
+    assert not blobs.exists(digest)
+    assert blobs.content(kept) == b"%PDF-1.7 another"
+    assert not any(b"confidential-" in p.read_bytes() for p in tmp_path.glob("inline.sqlite*"))
+    blobs.close()
+
+
+def test_bytes_stored_one_way_are_not_stored_again_the_other(tmp_path: Path) -> None:
+    as_file = BlobStore(tmp_path, inline_max_bytes=0)
+    file_digest = as_file.put(b"%PDF- stored as a file")
+    as_file.close()
+    as_row = BlobStore(tmp_path, inline_max_bytes=1024)
+    row_digest = as_row.put(b"%PDF- stored as a row")
+    as_row.close()
+    reopened = BlobStore(tmp_path, inline_max_bytes=1024)
+    with reopened.writer(22) as small:
+        small.write(b"%PDF- stored as a file")
+        assert small.commit() is False
+    reopened.close()
+    files_only = BlobStore(tmp_path, inline_max_bytes=0)
+    with files_only.writer() as big:
+        big.write(b"%PDF- stored as a row")
+        assert big.commit() is False
+
+    assert sorted(files_only.digests()) == sorted([file_digest, row_digest])
+    assert files_only.content(row_digest) == b"%PDF- stored as a row"
+    assert files_only.content(file_digest) is None
+    files_only.delete(row_digest)
+    files_only.delete(file_digest)
+    assert stored_blobs(tmp_path) == []
+    files_only.close()

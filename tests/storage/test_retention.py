@@ -98,13 +98,21 @@ def test_batches_that_have_not_ended_or_have_a_supervisor_are_left_alone(tmp_pat
     assert len(list(blobs.digests())) == 2
 
 
-def test_blobs_left_without_a_batch_are_collected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_max_bytes", [0, 1024], ids=["file", "row"])
+def test_blobs_left_without_a_batch_are_collected(tmp_path: Path, inline_max_bytes: int) -> None:
     store = MemoryStore()
-    blobs = BlobStore(tmp_path / "blobs")
+    blobs = BlobStore(tmp_path / "blobs", inline_max_bytes=inline_max_bytes)
     orphan = blobs.put(b"uploaded, then the service died before the batch was stored")
+    kept = blobs.put(b"%PDF- another, of a stored batch")
+    record = FileRecord("f00001", "a.pdf", kept, 1)
+    batch = BatchRecord("b1", "", BatchPolicy(), BatchState.PENDING, 0.0, 0.0)
+    store.create_batch(BatchView(batch, (record,)))
 
     assert collect_garbage(store, blobs) == 1
     assert not blobs.exists(orphan)
+    assert blobs.exists(kept)
+    assert list(blobs.digests()) == [kept]
+    blobs.close()
 
 
 def test_blobs_wait_while_an_upload_holds_the_lock(tmp_path: Path) -> None:

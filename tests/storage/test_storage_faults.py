@@ -28,6 +28,7 @@ from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.service.app import DATABASE_NAME, Service
 from server.service.settings import ServerSettings
 from server.wire.errors import status_of
+from tests.helpers.blob_checks import stored_blobs
 from tests.helpers.crash_fixtures import watch_until
 from tests.helpers.crash_processors import SCREENED, script
 from tests.helpers.server_fixtures import RichError, refused, upload
@@ -250,7 +251,4 @@ def test_an_upload_whose_bytes_cannot_be_flushed_leaves_no_batch_and_no_blob(
         assert str(tmp_path) not in error.message
         listed = server.stub.ListBatches(pb.ListBatchesRequest(), timeout=WAIT)
         assert list(listed.batches) == []
-        left = [
-            p for p in (tmp_path / "data").rglob("*") if p.is_file() and p.parent.name != "data"
-        ]
-        assert [p for p in left if "blobs" in p.parts] == []
+        assert stored_blobs(tmp_path / "data" / "blobs") == []

@@ -47,7 +47,7 @@ def test_the_committed_contract_passes_lint_and_breaking(tmp_path: Path) -> None
 
 
 def test_renumbering_or_removing_a_field_breaks_the_released_contract(tmp_path: Path) -> None:
-    renumbered = _copy(tmp_path / "renumbered", "bool follow = 3;", "bool follow = 4;")
+    renumbered = _copy(tmp_path / "renumbered", "bool follow = 3;", "bool follow = 9;")
     found = _buf(renumbered, "breaking", "--against", RELEASED)
     assert found.returncode != 0
     assert '"follow" on message "WatchBatchRequest" was deleted' in found.stdout

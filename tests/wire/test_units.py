@@ -41,7 +41,7 @@ from server.wire.paging import file_page, list_page
 
 
 def test_a_streamed_blob_is_invisible_until_committed(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     with blobs.writer() as writer:
         writer.write(b"%PDF-")
         writer.write(b"1.7")
@@ -55,7 +55,7 @@ def test_a_streamed_blob_is_invisible_until_committed(tmp_path: Path) -> None:
 
 
 def test_committing_bytes_already_stored_creates_nothing(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     digest = blobs.put(b"same")
     with blobs.writer() as writer:
         writer.write(b"same")
@@ -65,7 +65,7 @@ def test_committing_bytes_already_stored_creates_nothing(tmp_path: Path) -> None
 
 
 def test_an_abandoned_writer_leaves_no_file(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
 
     def broken_upload() -> None:
         with blobs.writer() as writer:
@@ -83,10 +83,10 @@ def test_an_abandoned_writer_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_a_crash_mid_write_is_swept_at_start(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path)
+    blobs = BlobStore(tmp_path, inline_max_bytes=0)
     writer = blobs.writer()
     writer.write(b"left behind by a crash")
-    assert BlobStore(tmp_path).sweep_temp() == 1
+    assert BlobStore(tmp_path, inline_max_bytes=0).sweep_temp() == 1
     writer.abort()
 
 

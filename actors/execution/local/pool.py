@@ -167,7 +167,14 @@ class _Attempt(AttemptCallbacks):
     def item(self) -> ChunkItem:
         """What the worker needs of the job."""
         job = self.job
-        return (self.seq, job.blob_path, job.password, job.attempt, job.extraction_mode.value)
+        return (
+            self.seq,
+            job.blob_path,
+            job.blob_content,
+            job.password,
+            job.attempt,
+            job.extraction_mode.value,
+        )
 
     def cancel(self, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.AttemptHandle.cancel`."""

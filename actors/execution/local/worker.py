@@ -28,6 +28,7 @@ import struct
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
@@ -64,10 +65,11 @@ OUTCOME_HEADER_BYTES = _OUTCOME_HEADER.size
 NOTHING_NEXT = -1
 
 
-# One attempt as a worker needs it: (seq, blob_path, password, attempt, extraction mode).
-# ``seq`` is the pool's number for this hand-over, which outcomes name; no batch, file or
-# tenant.
-ChunkItem = tuple[int, str, str | None, int, str]
+# One attempt as a worker needs it: (seq, blob_path, blob_content, password, attempt,
+# extraction mode). ``seq`` is the pool's number for this hand-over, which outcomes name;
+# no batch, file or tenant. ``blob_content`` carries a small upload's bytes (then
+# ``blob_path`` is empty), see :class:`~actors.execution.contract.AttemptJob`.
+ChunkItem = tuple[int, str, bytes | None, str | None, int, str]
 _RUN = "run"
 _SKIP = "skip"
 
@@ -147,14 +149,14 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
             if not _take(_receive(conn), chunk, skipped):
                 return
             continue
-        seq, blob_path, password, attempt, mode = chunk.popleft()
+        seq, blob_path, blob_content, password, attempt, mode = chunk.popleft()
         if seq in skipped:
             skipped.discard(seq)
             continue
         start_cpu_budget(config.process_limits)
         reply, payload = run_processor(
             processor,
-            Path(blob_path).read_bytes,
+            _reader(blob_path, blob_content),
             password,
             attempt,
             config.result_limits,
@@ -189,6 +191,13 @@ def _has_more(conn: Connection) -> bool:
         return conn.poll()
     except (EOFError, OSError):
         return False
+
+
+def _reader(blob_path: str, blob_content: bytes | None) -> Callable[[], bytes]:
+    """How an attempt reads its upload: the bytes it carries, else the file."""
+    if blob_content is None:
+        return Path(blob_path).read_bytes
+    return lambda: blob_content
 
 
 def _take(message: object, chunk: deque[ChunkItem], skipped: set[int]) -> bool:

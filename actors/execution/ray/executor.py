@@ -32,7 +32,6 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -230,7 +229,7 @@ class RayExecutor:
         """Start an admitted attempt's task; its failure to start is its outcome."""
         job = attempt.job
         try:
-            data = ray.put(Path(job.blob_path).read_bytes())
+            data = ray.put(job.read_blob())
             task = _attempt_task.options(
                 name=f"pdfbatch {job.batch_id}/{job.file_id}#{job.attempt}",
                 **runtime_env_option(self._runtime_env),

@@ -1101,22 +1101,33 @@ class WatchBatchRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch to watch."""
     after_sequence: _builtins.int
     """0: start with a snapshot. N: replay every event after N first."""
     follow: _builtins.bool
     """Keep streaming after the batch reaches a terminal state (to follow retries)."""
+    max_events_per_message: _builtins.int
+    """Most events one streamed message may carry, itself and its `earlier_events`
+    together. 0 or 1: one event per message. Above 1, the events that are waiting when
+    a message is sent go in one message: a client that is behind catches up in a few
+    messages instead of one per event. The service caps it at its
+    `watch_max_events_per_message` setting (256 by default), and ends a message
+    before it would exceed `watch_max_message_bytes` (1 MiB by default). Negative
+    values are refused with INVALID_ARGUMENT and reason INVALID_EVENTS_PER_MESSAGE.
+    """
     def __init__(
         self,
         *,
         batch_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batch_id", b"batch_id", "follow", b"follow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batch_id", b"batch_id", "follow", b"follow", "max_events_per_message", b"max_events_per_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1163,6 +1174,7 @@ class WatchBatchResponse(_message.Message):
     BATCH_STATE_CHANGE_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
+    EARLIER_EVENTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Per batch; only grows. A snapshot carries the sequence of the last event it includes."""
     batch_id: _builtins.str
@@ -1198,6 +1210,17 @@ class WatchBatchResponse(_message.Message):
         without keeping every file.
         """
 
+    @_builtins.property
+    def earlier_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchBatchResponse]:
+        """Events that come before this one and were sent with it, oldest first, each whole
+        (its own sequence, time, change and counts) and with no `earlier_events` of its
+        own. Empty unless the watch asked for `max_events_per_message` above 1. This event
+        is the newest of the message: its `sequence`, `batch_state` and `counts` are the
+        batch's as of the whole message, so a client that shows only progress can read it
+        alone, and one that resumes passes its `sequence` as `after_sequence`. A snapshot
+        is always sent alone.
+        """
+
     def __init__(
         self,
         *,
@@ -1210,10 +1233,11 @@ class WatchBatchResponse(_message.Message):
         batch_state_change: Global___BatchStateChange | None = ...,
         files: Global___FilesChange | None = ...,
         counts: Global___FileCounts | None = ...,
+        earlier_events: _abc.Iterable[Global___WatchBatchResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch_state_change", b"batch_state_change", "change", b"change", "counts", b"counts", "event_time", b"event_time", "file", b"file", "files", b"files", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "counts", b"counts", "event_time", b"event_time", "file", b"file", "files", b"files", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "batch_state", b"batch_state", "batch_state_change", b"batch_state_change", "change", b"change", "counts", b"counts", "earlier_events", b"earlier_events", "event_time", b"event_time", "file", b"file", "files", b"files", "sequence", b"sequence", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["snapshot", "file", "batch_state_change", "files"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015

@@ -160,6 +160,11 @@ class BatchServiceServicer:
         is in a terminal state, unless `follow` is set. A caller with too many watches open,
         or a service with too many, gets RESOURCE_EXHAUSTED (TOO_MANY_TENANT_WATCHERS,
         TOO_MANY_WATCHERS).
+
+        With `max_events_per_message` above 1 a watcher that is behind receives the events
+        it has not yet received together: each message is the newest of them, with the
+        older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+        every event is delivered once, in sequence order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -97,6 +97,11 @@ class BatchServiceStub:
     is in a terminal state, unless `follow` is set. A caller with too many watches open,
     or a service with too many, gets RESOURCE_EXHAUSTED (TOO_MANY_TENANT_WATCHERS,
     TOO_MANY_WATCHERS).
+
+    With `max_events_per_message` above 1 a watcher that is behind receives the events
+    it has not yet received together: each message is the newest of them, with the
+    older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+    every event is delivered once, in sequence order.
     """
     RetryFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]
     """Retries the given files, or every failed and cancelled file when none are given,
@@ -186,6 +191,11 @@ class BatchServiceAsyncStub(BatchServiceStub):
     is in a terminal state, unless `follow` is set. A caller with too many watches open,
     or a service with too many, gets RESOURCE_EXHAUSTED (TOO_MANY_TENANT_WATCHERS,
     TOO_MANY_WATCHERS).
+
+    With `max_events_per_message` above 1 a watcher that is behind receives the events
+    it has not yet received together: each message is the newest of them, with the
+    older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+    every event is delivered once, in sequence order.
     """
     RetryFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]  # type: ignore[assignment]
     """Retries the given files, or every failed and cancelled file when none are given,
@@ -302,6 +312,11 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         is in a terminal state, unless `follow` is set. A caller with too many watches open,
         or a service with too many, gets RESOURCE_EXHAUSTED (TOO_MANY_TENANT_WATCHERS,
         TOO_MANY_WATCHERS).
+
+        With `max_events_per_message` above 1 a watcher that is behind receives the events
+        it has not yet received together: each message is the newest of them, with the
+        older ones, oldest first, in its `earlier_events`. Nothing is dropped or compacted:
+        every event is delivered once, in sequence order.
         """
 
     @_abc_1.abstractmethod
