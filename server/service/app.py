@@ -175,6 +175,7 @@ class Service:
                     burst=security.retry_burst,
                     clock=clock,
                 ),
+                max_exports=settings.max_exports,
             )
             self.metrics_address = self._start_metrics(undo)
             self.health = health.HealthServicer()

@@ -186,6 +186,10 @@ class ServerSettings(BaseSettings):
             and a cluster is named).
         ray_address: The Ray cluster to join. Default ``RAY_ADDRESS``, else a Ray
             started on this machine.
+        max_exports: ``ExportResults`` streams open at once; more are refused with
+            ``RESOURCE_EXHAUSTED`` (``TOO_MANY_EXPORTS``). Default 8. Each holds one of
+            the threads beyond ``max_watchers`` while it runs: keep it well below
+            ``rpc_threads - max_watchers`` (32 by default) so that other calls are served.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -217,6 +221,7 @@ class ServerSettings(BaseSettings):
     metrics_max_connections: int = Field(default=8, ge=1)
     executor: Literal["local", "ray", "auto"] = "local"
     ray_address: str | None = None
+    max_exports: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _threads_beyond_watchers(self) -> Self:
