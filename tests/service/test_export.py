@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 
 from actors.policy.results import TEXT_PIECE_CHARS
+from server.client.api import Client, ExportedResult
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.helpers.poison_pdfs import text_amplifier
 from tests.helpers.processes import eventually
@@ -13,6 +16,7 @@ from tests.helpers.server_fixtures import (
     WAIT,
     RunningServer,
     ServerFactory,
+    TcpProxy,
     audited,
     make_pdf,
     refused,
@@ -177,3 +181,35 @@ def test_exports_beyond_max_exports_are_refused_until_one_ends(serve: ServerFact
     # The refused call is audited at once; the first once the server let its stream go.
     eventually(lambda: len(audited(server.data_dir, "ExportResults")) == 2)
     assert len(_files(list(server.stub.ExportResults(request, timeout=WAIT)))) == 1
+
+
+def test_the_client_yields_whole_files_and_resumes_after_a_dropped_connection(
+    server: RunningServer, proxy_to: Callable[[str], TcpProxy]
+) -> None:
+    chars = 16 * TEXT_PIECE_CHARS
+    batch = server.submit(
+        ("a.pdf", make_pdf("a")),
+        ("long.pdf", text_amplifier(chars, fan_out=256)),
+        ("broken.pdf", b"junk"),
+        ("c.pdf", make_pdf("c1", "c2")),
+    )
+    server.settle(batch.batch_id)
+    proxy = proxy_to(server.address)
+    seen: list[ExportedResult] = []
+
+    with Client(proxy.address) as client:
+        for exported in client.export(batch.batch_id):
+            seen.append(exported)
+            if len(seen) == 1:
+                # The long text is on its way, held back by the transport's flow control.
+                proxy.drop()
+        after = list(client.export(batch.batch_id, after="f00002"))
+
+    assert proxy.accepted >= 2
+    assert [e.status.file_id for e in seen] == ["f00001", "f00002", "f00003", "f00004"]
+    assert [e.pages for e in seen] == [["a"], ["A" * chars], [], ["c1", "c2"]]
+    assert seen[1].result is not None
+    assert seen[1].result.page_count == 1
+    assert seen[2].result is None
+    assert seen[2].status.error.code == "NOT_A_PDF"
+    assert [e.status.file_id for e in after] == ["f00003", "f00004"]
