@@ -284,20 +284,27 @@ def _after_last_newline(handle: BinaryIO, before: int) -> int:
 class _Progress:
     """One line on a terminal, redrawn in place at most ten times a second."""
 
-    def __init__(self, stream: TextIO, total: int, done: int) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        total: int,
+        done: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._stream = stream
         self._total = total
         self._done = done
         self._start_done = done
         self._bytes = 0
-        self._started = time.monotonic()
-        self._drawn = 0.0
+        self._started = clock()
+        self._drawn: float | None = None
 
     def advance(self, files: int = 0, chars: int = 0) -> None:
         self._done += files
         self._bytes += chars
-        now = time.monotonic()
-        if now - self._drawn >= _REDRAW_SECONDS:
+        now = self._clock()
+        if self._drawn is None or now - self._drawn >= _REDRAW_SECONDS:
             self._drawn = now
             self._draw(now)
 

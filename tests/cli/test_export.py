@@ -5,17 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.policy.results import TEXT_PIECE_CHARS
-from server.cli.export import ExportTargetError, _JsonLines, target_kind, text_file_name
+from server.cli.export import (
+    ExportTargetError,
+    _JsonLines,
+    _Progress,
+    target_kind,
+    text_file_name,
+)
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.main import main
 from tests.helpers.poison_pdfs import text_amplifier
-from tests.helpers.server_fixtures import RunningServer, make_pdf
+from tests.helpers.server_fixtures import RunningServer, TcpProxy, make_pdf
 from tests.service.test_export import image_only_pdf
 
 pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
@@ -57,6 +64,7 @@ def test_export_writes_one_line_per_file_whose_text_matches_results(
 
     assert (code, stdout) == (0, "")
     assert f"Exported 5 files of batch {mixed} (1 failed, 4 succeeded) to {out}." in err
+    assert "\r" not in err  # no progress line: standard error is no terminal here
     assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
     lines = _lines(out)
     assert [(line["file_id"], line["name"], line["state"]) for line in lines] == [
@@ -248,3 +256,83 @@ def test_export_to_standard_output_pipes_json_lines_and_resumes_with_after(
     assert after.returncode == 0
     assert after.stdout.splitlines() == whole.stdout.splitlines()[3:]
     assert (code, error) == (141, b"")
+
+
+def test_an_export_cut_off_by_the_network_keeps_its_partial_file_and_goes_on_from_it(
+    server: RunningServer,
+    proxy_to: Callable[[str], TcpProxy],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chars = 16 * TEXT_PIECE_CHARS
+    batch = server.submit(
+        ("a.pdf", make_pdf("a")),
+        ("long.pdf", text_amplifier(chars, fan_out=256)),
+        ("b.pdf", make_pdf("b")),
+    )
+    server.settle(batch.batch_id)
+    export = ("export", batch.batch_id, "-o")
+    whole = tmp_path / "whole.jsonl"
+    assert _run(capsys, *export, str(whole), "--address", server.address)[0] == 0
+    proxy = proxy_to(server.address)
+    write_text = _JsonLines.text
+
+    def write_then_lose_the_connection(self: _JsonLines, number: int, piece: str) -> None:
+        write_text(self, number, piece)
+        if len(piece) == TEXT_PIECE_CHARS:  # the long file's first piece is written
+            proxy.drop()
+
+    monkeypatch.setattr(_JsonLines, "text", write_then_lose_the_connection)
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+
+    code, _, err = _run(capsys, *export, str(out), "--address", proxy.address)
+
+    assert code == 1
+    assert "UNAVAILABLE" in err
+    assert f"stopped; the files exported so far are in {partial}" in err
+    assert not out.exists()
+    assert partial.read_bytes().startswith(whole.read_bytes().split(b"\n")[0] + b"\n")
+    assert len(partial.read_bytes()) > TEXT_PIECE_CHARS
+
+    monkeypatch.undo()
+    code, _, err = _run(capsys, *export, str(out), "--address", proxy.address)
+
+    assert code == 0
+    assert f"Exported 2 files after f00001 of batch {batch.batch_id}" in err
+    assert out.read_bytes() == whole.read_bytes()
+    assert not partial.exists()
+
+
+def test_the_progress_line_fits_the_terminal_and_tells_rate_and_time_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[str] = []
+
+    class Terminal:
+        def write(self, text: str) -> int:
+            written.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    now = [100.0]
+    widths = iter([80, 30])
+    monkeypatch.setattr("server.cli.export._terminal_width", lambda _: next(widths))
+    progress = _Progress(Terminal(), total=10, done=2, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    now[0] = 102.0
+    progress.advance(files=1, chars=3 * 2**20)
+    now[0] = 102.05
+    progress.advance(files=1)  # within a tenth of a second: not redrawn
+    now[0] = 104.0
+    progress.advance(files=2)
+    progress.close()
+
+    assert written == [
+        "\rexport: 3/10 files, 3.0 MiB of text, 0.5 files/s, 0:14 left\x1b[K",
+        "\rexport: 6/10 files, 3.0 MiB\x1b[K",
+        "\r\x1b[K",
+    ]
