@@ -346,7 +346,7 @@ def _paths(action: argparse.Action) -> None:
 
 def _add_export_and_completion(
     parser: argparse.ArgumentParser,
-    command: Callable[[str, Callable[..., int], str], argparse.ArgumentParser],
+    command: Callable[..., argparse.ArgumentParser],
     standalone: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
 ) -> None:
     exporting = command(
@@ -354,6 +354,7 @@ def _add_export_and_completion(
         _export,
         "Write every file of a batch with its state, error, metadata and text, as JSON Lines "
         "or as text files.",
+        json_flag=False,  # its output is JSON already
     )
     exporting.add_argument("batch_id", help=_BATCH_ID_HELP)
     _paths(
@@ -397,11 +398,14 @@ def build_parser(service_commands: AddCommands | None = None) -> argparse.Argume
         help="what to do; `pdfbatch COMMAND --help` tells more",
     )
 
-    def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[..., int], help_text: str, *, json_flag: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler, standalone=False)
         sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
-        sub.add_argument("--json", action="store_true", help="print protobuf JSON")
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print protobuf JSON")
         add_client_flags(sub)
         return sub
 
