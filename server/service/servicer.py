@@ -390,7 +390,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
                     result = self._store.result_summary(batch_id, record.file_id)
                     if result is None and self._store.load_batch(batch_id) is None:
                         raise BatchNotFound(_NO_SUCH_BATCH)
-                pieces = self._store.result_text(batch_id, record.file_id) if result else ()
+                pieces = (
+                    self._store.result_text(batch_id, record.file_id) if result is not None else ()
+                )
                 yield from convert.exported_file(batch_id, record, result, pieces)
                 after = position
             if len(page.files) < _EXPORT_FILES_PER_READ:
