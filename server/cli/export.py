@@ -44,7 +44,7 @@ from server.cli.progress import batch_state_name, file_state_name, terminal_safe
 from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
-__all__ = ["export", "target_kind", "text_file_name"]
+__all__ = ["ExportTargetError", "export", "target_kind", "text_file_name"]
 
 _JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _INDEX = "index.jsonl"
@@ -296,13 +296,13 @@ class _Progress:
         self._total = total
         self._done = done
         self._start_done = done
-        self._bytes = 0
+        self._chars = 0
         self._started = clock()
         self._drawn: float | None = None
 
     def advance(self, files: int = 0, chars: int = 0) -> None:
         self._done += files
-        self._bytes += chars
+        self._chars += chars
         now = self._clock()
         if self._drawn is None or now - self._drawn >= _REDRAW_SECONDS:
             self._drawn = now
@@ -314,7 +314,7 @@ class _Progress:
         left = max(self._total - self._done, 0)
         eta = f", {_clock(left / rate)} left" if rate > 0 and left else ""
         line = (
-            f"export: {self._done}/{self._total} files, {self._bytes / 2**20:.1f} MiB of text, "
+            f"export: {self._done}/{self._total} files, {self._chars / 1e6:.1f}M characters, "
             f"{rate:.1f} files/s{eta}"
         )
         width = _terminal_width(self._stream)

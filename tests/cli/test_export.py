@@ -332,7 +332,7 @@ def test_the_progress_line_fits_the_terminal_and_tells_rate_and_time_left(
     progress.close()
 
     assert written == [
-        "\rexport: 3/10 files, 3.0 MiB of text, 0.5 files/s, 0:14 left\x1b[K",
-        "\rexport: 6/10 files, 3.0 MiB o\x1b[K",  # 29 characters: a 30-column line
+        "\rexport: 3/10 files, 3.1M characters, 0.5 files/s, 0:14 left\x1b[K",
+        "\rexport: 6/10 files, 3.1M char\x1b[K",  # 29 characters: a 30-column line
         "\r\x1b[K",
     ]
