@@ -336,3 +336,27 @@ def test_the_progress_line_fits_the_terminal_and_tells_rate_and_time_left(
         "\rexport: 6/10 files, 3.1M char\x1b[K",  # 29 characters: a 30-column line
         "\r\x1b[K",
     ]
+
+
+def test_a_directory_export_goes_on_from_its_partial_index(
+    server: RunningServer, mixed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ("--address", server.address)
+    whole, target = tmp_path / "whole", tmp_path / "target"
+    assert _run(capsys, "export", mixed, "-o", f"{whole}/", *address)[0] == 0
+    index = (whole / "index.jsonl").read_bytes()
+    # As an export stopped while writing the long file's text leaves its directory.
+    target.mkdir()
+    for line in _lines(whole / "index.jsonl")[:3]:
+        if line["text_file"]:
+            (target / line["text_file"]).write_bytes((whole / line["text_file"]).read_bytes())
+    (target / "long.f00004.txt.partial").write_text("A" * 1000)
+    (target / "index.jsonl.partial").write_bytes(b"".join(index.splitlines(True)[:3]))
+
+    code, _, err = _run(capsys, "export", mixed, "-o", str(target), *address)
+
+    assert code == 0
+    assert f"Exported 2 files after f00003 of batch {mixed}" in err
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for path in whole.iterdir():
+        assert (target / path.name).read_bytes() == path.read_bytes(), path.name
