@@ -259,6 +259,11 @@ def _resume(partial: Path, batch_id: str) -> tuple[str, int] | None:
         opening = handle.read(min(end - start, 4096)).decode("utf-8", errors="replace")
         match = _LINE_START.match(opening)
         if match is None or json.loads(match.group(2)) != batch_id:
+            print(
+                f"pdfbatch export: {terminal_safe(str(partial))} is not an export of batch "
+                f"{batch_id}: starting over.",
+                file=sys.stderr,
+            )
             return None
         handle.seek(0)
         lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(_SCAN_BYTES), b""))

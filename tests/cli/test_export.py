@@ -131,6 +131,7 @@ def test_a_partial_file_of_another_batch_is_started_over_and_after_starts_anew(
     code, _, err = _run(capsys, "export", mixed, "-o", str(out), *address)
     assert code == 0
     assert [line["file_id"] for line in _lines(out)] == [f"f0000{n}" for n in range(1, 6)]
+    assert f"out.jsonl.partial is not an export of batch {mixed}: starting over." in err
     assert f"Exported 5 files of batch {mixed}" in err
 
     (tmp_path / "out.jsonl.partial").write_bytes(out.read_bytes())
