@@ -572,3 +572,11 @@ class SQLiteStore:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def file_position(self, batch_id: str, file_id: str) -> int | None:
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT position FROM files WHERE batch_id = ? AND file_id = ?",
+                (batch_id, file_id),
+            ).fetchone()
+        return None if row is None else int(row[0])

@@ -190,6 +190,11 @@ class Store(Protocol):
         """
         ...
 
+    def file_position(self, batch_id: str, file_id: str) -> int | None:
+        """Where the file is in its batch's submission order (from 0), as
+        :meth:`file_page` counts it; ``None`` for no such batch or file."""
+        ...
+
 
 class MemoryStore:
     """A :class:`Store` in memory: for tests and for runs that need no durability.
@@ -440,3 +445,11 @@ class MemoryStore:
                     if owner_batch == batch_id
                 )
             return active, stored
+
+    def file_position(self, batch_id: str, file_id: str) -> int | None:
+        with self._lock:
+            files = self._files.get(batch_id, {})
+            for position, known in enumerate(files):
+                if known == file_id:
+                    return position
+            return None

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 
+from server.cli.export import ExportTargetError, export
 from server.cli.progress import (
     BatchTracker,
     ProgressDisplay,
@@ -37,7 +38,7 @@ from server.cli.security import add_client_flags, connect
 from server.client.api import Client, UploadFile, collect_files, describe_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 EXIT_FAILED_COMMAND = 1
 EXIT_INTERRUPTED = 130
@@ -49,6 +50,8 @@ _SUMMARY_FILES = 100
 _FILE_STATES = [
     v.name.removeprefix("FILE_STATE_") for v in pb.FileState.DESCRIPTOR.values if v.number
 ]
+_BATCH_ID_HELP = "the batch, as `pdfbatch submit` or `pdfbatch list` prints it"
+_COMPLETE_PATHS = {"bash": "_shtab_compgen_files", "zsh": "_files"}
 _BATCH_STATES = [
     v.name.removeprefix("BATCH_STATE_") for v in pb.BatchState.DESCRIPTOR.values if v.number
 ]
@@ -310,6 +313,23 @@ def _history(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(client: Client, args: argparse.Namespace) -> int:
+    try:
+        return export(client, args.batch_id, args.output, args.after)
+    except ExportTargetError as error:
+        print(f"pdfbatch export: {error}", file=sys.stderr)
+        return EXIT_FAILED_COMMAND
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """Print the completion script of ``shell`` for ``parser``: made here, once, by the
+    user, so that completing on a command line runs no Python at all."""
+    import shtab  # noqa: PLC0415 - only this command needs it
+
+    print(shtab.complete(parser, shell=shell), end="")
+    return 0
+
+
 def _delete(client: Client, args: argparse.Namespace) -> int:
     client.delete(args.batch_id)
     print(f"Deleted batch {args.batch_id}.")
@@ -326,33 +346,69 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="pdfbatch", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"pdfbatch {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _paths(action: argparse.Action) -> None:
+    """Let the shell complete file and directory names for ``action`` (shtab's hint,
+    spelled out so that building the parser never imports shtab)."""
+    action.complete = _COMPLETE_PATHS  # type: ignore[attr-defined]
 
-    def command(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler, standalone=False)
-        sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
-        sub.add_argument("--json", action="store_true", help="print protobuf JSON")
-        add_client_flags(sub)
-        return sub
 
-    def standalone(
-        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler, standalone=True)
-        return sub
+def _add_export_and_completion(
+    parser: argparse.ArgumentParser,
+    command: Callable[..., argparse.ArgumentParser],
+    standalone: Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser],
+) -> None:
+    exporting = command(
+        "export",
+        _export,
+        "Write every file of a batch with its state, error, metadata and text, as JSON Lines "
+        "or as text files.",
+        json_flag=False,  # its output is JSON already
+    )
+    exporting.add_argument("batch_id", help=_BATCH_ID_HELP)
+    _paths(
+        exporting.add_argument(
+            "-o",
+            "--output",
+            default="-",
+            metavar="OUT",
+            help="a .jsonl file (one JSON object per file), a directory ending with '/' or "
+            "existing (a .txt per succeeded file and index.jsonl), or '-' for standard output "
+            "(default). An interrupted export leaves OUT.partial (or index.jsonl.partial): the "
+            "same command again goes on from it",
+        )
+    )
+    exporting.add_argument(
+        "--after",
+        metavar="FILE_ID",
+        help="start after this file (for '-o -', after the last line written); a file "
+        "target is then written anew rather than resumed",
+    )
 
-    if service_commands is not None:
-        service_commands(standalone)
+    completion = standalone(
+        "completion",
+        lambda args: _completion(parser, args.shell),
+        'Print the shell completion script: eval "$(pdfbatch completion bash)" in ~/.bashrc, '
+        "or pdfbatch completion zsh > a directory of $fpath as _pdfbatch.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
 
-    submit = command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
-    submit.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+
+def _add_submit(submit: argparse.ArgumentParser) -> None:
+    """The arguments of ``pdfbatch submit``."""
+    _paths(
+        submit.add_argument(
+            "paths", nargs="+", metavar="FILE_OR_DIR", help="PDF files, or directories to search"
+        )
+    )
     submit.add_argument("--name", default="", help="display name")
-    submit.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    submit.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a label of the batch (repeatable)",
+    )
     submit.add_argument(
         "--password-file",
         type=_password_file,
@@ -372,8 +428,47 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
         help="extract text laid out as on the page (columns, tables) rather than in reading order",
     )
 
+
+def build_parser(service_commands: AddCommands | None = None) -> argparse.ArgumentParser:
+    """The ``pdfbatch`` parser, with the service's commands if ``service_commands`` adds
+    them (see :func:`main`)."""
+    parser = _Parser(prog="pdfbatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pdfbatch {_version()}")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=_Parser,
+        metavar="COMMAND",
+        help="what to do; `pdfbatch COMMAND --help` tells more",
+    )
+
+    def command(
+        name: str, handler: Callable[..., int], help_text: str, *, json_flag: bool = True
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler, standalone=False)
+        sub.add_argument("--address", help="server host:port (env PDFBATCH_ADDRESS)")
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print protobuf JSON")
+        add_client_flags(sub)
+        return sub
+
+    def standalone(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler, standalone=True)
+        return sub
+
+    if service_commands is not None:
+        service_commands(standalone)
+
+    _add_submit(
+        command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
+    )
+
     status = command("status", _status, "Show a batch, its counts and its first files.")
-    status.add_argument("batch_id")
+    status.add_argument("batch_id", help=_BATCH_ID_HELP)
     status.add_argument(
         "--limit", type=int, default=100, help="list at most this many files (0: all)"
     )
@@ -392,19 +487,29 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
         ("delete", _delete, "Delete a batch, its results and its stored bytes."),
     ):
         sub = command(name, handler, text)
-        sub.add_argument("batch_id")
+        sub.add_argument("batch_id", help=_BATCH_ID_HELP)
         if name == "watch":
             sub.add_argument("--follow", action="store_true", help="keep following retries")
 
     listing = command("list", _list, "List batches, newest first.")
     listing.add_argument(
-        "--state", action="append", default=[], type=str.upper, choices=_BATCH_STATES
+        "--state",
+        action="append",
+        default=[],
+        type=str.upper,
+        choices=_BATCH_STATES,
+        help="list only batches in this state (repeatable)",
     )
     listing.add_argument("--limit", type=int, default=50, help="at most this many")
 
     retry = command("retry", _retry, "Retry files (default: every failed and cancelled one).")
-    retry.add_argument("batch_id")
-    retry.add_argument("file_ids", nargs="*", metavar="FILE_ID")
+    retry.add_argument("batch_id", help=_BATCH_ID_HELP)
+    retry.add_argument(
+        "file_ids",
+        nargs="*",
+        metavar="FILE_ID",
+        help="files to retry (default: every failed and cancelled one)",
+    )
     retry.add_argument(
         "--password-file",
         type=_password_file,
@@ -418,13 +523,22 @@ def _parser(service_commands: AddCommands | None) -> argparse.ArgumentParser:
     history = command(
         "history", _history, "Show a file's state changes and the requests about its batch."
     )
-    history.add_argument("batch_id")
-    history.add_argument("file_id")
+    history.add_argument("batch_id", help=_BATCH_ID_HELP)
+    history.add_argument("file_id", help="the file, as `pdfbatch status` lists it (f00001)")
 
     results = command("results", _results, "Print the text of succeeded files.")
-    results.add_argument("batch_id")
-    results.add_argument("file_ids", nargs="*", metavar="FILE_ID")
-    results.add_argument("--out", type=Path, help="write one .txt per file into this directory")
+    results.add_argument("batch_id", help=_BATCH_ID_HELP)
+    results.add_argument(
+        "file_ids",
+        nargs="*",
+        metavar="FILE_ID",
+        help="files to print (default: every succeeded one)",
+    )
+    _paths(
+        results.add_argument("--out", type=Path, help="write one .txt per file into this directory")
+    )
+
+    _add_export_and_completion(parser, command, standalone)
     return parser
 
 
@@ -436,7 +550,7 @@ def main(argv: Sequence[str] | None = None, service_commands: AddCommands | None
         service_commands: Adds commands that need no client (``serve``), given the
             function that makes one: ``(name, handler(args) -> int, help)``.
     """
-    parser = _parser(service_commands)
+    parser = build_parser(service_commands)
     given = sys.argv[1:] if argv is None else list(argv)
     if not given:
         parser.print_help()

@@ -38,6 +38,7 @@ __all__ = [
     "SERVICE_CONFIG",
     "Client",
     "ErrorDescription",
+    "ExportedResult",
     "FileResult",
     "UploadFile",
     "collect_files",
@@ -58,6 +59,7 @@ _IDEMPOTENT = (
     "WatchBatch",
     "CancelBatch",
     "GetFileResult",
+    "ExportResults",
 )
 SERVICE_CONFIG = json.dumps(
     {
@@ -166,6 +168,21 @@ class FileResult:
     page_details: dict[int, pb.PageDetails] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ExportedResult:
+    """One file of an exported batch: its status and, if it succeeded, its result.
+
+    Attributes:
+        status: The file's status (id, name, state, attempts, last error) when exported.
+        result: The result's metadata and warnings; ``None`` unless the file succeeded.
+        pages: The text of each page; empty unless the file succeeded.
+    """
+
+    status: pb.FileStatus
+    result: pb.FileResultMetadata | None
+    pages: list[str]
+
+
 def _upload_requests(
     files: list[UploadFile],
     spec: pb.BatchSpec,
@@ -198,6 +215,13 @@ def _upload_requests(
                     progress(sent, total)
     # Without it the service stores nothing: a cancel can look like a closed stream.
     yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=len(files)))
+
+
+def _exported(
+    opened: tuple[pb.FileStatus, pb.FileResultMetadata | None], pieces: list[list[str]]
+) -> ExportedResult:
+    status, result = opened
+    return ExportedResult(status, result, ["".join(page) for page in pieces])
 
 
 def _backoff(attempt: int) -> float:
@@ -481,6 +505,75 @@ class Client:
                 if chunk.page.HasField("details"):
                     details[chunk.page.page_number] = chunk.page.details
         return FileResult(metadata, ["".join(pieces) for pieces in pages], details)
+
+    def export_stream(
+        self, batch_id: str, *, after: str = "", timeout: float | None = None
+    ) -> Iterator[pb.ExportResultsResponse]:
+        """The raw export stream: the batch, then each file and the pieces of its text.
+
+        For a consumer that writes each piece as it comes, in constant memory; a file
+        is whole once the next ``file`` message arrives or the stream ends. Not
+        resumed here when it breaks off: call again with ``after`` the last whole file.
+
+        Args:
+            batch_id: The batch.
+            after: Start after this file id; default the first file.
+            timeout: Deadline of the whole export. Default none.
+        """
+        request = pb.ExportResultsRequest(batch_id=batch_id, after_file_id=after)
+        call = self._stub.ExportResults(request, timeout=timeout)
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
+    def export(
+        self, batch_id: str, *, after: str = "", max_reconnects: int = 10
+    ) -> Iterator[ExportedResult]:
+        """Every file of the batch after ``after``, in submission order, with its text.
+
+        Each file is yielded whole (its text in memory: up to the service's result
+        limit, 64 MiB by default); use :meth:`export_stream` to write texts piece by
+        piece instead. An export that loses its connection resumes after the last file
+        it yielded.
+
+        Args:
+            batch_id: The batch.
+            after: Start after this file id; default the first file.
+            max_reconnects: Failed reconnects in a row before giving up.
+
+        Raises:
+            grpc.RpcError: The batch or ``after`` does not exist, the service refused
+                the export, or it stayed unreachable.
+        """
+        failures = 0
+        while True:
+            opened: tuple[pb.FileStatus, pb.FileResultMetadata | None] | None = None
+            pieces: list[list[str]] = []
+            try:
+                for message in self.export_stream(batch_id, after=after):
+                    if message.HasField("file"):
+                        if opened is not None:
+                            yield _exported(opened, pieces)
+                            after = opened[0].file_id
+                        exported = message.file
+                        result = exported.result if exported.HasField("result") else None
+                        opened, pieces = (exported.status, result), []
+                        failures = 0
+                    elif message.HasField("page"):
+                        index = message.page.page_number - 1
+                        pieces += [[] for _ in range(index + 1 - len(pieces))]
+                        pieces[index].append(message.page.text)
+                if opened is not None:
+                    yield _exported(opened, pieces)
+                return
+            except grpc.RpcError as error:
+                if describe_error(error).code is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if failures >= max_reconnects:
+                    raise
+                failures += 1
+                time.sleep(_backoff(failures))
 
     def history(self, batch_id: str, file_id: str) -> pb.GetFileHistoryResponse:
         """The file's state changes and the requests about its batch, oldest first."""

@@ -44,7 +44,7 @@ from server.security.tls import server_credentials
 from server.service.calls import CallObserver, ObservingInterceptor
 from server.service.metrics import ServiceMetrics
 from server.service.metrics_http import MetricsServer
-from server.service.servicer import BatchServicer, watch_handler
+from server.service.servicer import BatchServicer, export_caps, watch_handler
 from server.service.settings import ServerSettings
 from server.service.tracing import Tracing, tracing_from_environment
 from server.service.upload import Uploads
@@ -213,6 +213,10 @@ class Service:
                 rate=security.retries_per_second,
                 burst=security.retry_burst,
                 clock=clock,
+            ),
+            exports=export_caps(
+                settings.max_exports,
+                settings.exports_per_tenant(tenants=self.authenticator.required),
             ),
         )
 

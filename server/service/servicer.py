@@ -21,12 +21,13 @@ import grpc
 import structlog
 
 from actors.orchestration.runtime import Runtime
-from actors.policy.model import BatchView
+from actors.policy.model import BatchView, FileState
 from actors.policy.refusals import BatchNotFound, FileNotFound
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.security.auth import Authenticator
+from server.security.concurrency import CallCap, TenantCaps
 from server.security.ratelimit import RateLimiter
 from server.service.requests import RequestContext, request_scope
 from server.service.upload import Uploads
@@ -35,7 +36,11 @@ from server.wire import convert
 from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
 from server.wire.paging import file_page, list_page
 
-__all__ = ["BatchServicer", "watch_handler"]
+__all__ = ["DEFAULT_MAX_EXPORTS", "BatchServicer", "export_caps", "watch_handler"]
+
+DEFAULT_MAX_EXPORTS = 8
+# Files read from the store at once by an export: a page's records, never the batch's.
+_EXPORT_FILES_PER_READ = 100
 
 
 # The runtime's words for a batch that does not exist, for one that is someone else's.
@@ -123,6 +128,25 @@ def _streaming(
     return answer
 
 
+def export_caps(total: int, per_tenant: int | None) -> TenantCaps:
+    """``ExportResults`` streams open at once: each tenant's cap, and everyone's."""
+    return TenantCaps(
+        CallCap(
+            per_tenant,
+            "TOO_MANY_TENANT_EXPORTS",
+            "max_exports_per_tenant",
+            "You have {limit} exports running, the most one tenant may have ({setting}); "
+            "wait for one to finish, then try again.",
+        ),
+        CallCap(
+            total,
+            "TOO_MANY_EXPORTS",
+            "max_exports",
+            "{limit} exports are running on this server, its limit ({setting}); try again shortly.",
+        ),
+    )
+
+
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     """Serves ``BatchService`` from a runtime.
 
@@ -134,6 +158,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         auth: Tells the calling tenant. Default: single-tenant, everyone is ``""``.
         submissions: Rate limit of ``SubmitBatch`` per tenant. Default none.
         retries: Rate limit of ``RetryFiles`` per tenant. Default none.
+        exports: Counts ``ExportResults`` streams, each holding a call's thread for as
+            long as it runs, per tenant and in all; more are refused with
+            ``RESOURCE_EXHAUSTED``. Default: 8 in all, no cap per tenant.
     """
 
     def __init__(
@@ -146,6 +173,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         auth: Authenticator | None = None,
         submissions: RateLimiter | None = None,
         retries: RateLimiter | None = None,
+        exports: TenantCaps | None = None,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -155,6 +183,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self._submissions = submissions
         self._retries = retries
         self._closing = threading.Event()
+        self._exports = exports or export_caps(DEFAULT_MAX_EXPORTS, None)
 
     def start_closing(self) -> None:
         """Refuse every new call with ``UNAVAILABLE`` from now on."""
@@ -332,6 +361,57 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         # that tenant, and are none of the owner's history.
         requests = [e for e in self._store.audit_entries(batch_id) if e.caller == view.batch.owner]
         return convert.history_to_proto(record, events, requests)
+
+    @_streaming
+    def ExportResults(
+        self, request: pb.ExportResultsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportResultsResponse]:
+        batch_id = request.batch_id
+        # The record first, as for every call: someone else's batch is a missing one.
+        self._check_owner(batch_id, self._auth.caller(context))
+        after = -1
+        if request.after_file_id:
+            position = self._store.file_position(batch_id, request.after_file_id)
+            if position is None:
+                raise FileNotFound(
+                    f"after_file_id: the batch has no file with id {request.after_file_id!r}.",
+                    file_id=request.after_file_id,
+                )
+            after = position
+        with self._exports.take(self._auth.caller(context)):
+            yield from self._export(batch_id, after)
+
+    def _export(self, batch_id: str, after: int) -> Iterator[pb.ExportResultsResponse]:
+        """The batch's summary, then each file after position ``after`` with its result,
+        read a page of files and a few pieces of text at a time."""
+        summary = self._store.batch_summary(batch_id)
+        if summary is None:
+            raise BatchNotFound(_NO_SUCH_BATCH)
+        yield pb.ExportResultsResponse(batch=convert.summary_to_proto(summary))
+        while True:
+            if self.closing:
+                # The client resumes after the last file it received, elsewhere or later.
+                raise service_closing()
+            page = self._store.file_page(
+                batch_id, states=(), after_position=after, limit=_EXPORT_FILES_PER_READ
+            )
+            if page is None:
+                raise BatchNotFound(_NO_SUCH_BATCH)
+            for position, record in page.files:
+                result = None
+                if record.state is FileState.SUCCEEDED:
+                    # Stored with the state change that made the file succeed; only a
+                    # deletion of the batch since the page was read takes it away.
+                    result = self._store.result_summary(batch_id, record.file_id)
+                    if result is None and self._store.load_batch(batch_id) is None:
+                        raise BatchNotFound(_NO_SUCH_BATCH)
+                pieces = (
+                    self._store.result_text(batch_id, record.file_id) if result is not None else ()
+                )
+                yield from convert.exported_file(batch_id, record, result, pieces)
+                after = position
+            if len(page.files) < _EXPORT_FILES_PER_READ:
+                return
 
     @_unary
     def DeleteBatch(

@@ -222,8 +222,8 @@ class ServerSettings(BaseSettings):
         processor: Import path of what workers run on each file. Default the PDF
             extractor; only tests set it (``PDFBATCH_PROCESSOR``), to script workers.
         rpc_threads: Threads serving calls; more than ``max_watchers + max_uploads +
-            max_open_streams`` (the calls that hold a thread for long), so that a full
-            house of them never starves other calls. Default that sum + 32.
+            max_exports + max_open_streams`` (the calls that hold a thread for long), so
+            that a full house of them never starves other calls. Default that sum + 32.
         max_concurrent_rpcs: Calls the server takes at once, running or waiting for a
             thread; more are refused with ``RESOURCE_EXHAUSTED`` at once instead of
             queueing without end. Default twice the threads.
@@ -244,6 +244,12 @@ class ServerSettings(BaseSettings):
             and a cluster is named).
         ray_address: The Ray cluster to join. Default ``RAY_ADDRESS``, else a Ray
             started on this machine.
+        max_exports: ``ExportResults`` streams open at once; more are refused with
+            ``RESOURCE_EXHAUSTED`` (``TOO_MANY_EXPORTS``). Default 8. Each holds a call
+            thread while it runs (see ``rpc_threads``).
+        max_exports_per_tenant: ``ExportResults`` streams of one tenant; more are refused
+            with ``RESOURCE_EXHAUSTED`` ``TOO_MANY_TENANT_EXPORTS``. Default: a quarter of
+            ``max_exports`` when tenants are configured; none without tokens.
     """
 
     model_config = SettingsConfigDict(env_prefix="PDFBATCH_", frozen=True, extra="ignore")
@@ -286,12 +292,15 @@ class ServerSettings(BaseSettings):
     metrics_max_connections: int = Field(default=8, ge=1)
     executor: Literal["local", "ray", "auto"] = "local"
     ray_address: str | None = None
+    max_exports: int = Field(default=8, ge=1)
+    max_exports_per_tenant: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _threads_beyond_long_calls(self) -> Self:
         if self.rpc_threads is not None and self.rpc_threads <= self._long_calls:
             raise ValueError(
-                "rpc_threads must be more than max_watchers + max_uploads + max_open_streams"
+                "rpc_threads must be more than max_watchers + max_uploads + max_exports + "
+                "max_open_streams"
             )
         return self
 
@@ -310,7 +319,9 @@ class ServerSettings(BaseSettings):
     @property
     def _long_calls(self) -> int:
         """Calls that may hold a thread for long, at most, all kinds together."""
-        return self.max_watchers + self.max_uploads + self.security.max_open_streams
+        return (
+            self.max_watchers + self.max_uploads + self.max_exports + self.security.max_open_streams
+        )
 
     @property
     def threads(self) -> int:
@@ -325,6 +336,10 @@ class ServerSettings(BaseSettings):
     def watchers_per_tenant(self, *, tenants: bool) -> int | None:
         """One tenant's cap on watches (``tenants``: whether tenants are configured)."""
         return self.max_watchers_per_tenant or _share(self.max_watchers, tenants=tenants)
+
+    def exports_per_tenant(self, *, tenants: bool) -> int | None:
+        """One tenant's cap on exports (``tenants``: whether tenants are configured)."""
+        return self.max_exports_per_tenant or _share(self.max_exports, tenants=tenants)
 
     def uploads_per_tenant(self, *, tenants: bool) -> int | None:
         """One tenant's cap on uploads (``tenants``: whether tenants are configured)."""

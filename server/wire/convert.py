@@ -44,6 +44,7 @@ __all__ = [
     "coalesced_event_frame",
     "details_to_proto",
     "event_to_proto",
+    "exported_file",
     "file_state_from_proto",
     "file_to_proto",
     "page_details_to_proto",
@@ -406,6 +407,31 @@ def result_chunks(
                 piece.details.CopyFrom(page_details_to_proto(page_infos[number - 1]))
                 described = number
             yield pb.GetFileResultResponse(page=piece)
+
+
+def exported_file(
+    batch_id: str,
+    record: FileRecord,
+    summary: ResultSummary | None,
+    pieces: Iterable[tuple[int, str]] = (),
+) -> Iterator[pb.ExportResultsResponse]:
+    """One file of an export: its status and, given its result's ``summary``, the
+    result's metadata, then its text as ``pieces`` come, in bounded messages.
+
+    The messages are :func:`result_chunks`' own, so an export carries exactly what
+    ``GetFileResult`` does.
+    """
+    status = file_to_proto(record)
+    if summary is None:
+        yield pb.ExportResultsResponse(file=pb.ExportedFile(status=status))
+        return
+    for chunk in result_chunks(batch_id, record, summary, pieces):
+        if chunk.HasField("metadata"):
+            yield pb.ExportResultsResponse(
+                file=pb.ExportedFile(status=status, result=chunk.metadata)
+            )
+        else:
+            yield pb.ExportResultsResponse(page=chunk.page)
 
 
 # Requests ----------------------------------------------------------------------------

@@ -60,6 +60,9 @@ RPCS: dict[str, Callable[[Stub, str], object]] = {
         s.GetFileResult(pb.GetFileResultRequest(batch_id=b, file_id="f00001"), timeout=WAIT)
     ),
     "DeleteBatch": lambda s, b: s.DeleteBatch(pb.DeleteBatchRequest(batch_id=b), timeout=WAIT),
+    "ExportResults": lambda s, b: list(
+        s.ExportResults(pb.ExportResultsRequest(batch_id=b, after_file_id="f00001"), timeout=WAIT)
+    ),
 }
 BATCH_RPCS = [name for name in RPCS if name not in ("SubmitBatch", "ListBatches")]
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.policy.results import TEXT_PIECE_CHARS
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.security.concurrency import CallCap, Slot, TenantCaps
 from server.security.pacing import UploadPace, paced
@@ -19,6 +20,7 @@ from server.service.settings import ServerSettings
 from server.wire.errors import WireError
 from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.hostile_tenant import held_watches, stalled_uploads
+from tests.helpers.poison_pdfs import text_amplifier
 from tests.helpers.processes import eventually
 from tests.helpers.security_fixtures import SecureFactory, SecureServer, settle, submit
 from tests.helpers.server_fixtures import WAIT, make_pdf, refused
@@ -87,7 +89,7 @@ def test_stalled_uploads_of_one_tenant_leave_the_others_calls_answered(
     secure_serve: SecureFactory,
 ) -> None:
     # Fewer threads than the stalled uploads: before the caps, they held them all.
-    server = secure_serve(max_watchers=4, max_uploads=8, rpc_threads=24, **ON_DISK)
+    server = secure_serve(max_watchers=4, max_uploads=8, max_exports=1, rpc_threads=24, **ON_DISK)
     acme, globex = server.stub("acme"), server.stub("globex")
     mine = submit(acme, ("a.pdf", PDF))
 
@@ -248,15 +250,42 @@ def test_an_aborted_upload_gives_its_reservation_back(secure_serve: SecureFactor
     settle(acme, submit(acme, ("whole.pdf", big)).batch_id)
 
 
+def test_a_tenant_holding_its_exports_leaves_the_others_theirs(
+    secure_serve: SecureFactory,
+) -> None:
+    server = secure_serve(max_exports=4)  # 1 per tenant
+    acme, globex = server.stub("acme"), server.stub("globex")
+    # A text far beyond what the transport buffers: an export unread waits on its reader.
+    long = text_amplifier(16 * TEXT_PIECE_CHARS, fan_out=256)
+    theirs = submit(globex, ("long.pdf", long)).batch_id
+    ours = submit(acme, ("a.pdf", PDF)).batch_id
+    settle(globex, theirs)
+    settle(acme, ours)
+    held = globex.ExportResults(pb.ExportResultsRequest(batch_id=theirs), timeout=WAIT)
+    try:
+        assert next(held).HasField("batch")
+        error = refused(
+            lambda: list(globex.ExportResults(pb.ExportResultsRequest(batch_id=theirs)))
+        )
+        assert (error.code, error.reason) == (EXHAUSTED, "TOO_MANY_TENANT_EXPORTS")
+        assert error.metadata == {"maxExportsPerTenant": "1"}
+        # Acme's export is its own.
+        mine = list(acme.ExportResults(pb.ExportResultsRequest(batch_id=ours), timeout=WAIT))
+        assert [m.file.status.name for m in mine if m.HasField("file")] == ["a.pdf"]
+    finally:
+        held.cancel()
+
+
 def test_the_thread_budget_leaves_room_beyond_every_long_call() -> None:
     settings = ServerSettings(max_watchers=64, max_uploads=32)
-    long_calls = 64 + 32 + settings.security.max_open_streams
+    long_calls = 64 + 32 + settings.max_exports + settings.security.max_open_streams
     assert settings.threads == long_calls + 32
     assert settings.concurrent_rpcs == 2 * settings.threads
     assert settings.watchers_per_tenant(tenants=True) == 16
     assert settings.uploads_per_tenant(tenants=True) == 8
     assert settings.watchers_per_tenant(tenants=False) is None
-    with pytest.raises(ValueError, match="max_watchers \\+ max_uploads \\+ max_open_streams"):
+    assert settings.exports_per_tenant(tenants=True) == 2
+    with pytest.raises(ValueError, match="max_uploads \\+ max_exports \\+ max_open_streams"):
         ServerSettings(max_watchers=8, max_uploads=8, rpc_threads=24)
 
 

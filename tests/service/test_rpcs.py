@@ -358,6 +358,10 @@ def test_delete_cancels_a_running_batch_first(server: RunningServer) -> None:
         pytest.param(
             lambda s: list(s.GetFileResult(pb.GetFileResultRequest(batch_id="b"))), id="result"
         ),
+        pytest.param(
+            lambda s: list(s.ExportResults(pb.ExportResultsRequest(after_file_id="f1"))),
+            id="export",
+        ),
     ],
 )
 def test_missing_ids_are_invalid_arguments(server: RunningServer, call: object) -> None:

@@ -88,6 +88,22 @@ def test_files_are_paged_in_submission_order_with_their_attempts(store: Store) -
     assert store.file_page("missing", states=set(), after_position=-1, limit=1) is None
 
 
+def test_a_files_position_is_where_the_next_page_after_it_starts(store: Store) -> None:
+    store.create_batch(new_batch(files=5))
+    store.create_batch(_batch("other", "alice", 1.0, files=2))
+
+    position = store.file_position("b1", "f00003")
+    assert position is not None
+    after = store.file_page("b1", states=set(), after_position=position, limit=10)
+
+    assert after is not None
+    assert [r.file_id for _, r in after.files] == ["f00004", "f00005"]
+    assert store.file_position("b1", "f00001") == 0
+    assert store.file_position("b1", "f00009") is None
+    assert store.file_position("missing", "f00001") is None
+    assert store.file_position("other", "f00001") == 1
+
+
 def test_batches_are_listed_newest_first_per_owner_and_state(store: Store) -> None:
     for n in range(6):
         store.create_batch(_batch(f"b{n}", "alice" if n % 2 else "bob", float(n), files=n))

@@ -2024,3 +2024,102 @@ class GetFileHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFileHistoryResponse: _TypeAlias = GetFileHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ExportResultsRequest(_message.Message):
+    """Asks for every file of a batch, with its result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FILE_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch to export."""
+    after_file_id: _builtins.str
+    """Start after this file of the batch, in submission order: the last file an export
+    that broke off delivered whole. Empty: from the first file. A file id the batch
+    does not have is refused with NOT_FOUND (FILE_NOT_FOUND).
+    """
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        after_file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_file_id", b"after_file_id", "batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportResultsRequest: _TypeAlias = ExportResultsRequest  # noqa: Y015
+
+@_typing.final
+class ExportedFile(_message.Message):
+    """One file of an export; for a succeeded file, its text follows in `page` messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___FileStatus:
+        """The file's status: its id, name, state, attempts and last error."""
+
+    @_builtins.property
+    def result(self) -> Global___FileResultMetadata:
+        """The result's metadata and warnings, for a succeeded file; unset for any other."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___FileStatus | None = ...,
+        result: Global___FileResultMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedFile: _TypeAlias = ExportedFile  # noqa: Y015
+
+@_typing.final
+class ExportResultsResponse(_message.Message):
+    """One message of an export: the batch first, then each file and its text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___Batch:
+        """Always the first message, and only there: the batch (BATCH_VIEW_BASIC: its
+        state and counts, no files) when the export started.
+        """
+
+    @_builtins.property
+    def file(self) -> Global___ExportedFile:
+        """Opens the next file; whatever text follows is this file's."""
+
+    @_builtins.property
+    def page(self) -> Global___PageText:
+        """A piece of the text of the file last opened (see ExportResults)."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___Batch | None = ...,
+        file: Global___ExportedFile | None = ...,
+        page: Global___PageText | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "file", b"file", "page", b"page", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "file", b"file", "page", b"page", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["batch", "file", "page"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExportResultsResponse: _TypeAlias = ExportResultsResponse  # noqa: Y015

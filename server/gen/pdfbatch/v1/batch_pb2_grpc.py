@@ -86,6 +86,11 @@ class BatchServiceStub:
                 request_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
                 response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.FromString,
                 _registered_method=True)
+        self.ExportResults = channel.unary_stream(
+                '/pdfbatch.v1.BatchService/ExportResults',
+                request_serializer=pdfbatch_dot_v1_dot_batch__pb2.ExportResultsRequest.SerializeToString,
+                response_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ExportResultsResponse.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -220,6 +225,30 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportResults(self, request, context):
+        """Streams every file of a batch in submission order, with its status and, for a
+        succeeded file, its result: a whole batch's results in one call, whatever its size.
+
+        The first message is the `batch` (its state and counts, without files) as the
+        export starts. Then each file comes as a `file` message, followed, for a succeeded
+        file, by its text in `page` messages: pages in order, each page in one or more
+        pieces (at most 512 Ki characters, 2 MiB of UTF-8, each) with the same
+        `page_number`, to be joined in order; an empty page is one empty piece. A file's
+        text ends where the next `file` message or the stream begins or ends, so a text of
+        any length (up to the service's 64 MiB result limit) never fills one message.
+
+        The service reads the batch a few files at a time as the export goes, in bounded
+        memory: each file is sent in the state it had when read, so a batch still running
+        is exported as it stands. An export that broke off resumes with `after_file_id`
+        set to the last file received whole. At most `max_exports` (8 by default) run at
+        once on a service, and a quarter of that per tenant when tenants are configured;
+        more are refused with RESOURCE_EXHAUSTED (TOO_MANY_EXPORTS,
+        TOO_MANY_TENANT_EXPORTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +301,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.GetFileHistory,
                     request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.FromString,
                     response_serializer=pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.SerializeToString,
+            ),
+            'ExportResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportResults,
+                    request_deserializer=pdfbatch_dot_v1_dot_batch__pb2.ExportResultsRequest.FromString,
+                    response_serializer=pdfbatch_dot_v1_dot_batch__pb2.ExportResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +580,33 @@ class BatchService:
             '/pdfbatch.v1.BatchService/GetFileHistory',
             pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryRequest.SerializeToString,
             pdfbatch_dot_v1_dot_batch__pb2.GetFileHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pdfbatch.v1.BatchService/ExportResults',
+            pdfbatch_dot_v1_dot_batch__pb2.ExportResultsRequest.SerializeToString,
+            pdfbatch_dot_v1_dot_batch__pb2.ExportResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

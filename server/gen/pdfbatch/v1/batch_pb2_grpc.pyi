@@ -133,6 +133,26 @@ class BatchServiceStub:
     """A file's whole history: every state change (from, to, why: attempts, codes,
     delays chosen) and every request about its batch (who retried or cancelled it).
     """
+    ExportResults: _grpc.UnaryStreamMultiCallable[_batch_pb2.ExportResultsRequest, _batch_pb2.ExportResultsResponse]
+    """Streams every file of a batch in submission order, with its status and, for a
+    succeeded file, its result: a whole batch's results in one call, whatever its size.
+
+    The first message is the `batch` (its state and counts, without files) as the
+    export starts. Then each file comes as a `file` message, followed, for a succeeded
+    file, by its text in `page` messages: pages in order, each page in one or more
+    pieces (at most 512 Ki characters, 2 MiB of UTF-8, each) with the same
+    `page_number`, to be joined in order; an empty page is one empty piece. A file's
+    text ends where the next `file` message or the stream begins or ends, so a text of
+    any length (up to the service's 64 MiB result limit) never fills one message.
+
+    The service reads the batch a few files at a time as the export goes, in bounded
+    memory: each file is sent in the state it had when read, so a batch still running
+    is exported as it stands. An export that broke off resumes with `after_file_id`
+    set to the last file received whole. At most `max_exports` (8 by default) run at
+    once on a service, and a quarter of that per tenant when tenants are configured;
+    more are refused with RESOURCE_EXHAUSTED (TOO_MANY_EXPORTS,
+    TOO_MANY_TENANT_EXPORTS).
+    """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
@@ -226,6 +246,26 @@ class BatchServiceAsyncStub(BatchServiceStub):
     GetFileHistory: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.GetFileHistoryResponse]  # type: ignore[assignment]
     """A file's whole history: every state change (from, to, why: attempts, codes,
     delays chosen) and every request about its batch (who retried or cancelled it).
+    """
+    ExportResults: _aio.UnaryStreamMultiCallable[_batch_pb2.ExportResultsRequest, _batch_pb2.ExportResultsResponse]  # type: ignore[assignment]
+    """Streams every file of a batch in submission order, with its status and, for a
+    succeeded file, its result: a whole batch's results in one call, whatever its size.
+
+    The first message is the `batch` (its state and counts, without files) as the
+    export starts. Then each file comes as a `file` message, followed, for a succeeded
+    file, by its text in `page` messages: pages in order, each page in one or more
+    pieces (at most 512 Ki characters, 2 MiB of UTF-8, each) with the same
+    `page_number`, to be joined in order; an empty page is one empty piece. A file's
+    text ends where the next `file` message or the stream begins or ends, so a text of
+    any length (up to the service's 64 MiB result limit) never fills one message.
+
+    The service reads the batch a few files at a time as the export goes, in bounded
+    memory: each file is sent in the state it had when read, so a batch still running
+    is exported as it stands. An export that broke off resumes with `after_file_id`
+    set to the last file received whole. At most `max_exports` (8 by default) run at
+    once on a service, and a quarter of that per tenant when tenants are configured;
+    more are refused with RESOURCE_EXHAUSTED (TOO_MANY_EXPORTS,
+    TOO_MANY_TENANT_EXPORTS).
     """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -377,6 +417,32 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_batch_pb2.GetFileHistoryResponse, _abc.Awaitable[_batch_pb2.GetFileHistoryResponse]]:
         """A file's whole history: every state change (from, to, why: attempts, codes,
         delays chosen) and every request about its batch (who retried or cancelled it).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportResults(
+        self,
+        request: _batch_pb2.ExportResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_batch_pb2.ExportResultsResponse], _abc.AsyncIterator[_batch_pb2.ExportResultsResponse]]:
+        """Streams every file of a batch in submission order, with its status and, for a
+        succeeded file, its result: a whole batch's results in one call, whatever its size.
+
+        The first message is the `batch` (its state and counts, without files) as the
+        export starts. Then each file comes as a `file` message, followed, for a succeeded
+        file, by its text in `page` messages: pages in order, each page in one or more
+        pieces (at most 512 Ki characters, 2 MiB of UTF-8, each) with the same
+        `page_number`, to be joined in order; an empty page is one empty piece. A file's
+        text ends where the next `file` message or the stream begins or ends, so a text of
+        any length (up to the service's 64 MiB result limit) never fills one message.
+
+        The service reads the batch a few files at a time as the export goes, in bounded
+        memory: each file is sent in the state it had when read, so a batch still running
+        is exported as it stands. An export that broke off resumes with `after_file_id`
+        set to the last file received whole. At most `max_exports` (8 by default) run at
+        once on a service, and a quarter of that per tenant when tenants are configured;
+        more are refused with RESOURCE_EXHAUSTED (TOO_MANY_EXPORTS,
+        TOO_MANY_TENANT_EXPORTS).
         """
 
 def add_BatchServiceServicer_to_server(servicer: BatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
