@@ -275,6 +275,9 @@ def event_to_proto(event: BatchEvent) -> pb.WatchBatchResponse:
         change.file_ids.extend(bulk.file_ids)
         change.state = _file_state(bulk.state)
         change.reason = event.reason
+        change.count = bulk.count
+        if bulk.from_state is not None:
+            change.from_state = _file_state(bulk.from_state)
         if bulk.error is not None:
             change.error.CopyFrom(_error_to_proto(bulk.error))
     else:
