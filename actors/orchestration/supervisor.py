@@ -703,7 +703,9 @@ class BatchSupervisor(pykka.ThreadingActor):
                 count=movable[state],
                 max_manual_retries=cap,
             )
-        # Waiting files anywhere again: the next page starts from the first.
+        # Stored now: pages of waiting files are read from the store, which must show
+        # them. Waiting files anywhere again: the next page starts from the first.
+        self._commit()
         self._cursor = -1
         self._ready.extend(
             f.file_id
