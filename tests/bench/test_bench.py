@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.__main__ import main
 from bench.cancel import cancel_latency
 from bench.options import Options
+from bench.scale import scale
 from bench.watch import watch_latency
 
 WORKERS = 2
@@ -56,3 +57,15 @@ def test_watch_latency_is_measured_for_every_watcher() -> None:
         assert figure.detail["deliveries"] >= figure.detail["events"] > 0
         assert figure.value is not None
         assert not math.isnan(figure.value)
+
+
+def test_scale_measures_every_answer_on_one_batch_in_flight() -> None:
+    figures = scale(Options(files=300, workers=WORKERS))
+    detail = figures[0].detail
+    assert len(figures) == 8
+    assert all(f.value is not None and f.value > 0 for f in figures)
+    # Every file was waiting or running when cancelled, and every one was retried.
+    assert detail["cancelled"] == 300
+    assert detail["retried"] == 300
+    assert detail["pages"] == 1
+    assert detail["processing_s"] >= detail["serving_s"] > 0
