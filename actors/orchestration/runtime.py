@@ -380,8 +380,8 @@ class Runtime:
             FileNotFound: No such file in the batch.
             ResultNotAvailable: The file has not succeeded.
         """
-        view = self.get(batch_id)
-        record = view.file(file_id)
+        self.record(batch_id)
+        record = self.store.file_records(batch_id, [file_id]).get(file_id)
         if record is None:
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
         summary = self.store.result_summary(batch_id, file_id)

@@ -264,7 +264,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def WatchBatch(  # type: ignore[override]  # serialized events: see watch_handler
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        self._owned(request.batch_id, self._auth.caller(context))
+        self._check_owner(request.batch_id, self._auth.caller(context))
         session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
         if not context.add_callback(session.cancel):
             session.cancel()
@@ -308,7 +308,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.GetFileResultResponse]:
         file_id = _require(request.file_id, "file_id")
-        batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
+        batch_id = request.batch_id
+        self._check_owner(batch_id, self._auth.caller(context))
         record, summary = self._runtime.result_summary(batch_id, file_id)
         yield from convert.result_chunks(
             batch_id, record, summary, self._runtime.result_text(batch_id, file_id)
