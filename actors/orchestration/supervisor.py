@@ -10,8 +10,8 @@ and the working set only (files running, in backoff, a window of the next waitin
 files, and what changed since the last commit). Waiting files are read from the store
 a page at a time, by position, as slots free up; a settled file is forgotten once its
 change is stored. Whole states move at once (a cancel's waiting files, a retry of
-every failed file) as one statement and one event, counted by the store, so a cancel
-of a million waiting files costs what one of ten does.
+every failed file) as one statement and one event, counted by the store: no file is
+loaded and no event written per file (SQLite still rewrites each row).
 """
 
 from __future__ import annotations

@@ -337,9 +337,9 @@ class BulkChange:
     Either the files are listed (``file_ids``, when few changed), or the change covers
     every file that was in ``from_state`` (and, for a manual retry, could still be
     retried): then ``file_ids`` is empty and ``count`` says how many moved. The second
-    form is stored as one statement and one event whatever the number of files, so a
-    cancel or a retry of a million files costs what one of ten does; a watcher learns
-    the count and reads the files again (``ListFiles``) if it keeps them.
+    form is stored as one statement and one event whatever the number of files, so no
+    file is loaded into memory and no event is written per file; a watcher learns the
+    count and reads the files again (``ListFiles``) if it keeps them.
 
     Each file's ``next_attempt_at`` is cleared and its ``error`` set; a manual retry
     also clears ``round_failures`` and adds one to ``manual_retries``. Nothing else of

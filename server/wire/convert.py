@@ -461,9 +461,7 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _moved_by_state(
-    event: BatchEvent, state: FileState | None, own: Sequence[BatchEvent]
-) -> bool:
+def _moved_by_state(event: BatchEvent, state: FileState | None, own: Sequence[BatchEvent]) -> bool:
     """Whether a change by state moved a file that was in ``state`` then.
 
     Every file in the state left moves, except that a manual retry skips files with no
