@@ -595,13 +595,19 @@ class BatchSupervisor(pykka.ThreadingActor):
         waiting = sum(self._book.count(state) for state in _WAITING_STATES)
         if waiting == 0:
             return
-        # Stored first: the store then counts and moves exactly what the book would.
-        self._commit()
+        # Nothing is committed here: a cancel (or a fail-fast) is stored whole or not at
+        # all. The book's counts are exact; a held file's record in the same commit
+        # overrides whatever the statement did to its row.
         if waiting <= _LISTED_CHANGES:
-            records = [self._book.hold(r) for r in self._stored_files(set(_WAITING_STATES))]
-            self._book.set_files(
-                [r.file_id for r in records], FileState.CANCELLED, now, reason, error=error
-            )
+            held = [f.file_id for f in self._book.files() if f.state in _WAITING_STATES]
+            stored = [
+                self._book.hold(r).file_id
+                for r in self._stored_files(set(_WAITING_STATES))
+                if not self._book.holds(r.file_id)
+            ]
+            # Ids are numbered in submission order (f00001, ..., f100000).
+            chosen = sorted({*held, *stored}, key=lambda file_id: (len(file_id), file_id))
+            self._book.set_files(chosen, FileState.CANCELLED, now, reason, error=error)
             return
         for state in _WAITING_STATES:
             self._book.set_state(
@@ -626,7 +632,11 @@ class BatchSupervisor(pykka.ThreadingActor):
             self._retry_all(request, now)
         else:
             self._retry_files(self._retry_targets(request.file_ids), request, now)
-        if batch.state.terminal:
+            self._reopen(now)
+
+    def _reopen(self, now: float) -> None:
+        """A settled batch with files waiting again runs again (in the same commit)."""
+        if self._book.batch.state.terminal:
             self._book.set_batch(BatchState.RUNNING, now, "")
 
     def _retry_files(self, chosen: list[str], request: RetryFiles, now: float) -> None:
@@ -678,6 +688,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             if not chosen:
                 raise _nothing_to_retry()
             self._retry_files(chosen, request, now)
+            self._reopen(now)
             return
         movable = self._movable(cap)
         if not any(movable.values()):
@@ -688,10 +699,10 @@ class BatchSupervisor(pykka.ThreadingActor):
             for record in store.file_records(batch_id, request.passwords).values()
             if record.state in _RETRYABLE_STATES and retryable(self._book.hold(record), cap)
         ]
-        if named:
-            self._retry_files(named, request, now)
-            self._commit()
-            movable = self._movable(cap)
+        # The statement moves them too; their own records, stored after it, say the rest.
+        for file_id in named:
+            movable[self._book.file(file_id).state] -= 1
+        self._retry_files(named, request, now)
         reason = f"retried by {request.requested_by or 'a client'}"
         for state in sorted(_RETRYABLE_STATES):
             self._book.set_state(
@@ -703,8 +714,10 @@ class BatchSupervisor(pykka.ThreadingActor):
                 count=movable[state],
                 max_manual_retries=cap,
             )
-        # Stored now: pages of waiting files are read from the store, which must show
-        # them. Waiting files anywhere again: the next page starts from the first.
+        self._reopen(now)
+        # Stored now, in one transaction: pages of waiting files are read from the
+        # store, which must show them. Waiting files anywhere again: the next page
+        # starts from the first.
         self._commit()
         self._cursor = -1
         self._ready.extend(

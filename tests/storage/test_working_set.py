@@ -135,17 +135,27 @@ def test_whole_states_move_in_one_change_and_the_counts_follow(store: Store) -> 
     assert store.batch_summary("b1").counts == retried.counts  # type: ignore[union-attr]
 
 
-def test_a_change_by_state_that_the_store_does_not_match_stores_nothing(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "db.sqlite3")
-    try:
-        store.create_batch(new_batch(files=3))
-        summary = store.batch_summary("b1")
-        assert summary is not None
-        # A book that counts one file too many in FAILED (a second writer, a bug).
-        wrong = BatchBook(summary.__class__(summary.batch, {**summary.counts, FileState.FAILED: 1}))
-        wrong.set_state(FileState.FAILED, FileState.PENDING, 101.0, "", error=None, count=1)
-        with pytest.raises(ValueError, match="1 files were to leave FAILED, 0 did"):
-            store.commit(wrong.take_changes(), {})
-        assert store.load("b1") == new_batch(files=3)
-    finally:
-        store.close()
+def test_a_held_files_own_record_in_the_same_commit_outlasts_the_change_by_state(
+    store: Store,
+) -> None:
+    store.create_batch(new_batch(files=3))
+    summary = store.batch_summary("b1")
+    assert summary is not None
+    book = BatchBook(summary, [store.file_records("b1", ["f00001"])["f00001"]])
+    book.set_batch(BatchState.RUNNING, 101.0)
+    # f00001 starts; its row still says PENDING until this commit.
+    book.set_file("f00001", FileState.RUNNING, 101.0, attempts=started(book, "f00001", 101.0))
+    book.set_batch(BatchState.CANCELLING, 102.0, "stop")
+    error = FileError.of(ErrorCode.CANCELLED, 102.0)
+    book.set_state(FileState.PENDING, FileState.CANCELLED, 102.0, "stop", error=error, count=2)
+    store.commit(book.take_changes(), {})
+
+    stored = store.load("b1")
+    assert stored is not None
+    assert [f.state for f in stored.files] == [
+        FileState.RUNNING,
+        FileState.CANCELLED,
+        FileState.CANCELLED,
+    ]
+    assert stored.files[0].attempts == book.file("f00001").attempts
+    assert store.batch_summary("b1").counts == stored.counts  # type: ignore[union-attr]
