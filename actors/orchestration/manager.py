@@ -166,10 +166,11 @@ class BatchManager(pykka.ThreadingActor):
         ref = self._supervisors.get(batch_id)
         if ref is not None and ref.is_alive():
             return ref
-        view = self._deps.store.load(batch_id)
-        if view is None:
+        # The record and counts only: the supervisor reads the files it works on.
+        summary = self._deps.store.batch_summary(batch_id)
+        if summary is None:
             return None
-        ref = BatchSupervisor.start(view, self._deps, self.actor_ref)
+        ref = BatchSupervisor.start(summary, self._deps, self.actor_ref)
         self._supervisors[batch_id] = ref
         return ref
 
@@ -214,16 +215,17 @@ class BatchManager(pykka.ThreadingActor):
             log.exception("batch_give_up_not_stored", batch_id=batch_id)
 
     def _fail_batch(self, batch_id: str, now: float) -> None:
-        view = self._deps.store.load(batch_id)
-        if view is None or view.batch.state.terminal:
+        summary = self._deps.store.batch_summary(batch_id)
+        if summary is None or summary.batch.state.terminal:
             return
-        book = BatchBook(view)
-        cancelling = view.batch.state is BatchState.CANCELLING
+        book = BatchBook(summary)
+        cancelling = summary.batch.state is BatchState.CANCELLING
         target = FileState.CANCELLED if cancelling else FileState.FAILED
         error = FileError.of(ErrorCode.CANCELLED if cancelling else ErrorCode.INTERNAL, now)
-        for record in book.files():
-            if not record.state.terminal:
-                book.set_file(record.file_id, target, now, error=error, next_attempt_at=None)
+        # By state, in one statement each: whatever the batch's size.
+        for state in FileState:
+            if not state.terminal:
+                book.set_state(state, target, now, "", error=error, count=book.count(state))
         limit = self._intensity
         book.set_batch(
             BatchState.CANCELLED if cancelling else BatchState.FAILED,

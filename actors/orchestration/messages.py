@@ -65,7 +65,8 @@ class BackoffElapsed:
 # Callers -> batch supervisor (ask).
 @dataclass(frozen=True, slots=True)
 class GetView:
-    """Reply with the batch's current :class:`~actors.policy.model.BatchView`."""
+    """Reply with the batch and its counts, as stored now
+    (:class:`~actors.policy.model.BatchSummary`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class CancelStarted:
 
     Attributes:
         stops: The futures of the children's stops.
-        settled: Gets the batch as stored once it is terminal (at once if it was); an
+        settled: Gets the batch and its counts as stored once it is terminal (at once if it was); an
             ``ActorDeadError`` if the supervisor died first.
     """
 

@@ -40,6 +40,7 @@ from actors.policy.catalogue import ErrorCode, StorageUnavailableError, has_hidd
 from actors.policy.model import (
     BatchRecord,
     BatchState,
+    BatchSummary,
     BatchView,
     ExtractionResult,
     FileRecord,
@@ -293,8 +294,11 @@ class Runtime:
         passwords: Mapping[str, str] | None = None,
         requested_by: str = "",
         request_id: str = "",
-    ) -> BatchView:
+    ) -> BatchSummary:
         """Retry chosen files, or every failed and cancelled file when none are chosen.
+
+        Returns the batch and its counts after the retry (its files are read in pages,
+        from the store's ``file_page``).
 
         ``requested_by`` and ``request_id`` say who asked, in the events and the log.
 
@@ -310,11 +314,11 @@ class Runtime:
             requested_by,
             request_id,
         )
-        view: BatchView = self._ask(batch_id, request)
-        return view
+        summary: BatchSummary = self._ask(batch_id, request)
+        return summary
 
-    def cancel(self, batch_id: str, reason: str = "client", request_id: str = "") -> BatchView:
-        """Cancel the batch; returns once nothing of it runs.
+    def cancel(self, batch_id: str, reason: str = "client", request_id: str = "") -> BatchSummary:
+        """Cancel the batch; returns the batch and its counts once nothing of it runs.
 
         Idempotent: cancelling a finished or cancelled batch returns it unchanged.
 
@@ -324,7 +328,9 @@ class Runtime:
         if self.record(batch_id).state.terminal:
             # Settled, so its supervisor may have retired: no need to start one from the
             # store only to hear that nothing runs (unless a retry came in meanwhile).
-            settled = self.get(batch_id)
+            settled = self.store.batch_summary(batch_id)
+            if settled is None:
+                raise BatchNotFound("No batch with this id exists.")
             if settled.batch.state.terminal:
                 return settled
         started: CancelStarted = self._ask(batch_id, CancelBatch(reason, request_id))
@@ -333,12 +339,12 @@ class Runtime:
         self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)
         pykka.get_all(started.stops, timeout=self._stop_timeout)
         try:
-            view: BatchView = started.settled.get(timeout=self._stop_timeout)
+            summary: BatchSummary = started.settled.get(timeout=self._stop_timeout)
         except pykka.ActorDeadError:
             # The supervisor died before it stored the end; its successor, started from
             # the store, finishes the cancel.
-            view = self._ask(batch_id, GetView())
-        return view
+            summary = self._ask(batch_id, GetView())
+        return summary
 
     def record(self, batch_id: str) -> BatchRecord:
         """The batch as last stored, without its files (cheap for any batch size).
@@ -374,8 +380,8 @@ class Runtime:
             FileNotFound: No such file in the batch.
             ResultNotAvailable: The file has not succeeded.
         """
-        view = self.get(batch_id)
-        record = view.file(file_id)
+        self.record(batch_id)
+        record = self.store.file_records(batch_id, [file_id]).get(file_id)
         if record is None:
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
         summary = self.store.result_summary(batch_id, file_id)

@@ -4,6 +4,14 @@ Pending files are records in a queue, not threads: at most ``max_concurrency`` f
 actors exist at once. Children report by ``tell``; backoffs are timers that ``tell``
 back later. Changes are stored before anyone sees them; reports that arrive together
 are stored together (a group commit).
+
+Memory does not grow with the batch: the book holds the batch's record, its counts
+and the working set only (files running, in backoff, a window of the next waiting
+files, and what changed since the last commit). Waiting files are read from the store
+a page at a time, by position, as slots free up; a settled file is forgotten once its
+change is stored. Whole states move at once (a cancel's waiting files, a retry of
+every failed file) as one statement and one event, counted by the store: no file is
+loaded and no event written per file (SQLite still rewrites each row).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import dataclasses
 import sys
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -38,15 +46,16 @@ from actors.orchestration.messages import (
     SupervisorRetiring,
 )
 from actors.orchestration.vault import PasswordVault
-from actors.policy.book import BatchBook
+from actors.policy.book import BatchBook, retryable
 from actors.policy.catalogue import ErrorCode, ResultTooLargeError
 from actors.policy.model import (
     Attempt,
     AttemptOutcome,
     BatchState,
-    BatchView,
+    BatchSummary,
     ExtractionResult,
     FileError,
+    FileRecord,
     FileState,
     settled_batch_state,
 )
@@ -72,6 +81,12 @@ _GROUP_COMMIT_EVENTS = 256
 # The exception's name is all that crosses from a worker; it picks one of our messages.
 _TEXT_TOO_LARGE = ResultTooLargeError.__name__
 _RETRYABLE_STATES = frozenset({FileState.FAILED, FileState.CANCELLED})
+_WAITING_STATES = (FileState.PENDING, FileState.BACKOFF)
+# Up to this many files changed by one decision are named, each in its own event for a
+# retry; beyond it the change is made by state (one statement, one event with a count).
+_LISTED_CHANGES = 100
+# The working set is read from the store in pages of this many files.
+_PAGE = 1000
 _PASSWORD_LOST = (
     "This file is password-protected, and its password is no longer held (the service "
     "restarted, or the file ended, since it was given); passwords are never stored. "
@@ -97,28 +112,35 @@ class BatchSupervisor(pykka.ThreadingActor):
     """Runs one batch: starts file actors, applies the policy to their outcomes.
 
     Args:
-        view: The batch as last stored; a supervisor started on a batch that was
-            running resumes it (attempts cut short count as interrupted, not failed).
+        summary: The batch and its counts as last stored; a supervisor started on a
+            batch that was running resumes it (attempts cut short count as
+            interrupted, not failed), reading only the files that were running or in
+            backoff.
         deps: Store, executor, clock and the rest.
         manager: Told when this supervisor dies of a bug, so it can be restarted.
     """
 
     def __init__(
-        self, view: BatchView, deps: SupervisorDeps, manager: pykka.ActorRef[Any] | None
+        self, summary: BatchSummary, deps: SupervisorDeps, manager: pykka.ActorRef[Any] | None
     ) -> None:
         super().__init__()
-        self._book = BatchBook(view)
+        self._book = BatchBook(summary)
         self._deps = deps
         self._manager = manager
-        self._policy = view.batch.policy
+        self._policy = summary.batch.policy
+        # Held waiting files, next first: every held PENDING file is in it.
         self._ready: deque[str] = deque()
+        # Where the next page of waiting files starts (the last position read).
+        self._cursor = -1
+        # Files read in one page of waiting files: enough to fill every slot twice.
+        self._window = max(2 * self._policy.max_concurrency, 64)
         self._children: dict[str, pykka.ActorRef[Any]] = {}
         self._worker_pids: dict[str, int | None] = {}
         self._backoffs: dict[str, Timer] = {}
-        self._window = RestartWindow()
+        self._restarts = RestartWindow()
         self._results: dict[str, ExtractionResult] = {}
         # Cancels waiting for the batch to be stored as terminal.
-        self._settle_waiters: list[pykka.Future[BatchView]] = []
+        self._settle_waiters: list[pykka.Future[BatchSummary]] = []
         # Set on shutdown: stopped children leave their files RUNNING, to resume later.
         self._stopping = False
         # Set once the batch settled with nothing running: the actor is on its way out.
@@ -126,7 +148,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         # Set when it failed: what it holds may be ahead of the store, so it takes no
         # more messages and the manager starts a fresh one from the store.
         self._failed = False
-        self._log = log.bind(batch_id=view.batch.batch_id)
+        self._log = log.bind(batch_id=summary.batch.batch_id)
 
     # Lifecycle ---------------------------------------------------------------------
 
@@ -140,7 +162,8 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _resume(self) -> None:
         now = self._now()
-        for record in self._book.files():
+        for stored in self._stored_files({FileState.RUNNING, FileState.BACKOFF}):
+            record = self._book.hold(stored)
             if record.state is FileState.RUNNING:
                 self._book.set_file(
                     record.file_id,
@@ -152,8 +175,6 @@ class BatchSupervisor(pykka.ThreadingActor):
                         record.file_id, record.attempts, now, AttemptOutcome.INTERRUPTED
                     ),
                 )
-                self._ready.append(record.file_id)
-            elif record.state is FileState.PENDING:
                 self._ready.append(record.file_id)
             elif record.state is FileState.BACKOFF:
                 due = record.next_attempt_at if record.next_attempt_at is not None else now
@@ -241,7 +262,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             case GetView():
                 # A reply never shows what is not stored yet.
                 self._commit()
-                return self._book.view()
+                return self._book.summary()
             case CancelBatch(reason=reason, request_id=request_id):
                 return self._cancel(reason, request_id)
             case RetryFiles():
@@ -259,7 +280,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._advance(self._now())
         if isinstance(message, RetryFiles):
             self._commit()
-            return self._book.view()
+            return self._book.summary()
         self._commit_unless_more_coming()
         return None
 
@@ -314,8 +335,8 @@ class BatchSupervisor(pykka.ThreadingActor):
             else AttemptOutcome.FAILED
         )
         failures = record.round_failures + 1
-        decision, self._window = decide_after_failure(
-            self._policy, report.code, failures, self._window, now, self._deps.rand
+        decision, self._restarts = decide_after_failure(
+            self._policy, report.code, failures, self._restarts, now, self._deps.rand
         )
         self._log.warning(
             "file_attempt_failed",
@@ -437,9 +458,11 @@ class BatchSupervisor(pykka.ThreadingActor):
             return
         batch = self._book.batch
         if batch.state is BatchState.RUNNING:
-            while self._ready and len(self._children) < self._policy.max_concurrency:
+            while len(self._children) < self._policy.max_concurrency and (
+                self._ready or self._read_waiting()
+            ):
                 file_id = self._ready.popleft()
-                if self._book.file(file_id).state is FileState.PENDING:
+                if self._waiting(file_id):
                     self._start_attempt(file_id, now)
             if self._book.unsettled == 0:
                 self._book.set_batch(settled_batch_state(self._counts()), now, "")
@@ -510,7 +533,57 @@ class BatchSupervisor(pykka.ThreadingActor):
             delay, lambda: tell_if_alive(me, BackoffElapsed(file_id, attempt))
         )
 
+    def _read_waiting(self) -> bool:
+        """Take the next page of waiting files the book does not hold into the queue.
+
+        Pages go by position from where the last one ended; files made to wait again
+        behind it (a retry) are found by starting over once the end is reached.
+        Returns whether the queue has a file now.
+        """
+        if self._book.count(FileState.PENDING) == 0:
+            return False
+        from_start = self._cursor == -1
+        while not self._ready:
+            page = self._deps.store.file_page(
+                self._book.batch.batch_id,
+                states={FileState.PENDING},
+                after_position=self._cursor,
+                limit=self._window,
+            )
+            if page is None:
+                return False
+            for position, record in page.files:
+                self._cursor = position
+                if not self._book.holds(record.file_id):
+                    self._book.hold(record)
+                    self._ready.append(record.file_id)
+            if len(page.files) < self._window and not self._ready:
+                # The end: start over once, for files made to wait behind the cursor.
+                if from_start:
+                    return False
+                self._cursor, from_start = -1, True
+        return True
+
+    def _waiting(self, file_id: str) -> bool:
+        return self._book.holds(file_id) and self._book.file(file_id).state is FileState.PENDING
+
+    def _stored_files(self, states: set[FileState]) -> Iterator[FileRecord]:
+        """Every stored file in ``states``, read a page at a time."""
+        after = -1
+        while True:
+            page = self._deps.store.file_page(
+                self._book.batch.batch_id, states=states, after_position=after, limit=_PAGE
+            )
+            if page is None or not page.files:
+                return
+            for after, record in page.files:  # noqa: B007 (the last one starts the next page)
+                yield record
+            if len(page.files) < _PAGE:
+                return
+
     def _backoff_over(self, file_id: str, attempt: int) -> None:
+        if not self._book.holds(file_id):
+            return  # cancelled and forgotten since the timer fired
         record = self._book.file(file_id)
         if record.state is not FileState.BACKOFF or len(record.attempts) != attempt:
             return
@@ -527,7 +600,7 @@ class BatchSupervisor(pykka.ThreadingActor):
     # Cancel and retry --------------------------------------------------------------
 
     def _cancel(self, reason: str, request_id: str = "") -> CancelStarted:
-        settled: pykka.Future[BatchView] = pykka.ThreadingFuture()
+        settled: pykka.Future[BatchSummary] = pykka.ThreadingFuture()
         self._settle_waiters.append(settled)
         batch = self._book.batch
         if batch.state.terminal or batch.state is BatchState.CANCELLING:
@@ -546,18 +619,29 @@ class BatchSupervisor(pykka.ThreadingActor):
         """Cancel every file that is waiting for a slot or for its backoff."""
         self._drop_backoffs()
         self._ready.clear()
-        waiting = [
-            record.file_id
-            for record in self._book.files()
-            if record.state in (FileState.PENDING, FileState.BACKOFF)
-        ]
-        self._book.set_files(
-            waiting,
-            FileState.CANCELLED,
-            now,
-            f"cancelled before its next attempt: {self._stop_cause()}",
-            error=FileError.of(ErrorCode.CANCELLED, now),
-        )
+        reason = f"cancelled before its next attempt: {self._stop_cause()}"
+        error = FileError.of(ErrorCode.CANCELLED, now)
+        waiting = sum(self._book.count(state) for state in _WAITING_STATES)
+        if waiting == 0:
+            return
+        # Nothing is committed here: a cancel (or a fail-fast) is stored whole or not at
+        # all. The book's counts are exact; a held file's record in the same commit
+        # overrides whatever the statement did to its row.
+        if waiting <= _LISTED_CHANGES:
+            held = [f.file_id for f in self._book.files() if f.state in _WAITING_STATES]
+            stored = [
+                self._book.hold(r).file_id
+                for r in self._stored_files(set(_WAITING_STATES))
+                if not self._book.holds(r.file_id)
+            ]
+            # Ids are numbered in submission order (f00001, ..., f100000).
+            chosen = sorted({*held, *stored}, key=lambda file_id: (len(file_id), file_id))
+            self._book.set_files(chosen, FileState.CANCELLED, now, reason, error=error)
+            return
+        for state in _WAITING_STATES:
+            self._book.set_state(
+                state, FileState.CANCELLED, now, reason, error=error, count=self._book.count(state)
+            )
 
     def _retry(self, request: RetryFiles) -> None:
         batch = self._book.batch
@@ -572,12 +656,25 @@ class BatchSupervisor(pykka.ThreadingActor):
                 "submit them again as a new batch.",
                 reason="FILES_EXPIRED",
             )
-        chosen = self._retry_targets(request.file_ids)
         now = self._now()
+        if request.file_ids is None:
+            self._retry_all(request, now)
+        else:
+            self._retry_files(self._retry_targets(request.file_ids), request, now)
+            self._reopen(now)
+
+    def _reopen(self, now: float) -> None:
+        """A settled batch with files waiting again runs again (in the same commit)."""
+        if self._book.batch.state.terminal:
+            self._book.set_batch(BatchState.RUNNING, now, "")
+
+    def _retry_files(self, chosen: list[str], request: RetryFiles, now: float) -> None:
+        """Retry the held files ``chosen``, each with its own event."""
+        batch_id = self._book.batch.batch_id
         vault = self._deps.passwords
         for file_id in chosen:
             if file_id in request.passwords:
-                vault.put(batch.batch_id, file_id, request.passwords[file_id])
+                vault.put(batch_id, file_id, request.passwords[file_id])
             record = self._book.file(file_id)
             self._book.set_file(
                 file_id,
@@ -592,8 +689,6 @@ class BatchSupervisor(pykka.ThreadingActor):
                 or file_id in request.passwords,
             )
             self._ready.append(file_id)
-        if batch.state.terminal:
-            self._book.set_batch(BatchState.RUNNING, now, "")
         self._log.info(
             "files_retried",
             count=len(chosen),
@@ -601,31 +696,89 @@ class BatchSupervisor(pykka.ThreadingActor):
             request_id=request.request_id,
         )
 
-    def _retry_targets(self, file_ids: tuple[str, ...] | None) -> list[str]:
-        """Which files a retry covers; refuses the whole request if any file cannot."""
+    def _retry_all(self, request: RetryFiles, now: float) -> None:
+        """Retry every failed and cancelled file that may be: each named in its own
+        event when few, else one change by state per state, counted by the store.
+
+        Raises:
+            RetryRefused: No file can be retried; nothing changed.
+        """
         cap = self._policy.max_manual_retries
-        if file_ids is None:
+        batch_id = self._book.batch.batch_id
+        store = self._deps.store
+        # Stored first: the store then counts and moves exactly what the book would.
+        self._commit()
+        if sum(self._book.count(state) for state in _RETRYABLE_STATES) <= _LISTED_CHANGES:
             chosen = [
-                f.file_id
-                for f in self._book.files()
-                if f.state in _RETRYABLE_STATES
-                and f.manual_retries < cap
-                and not password_guesses_exhausted(a.code for a in f.attempts)
+                record.file_id
+                for record in self._stored_files(set(_RETRYABLE_STATES))
+                if retryable(self._book.hold(record), cap)
             ]
             if not chosen:
-                raise RetryRefused(
-                    "No file of this batch can be retried: none failed or was cancelled, "
-                    "or each has used up its manual retries or its password attempts.",
-                    reason="NOTHING_TO_RETRY",
-                )
-            return chosen
+                raise _nothing_to_retry()
+            self._retry_files(chosen, request, now)
+            self._reopen(now)
+            return
+        movable = self._movable(cap)
+        if not any(movable.values()):
+            raise _nothing_to_retry()
+        # Files given a password are retried one by one, so that each keeps it.
+        named = [
+            record.file_id
+            for record in store.file_records(batch_id, request.passwords).values()
+            if record.state in _RETRYABLE_STATES and retryable(self._book.hold(record), cap)
+        ]
+        # The statement moves them too; their own records, stored after it, say the rest.
+        for file_id in named:
+            movable[self._book.file(file_id).state] -= 1
+        self._retry_files(named, request, now)
+        reason = f"retried by {request.requested_by or 'a client'}"
+        for state in sorted(_RETRYABLE_STATES):
+            self._book.set_state(
+                state,
+                FileState.PENDING,
+                now,
+                reason,
+                error=None,
+                count=movable[state],
+                max_manual_retries=cap,
+            )
+        self._reopen(now)
+        # Stored now, in one transaction: pages of waiting files are read from the
+        # store, which must show them. Waiting files anywhere again: the next page
+        # starts from the first.
+        self._commit()
+        self._cursor = -1
+        self._ready.extend(
+            f.file_id
+            for f in self._book.files()
+            if f.state is FileState.PENDING and f.file_id not in self._ready
+        )
+        self._log.info(
+            "files_retried",
+            count=len(named) + sum(movable.values()),
+            requested_by=request.requested_by,
+            request_id=request.request_id,
+        )
+
+    def _movable(self, cap: int) -> dict[FileState, int]:
+        """Stored files a retry of every file moves, by the state they leave."""
+        batch_id = self._book.batch.batch_id
+        return {
+            state: self._deps.store.count_files(batch_id, state, max_manual_retries=cap)
+            for state in _RETRYABLE_STATES
+        }
+
+    def _retry_targets(self, file_ids: tuple[str, ...]) -> list[str]:
+        """Which files a retry covers; refuses the whole request if any file cannot."""
+        cap = self._policy.max_manual_retries
+        unheld = [file_id for file_id in file_ids if not self._book.holds(file_id)]
+        for record in self._deps.store.file_records(self._book.batch.batch_id, unheld).values():
+            self._book.hold(record)
         for file_id in dict.fromkeys(file_ids):
-            try:
-                record = self._book.file(file_id)
-            except KeyError:
-                raise FileNotFound(
-                    f"The batch has no file with id {file_id!r}.", file_id=file_id
-                ) from None
+            if not self._book.holds(file_id):
+                raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
+            record = self._book.file(file_id)
             if record.state is FileState.SUCCEEDED:
                 raise RetryRefused(
                     "This file already succeeded; its result is kept and it is not "
@@ -679,6 +832,8 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _is_current(self, file_id: str, attempt: int) -> bool:
         """Whether a report is about the file's attempt that is running now."""
+        if not self._book.holds(file_id):
+            return False  # settled and forgotten: a late report
         record = self._book.file(file_id)
         return record.state is FileState.RUNNING and len(record.attempts) == attempt
 
@@ -755,10 +910,12 @@ class BatchSupervisor(pykka.ThreadingActor):
             self._deps.passwords.forget_ended(changes.batch.batch_id, changes.files)
             for file_id in results:
                 del self._results[file_id]
+        # What is settled and stored is read from the store again if ever needed.
+        self._book.forget_settled()
         if self._settle_waiters and self._book.batch.state.terminal:
-            view = self._book.view()
+            summary = self._book.summary()
             for waiter in self._settle_waiters:
-                waiter.set(view)
+                waiter.set(summary)
             self._settle_waiters.clear()
 
     def _abandon_settle_waiters(self) -> None:
@@ -771,6 +928,14 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _now(self) -> float:
         return self._deps.scheduler.now()
+
+
+def _nothing_to_retry() -> RetryRefused:
+    return RetryRefused(
+        "No file of this batch can be retried: none failed or was cancelled, "
+        "or each has used up its manual retries or its password attempts.",
+        reason="NOTHING_TO_RETRY",
+    )
 
 
 def _give_up_reason(attempt: int, code: ErrorCode, why: GiveUpReason) -> str:

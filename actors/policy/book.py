@@ -1,9 +1,10 @@
 """The batch's book: its records, counts and event log, changed only through the state machine.
 
 A :class:`BatchBook` is plain data with no threads and no I/O. The batch supervisor
-owns one; every change goes through :meth:`BatchBook.set_file` or
-:meth:`BatchBook.set_batch`, which check the transition, keep the counts right and
-append the event that announces it. :meth:`BatchBook.take_changes` hands over what
+owns one, holding only the files it works on; every change goes through
+:meth:`BatchBook.set_file`, :meth:`BatchBook.set_state` or :meth:`BatchBook.set_batch`,
+which check the transition, keep the counts right and append the event that announces
+it. :meth:`BatchBook.take_changes` hands over what
 changed since the last call, to be stored in one transaction.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from actors.policy.model import (
     BatchEvent,
     BatchRecord,
     BatchState,
+    BatchSummary,
     BatchView,
     BulkChange,
     FileError,
@@ -29,8 +31,17 @@ from actors.policy.model import (
     check_file_transition,
     warned_files,
 )
+from actors.policy.rules import password_guesses_exhausted
 
-__all__ = ["BatchBook", "Changes"]
+__all__ = ["BatchBook", "Changes", "retryable"]
+
+
+def retryable(record: FileRecord, max_manual_retries: int) -> bool:
+    """Whether a manual retry may move ``record``, by its retries and password guesses
+    (its state aside)."""
+    return record.manual_retries < max_manual_retries and not password_guesses_exhausted(
+        a.code for a in record.attempts
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +62,28 @@ class Changes:
 
 
 class BatchBook:
-    """A batch's records, kept consistent with its state machine."""
+    """A batch's record, its counts and the files it holds, kept consistent with its
+    state machine.
 
-    def __init__(self, view: BatchView) -> None:
+    The book holds files, not the batch: a supervisor gives it the files it works on
+    (running, in backoff, the next few waiting) and the counts of all of them, so its
+    memory does not grow with the batch. Made from a whole :class:`BatchView` (tests,
+    small tools) it holds every file. A change by state (:meth:`set_state`) moves the
+    files it does not hold too, through the store.
+
+    Args:
+        view: The batch as stored: a whole view, or a summary (the record and counts).
+        files: With a summary, the files to hold from the start.
+    """
+
+    def __init__(self, view: BatchView | BatchSummary, files: Iterable[FileRecord] = ()) -> None:
         self._batch = view.batch
-        self._files: dict[str, FileRecord] = {f.file_id: f for f in view.files}
-        self._counts: Counter[FileState] = Counter(f.state for f in view.files)
-        self._warned = warned_files(view.files)
+        held = view.files if isinstance(view, BatchView) else tuple(files)
+        self._files: dict[str, FileRecord] = {f.file_id: f for f in held}
+        self._counts: Counter[FileState] = Counter(
+            {state: n for state, n in view.counts.items() if n}
+        )
+        self._warned = (view.summary() if isinstance(view, BatchView) else view).files_with_warnings
         self._dirty: dict[str, FileRecord] = {}
         self._events: list[BatchEvent] = []
 
@@ -68,19 +94,46 @@ class BatchBook:
 
     @property
     def total(self) -> int:
-        """Number of files."""
-        return len(self._files)
+        """Number of files in the batch (held or not)."""
+        return sum(self._counts.values())
 
     def file(self, file_id: str) -> FileRecord:
-        """The file's record. Raises ``KeyError`` for an unknown id."""
+        """A held file's record. Raises ``KeyError`` for a file not held."""
         return self._files[file_id]
 
+    def holds(self, file_id: str) -> bool:
+        """Whether the book holds the file's record."""
+        return file_id in self._files
+
+    def hold(self, record: FileRecord) -> FileRecord:
+        """Hold ``record``, read from the store, unless a newer one is held already.
+
+        Returns:
+            The record held for the file now.
+        """
+        return self._files.setdefault(record.file_id, record)
+
+    def forget_settled(self) -> None:
+        """Stop holding files in a terminal state whose changes were handed over."""
+        for file_id in [
+            f.file_id
+            for f in self._files.values()
+            if f.state.terminal and f.file_id not in self._dirty
+        ]:
+            del self._files[file_id]
+
+    @property
+    def held(self) -> int:
+        """Number of files held."""
+        return len(self._files)
+
     def files(self) -> list[FileRecord]:
-        """Every file, in submission order."""
+        """Every held file, in the order they were taken in (submission order for a
+        book made from a view)."""
         return list(self._files.values())
 
     def count(self, state: FileState) -> int:
-        """Files in ``state``."""
+        """Files in ``state``, held or not."""
         return self._counts[state]
 
     @property
@@ -98,17 +151,22 @@ class BatchBook:
         """Events since the last :meth:`take_changes`."""
         return len(self._events)
 
+    def summary(self) -> BatchSummary:
+        """The batch and its counts as they are now."""
+        return BatchSummary(self._batch, all_counts(self._counts), self._warned)
+
     def view(self) -> BatchView:
-        """A snapshot of the batch and its files."""
+        """The batch and its held files (every file for a book made from a whole view)."""
         return BatchView(self._batch, tuple(self._files.values()))
 
     def set_file(
         self, file_id: str, state: FileState, now: float, reason: str = "", **changes: Any
     ) -> FileRecord:
-        """Move a file to ``state`` for ``reason``, applying ``changes``; log the event.
+        """Move a held file to ``state`` for ``reason``, applying ``changes``; log the event.
 
         Raises:
             IllegalTransitionError: The state machine does not allow the move.
+            KeyError: The file is not held.
         """
         current = self._files[file_id]
         check_file_transition(current.state, state)
@@ -130,7 +188,7 @@ class BatchBook:
         *,
         error: FileError | None,
     ) -> None:
-        """Move many files to ``state`` with one :class:`BulkChange` event.
+        """Move many held files to ``state`` with one :class:`BulkChange` event naming them.
 
         Each file's ``next_attempt_at`` is cleared and its ``error`` set. Nothing
         happens for an empty list.
@@ -138,6 +196,7 @@ class BatchBook:
         Raises:
             IllegalTransitionError: The state machine does not allow a file's move;
                 then no file was moved.
+            KeyError: A file is not held; then no file was moved.
         """
         if not file_ids:
             return
@@ -145,18 +204,84 @@ class BatchBook:
             check_file_transition(previous, state)
         for file_id in file_ids:
             current = self._files[file_id]
-            updated = dataclasses.replace(current, state=state, next_attempt_at=None, error=error)
-            self._files[file_id] = updated
             self._counts[current.state] -= 1
-            self._warned += warned_files((updated,)) - warned_files((current,))
-            # A change of the same file held back for this commit is now out of date;
-            # the bulk change carries the rest.
-            if file_id in self._dirty:
-                self._dirty[file_id] = updated
+            moved = dataclasses.replace(current, state=state, next_attempt_at=None, error=error)
+            self._replace(moved)
         self._counts[state] += len(file_ids)
         self._announce(
             now, reason=reason, previous=None, bulk=BulkChange(tuple(file_ids), state, error)
         )
+
+    def set_state(
+        self,
+        from_state: FileState,
+        state: FileState,
+        now: float,
+        reason: str,
+        *,
+        error: FileError | None,
+        count: int,
+        max_manual_retries: int | None = None,
+    ) -> None:
+        """Move every file in ``from_state``, held or not, to ``state`` in one event.
+
+        The store applies the change to the files the book does not hold (one
+        statement), so call this with no change of a file held back: right after
+        :meth:`take_changes` was stored. Nothing happens when ``count`` is 0.
+
+        Args:
+            from_state: The state the files leave.
+            state: The state they enter.
+            now: When.
+            reason: Why, for people.
+            error: Their new error.
+            count: How many move, as the store counts them (the book knows only the
+                number in ``from_state``, not which of them a manual retry may move).
+            max_manual_retries: For a manual retry: only files with fewer manual
+                retries than this and with password guesses left move; they get their
+                retry counted and their failures of the round cleared.
+
+        Raises:
+            IllegalTransitionError: The state machine does not allow the move.
+            ValueError: ``count`` is more than the files in ``from_state``.
+        """
+        if count == 0:
+            return
+        check_file_transition(from_state, state)
+        if count > self._counts[from_state]:
+            held = self._counts[from_state]
+            raise ValueError(f"{count} files cannot leave {from_state.value}: {held} are in it")
+        retry = max_manual_retries is not None
+        for current in list(self._files.values()):
+            if current.state is not from_state:
+                continue
+            if retry and not retryable(current, max_manual_retries or 0):
+                continue
+            changes: dict[str, Any] = {"state": state, "next_attempt_at": None, "error": error}
+            if retry:
+                changes.update(round_failures=0, manual_retries=current.manual_retries + 1)
+            self._replace(dataclasses.replace(current, **changes))
+        self._counts[from_state] -= count
+        self._counts[state] += count
+        bulk = BulkChange(
+            (),
+            state,
+            error,
+            from_state=from_state,
+            count=count,
+            manual_retry=retry,
+            max_manual_retries=max_manual_retries or 0,
+        )
+        self._announce(now, reason=reason, previous=None, bulk=bulk)
+
+    def _replace(self, updated: FileRecord) -> None:
+        current = self._files[updated.file_id]
+        self._warned += warned_files((updated,)) - warned_files((current,))
+        self._files[updated.file_id] = updated
+        # A change of the same file held back for this commit is now out of date; the
+        # bulk change carries the rest.
+        if updated.file_id in self._dirty:
+            self._dirty[updated.file_id] = updated
 
     def set_batch(self, state: BatchState, now: float, reason: str = "") -> None:
         """Move the batch to ``state`` for ``reason`` and log the event.

@@ -340,21 +340,43 @@ class BatchView:
 
 @dataclass(frozen=True, slots=True)
 class BulkChange:
-    """Many files moved to one state by one decision (waiting files cancelled at once).
+    """Many files moved to one state by one decision (a cancel, a retry of every file).
 
-    Each file's ``next_attempt_at`` is cleared and its ``error`` set; nothing else of
-    it changes. One event instead of one per file keeps a cancel of a big batch as
-    cheap to store and to watch as a cancel of a small one.
+    Either the files are listed (``file_ids``, when few changed), or the change covers
+    every file that was in ``from_state`` (and, for a manual retry, could still be
+    retried): then ``file_ids`` is empty and ``count`` says how many moved. The second
+    form is stored as one statement and one event whatever the number of files, so no
+    file is loaded into memory and no event is written per file; a watcher learns the
+    count and reads the files again (``ListFiles``) if it keeps them.
+
+    Each file's ``next_attempt_at`` is cleared and its ``error`` set; a manual retry
+    also clears ``round_failures`` and adds one to ``manual_retries``. Nothing else of
+    a file changes.
 
     Attributes:
-        file_ids: The files, in submission order.
+        file_ids: The files, in submission order; empty for a change by state.
         state: Their new state.
         error: Their new error.
+        from_state: For a change by state, the state every moved file was in.
+        count: Files moved (``len(file_ids)`` for a listed change).
+        manual_retry: A retry asked by a client: only files with manual retries left
+            (fewer than ``max_manual_retries``) and password guesses left move.
+        max_manual_retries: The batch's limit, for ``manual_retry``.
     """
 
     file_ids: tuple[str, ...]
     state: FileState
     error: FileError | None
+    from_state: FileState | None = None
+    count: int = -1
+    manual_retry: bool = False
+    max_manual_retries: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            object.__setattr__(self, "count", len(self.file_ids))
+        if (self.from_state is None) == (not self.file_ids) and self.count:
+            raise ValueError("a bulk change lists its files or names the state they left")
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,19 +323,31 @@ def event_to_json(event: BatchEvent) -> str:
 
 
 def _bulk_to_dict(bulk: BulkChange) -> Json:
-    return {
+    data: Json = {
         "file_ids": list(bulk.file_ids),
         "state": bulk.state.value,
         "error": None if bulk.error is None else error_to_dict(bulk.error),
     }
+    if bulk.from_state is not None:
+        data.update(
+            from_state=bulk.from_state.value,
+            count=bulk.count,
+            manual_retry=bulk.manual_retry,
+            max_manual_retries=bulk.max_manual_retries,
+        )
+    return data
 
 
 def _bulk_from_dict(data: Mapping[str, Any]) -> BulkChange:
-    error = data["error"]
+    error, from_state = data["error"], data.get("from_state")
     return BulkChange(
         file_ids=tuple(data["file_ids"]),
         state=FileState(data["state"]),
         error=None if error is None else error_from_dict(error),
+        from_state=None if from_state is None else FileState(from_state),
+        count=data.get("count", -1),
+        manual_retry=data.get("manual_retry", False),
+        max_manual_retries=data.get("max_manual_retries", 0),
     )
 
 

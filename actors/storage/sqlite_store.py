@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.policy.book import Changes
+from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
     Attempt,
     AuditEntry,
@@ -31,12 +32,15 @@ from actors.policy.model import (
     BatchState,
     BatchSummary,
     BatchView,
+    BulkChange,
     ExtractionResult,
     FilePage,
+    FileRecord,
     FileState,
     ResultSummary,
 )
 from actors.policy.results import result_size, text_pieces
+from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage import codec
 from actors.storage.sqlite_connections import Connections, Synchronous
 from actors.storage.store import EventListener
@@ -45,6 +49,7 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 _PIECES_PER_READ = 4
+_IDS_PER_READ = 500
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
 
 
@@ -95,6 +100,24 @@ _UPSERT_ATTEMPT = (
     "ON CONFLICT (batch_id, file_id, number) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in codec.ATTEMPT_COLUMNS[1:])
 )
+
+
+def _retryable_clause(max_manual_retries: int | None) -> tuple[str, tuple[object, ...]]:
+    """SQL (after a WHERE on ``files``) for :func:`actors.policy.book.retryable`.
+
+    Password guesses are counted only for files whose last error is a wrong password:
+    a file that used them up failed with one and can never move again, and the others
+    are spared the look into their attempts.
+    """
+    if max_manual_retries is None:
+        return "", ()
+    wrong = ErrorCode.PDF_WRONG_PASSWORD.value
+    return (
+        " AND manual_retries < ? AND NOT (json_extract(error, '$.code') IS ? AND ("
+        "SELECT COUNT(*) FROM attempts AS a WHERE a.batch_id = files.batch_id "
+        "AND a.file_id = files.file_id AND a.code = ?) >= ?)",
+        (max_manual_retries, wrong, wrong, MAX_WRONG_PASSWORDS),
+    )
 
 
 def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
@@ -215,11 +238,7 @@ class SQLiteStore:
                 self._refuse_commit(db, batch_id, previous)
             # Bulk changes first: a file's own record in the same commit is newer.
             for bulk in (e.bulk for e in changes.events if e.bulk is not None):
-                error = codec.error_to_json(bulk.error)
-                db.executemany(
-                    _UPDATE_FILE_BULK,
-                    ((bulk.state.value, error, batch_id, file_id) for file_id in bulk.file_ids),
-                )
+                self._apply_bulk(db, batch_id, bulk)
             db.executemany(
                 _UPDATE_FILE,
                 ((*codec.file_to_row(f)[1:], batch_id, f.file_id) for f in changes.files),
@@ -248,6 +267,27 @@ class SQLiteStore:
         for event in changes.events:
             for listener in listeners:
                 listener(event)
+
+    @staticmethod
+    def _apply_bulk(db: sqlite3.Connection, batch_id: str, bulk: BulkChange) -> None:
+        error = codec.error_to_json(bulk.error)
+        if bulk.from_state is None:
+            db.executemany(
+                _UPDATE_FILE_BULK,
+                ((bulk.state.value, error, batch_id, file_id) for file_id in bulk.file_ids),
+            )
+            return
+        # Every file of the state in one statement, through files_by_state.
+        retry = ", round_failures = 0, manual_retries = manual_retries + 1"
+        clause, params = _retryable_clause(bulk.max_manual_retries if bulk.manual_retry else None)
+        # The rows moved may differ from bulk.count by files whose own records ride in
+        # the same commit (stored after this statement, they have the last word): the
+        # book's count is the one kept.
+        db.execute(
+            "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?"
+            f"{retry if bulk.manual_retry else ''} WHERE batch_id = ? AND state = ?{clause}",
+            (bulk.state.value, error, batch_id, bulk.from_state.value, *params),
+        )
 
     @staticmethod
     def _refuse_commit(db: sqlite3.Connection, batch_id: str, previous: int) -> None:
@@ -466,6 +506,41 @@ class SQLiteStore:
             for position, *row in rows
         )
         return FilePage(files, total, sequence)
+
+    def file_records(self, batch_id: str, file_ids: Collection[str]) -> dict[str, FileRecord]:
+        wanted = list(dict.fromkeys(file_ids))
+        records: dict[str, FileRecord] = {}
+        with self._db.read() as db:
+            # In slices: SQLite bounds the parameters of one statement.
+            for start in range(0, len(wanted), _IDS_PER_READ):
+                ids = wanted[start : start + _IDS_PER_READ]
+                marks = _marks(len(ids))
+                rows = db.execute(
+                    f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files "
+                    f"WHERE batch_id = ? AND file_id IN ({marks})",
+                    (batch_id, *ids),
+                ).fetchall()
+                attempts: dict[str, list[Attempt]] = {}
+                for file_id, *attempt in db.execute(
+                    f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
+                    f"WHERE batch_id = ? AND file_id IN ({marks}) ORDER BY file_id, number",
+                    (batch_id, *ids),
+                ):
+                    attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
+                for row in rows:
+                    records[row[0]] = codec.file_from_row(row, attempts.get(row[0], ()))
+        return records
+
+    def count_files(
+        self, batch_id: str, state: FileState, *, max_manual_retries: int | None = None
+    ) -> int:
+        clause, params = _retryable_clause(max_manual_retries)
+        with self._db.read() as db:
+            (count,) = db.execute(
+                f"SELECT COUNT(*) FROM files WHERE batch_id = ? AND state = ?{clause}",
+                (batch_id, state.value, *params),
+            ).fetchone()
+        return int(count)
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Protocol
 
-from actors.policy.book import Changes
+from actors.policy.book import Changes, retryable
 from actors.policy.model import (
     AuditEntry,
     BatchEvent,
@@ -21,6 +21,7 @@ from actors.policy.model import (
     BatchState,
     BatchSummary,
     BatchView,
+    BulkChange,
     ExtractionResult,
     FilePage,
     FileRecord,
@@ -108,6 +109,22 @@ class Store(Protocol):
             after_position: The position of the previous page's last file; -1 to start.
             limit: The most files to return.
         """
+        ...
+
+    # The batch supervisor's working set (issue 15): it holds only the files it works
+    # on, reads the next waiting ones with file_page(states={PENDING}) as slots free up,
+    # and moves whole states at once with BatchBook.set_state (applied by commit).
+
+    def file_records(self, batch_id: str, file_ids: Collection[str]) -> dict[str, FileRecord]:
+        """The named files of the batch with their attempts, by id; ids it does not
+        have are left out (as is every id of a batch that does not exist)."""
+        ...
+
+    def count_files(
+        self, batch_id: str, state: FileState, *, max_manual_retries: int | None = None
+    ) -> int:
+        """Files of the batch in ``state``; with ``max_manual_retries``, only those a
+        manual retry may move (see :func:`actors.policy.book.retryable`). 0 for no batch."""
         ...
 
     def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
@@ -242,10 +259,8 @@ class MemoryStore:
             files = self._files[batch_id]
             # Bulk changes first: a file's own record in the same commit is newer.
             for bulk in (e.bulk for e in changes.events if e.bulk is not None):
-                for file_id in bulk.file_ids:
-                    files[file_id] = dataclasses.replace(
-                        files[file_id], state=bulk.state, next_attempt_at=None, error=bulk.error
-                    )
+                for file_id in _bulk_targets(bulk, files):
+                    files[file_id] = _bulk_applied(bulk, files[file_id])
             for record in changes.files:
                 files[record.file_id] = record
             events = self._events[batch_id]
@@ -330,6 +345,21 @@ class MemoryStore:
         ]
         page = tuple((p, r) for p, r in matching if p > after_position)[:limit]
         return FilePage(page, len(matching), view.batch.sequence)
+
+    def file_records(self, batch_id: str, file_ids: Collection[str]) -> dict[str, FileRecord]:
+        with self._lock:
+            files = self._files.get(batch_id, {})
+            return {file_id: files[file_id] for file_id in file_ids if file_id in files}
+
+    def count_files(
+        self, batch_id: str, state: FileState, *, max_manual_retries: int | None = None
+    ) -> int:
+        with self._lock:
+            return sum(
+                record.state is state
+                and (max_manual_retries is None or retryable(record, max_manual_retries))
+                for record in self._files.get(batch_id, {}).values()
+            )
 
     def list_batches(self) -> list[BatchRecord]:
         with self._lock:
@@ -453,3 +483,24 @@ class MemoryStore:
                 if known == file_id:
                     return position
             return None
+
+
+def _bulk_targets(bulk: BulkChange, files: Mapping[str, FileRecord]) -> list[str]:
+    """The files a bulk change moves, as they are stored before it."""
+    if bulk.from_state is None:
+        return list(bulk.file_ids)
+    return [
+        record.file_id
+        for record in files.values()
+        if record.state is bulk.from_state
+        and (not bulk.manual_retry or retryable(record, bulk.max_manual_retries))
+    ]
+
+
+def _bulk_applied(bulk: BulkChange, record: FileRecord) -> FileRecord:
+    """``record`` after ``bulk`` moved it."""
+    if bulk.manual_retry:
+        record = dataclasses.replace(
+            record, round_failures=0, manual_retries=record.manual_retries + 1
+        )
+    return dataclasses.replace(record, state=bulk.state, next_attempt_at=None, error=bulk.error)

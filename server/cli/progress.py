@@ -135,10 +135,11 @@ class BatchTracker:
                     )
             case "files":
                 change = event.files
-                if change.file_ids:
+                # Listed or by state (a big batch's cancel or retry): the count says.
+                moved = change.count or len(change.file_ids)
+                if moved:
                     notes.append(
-                        f"{len(change.file_ids)} files {file_state_name(change.state)}: "
-                        f"{change.reason}"
+                        f"{moved:,} files {file_state_name(change.state)}: {change.reason}"
                     )
             case "batch_state_change":
                 self.reason = event.batch_state_change.reason

@@ -95,7 +95,7 @@ class ServiceMetrics:
         """Count one committed event; a store listener."""
         if event.bulk is not None and event.bulk.state in _SETTLED:
             code = event.bulk.error.code.value if event.bulk.error else ""
-            self.files.labels(event.bulk.state.value.lower(), code).inc(len(event.bulk.file_ids))
+            self.files.labels(event.bulk.state.value.lower(), code).inc(event.bulk.count)
         file = event.file
         if file is None:
             return

@@ -294,7 +294,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         caller = self._auth.caller(context)
-        self._owned(request.batch_id, caller)
+        self._check_owner(request.batch_id, caller)
         session = self._hub.open(
             request.batch_id,
             request.after_sequence,
@@ -312,17 +312,19 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         # Before the batch is looked up: a refusal must not depend on whose it is.
         if self._retries is not None:
             self._retries.acquire(caller)
-        self._owned(request.batch_id, caller)
+        self._check_owner(request.batch_id, caller)
         for file_id, password in request.passwords.items():
             self._uploads.limits.check_password(password, f"passwords[{file_id!r}]")
-        view = self._runtime.retry(
+        summary = self._runtime.retry(
             request.batch_id,
             list(request.file_ids) or None,
             passwords=dict(request.passwords),
             requested_by=caller,
             request_id=_current_request_id(),
         )
-        return convert.batch_to_proto(view)
+        # The batch and its counts: a retry of every file of a big batch answers in
+        # bounded size; the files are in ListFiles.
+        return convert.summary_to_proto(summary)
 
     @_unary
     def CancelBatch(
@@ -330,17 +332,20 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     ) -> pb.Batch:
         self._check_owner(request.batch_id, self._auth.caller(context))
         with_files = convert.wants_files(request.view)
-        view = self._runtime.cancel(
+        summary = self._runtime.cancel(
             request.batch_id, reason="client", request_id=_current_request_id()
         )
-        return convert.batch_to_proto(view, with_files=with_files)
+        if with_files:
+            return convert.batch_to_proto(self._runtime.get(request.batch_id))
+        return convert.summary_to_proto(summary)
 
     @_streaming
     def GetFileResult(
         self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.GetFileResultResponse]:
         file_id = _require(request.file_id, "file_id")
-        batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
+        batch_id = request.batch_id
+        self._check_owner(batch_id, self._auth.caller(context))
         record, summary = self._runtime.result_summary(batch_id, file_id)
         yield from convert.result_chunks(
             batch_id, record, summary, self._runtime.result_text(batch_id, file_id)

@@ -47,7 +47,9 @@ class UploadLimits(BaseSettings):
     Attributes:
         max_file_bytes: Largest file. Default 256 MiB.
         max_batch_bytes: Largest total of one batch. Default 2 GiB.
-        max_files_per_batch: Most files in one batch. Default 1,000.
+        max_files_per_batch: Most files in one batch. Default 100,000: the service keeps
+            a batch's counts and working set in memory, not its files, so a bigger batch
+            costs store space, not memory.
         max_name_chars: Longest file name, at most 255. Default 255.
         max_password_bytes: Longest password of a file, in bytes of UTF-8, at submit and
             at retry. Default 1,024: a real PDF password is far shorter, and passwords
@@ -68,7 +70,7 @@ class UploadLimits(BaseSettings):
 
     max_file_bytes: int = Field(default=256 * _MIB, ge=1)
     max_batch_bytes: int = Field(default=2048 * _MIB, ge=1)
-    max_files_per_batch: int = Field(default=1_000, ge=1)
+    max_files_per_batch: int = Field(default=100_000, ge=1)
     max_name_chars: int = Field(default=MAX_NAME_CHARS, ge=1, le=MAX_NAME_CHARS)
     max_password_bytes: int = Field(default=1024, ge=1)
     upload_idle_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -242,7 +242,9 @@ class Uploads:
         if index >= limits.max_files_per_batch:
             raise _bad(
                 "TOO_MANY_FILES",
-                f"A batch may hold at most {limits.max_files_per_batch} files.",
+                f"A batch may hold at most {limits.max_files_per_batch:,} files "
+                "(max_files_per_batch): split the files into several batches, or ask an "
+                "operator to raise PDFBATCH_MAX_FILES_PER_BATCH.",
                 where,
                 _EXHAUSTED,
             )

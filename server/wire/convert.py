@@ -327,6 +327,9 @@ def event_to_proto(event: BatchEvent) -> pb.WatchBatchResponse:
         change.file_ids.extend(bulk.file_ids)
         change.state = _file_state(bulk.state)
         change.reason = event.reason
+        change.count = bulk.count
+        if bulk.from_state is not None:
+            change.from_state = _file_state(bulk.from_state)
         if bulk.error is not None:
             change.error.CopyFrom(_error_to_proto(bulk.error))
     else:
@@ -588,6 +591,21 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _moved_by_state(event: BatchEvent, state: FileState | None, own: Sequence[BatchEvent]) -> bool:
+    """Whether a change by state moved a file that was in ``state`` then.
+
+    Every file in the state left moves, except that a manual retry skips files with no
+    retries left: the file's next own event tells (it starts from the retry's state).
+    """
+    bulk = event.bulk
+    if bulk is None or bulk.from_state is None or state is not bulk.from_state:
+        return False
+    if not bulk.manual_retry:
+        return True
+    after = next((e for e in own if e.sequence > event.sequence), None)
+    return after is not None and after.previous_state is bulk.state
+
+
 def history_to_proto(
     record: FileRecord, events: Sequence[BatchEvent], audit: Sequence[AuditEntry]
 ) -> pb.GetFileHistoryResponse:
@@ -596,12 +614,15 @@ def history_to_proto(
     # Every file starts PENDING; unknown if the oldest events are no longer kept.
     complete = bool(events) and events[0].sequence == 1
     state: FileState | None = FileState.PENDING if complete else None
+    own = [e for e in events if e.file is not None and e.file.file_id == record.file_id]
     for event in events:
         if event.file is not None and event.file.file_id == record.file_id:
             previous, state = event.previous_state, event.file.state
         elif event.bulk is not None and record.file_id in event.bulk.file_ids:
             # A bulk change does not say where each file came from; the file's own
             # history does, unless it starts beyond the events still kept.
+            previous, state = state, event.bulk.state
+        elif event.bulk is not None and _moved_by_state(event, state, own):
             previous, state = state, event.bulk.state
         else:
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.__main__ import main
 from bench.cancel import cancel_latency
 from bench.options import Options
+from bench.scale import scale
 from bench.small_blobs import small_blobs
 from bench.watch import watch_latency
 
@@ -73,3 +74,15 @@ def test_small_blob_uploads_are_measured_both_ways() -> None:
         assert set(runs) == {"files", "rows"}
         assert all(len(ms) == 1 and 0 < ms[0] < 60_000 for ms in runs.values())
         assert figure.value == runs["rows"][0]
+
+
+def test_scale_measures_every_answer_on_one_batch_in_flight() -> None:
+    figures = scale(Options(files=300, workers=WORKERS))
+    detail = figures[0].detail
+    assert len(figures) == 8
+    assert all(f.value is not None and f.value > 0 for f in figures)
+    # Every file was waiting or running when cancelled, and every one was retried.
+    assert detail["cancelled"] == 300
+    assert detail["retried"] == 300
+    assert detail["pages"] == 1
+    assert detail["processing_s"] >= detail["serving_s"] > 0

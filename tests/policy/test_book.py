@@ -149,3 +149,30 @@ def test_succeeded_files_with_warnings_are_counted_and_handed_over() -> None:
     # A book rebuilt from the stored files counts the same.
     assert BatchBook(book.view()).files_with_warnings == 1
     assert book.view().summary().files_with_warnings == 1
+
+
+def test_a_change_by_state_moves_held_files_and_counts_the_others() -> None:
+    book = _book(5)
+    book.set_file("f0", FileState.RUNNING, 1.0)
+    summary = book.summary()
+    # A book holding only f0 and f1 of the five, as a supervisor would.
+    partial = BatchBook(summary, [book.file("f0"), book.file("f1")])
+    error = FileError.of(ErrorCode.CANCELLED, 2.0)
+    with pytest.raises(ValueError, match="5 files cannot leave PENDING: 4 are in it"):
+        partial.set_state(FileState.PENDING, FileState.CANCELLED, 2.0, "", error=error, count=5)
+
+    partial.set_state(FileState.PENDING, FileState.CANCELLED, 2.0, "stop", error=error, count=4)
+
+    assert partial.count(FileState.CANCELLED) == 4
+    assert partial.count(FileState.RUNNING) == 1
+    assert partial.file("f1").state is FileState.CANCELLED
+    assert partial.file("f0").state is FileState.RUNNING
+    event = partial.take_changes().events[-1]
+    assert event.bulk == BulkChange(
+        (), FileState.CANCELLED, error, from_state=FileState.PENDING, count=4
+    )
+    assert event.counts[FileState.CANCELLED] == 4
+    # Stored, a settled file is let go; the running one stays.
+    partial.forget_settled()
+    assert [f.file_id for f in partial.files()] == ["f0"]
+    assert not partial.holds("f1")

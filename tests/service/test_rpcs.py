@@ -152,13 +152,17 @@ def test_retry_with_the_password_recovers_an_encrypted_file(server: RunningServe
     retried = server.stub.RetryFiles(
         pb.RetryFilesRequest(batch_id=batch.batch_id, passwords={file_id: "pw"}), timeout=WAIT
     )
+    # The basic view: the batch and its counts after the retry, no files.
     assert retried.state == pb.BATCH_STATE_RUNNING
-    assert retried.files[0].manual_retries == 1
-    assert retried.files[0].password_supplied
+    assert retried.counts.failed == 0
+    assert retried.counts.pending + retried.counts.running == 1
+    assert list(retried.files) == []
     server.settle(batch.batch_id)
 
     done = server.client.get(batch.batch_id)
     assert done.state == pb.BATCH_STATE_SUCCEEDED
+    assert done.files[0].manual_retries == 1
+    assert done.files[0].password_supplied
     assert done.files[0].attempt_count == 2
     assert server.client.result(batch.batch_id, file_id).pages == ["classified"]
 

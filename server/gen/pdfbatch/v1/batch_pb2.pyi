@@ -1202,7 +1202,7 @@ class WatchBatchResponse(_message.Message):
 
     @_builtins.property
     def files(self) -> Global___FilesChange:
-        """Many files' new state at once (a cancel's waiting files)."""
+        """Many files' new state at once (a cancel's waiting files, a retry of every file)."""
 
     @_builtins.property
     def counts(self) -> Global___FileCounts:
@@ -1247,8 +1247,15 @@ Global___WatchBatchResponse: _TypeAlias = WatchBatchResponse  # noqa: Y015
 
 @_typing.final
 class FilesChange(_message.Message):
-    """Many files moved to one state by one decision. Each listed file now has `state` and
-    `error`, and no next attempt time; nothing else of it changed.
+    """Many files moved to one state by one decision. Each moved file now has `state` and
+    `error`, and no next attempt time; a retry also counted the retry and cleared the
+    failures of its round; nothing else of it changed.
+
+    When few files moved they are listed in `file_ids`. When many did (a cancel or a
+    retry of a big batch), `file_ids` is empty and the change covers `count` files that
+    were in `from_state` (for a retry: those that could still be retried): a watcher that
+    keeps files reads them again with ListFiles (its pages' `sequence` tells whether they
+    include this event); `counts` on the event is right either way.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1257,13 +1264,23 @@ class FilesChange(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
     state: Global___FileState.ValueType
     """Their new state."""
     reason: _builtins.str
     """Why, in words, e.g. the cancel or the failure threshold that moved them."""
+    from_state: Global___FileState.ValueType
+    """For a change by state: the state every moved file left. Unspecified when the
+    files are listed.
+    """
+    count: _builtins.int
+    """How many files moved (the length of `file_ids` when they are listed)."""
     @_builtins.property
     def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The files that changed."""
+        """The moved files in submission order, when they are listed; empty for a change
+        by state.
+        """
 
     @_builtins.property
     def error(self) -> Global___FileError:
@@ -1276,10 +1293,12 @@ class FilesChange(_message.Message):
         state: Global___FileState.ValueType = ...,
         error: Global___FileError | None = ...,
         reason: _builtins.str = ...,
+        from_state: Global___FileState.ValueType = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "file_ids", b"file_ids", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "error", b"error", "file_ids", b"file_ids", "from_state", b"from_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

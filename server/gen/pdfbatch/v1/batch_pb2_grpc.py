@@ -176,8 +176,9 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryFiles(self, request, context):
-        """Retries the given files, or every failed and cancelled file when none are given,
-        and returns the batch with its files as they are after the retry was accepted.
+        """Retries the given files, or every failed and cancelled file when none are given
+        (one call, whatever their number). Returns the batch with its counts after the
+        retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.

@@ -104,8 +104,9 @@ class BatchServiceStub:
     every event is delivered once, in sequence order.
     """
     RetryFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]
-    """Retries the given files, or every failed and cancelled file when none are given,
-    and returns the batch with its files as they are after the retry was accepted.
+    """Retries the given files, or every failed and cancelled file when none are given
+    (one call, whatever their number). Returns the batch with its counts after the
+    retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -218,8 +219,9 @@ class BatchServiceAsyncStub(BatchServiceStub):
     every event is delivered once, in sequence order.
     """
     RetryFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Retries the given files, or every failed and cancelled file when none are given,
-    and returns the batch with its files as they are after the retry was accepted.
+    """Retries the given files, or every failed and cancelled file when none are given
+    (one call, whatever their number). Returns the batch with its counts after the
+    retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -365,8 +367,9 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.RetryFilesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Retries the given files, or every failed and cancelled file when none are given,
-        and returns the batch with its files as they are after the retry was accepted.
+        """Retries the given files, or every failed and cancelled file when none are given
+        (one call, whatever their number). Returns the batch with its counts after the
+        retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.
