@@ -21,7 +21,6 @@ import grpc
 import structlog
 
 from actors.orchestration.runtime import Runtime
-from actors.policy.model import BatchView
 from actors.policy.refusals import BatchNotFound, FileNotFound
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -33,13 +32,15 @@ from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire import convert
 from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
-from server.wire.paging import file_page, list_page
+from server.wire.paging import PageTokens, file_page, history_page, list_page
 
 __all__ = ["BatchServicer", "watch_handler"]
 
 
 # The runtime's words for a batch that does not exist, for one that is someone else's.
 _NO_SUCH_BATCH = "No batch with this id exists."
+# Tries at reading a full view's batch and first page at the same event.
+_CONSISTENT_READS = 3
 
 
 # Longer than any id this service makes (batch ids have 32 characters, file ids 6).
@@ -134,6 +135,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         auth: Tells the calling tenant. Default: single-tenant, everyone is ``""``.
         submissions: Rate limit of ``SubmitBatch`` per tenant. Default none.
         retries: Rate limit of ``RetryFiles`` per tenant. Default none.
+        tokens: Signs and checks page tokens. Default a random key of this process's.
+        full_view_files: Files in the first page of a ``BATCH_VIEW_FULL`` reply.
+            Default 100.
     """
 
     def __init__(
@@ -146,6 +150,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         auth: Authenticator | None = None,
         submissions: RateLimiter | None = None,
         retries: RateLimiter | None = None,
+        tokens: PageTokens | None = None,
+        full_view_files: int = 100,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -154,6 +160,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self._auth = auth or Authenticator(None)
         self._submissions = submissions
         self._retries = retries
+        self._tokens = tokens or PageTokens.generate()
+        self._full_view_files = full_view_files
         self._closing = threading.Event()
 
     def start_closing(self) -> None:
@@ -182,22 +190,48 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             call.detail = ",".join(file_ids)[:_MAX_RECORDED_DETAIL]
             yield call
 
-    def _owned(self, batch_id: str, caller: str) -> BatchView:
-        """The caller's batch ``batch_id``; someone else's is refused as a missing one.
+    def _check_owner(self, batch_id: str, caller: str) -> None:
+        """Refuse a batch that is not the caller's as a missing one, reading only its
+        record: someone else's batch costs what a missing one does.
 
         Raises:
             WireError: ``batch_id`` is empty.
             BatchNotFound: No such batch, or not the caller's.
         """
-        # The record first: someone else's batch costs what a missing one does, and its
-        # files are never read for the wrong caller.
-        self._check_owner(batch_id, caller)
-        return self._runtime.get(batch_id)
-
-    def _check_owner(self, batch_id: str, caller: str) -> None:
-        """As :meth:`_owned`, reading only the batch's record, not its files."""
         if self._runtime.record(_require(batch_id, "batch_id")).owner != caller:
             raise BatchNotFound(_NO_SUCH_BATCH)
+
+    def _reply(self, batch_id: str, caller: str, *, with_files: bool) -> pb.Batch:
+        """The batch as stored now: its summary, and with ``with_files`` the first page
+        of its files and the token of the next (``BATCH_VIEW_FULL``). Never more than a
+        page, whatever the batch's size.
+
+        Raises:
+            BatchNotFound: The batch is gone.
+        """
+        for _ in range(_CONSISTENT_READS):
+            summary = self._store.batch_summary(batch_id)
+            if summary is None:
+                raise BatchNotFound(_NO_SUCH_BATCH)
+            batch = convert.summary_to_proto(summary)
+            if not with_files:
+                return batch
+            page, token = file_page(
+                self._store,
+                batch_id,
+                self._full_view_files,
+                "",
+                (),
+                caller=caller,
+                tokens=self._tokens,
+            )
+            batch.files.extend(convert.file_to_proto(record) for _, record in page.files)
+            batch.next_page_token = token
+            # Two reads; a change between them is read again, so that the counts and
+            # the files show the same moment (a busy batch may still differ slightly).
+            if page.sequence == summary.batch.sequence:
+                break
+        return batch
 
     @_unary
     def SubmitBatch(
@@ -207,7 +241,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         if self._submissions is not None:
             self._submissions.acquire(caller)
         view = self._uploads.submit(request_iterator, owner=caller, still_wanted=context.is_active)
-        return convert.batch_to_proto(view)
+        return self._reply(view.batch.batch_id, caller, with_files=True)
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
@@ -217,8 +251,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         summary = self._store.batch_summary(_require(request.batch_id, "batch_id"))
         if summary is None or summary.batch.owner != caller:
             raise BatchNotFound(_NO_SUCH_BATCH)
-        if convert.wants_files(request.view):
-            return convert.batch_to_proto(self._owned(request.batch_id, caller))
+        if convert.wants_files(request.view, default=False):
+            return self._reply(request.batch_id, caller, with_files=True)
         return convert.summary_to_proto(summary)
 
     @_unary
@@ -235,6 +269,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             request.page_token,
             states,
             owner=self._auth.caller(context),
+            tokens=self._tokens,
         )
         return pb.ListBatchesResponse(
             batches=[convert.summary_to_proto(summary) for summary in summaries],
@@ -245,13 +280,20 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def ListFiles(
         self, request: pb.ListFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListFilesResponse:
-        self._check_owner(request.batch_id, self._auth.caller(context))
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
         states = {
             convert.file_state_from_proto(state, f"states[{index}]")
             for index, state in enumerate(request.states)
         }
         page, token = file_page(
-            self._store, request.batch_id, request.page_size, request.page_token, states
+            self._store,
+            request.batch_id,
+            request.page_size,
+            request.page_token,
+            states,
+            caller=caller,
+            tokens=self._tokens,
         )
         return pb.ListFilesResponse(
             files=[convert.file_to_proto(record) for _, record in page.files],
@@ -264,7 +306,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def WatchBatch(  # type: ignore[override]  # serialized events: see watch_handler
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        self._owned(request.batch_id, self._auth.caller(context))
+        self._check_owner(request.batch_id, self._auth.caller(context))
         session = self._hub.open(request.batch_id, request.after_sequence, follow=request.follow)
         if not context.add_callback(session.cancel):
             session.cancel()
@@ -276,7 +318,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         # Before the batch is looked up: a refusal must not depend on whose it is.
         if self._retries is not None:
             self._retries.acquire(caller)
-        self._owned(request.batch_id, caller)
+        self._check_owner(request.batch_id, caller)
         for file_id, password in request.passwords.items():
             self._uploads.limits.check_password(password, f"passwords[{file_id!r}]")
         view = self._runtime.retry(
@@ -286,25 +328,27 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             requested_by=caller,
             request_id=_current_request_id(),
         )
-        return convert.batch_to_proto(view)
+        return self._reply(view.batch.batch_id, caller, with_files=True)
 
     @_unary
     def CancelBatch(
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
-        self._check_owner(request.batch_id, self._auth.caller(context))
-        with_files = convert.wants_files(request.view)
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
+        with_files = convert.wants_files(request.view, default=True)
         view = self._runtime.cancel(
             request.batch_id, reason="client", request_id=_current_request_id()
         )
-        return convert.batch_to_proto(view, with_files=with_files)
+        return self._reply(view.batch.batch_id, caller, with_files=with_files)
 
     @_streaming
     def GetFileResult(
         self, request: pb.GetFileResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.GetFileResultResponse]:
         file_id = _require(request.file_id, "file_id")
-        batch_id = self._owned(request.batch_id, self._auth.caller(context)).batch.batch_id
+        batch_id = request.batch_id
+        self._check_owner(batch_id, self._auth.caller(context))
         record, summary = self._runtime.result_summary(batch_id, file_id)
         yield from convert.result_chunks(
             batch_id, record, summary, self._runtime.result_text(batch_id, file_id)
@@ -315,23 +359,32 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.GetFileHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetFileHistoryResponse:
         file_id = _require(request.file_id, "file_id")
-        view = self._owned(request.batch_id, self._auth.caller(context))
-        record = view.file(file_id)
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
+        record = self._store.file_record(request.batch_id, file_id)
         if record is None:
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
-        batch_id = view.batch.batch_id
-        events = self._store.events_after(batch_id, 0)
-        # Only the owner's requests: another tenant's probes of this id are audited under
-        # that tenant, and are none of the owner's history.
-        requests = [e for e in self._store.audit_entries(batch_id) if e.caller == view.batch.owner]
-        return convert.history_to_proto(record, events, requests)
+        # Only the owner's requests (the caller's, once ownership is checked): another
+        # tenant's probes of this id are audited under that tenant, and are none of the
+        # owner's history.
+        page = history_page(
+            self._store,
+            request.batch_id,
+            file_id,
+            request.page_size,
+            request.page_token,
+            caller=caller,
+            tokens=self._tokens,
+        )
+        return convert.history_to_proto(record, page.entries, page.token)
 
     @_unary
     def DeleteBatch(
         self, request: pb.DeleteBatchRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBatchResponse:
         batch_id = request.batch_id
-        digests = [f.blob for f in self._owned(batch_id, self._auth.caller(context)).files]
+        self._check_owner(batch_id, self._auth.caller(context))
+        digests = [f.blob for f in self._runtime.get(batch_id).files]
         self._runtime.delete(batch_id)
         self._hub.batch_deleted(batch_id)
         self._uploads.release(digests)

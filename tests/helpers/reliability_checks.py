@@ -152,7 +152,9 @@ def check_batches(
     REPORT.invariant("nothing accepted lost")
     batches = {}
     for batch_id, name in listed.items():
-        batch = stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        batch = stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
         kept = [Uploaded(f.name, f.size_bytes, f.sha256) for f in batch.files]
         assert kept == ledger.sent[name], f"{batch_id}: the files are not those uploaded"
         _check_counts(batch)
