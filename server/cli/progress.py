@@ -3,12 +3,24 @@
 On a terminal the progress is one line redrawn in place, with a line printed above it for
 each file that fails or is retried; elsewhere (a log, a pipe) only those lines and the
 batch's state changes are printed, never a redraw.
+
+The line is fitted to the terminal's width at every redraw (read again each time, so a
+resized window is followed): what matters least goes first (the counts of running and
+retrying files, then ETA and rate, then the bar narrows), and whatever is left is cut
+with an ellipsis, one column short of the edge so that no terminal wraps it. Nothing
+else draws it: a library such as rich would cost every CLI start its import for one
+line. Colour (the bar, failures) only on a terminal, and never with ``NO_COLOR`` set.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections import Counter
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from google.protobuf import timestamp_pb2
@@ -18,10 +30,14 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 __all__ = [
     "BatchTracker",
     "ProgressDisplay",
+    "Rate",
+    "UploadDisplay",
     "batch_state_name",
     "exit_code",
     "failure_line",
     "file_state_name",
+    "fit_line",
+    "human_bytes",
     "summary",
     "terminal_safe",
 ]
@@ -143,29 +159,227 @@ class BatchTracker:
             }
         )
 
-    def progress_line(self, width: int = 24) -> str:
-        """``[#####-----] 5/10 files · 4 succeeded · 1 failed · 2 running · RUNNING``."""
+    def settled(self) -> int:
+        """Files in a terminal state."""
         counts = self.counts()
-        total = self.file_count
-        settled = sum(
+        return sum(
             counts[s]
             for s in (pb.FILE_STATE_SUCCEEDED, pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)
         )
-        filled = width * settled // total if total else 0
+
+    def progress_parts(self, rate: Rate | None = None) -> list[Part]:
+        """The progress line's parts, each with how much it matters (see :func:`fit_line`)."""
+        counts = self.counts()
+        total, settled = self.file_count, self.settled()
+        failed = counts[pb.FILE_STATE_FAILED]
         parts = [
-            f"[{'#' * filled}{'-' * (width - filled)}] {settled}/{total} files",
-            f"{counts[pb.FILE_STATE_SUCCEEDED]} succeeded",
-            f"{counts[pb.FILE_STATE_FAILED]} failed",
+            Part(f"{settled}/{total} files", 0),
+            Part(f"{counts[pb.FILE_STATE_SUCCEEDED]} succeeded", 1),
+            Part(f"{failed} failed", 1, style=_RED if failed else ""),
         ]
         for state, label in (
+            (pb.FILE_STATE_CANCELLED, "cancelled"),
             (pb.FILE_STATE_BACKOFF, "retrying"),
             (pb.FILE_STATE_RUNNING, "running"),
-            (pb.FILE_STATE_CANCELLED, "cancelled"),
         ):
             if counts[state]:
-                parts.append(f"{counts[state]} {label}")
-        parts.append(batch_state_name(self.state))
-        return " · ".join(parts)
+                parts.append(Part(f"{counts[state]} {label}", 4))
+        if rate is not None:
+            parts += rate.parts(total - settled, "files")
+        parts.append(Part(batch_state_name(self.state), 2))
+        return parts
+
+    def progress_line(self, width: int = 24) -> str:
+        """``[#####-----] 5/10 files · 4 succeeded · 1 failed · 2 running · RUNNING``, as
+        long as it takes (:class:`ProgressDisplay` fits it to the terminal)."""
+        parts = self.progress_parts()
+        bar = _bar(self.settled(), self.file_count, width)
+        return " · ".join([f"{bar} {parts[0].text}", *(p.text for p in parts[1:])])
+
+
+# Terminal lines ---------------------------------------------------------------------
+
+_RED = "31"
+_GREEN = "32"
+# The bar's width when there is room for it, and below which it is left out.
+_BAR_WIDTH = 24
+_MIN_BAR_WIDTH = 8
+_SEPARATOR = " · "
+_ELLIPSIS = "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of a progress line: its text, how much it matters (0 most, kept longest)
+    and its colour (an SGR code, or "")."""
+
+    text: str
+    rank: int
+    style: str = ""
+
+
+def _bar(done: int, total: int, width: int) -> str:
+    filled = width * done // total if total else 0
+    return f"[{'#' * filled}{'-' * (width - filled)}]"
+
+
+def _styled(text: str, style: str, color: bool) -> str:
+    return f"\033[{style}m{text}\033[0m" if color and style and text else text
+
+
+def fit_line(
+    parts: Sequence[Part],
+    columns: int,
+    *,
+    done: int,
+    total: int,
+    color: bool = False,
+) -> str:
+    """One line of at most ``columns - 1`` visible columns: a bar and ``parts``.
+
+    The parts that matter least are dropped first, then the bar narrows (and goes
+    below 8 columns), then the text is cut with an ellipsis. The last column is never
+    written: some terminals wrap there, which would leave a stale line at every redraw.
+    Colour codes are added after fitting, so they never count as columns.
+    """
+    room = max(columns - 1, 1)
+    kept = list(parts)
+
+    def text_width(chosen: Sequence[Part]) -> int:
+        return sum(len(p.text) for p in chosen) + len(_SEPARATOR) * max(len(chosen) - 1, 0)
+
+    while len(kept) > 1 and text_width(kept) + _MIN_BAR_WIDTH + 3 > room:
+        least = max(range(len(kept)), key=lambda i: (kept[i].rank, i))
+        if kept[least].rank == 0:
+            break
+        del kept[least]
+    bar_width = min(_BAR_WIDTH, room - text_width(kept) - 3)
+    plain = _SEPARATOR.join(p.text for p in kept)
+    if bar_width >= _MIN_BAR_WIDTH:
+        bar = _bar(done, total, bar_width)
+        if len(bar) + 1 + len(plain) <= room:
+            # Colours only where nothing was cut, so no escape code is ever split.
+            shown = _SEPARATOR.join(_styled(p.text, p.style, color) for p in kept)
+            return f"{_styled(bar, _GREEN, color)} {shown}"
+    if len(plain) > room:
+        plain = plain[: room - 1] + _ELLIPSIS
+    return plain
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Rate:
+    """How fast something advances, over the last ``window`` seconds, and when it ends.
+
+    Args:
+        clock: Monotonic seconds. Default ``time.monotonic``.
+        window: Seconds of samples the rate is measured over. Default 10.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, window: float = 10.0
+    ) -> None:
+        self._clock = clock
+        self._window = window
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, done: float) -> None:
+        """Note that ``done`` units are done by now."""
+        now = self._clock()
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
+            self._samples.popleft()
+
+    def per_second(self) -> float | None:
+        """Units per second over the window, or ``None`` before it can tell."""
+        if len(self._samples) < 2:
+            return None
+        (start, first), (end, last) = self._samples[0], self._samples[-1]
+        if end <= start or last <= first:
+            return None
+        return (last - first) / (end - start)
+
+    def parts(
+        self, remaining: float, unit: str, *, show: Callable[[float], str] | None = None
+    ) -> list[Part]:
+        """The rate and the ETA of ``remaining`` units, as line parts."""
+        rate = self.per_second()
+        if rate is None:
+            return []
+        shown = show(rate) if show is not None else f"{rate:.1f} {unit}"
+        parts = [Part(f"{shown}/s", 3)]
+        if remaining > 0:
+            parts.append(Part(f"ETA {_duration(remaining / rate)}", 3))
+        return parts
+
+
+def _columns(stream: TextIO) -> int:
+    """The terminal's width now (it may have been resized since the last redraw)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size().columns
+
+
+def _wants_color(stream: TextIO) -> bool:
+    # https://no-color.org: present and not empty turns colour off.
+    return not os.environ.get("NO_COLOR") and stream.isatty()
+
+
+class _Line:
+    """One line redrawn in place on a terminal, with lines printed above it."""
+
+    def __init__(self, stream: TextIO, live: bool | None, columns: Callable[[], int] | None):
+        self._stream = stream
+        self.live = stream.isatty() if live is None else live
+        self._columns = columns or (lambda: _columns(stream))
+        self.color = self.live and _wants_color(stream)
+        self._drawn = False
+
+    def width(self) -> int:
+        return self._columns()
+
+    def note(self, text: str) -> None:
+        self._clear()
+        self._stream.write(text + "\n")
+
+    def draw(self, text: str) -> None:
+        self._clear()
+        self._stream.write(text)
+        self._drawn = True
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+    def _clear(self) -> None:
+        if self._drawn:
+            # Back to the start of the line and erase it: the new line may be shorter.
+            self._stream.write("\r\033[K")
+            self._drawn = False
 
 
 class ProgressDisplay:
@@ -174,35 +388,109 @@ class ProgressDisplay:
     Args:
         stream: Where to write (the CLI uses standard error).
         live: Redraw one line in place. Default: whether ``stream`` is a terminal.
+        columns: The terminal's width, asked at every redraw. Default: the stream's
+            terminal's.
+        clock: Monotonic seconds, for the rate and the ETA. Default ``time.monotonic``.
     """
 
-    def __init__(self, stream: TextIO, *, live: bool | None = None) -> None:
-        self._stream = stream
-        self._live = stream.isatty() if live is None else live
-        self._drawn = False
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        live: bool | None = None,
+        columns: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._line = _Line(stream, live, columns)
+        self._rate = Rate(clock)
 
     def update(self, tracker: BatchTracker, notes: list[str]) -> None:
         """Print ``notes``, then redraw the progress line (on a terminal)."""
         for note in notes:
-            self._clear()
-            self._stream.write(note + "\n")
-        if self._live:
-            self._clear()
-            self._stream.write(tracker.progress_line())
-            self._drawn = True
-        self._stream.flush()
+            self._line.note(note)
+        self._rate.add(tracker.settled())
+        if self._line.live:
+            self._line.draw(
+                fit_line(
+                    tracker.progress_parts(self._rate),
+                    self._line.width(),
+                    done=tracker.settled(),
+                    total=tracker.file_count,
+                    color=self._line.color,
+                )
+            )
+        self._line.flush()
 
     def close(self) -> None:
         """End the progress line."""
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
+        self._line.close()
 
-    def _clear(self) -> None:
-        if self._drawn:
-            self._stream.write("\r\033[K")
-            self._drawn = False
+
+class UploadDisplay:
+    """Shows an upload's progress (files and bytes sent, rate, ETA) on a terminal.
+
+    Args:
+        stream: Where to write (the CLI uses standard error).
+        files: Files to send.
+        total_bytes: Bytes to send.
+        live: Redraw one line in place. Default: whether ``stream`` is a terminal.
+        columns: The terminal's width, asked at every redraw.
+        clock: Monotonic seconds. Default ``time.monotonic``.
+        interval: Least seconds between two redraws (a small file takes microseconds
+            to send; redrawing for each would cost more than sending it). Default 0.1.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        files: int,
+        total_bytes: int,
+        *,
+        live: bool | None = None,
+        columns: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 0.1,
+    ) -> None:
+        self._line = _Line(stream, live, columns)
+        self._clock = clock
+        self._rate = Rate(clock)
+        self._files, self._total = files, total_bytes
+        self._interval = interval
+        self._last_draw: float | None = None
+        self._shown: tuple[int, int] | None = None
+
+    def update(self, files_sent: int, bytes_sent: int) -> None:
+        """Redraw (on a terminal, at most every ``interval``) with what was sent so far."""
+        if not self._line.live:
+            return
+        now = self._clock()
+        shown = (files_sent, bytes_sent)
+        if shown == self._shown:
+            return
+        finished = shown == (self._files, self._total)
+        if self._last_draw is not None and now - self._last_draw < self._interval and not finished:
+            return
+        self._last_draw, self._shown = now, shown
+        self._rate.add(bytes_sent)
+        parts = [
+            Part(f"uploading {files_sent}/{self._files} files", 0),
+            Part(f"{human_bytes(bytes_sent)} of {human_bytes(self._total)}", 1),
+            *self._rate.parts(self._total - bytes_sent, "B", show=human_bytes),
+        ]
+        self._line.draw(
+            fit_line(
+                parts,
+                self._line.width(),
+                done=bytes_sent,
+                total=self._total,
+                color=self._line.color,
+            )
+        )
+        self._line.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        self._line.close()
 
 
 def summary(batch: pb.Batch) -> list[str]:
