@@ -211,16 +211,21 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def _status_files(
-    client: Client, batch_id: str, chosen: Sequence[pb.FileState.ValueType]
+    client: Client,
+    batch_id: str,
+    chosen: Sequence[pb.FileState.ValueType],
+    wanted: int | None = None,
 ) -> Iterator[pb.FileStatus]:
     """The batch's files in ``chosen`` states (all without), failed and cancelled first,
-    fetched a page at a time as they are consumed: never all held at once."""
+    fetched a page at a time as they are consumed: never all held at once. ``wanted``:
+    how many will be read at most, so that no call fetches more (``None``: all)."""
+    per_call = FILES_PER_CALL if wanted is None else max(min(wanted, FILES_PER_CALL), 1)
     states = list(chosen) or [*_UNSUCCEEDED, *_OTHER_STATES]
     first = [s for s in states if s in _UNSUCCEEDED]
     rest = [s for s in states if s not in _UNSUCCEEDED]
     for group in (first, rest):
         if group:
-            yield from client.files(batch_id, states=group, page_size=FILES_PER_CALL)
+            yield from client.files(batch_id, states=group, page_size=per_call)
 
 
 def _screen_lines() -> int:
@@ -234,15 +239,15 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     args.all = args.all or args.limit == 0  # --limit 0 has always meant every file
     batch = client.get(args.batch_id, with_files=False)
     states = [pb.FileState.Value(f"FILE_STATE_{s}") for s in args.state]
-    files = _status_files(client, args.batch_id, states)
     if args.json:
         if args.all:
             # JSON Lines: the batch, then each file as it arrives.
             _print_json_line(batch)
-            for file in files:
+            for file in _status_files(client, args.batch_id, states):
                 _print_json_line(file)
         else:
             limit = STATUS_JSON_FILES if args.limit is None else args.limit
+            files = _status_files(client, args.batch_id, states, limit)
             batch.files.extend(itertools.islice(files, limit))
             _print_json(batch)
         return exit_code(batch.state)
@@ -266,7 +271,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         # The header, the files and the closing "... and N more" line fill a screen.
         limit = max(_screen_lines() - len(header) - 1, 1)
     listed = 0
-    for file in files:
+    for file in _status_files(client, args.batch_id, states, limit):
         if limit is not None and listed >= limit:
             break
         error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""

@@ -237,8 +237,8 @@ def fit_line(
 ) -> str:
     """One line of at most ``columns - 1`` visible columns: a bar and ``parts``.
 
-    The parts that matter least are dropped first, then the bar narrows (and goes
-    below 8 columns), then the text is cut with an ellipsis. The last column is never
+    The parts that matter least are dropped first, then the bar narrows (and is left
+    out below 8 columns), then the text is cut with an ellipsis. The last column is never
     written: some terminals wrap there, which would leave a stale line at every redraw.
     Colour codes are added after fitting, so they never count as columns.
     """

@@ -21,6 +21,9 @@ from bench.processors import OK, SCRIPTED
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.helpers.server_fixtures import WAIT, ServerFactory
 
+# The in-process server logs a line per file: into the test's captured output.
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
+
 HERE = Path(__file__).resolve().parent / "grpcjs"
 PROTOS = Path(__file__).resolve().parents[2] / "protos"
 FILES = 20_000

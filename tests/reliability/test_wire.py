@@ -305,10 +305,18 @@ def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
         case "GetBatch" | "CancelBatch":
             reply = answer.response
             assert reply.batch_id == request.batch_id
-            if request.view == pb.BATCH_VIEW_BASIC:
-                assert not reply.files, f"{rpc} BATCH_VIEW_BASIC carried files"
+            # GetBatch is basic unless asked for the full view, CancelBatch the opposite;
+            # the full view is a first page: all of a small batch's files, and a token
+            # exactly when there are more.
+            basic = request.view == pb.BATCH_VIEW_BASIC or (
+                rpc == "GetBatch" and request.view == pb.BATCH_VIEW_UNSPECIFIED
+            )
+            if basic:
+                assert not reply.files, f"{rpc} in the basic view carried files"
+                assert not reply.next_page_token
             else:
-                assert len(reply.files) == reply.file_count
+                assert len(reply.files) == min(reply.file_count, 100)
+                assert bool(reply.next_page_token) == (reply.file_count > 100)
             REPORT.invariant("wire: a reply carries the files its view asks for")
         case "GetFileResult":
             assert answer.response[0].metadata.file_id == request.file_id
