@@ -32,11 +32,11 @@ from server.cli.progress import (
     exit_code,
     failure_line,
     file_state_name,
-    human_bytes,
     summary,
     terminal_safe,
 )
 from server.cli.security import add_client_flags, connect
+from server.cli.terminal import human_bytes
 from server.client.api import Client, UploadFile, UploadProgress, collect_files, describe_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 

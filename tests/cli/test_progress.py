@@ -17,7 +17,8 @@ from typing import TextIO
 
 import pytest
 
-from server.cli.progress import BatchTracker, Part, ProgressDisplay, UploadDisplay, fit_line
+from server.cli.progress import BatchTracker, ProgressDisplay, UploadDisplay
+from server.cli.terminal import Part, fit_line
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 FILES = 1_000
