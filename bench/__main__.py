@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.batch_listing import listing_latency
 from bench.cancel import cancel_latency
 from bench.options import Options
 from bench.peer import peer
@@ -38,7 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel_latency,
     "watch": watch_latency,
     "scale": scale,
-    "scale-batches": scale_batches,
+    "scale-batches": lambda options: [*scale_batches(options), *listing_latency(options)],
     "recovery": recovery,
     "peer": peer,
     "small-blobs": small_blobs,

@@ -380,9 +380,11 @@ class Runtime:
             FileNotFound: No such file in the batch.
             ResultNotAvailable: The file has not succeeded.
         """
-        self.record(batch_id)
-        record = self.store.file_records(batch_id, [file_id]).get(file_id)
+        # The one file, not the batch: a result of a million-file batch costs what one
+        # of a small batch does.
+        record = self.store.file_record(batch_id, file_id)
         if record is None:
+            self.record(batch_id)  # BatchNotFound first, when it is the batch that is missing
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
         summary = self.store.result_summary(batch_id, file_id)
         if record.state is not FileState.SUCCEEDED or summary is None:

@@ -197,7 +197,19 @@ _V6 = (
     "ALTER TABLE results ADD COLUMN details TEXT NOT NULL DEFAULT '{}'",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# Version 7: a file's history read a page at a time. Its own events by the file id their
+# payload carries, the batch's bulk events (few) apart, and the audited requests by
+# caller; each in the order a page continues in. The expressions are the ones
+# actors.storage.sqlite_store queries with.
+_V7 = (
+    "CREATE INDEX events_by_file ON events "
+    "(batch_id, json_extract(payload, '$.file.file_id'), sequence)",
+    "CREATE INDEX events_in_bulk ON events (batch_id, sequence) "
+    "WHERE json_type(payload, '$.bulk') = 'object'",
+    "CREATE INDEX audit_by_caller ON audit (batch_id, caller, id)",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

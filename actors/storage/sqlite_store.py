@@ -43,7 +43,7 @@ from actors.policy.results import result_size, text_pieces
 from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage import codec
 from actors.storage.sqlite_connections import Connections, Synchronous
-from actors.storage.store import EventListener
+from actors.storage.store import EventListener, FileHistoryPage
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
@@ -54,6 +54,10 @@ _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
 
 
 _AUDIT_COLUMNS = "at, request_id, caller, action, batch_id, outcome, detail"
+# The expressions schema version 7 indexes events by: written exactly as there, or SQLite
+# does not use the index.
+_EVENT_FILE_ID = "json_extract(payload, '$.file.file_id')"
+_EVENT_IS_BULK = "json_type(payload, '$.bulk') = 'object'"
 
 
 def _columns(names: tuple[str, ...]) -> str:
@@ -655,3 +659,68 @@ class SQLiteStore:
                 (batch_id, file_id),
             ).fetchone()
         return None if row is None else int(row[0])
+
+    def file_record(self, batch_id: str, file_id: str) -> FileRecord | None:
+        with self._db.read() as db:
+            row = db.execute(
+                f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files "
+                "WHERE batch_id = ? AND file_id = ?",
+                (batch_id, file_id),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = db.execute(
+                f"SELECT {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
+                "WHERE batch_id = ? AND file_id = ? ORDER BY number",
+                (batch_id, file_id),
+            ).fetchall()
+        return codec.file_from_row(row, [codec.attempt_from_row(a) for a in attempts])
+
+    def file_history(
+        self,
+        batch_id: str,
+        file_id: str,
+        *,
+        caller: str,
+        after_sequence: int,
+        after_request: int,
+        until_request: int | None,
+        limit: int,
+    ) -> FileHistoryPage:
+        # Each query is a keyset range of an index (schema version 7): the file's own
+        # events, the batch's few bulk events (filtered on their file lists), and the
+        # caller's requests about the batch. No query reads the batch's other events.
+        with self._db.read() as db:
+            own = db.execute(
+                f"SELECT sequence, payload FROM events WHERE batch_id = ? "
+                f"AND {_EVENT_FILE_ID} = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (batch_id, file_id, after_sequence, limit),
+            ).fetchall()
+            bulk = db.execute(
+                f"SELECT sequence, payload FROM events WHERE batch_id = ? AND {_EVENT_IS_BULK} "
+                "AND sequence > ? AND (json_extract(payload, '$.bulk.from_state') IS NOT NULL "
+                "OR EXISTS (SELECT 1 FROM json_each(payload, '$.bulk.file_ids') WHERE value = ?)) "
+                "ORDER BY sequence LIMIT ?",
+                (batch_id, after_sequence, file_id, limit),
+            ).fetchall()
+            requests = db.execute(
+                f"SELECT id, {_AUDIT_COLUMNS} FROM audit WHERE batch_id = ? AND caller = ? "
+                "AND id > ? AND id <= ? "
+                "AND (detail = '' OR instr(',' || detail || ',', ',' || ? || ',') > 0) "
+                "ORDER BY id LIMIT ?",
+                (
+                    batch_id,
+                    caller,
+                    after_request,
+                    2**62 if until_request is None else until_request,
+                    file_id,
+                    limit,
+                ),
+            ).fetchall()
+            (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()
+        events = sorted((*own, *bulk))[:limit]
+        return FileHistoryPage(
+            tuple(codec.event_from_json(payload) for _, payload in events),
+            tuple((number, AuditEntry(*entry)) for number, *entry in requests),
+            int(newest),
+        )

@@ -11,6 +11,7 @@ import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from actors.policy.book import Changes, retryable
@@ -30,9 +31,35 @@ from actors.policy.model import (
 )
 from actors.policy.results import result_size, text_pieces
 
-__all__ = ["EventListener", "MemoryStore", "Store"]
+__all__ = ["EventListener", "FileHistoryPage", "MemoryStore", "Store", "concerns_file"]
 
 EventListener = Callable[[BatchEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileHistoryPage:
+    """What one page of a file's history is merged from: two streams, each in order.
+
+    Attributes:
+        events: The batch's events that changed the file (its own, and bulk changes
+            that list it), oldest first.
+        requests: ``(id, entry)`` of the audited requests about its batch by one
+            caller that concern the file (every file, or a list naming it), in the
+            order they were audited; ids only grow.
+        newest_request: The id of the newest request audited (about any batch) when
+            the page was read: a listing that goes no further than it does not chase
+            the requests that read it.
+    """
+
+    events: tuple[BatchEvent, ...]
+    requests: tuple[tuple[int, AuditEntry], ...]
+    newest_request: int
+
+
+def concerns_file(entry: AuditEntry, file_id: str) -> bool:
+    """Whether an audited request is about ``file_id``: it named no file (the whole
+    batch), or named this one among its comma-separated file ids."""
+    return not entry.detail or file_id in entry.detail.split(",")
 
 
 class Store(Protocol):
@@ -210,6 +237,36 @@ class Store(Protocol):
     def file_position(self, batch_id: str, file_id: str) -> int | None:
         """Where the file is in its batch's submission order (from 0), as
         :meth:`file_page` counts it; ``None`` for no such batch or file."""
+        ...
+
+    def file_record(self, batch_id: str, file_id: str) -> FileRecord | None:
+        """One file of the batch with its attempts, or ``None``: without reading the
+        batch's other files."""
+        ...
+
+    def file_history(
+        self,
+        batch_id: str,
+        file_id: str,
+        *,
+        caller: str,
+        after_sequence: int,
+        after_request: int,
+        until_request: int | None,
+        limit: int,
+    ) -> FileHistoryPage:
+        """The next part of a file's history, at most ``limit`` of each kind.
+
+        Args:
+            batch_id: The batch.
+            file_id: The file.
+            caller: Only requests audited for this caller (the batch's owner).
+            after_sequence: Only events after this sequence.
+            after_request: Only requests whose audit id is above this one.
+            until_request: Only requests whose audit id is this one or below; ``None``
+                for no bound.
+            limit: The most events, and the most requests, to return.
+        """
         ...
 
 
@@ -483,6 +540,48 @@ class MemoryStore:
                 if known == file_id:
                     return position
             return None
+
+    def file_record(self, batch_id: str, file_id: str) -> FileRecord | None:
+        with self._lock:
+            return self._files.get(batch_id, {}).get(file_id)
+
+    def file_history(
+        self,
+        batch_id: str,
+        file_id: str,
+        *,
+        caller: str,
+        after_sequence: int,
+        after_request: int,
+        until_request: int | None,
+        limit: int,
+    ) -> FileHistoryPage:
+        with self._lock:
+            events = tuple(
+                event
+                for event in self._events.get(batch_id, ())
+                if event.sequence > after_sequence
+                and (
+                    (event.file is not None and event.file.file_id == file_id)
+                    # A change by state, whichever files it moved: the history tells.
+                    or (
+                        event.bulk is not None
+                        and (event.bulk.from_state is not None or file_id in event.bulk.file_ids)
+                    )
+                )
+            )[:limit]
+            requests = tuple(
+                (number, entry)
+                for number, entry in enumerate(self._audit, start=1)
+                if after_request
+                < number
+                <= (len(self._audit) if until_request is None else until_request)
+                and entry.batch_id == batch_id
+                and entry.caller == caller
+                and concerns_file(entry, file_id)
+            )[:limit]
+            newest = len(self._audit)
+        return FileHistoryPage(events, requests, newest)
 
 
 def _bulk_targets(bulk: BulkChange, files: Mapping[str, FileRecord]) -> list[str]:

@@ -13,8 +13,9 @@ import contextlib
 import importlib.metadata
 import itertools
 import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -27,6 +28,7 @@ from server.cli.export import ExportTargetError, export
 from server.cli.progress import (
     BatchTracker,
     ProgressDisplay,
+    UploadDisplay,
     batch_state_name,
     exit_code,
     failure_line,
@@ -35,7 +37,8 @@ from server.cli.progress import (
     terminal_safe,
 )
 from server.cli.security import add_client_flags, connect
-from server.client.api import Client, UploadFile, collect_files, describe_error
+from server.cli.terminal import human_bytes
+from server.client.api import Client, UploadFile, UploadProgress, collect_files, describe_error
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = ["build_parser", "main"]
@@ -47,6 +50,19 @@ EXIT_CLOSED_PIPE = 141
 AddCommands = Callable[[Callable[..., argparse.ArgumentParser]], None]
 # Files not succeeded that a settled batch's summary lists before saying how many more.
 _SUMMARY_FILES = 100
+# Lines `status` prints at most when its output is no terminal (a terminal: its height).
+STATUS_MAX_LINES = 200
+# Files `status --json` holds at most without --all (one bounded JSON object).
+STATUS_JSON_FILES = 100
+# Files `status` (and `results`) fetch per ListFiles call, as they print them.
+FILES_PER_CALL = 1_000
+_UNSUCCEEDED = (pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)
+_OTHER_STATES = (
+    pb.FILE_STATE_PENDING,
+    pb.FILE_STATE_RUNNING,
+    pb.FILE_STATE_BACKOFF,
+    pb.FILE_STATE_SUCCEEDED,
+)
 _FILE_STATES = [
     v.name.removeprefix("FILE_STATE_") for v in pb.FileState.DESCRIPTOR.values if v.number
 ]
@@ -69,10 +85,27 @@ def _print_json(message: Message) -> None:
     print(json_format.MessageToJson(message, always_print_fields_with_no_presence=True))
 
 
+def _print_json_line(message: Message) -> None:
+    """``message`` as one line of JSON Lines."""
+    print(
+        json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=None)
+    )
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -109,16 +142,21 @@ def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
         for event in client.watch_messages(batch_id, follow=getattr(args, "follow", False)):
             notes = tracker.apply(event)
             if event.HasField("snapshot") and event.snapshot.counts.failed:
-                # Failures from before the watch started are news to whoever watches.
-                failed = client.files(batch_id, states=[pb.FILE_STATE_FAILED])
-                notes += [failure_line(file) for file in failed]
+                # Failures from before the watch started are news to whoever watches;
+                # the first hundred of them, not a screen scrolling for minutes.
+                failed = client.files(batch_id, states=[pb.FILE_STATE_FAILED], page_size=100)
+                notes += [failure_line(file) for file in itertools.islice(failed, _SUMMARY_FILES)]
+                if event.snapshot.counts.failed > _SUMMARY_FILES:
+                    more = event.snapshot.counts.failed - _SUMMARY_FILES
+                    notes.append(f"... and {more} more failed before this watch")
             display.update(tracker, notes)
     finally:
         display.close()
     batch = client.get(batch_id, with_files=False)
-    unsucceeded = client.files(batch_id, states=[pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED])
+    unsucceeded = client.files(batch_id, states=_UNSUCCEEDED)
     if args.json:
-        batch.files.extend(unsucceeded)
+        # Bounded, as `status --json`: the batch and its first failed or cancelled files.
+        batch.files.extend(itertools.islice(unsucceeded, STATUS_JSON_FILES))
         _print_json(batch)
         return exit_code(batch.state)
     shown = list(itertools.islice(unsucceeded, _SUMMARY_FILES + 1))
@@ -126,7 +164,7 @@ def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
     print("\n".join(summary(batch)))
     if len(shown) > _SUMMARY_FILES:
         more = batch.counts.failed + batch.counts.cancelled - _SUMMARY_FILES
-        print(f"  ... and {more} more: pdfbatch status {batch_id} --state failed --limit 0")
+        print(f"  ... and {more} more: pdfbatch status {batch_id} --all --state failed")
     return exit_code(batch.state)
 
 
@@ -147,15 +185,30 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
             "pdfbatch submit: no files found (directories are searched for *.pdf)", file=sys.stderr
         )
         return EXIT_FAILED_COMMAND
-    batch = client.submit(
-        files,
-        name=args.name,
-        labels=dict(args.label),
-        policy=policy,
-        idempotency_key=args.idempotency_key,
-    )
+    # Only the paths are held: each file is read a chunk at a time as it is sent.
+    total_bytes = sum(f.path.stat().st_size for f in files)
+    upload = UploadDisplay(sys.stderr, len(files), total_bytes)
+
+    def uploaded(progress: UploadProgress) -> None:
+        upload.update(progress.files_sent, progress.bytes_sent)
+
+    try:
+        batch = client.submit(
+            files,
+            name=args.name,
+            labels=dict(args.label),
+            policy=policy,
+            idempotency_key=args.idempotency_key,
+            progress=uploaded,
+        )
+    finally:
+        upload.close()
     if args.watch:
-        print(f"Submitted batch {batch.batch_id} ({batch.file_count} files).", file=sys.stderr)
+        print(
+            f"Submitted batch {batch.batch_id} ({batch.file_count} files, "
+            f"{human_bytes(total_bytes)}).",
+            file=sys.stderr,
+        )
         return _follow(client, batch.batch_id, args)
     if args.json:
         _print_json(batch)
@@ -164,34 +217,72 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_files(
+    client: Client,
+    batch_id: str,
+    chosen: Sequence[pb.FileState.ValueType],
+    wanted: int | None = None,
+) -> Iterator[pb.FileStatus]:
+    """The batch's files in ``chosen`` states (all without), failed and cancelled first,
+    fetched a page at a time as they are consumed: never all held at once. ``wanted``:
+    how many will be read at most, so that no call fetches more (``None``: all)."""
+    per_call = FILES_PER_CALL if wanted is None else max(min(wanted, FILES_PER_CALL), 1)
+    states = list(chosen) or [*_UNSUCCEEDED, *_OTHER_STATES]
+    first = [s for s in states if s in _UNSUCCEEDED]
+    rest = [s for s in states if s not in _UNSUCCEEDED]
+    for group in (first, rest):
+        if group:
+            yield from client.files(batch_id, states=group, page_size=per_call)
+
+
+def _screen_lines() -> int:
+    """Lines `status` may print: the terminal's height, else :data:`STATUS_MAX_LINES`."""
+    if sys.stdout.isatty():
+        return max(shutil.get_terminal_size().lines - 1, 5)
+    return STATUS_MAX_LINES
+
+
 def _status(client: Client, args: argparse.Namespace) -> int:
+    args.all = args.all or args.limit == 0  # --limit 0 has always meant every file
     batch = client.get(args.batch_id, with_files=False)
     states = [pb.FileState.Value(f"FILE_STATE_{s}") for s in args.state]
-    limit = args.limit if args.limit > 0 else None
-    files: list[pb.FileStatus] = []
-    total = 0
-    for page in client.file_pages(args.batch_id, states=states, page_size=min(limit or 1000, 1000)):
-        total = page.total_size
-        files.extend(page.files)
-        if limit is not None and len(files) >= limit:
-            del files[limit:]
-            break
     if args.json:
-        batch.files.extend(files)
-        _print_json(batch)
+        if args.all:
+            # JSON Lines: the batch, then each file as it arrives.
+            _print_json_line(batch)
+            for file in _status_files(client, args.batch_id, states):
+                _print_json_line(file)
+        else:
+            limit = STATUS_JSON_FILES if args.limit is None else args.limit
+            files = _status_files(client, args.batch_id, states, limit)
+            batch.files.extend(itertools.islice(files, limit))
+            _print_json(batch)
         return exit_code(batch.state)
     shown = terminal_safe if sys.stdout.isatty() else str
     name = f" {shown(repr(batch.display_name))}" if batch.display_name else ""
     layout = " (layout text)" if batch.policy.extraction_mode == pb.EXTRACTION_MODE_LAYOUT else ""
-    print(f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}{layout}")
+    header = [f"Batch {batch.batch_id}{name}: {batch_state_name(batch.state)}{layout}"]
     c = batch.counts
     warned = f" ({batch.files_with_warnings} with warnings)" if batch.files_with_warnings else ""
-    print(
+    header.append(
         f"  {batch.file_count} files: {c.succeeded} succeeded{warned}, {c.failed} failed, "
         f"{c.cancelled} cancelled, {c.running} running, {c.backoff} retrying, "
         f"{c.pending} pending"
     )
-    for file in files:
+    if batch.reason:
+        header.append(f"  {shown(batch.reason)}")
+    print("\n".join(header))
+    if args.all:
+        limit = None
+    elif args.limit is not None:
+        limit = args.limit
+    else:
+        # The header, the files and the closing "... and N more" line fill a screen.
+        limit = max(_screen_lines() - len(header) - 1, 1)
+    listed = 0
+    for file in _status_files(client, args.batch_id, states, limit):
+        if limit is not None and listed >= limit:
+            break
         error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""
         codes = ", ".join(dict.fromkeys(w.code for w in file.warnings))
         warnings = f"  warnings: {codes}" if codes else ""
@@ -200,12 +291,26 @@ def _status(client: Client, args: argparse.Namespace) -> int:
             f"  {file.file_id}  {state:<10} {file.attempt_count} attempt(s)  "
             f"{shown(file.name)}{error}{warnings}"
         )
-    if len(files) < total:
+        listed += 1
+    total = _matching(batch.counts, states) if states else batch.file_count
+    if listed < total and not args.all:
         print(
-            f"  ... and {total - len(files)} more: --limit 0 lists them all, "
+            f"  ... and {total - listed} more: --all lists every file, "
             "--state FAILED only the failed ones."
         )
     return exit_code(batch.state)
+
+
+def _matching(counts: pb.FileCounts, states: Sequence[pb.FileState.ValueType]) -> int:
+    by_state = {
+        pb.FILE_STATE_PENDING: counts.pending,
+        pb.FILE_STATE_RUNNING: counts.running,
+        pb.FILE_STATE_BACKOFF: counts.backoff,
+        pb.FILE_STATE_SUCCEEDED: counts.succeeded,
+        pb.FILE_STATE_FAILED: counts.failed,
+        pb.FILE_STATE_CANCELLED: counts.cancelled,
+    }
+    return sum(by_state[state] for state in set(states))
 
 
 def _watch(client: Client, args: argparse.Namespace) -> int:
@@ -261,9 +366,13 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _results(client: Client, args: argparse.Namespace) -> int:
-    file_ids = args.file_ids or [
-        f.file_id for f in client.get(args.batch_id).files if f.state == pb.FILE_STATE_SUCCEEDED
-    ]
+    # The succeeded files a page at a time, as they are printed.
+    file_ids = args.file_ids or (
+        f.file_id
+        for f in client.files(
+            args.batch_id, states=[pb.FILE_STATE_SUCCEEDED], page_size=FILES_PER_CALL
+        )
+    )
     for file_id in file_ids:
         if args.json:
             for chunk in client.result_chunks(args.batch_id, file_id):
@@ -290,14 +399,28 @@ def _results(client: Client, args: argparse.Namespace) -> int:
 
 
 def _history(client: Client, args: argparse.Namespace) -> int:
-    history = client.history(args.batch_id, args.file_id)
-    if args.json:
-        _print_json(history)
-        return 0
     shown = terminal_safe if sys.stdout.isatty() else str
-    file = history.file
-    print(f"{shown(file.name)} [{file.file_id}]: {file_state_name(file.state)}")
-    for entry in history.entries:
+    for number, page in enumerate(
+        client.history_pages(args.batch_id, args.file_id, page_size=args.page_size)
+    ):
+        if number == 0:
+            # The file once (JSON Lines: its status first, then each entry).
+            if args.json:
+                _print_json_line(page.file)
+            else:
+                file = page.file
+                print(f"{shown(file.name)} [{file.file_id}]: {file_state_name(file.state)}")
+        _print_history(page, shown, as_json=args.json)
+    return 0
+
+
+def _print_history(
+    page: pb.GetFileHistoryResponse, shown: Callable[[str], str], *, as_json: bool
+) -> None:
+    for entry in page.entries:
+        if as_json:
+            _print_json_line(entry)
+            continue
         when = entry.time.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         if entry.HasField("transition"):
             change = entry.transition
@@ -310,7 +433,6 @@ def _history(client: Client, args: argparse.Namespace) -> int:
                 f"  {when}  {asked.action:<24} by {shown(asked.caller) or 'anonymous'}: "
                 f"{asked.outcome}{detail} [request {shown(asked.request_id)}]"
             )
-    return 0
 
 
 def _export(client: Client, args: argparse.Namespace) -> int:
@@ -467,10 +589,25 @@ def build_parser(service_commands: AddCommands | None = None) -> argparse.Argume
         command("submit", _submit, "Upload files (or the *.pdf in directories) as a batch.")
     )
 
-    status = command("status", _status, "Show a batch, its counts and its first files.")
+    status = command(
+        "status",
+        _status,
+        "Show a batch, its counts and its files, failed and cancelled first: a screenful "
+        f"(the terminal's height, or {STATUS_MAX_LINES} lines when not a terminal) unless "
+        "--all or --limit says otherwise. With --json: one object with the batch and its "
+        f"first {STATUS_JSON_FILES} files; with --json --all, JSON Lines: the batch, then "
+        "one file per line.",
+    )
     status.add_argument("batch_id", help=_BATCH_ID_HELP)
     status.add_argument(
-        "--limit", type=int, default=100, help="list at most this many files (0: all)"
+        "--all",
+        action="store_true",
+        help="list every file, fetched a page at a time as it is printed",
+    )
+    status.add_argument(
+        "--limit",
+        type=_non_negative,
+        help="list at most this many files (default: a screenful; 0: every file, as --all)",
     )
     status.add_argument(
         "--state",
@@ -521,10 +658,19 @@ def build_parser(service_commands: AddCommands | None = None) -> argparse.Argume
     retry.add_argument("--watch", action="store_true", help="follow progress until it settles")
 
     history = command(
-        "history", _history, "Show a file's state changes and the requests about its batch."
+        "history",
+        _history,
+        "Show a file's state changes and the requests about its batch, oldest first, "
+        "fetched a page at a time. With --json, JSON Lines: the file, then each entry.",
     )
     history.add_argument("batch_id", help=_BATCH_ID_HELP)
     history.add_argument("file_id", help="the file, as `pdfbatch status` lists it (f00001)")
+    history.add_argument(
+        "--page-size",
+        type=_non_negative,
+        default=0,
+        help="entries fetched per call (default 0: the service's, 100)",
+    )
 
     results = command("results", _results, "Print the text of succeeded files.")
     results.add_argument("batch_id", help=_BATCH_ID_HELP)

@@ -1,23 +1,29 @@
 """Following a batch from its events, and showing how it goes.
 
-On a terminal the progress is one line redrawn in place, with a line printed above it for
-each file that fails or is retried; elsewhere (a log, a pipe) only those lines and the
-batch's state changes are printed, never a redraw.
+On a terminal the progress is one line redrawn in place, fitted to the terminal's width
+at every redraw (:mod:`server.cli.terminal`), with a line printed above it for each file
+that fails or is retried; elsewhere (a log, a pipe) only those lines and the batch's
+state changes are printed, never a redraw. An upload shows its own line first: files
+and bytes sent, rate and ETA.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TextIO
 
 from google.protobuf import timestamp_pb2
 
+from server.cli.terminal import RED, Line, Part, Rate, bar, fit_line, human_bytes
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = [
     "BatchTracker",
     "ProgressDisplay",
+    "UploadDisplay",
     "batch_state_name",
     "exit_code",
     "failure_line",
@@ -163,29 +169,42 @@ class BatchTracker:
             }
         )
 
-    def progress_line(self, width: int = 24) -> str:
-        """``[#####-----] 5/10 files · 4 succeeded · 1 failed · 2 running · RUNNING``."""
+    def settled(self) -> int:
+        """Files in a terminal state."""
         counts = self.counts()
-        total = self.file_count
-        settled = sum(
+        return sum(
             counts[s]
             for s in (pb.FILE_STATE_SUCCEEDED, pb.FILE_STATE_FAILED, pb.FILE_STATE_CANCELLED)
         )
-        filled = width * settled // total if total else 0
+
+    def progress_parts(self, rate: Rate | None = None) -> list[Part]:
+        """The progress line's parts, each with how much it matters (see :func:`fit_line`)."""
+        counts = self.counts()
+        total, settled = self.file_count, self.settled()
+        failed = counts[pb.FILE_STATE_FAILED]
         parts = [
-            f"[{'#' * filled}{'-' * (width - filled)}] {settled}/{total} files",
-            f"{counts[pb.FILE_STATE_SUCCEEDED]} succeeded",
-            f"{counts[pb.FILE_STATE_FAILED]} failed",
+            Part(f"{settled}/{total} files", 0),
+            Part(f"{counts[pb.FILE_STATE_SUCCEEDED]} succeeded", 1),
+            Part(f"{failed} failed", 1, style=RED if failed else ""),
         ]
         for state, label in (
+            (pb.FILE_STATE_CANCELLED, "cancelled"),
             (pb.FILE_STATE_BACKOFF, "retrying"),
             (pb.FILE_STATE_RUNNING, "running"),
-            (pb.FILE_STATE_CANCELLED, "cancelled"),
         ):
             if counts[state]:
-                parts.append(f"{counts[state]} {label}")
-        parts.append(batch_state_name(self.state))
-        return " · ".join(parts)
+                parts.append(Part(f"{counts[state]} {label}", 4))
+        if rate is not None:
+            parts += rate.parts(total - settled, "files")
+        parts.append(Part(batch_state_name(self.state), 2))
+        return parts
+
+    def progress_line(self, width: int = 24) -> str:
+        """``[#####-----] 5/10 files · 4 succeeded · 1 failed · 2 running · RUNNING``, as
+        long as it takes (:class:`ProgressDisplay` fits it to the terminal)."""
+        parts = self.progress_parts()
+        drawn = bar(self.settled(), self.file_count, width)
+        return " · ".join([f"{drawn} {parts[0].text}", *(p.text for p in parts[1:])])
 
 
 class ProgressDisplay:
@@ -194,35 +213,109 @@ class ProgressDisplay:
     Args:
         stream: Where to write (the CLI uses standard error).
         live: Redraw one line in place. Default: whether ``stream`` is a terminal.
+        columns: The terminal's width, asked at every redraw. Default: the stream's
+            terminal's.
+        clock: Monotonic seconds, for the rate and the ETA. Default ``time.monotonic``.
     """
 
-    def __init__(self, stream: TextIO, *, live: bool | None = None) -> None:
-        self._stream = stream
-        self._live = stream.isatty() if live is None else live
-        self._drawn = False
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        live: bool | None = None,
+        columns: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._line = Line(stream, live, columns)
+        self._rate = Rate(clock)
 
     def update(self, tracker: BatchTracker, notes: list[str]) -> None:
         """Print ``notes``, then redraw the progress line (on a terminal)."""
         for note in notes:
-            self._clear()
-            self._stream.write(note + "\n")
-        if self._live:
-            self._clear()
-            self._stream.write(tracker.progress_line())
-            self._drawn = True
-        self._stream.flush()
+            self._line.note(note)
+        self._rate.add(tracker.settled())
+        if self._line.live:
+            self._line.draw(
+                fit_line(
+                    tracker.progress_parts(self._rate),
+                    self._line.width(),
+                    done=tracker.settled(),
+                    total=tracker.file_count,
+                    color=self._line.color,
+                )
+            )
+        self._line.flush()
 
     def close(self) -> None:
         """End the progress line."""
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
+        self._line.close()
 
-    def _clear(self) -> None:
-        if self._drawn:
-            self._stream.write("\r\033[K")
-            self._drawn = False
+
+class UploadDisplay:
+    """Shows an upload's progress (files and bytes sent, rate, ETA) on a terminal.
+
+    Args:
+        stream: Where to write (the CLI uses standard error).
+        files: Files to send.
+        total_bytes: Bytes to send.
+        live: Redraw one line in place. Default: whether ``stream`` is a terminal.
+        columns: The terminal's width, asked at every redraw.
+        clock: Monotonic seconds. Default ``time.monotonic``.
+        interval: Least seconds between two redraws (a small file takes microseconds
+            to send; redrawing for each would cost more than sending it). Default 0.1.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        files: int,
+        total_bytes: int,
+        *,
+        live: bool | None = None,
+        columns: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 0.1,
+    ) -> None:
+        self._line = Line(stream, live, columns)
+        self._clock = clock
+        self._rate = Rate(clock)
+        self._files, self._total = files, total_bytes
+        self._interval = interval
+        self._last_draw: float | None = None
+        self._shown: tuple[int, int] | None = None
+
+    def update(self, files_sent: int, bytes_sent: int) -> None:
+        """Redraw (on a terminal, at most every ``interval``) with what was sent so far."""
+        if not self._line.live:
+            return
+        now = self._clock()
+        shown = (files_sent, bytes_sent)
+        if shown == self._shown:
+            return
+        finished = shown == (self._files, self._total)
+        if self._last_draw is not None and now - self._last_draw < self._interval and not finished:
+            return
+        self._last_draw, self._shown = now, shown
+        self._rate.add(bytes_sent)
+        parts = [
+            Part(f"uploading {files_sent}/{self._files} files", 0),
+            Part(f"{human_bytes(bytes_sent)} of {human_bytes(self._total)}", 1),
+            *self._rate.parts(self._total - bytes_sent, "B", show=human_bytes),
+        ]
+        self._line.draw(
+            fit_line(
+                parts,
+                self._line.width(),
+                done=bytes_sent,
+                total=self._total,
+                color=self._line.color,
+            )
+        )
+        self._line.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        self._line.close()
 
 
 def _with_warnings(batch: pb.Batch) -> str:

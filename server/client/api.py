@@ -4,7 +4,12 @@
         batch = client.submit(["invoices/"], name="March")
         for event in client.watch(batch.batch_id):
             ...
-        text = client.result(batch.batch_id, batch.files[0].file_id).pages
+        for file in client.files(batch.batch_id, states=[pb.FILE_STATE_SUCCEEDED]):
+            text = client.result(batch.batch_id, file.file_id).pages
+
+Replies are bounded whatever the batch's size: ``get`` is the batch, its counts and the
+first page of its files (only the counts with ``with_files=False``), and ``files`` pages
+through every file.
 
 Idempotent calls (get, list, watch, cancel, results) are retried on ``UNAVAILABLE`` by
 gRPC itself (service config: at most 5 attempts, exponential backoff with jitter). A
@@ -41,6 +46,7 @@ __all__ = [
     "ExportedResult",
     "FileResult",
     "UploadFile",
+    "UploadProgress",
     "collect_files",
     "describe_error",
     "events_of",
@@ -153,6 +159,16 @@ def collect_files(paths: Iterable[str | Path]) -> list[UploadFile]:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """How far an upload is: what was sent so far, of how much."""
+
+    files_sent: int
+    files: int
+    bytes_sent: int
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileResult:
     """A succeeded file's metadata and the text of each of its pages.
 
@@ -187,12 +203,19 @@ def _upload_requests(
     files: list[UploadFile],
     spec: pb.BatchSpec,
     chunk_bytes: int,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[UploadProgress], None] | None,
 ) -> Iterator[pb.SubmitBatchRequest]:
+    """The upload's messages, each file read a chunk at a time as gRPC asks for the next
+    message: at most one chunk of one file is in memory, whatever the batch's size."""
     total = sum(f.path.stat().st_size for f in files)
     sent = 0
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(UploadProgress(done, len(files), sent, total))
+
     yield pb.SubmitBatchRequest(spec=spec)
-    for file in files:
+    for done, file in enumerate(files, start=1):
         with file.path.open("rb") as handle:
             size = handle.seek(0, 2)
             handle.seek(0)
@@ -204,15 +227,14 @@ def _upload_requests(
                 header.content = handle.read()
                 sent += size
                 yield pb.SubmitBatchRequest(file=header)
-                if progress is not None:
-                    progress(sent, total)
+                report(done)
                 continue
             yield pb.SubmitBatchRequest(file=header)
             while chunk := handle.read(chunk_bytes):
                 yield pb.SubmitBatchRequest(chunk=chunk)
                 sent += len(chunk)
-                if progress is not None:
-                    progress(sent, total)
+                report(done - 1)
+        report(done)
     # Without it the service stores nothing: a cancel can look like a closed stream.
     yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=len(files)))
 
@@ -295,7 +317,7 @@ class Client:
         idempotency_key: str | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         timeout: float | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[UploadProgress], None] | None = None,
     ) -> pb.Batch:
         """Upload files (paths of files or directories) as a new batch.
 
@@ -308,7 +330,12 @@ class Client:
                 none, and then a failed upload is not retried.
             chunk_bytes: Bytes per message. Default 1 MiB.
             timeout: Deadline of the whole upload. Default none.
-            progress: Called with (bytes sent, bytes in all) as the upload goes.
+            progress: Called with the files and bytes sent so far as the upload goes
+                (after each file, and each chunk of a big one).
+
+        Returns:
+            The batch with its counts and the first page of its files (the service's
+            full view); page through the rest with :meth:`files`.
 
         Raises:
             grpc.RpcError: The server refused the batch, or could not be reached in
@@ -334,7 +361,10 @@ class Client:
         raise AssertionError("unreachable")
 
     def get(self, batch_id: str, *, with_files: bool = True) -> pb.Batch:
-        """The batch, with its files unless ``with_files`` is false."""
+        """The batch and its counts, with the first page of its files
+        (``BATCH_VIEW_FULL``: at most the service's ``full_view_files``, and a
+        ``next_page_token`` when it has more) unless ``with_files`` is false. Every file
+        of a batch of any size: :meth:`files`."""
         view = pb.BATCH_VIEW_FULL if with_files else pb.BATCH_VIEW_BASIC
         request = pb.GetBatchRequest(batch_id=batch_id, view=view)
         return self._stub.GetBatch(request, timeout=self._timeout)
@@ -466,7 +496,8 @@ class Client:
         *,
         passwords: Mapping[str, str] | None = None,
     ) -> pb.Batch:
-        """Retry the given files, or every failed and cancelled file."""
+        """Retry the given files, or every failed and cancelled file: then no id is
+        sent, and one call retries them however many they are."""
         request = pb.RetryFilesRequest(
             batch_id=batch_id, file_ids=list(file_ids), passwords=dict(passwords or {})
         )
@@ -477,8 +508,8 @@ class Client:
 
         Args:
             batch_id: The batch.
-            with_files: Whether the reply lists every file; without, it has the end
-                state and counts only, which is much cheaper for big batches.
+            with_files: Whether the reply carries the first page of files too; without,
+                it has the end state and counts only.
         """
         view = pb.BATCH_VIEW_FULL if with_files else pb.BATCH_VIEW_BASIC
         request = pb.CancelBatchRequest(batch_id=batch_id, view=view)
@@ -575,10 +606,27 @@ class Client:
                 failures += 1
                 time.sleep(_backoff(failures))
 
-    def history(self, batch_id: str, file_id: str) -> pb.GetFileHistoryResponse:
-        """The file's state changes and the requests about its batch, oldest first."""
-        request = pb.GetFileHistoryRequest(batch_id=batch_id, file_id=file_id)
+    def history(
+        self, batch_id: str, file_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.GetFileHistoryResponse:
+        """One page of the file's state changes and the requests about its batch, oldest
+        first (the first page without ``page_token``; 0 asks for the service's 100)."""
+        request = pb.GetFileHistoryRequest(
+            batch_id=batch_id, file_id=file_id, page_size=page_size, page_token=page_token
+        )
         return self._stub.GetFileHistory(request, timeout=self._timeout)
+
+    def history_pages(
+        self, batch_id: str, file_id: str, *, page_size: int = 0
+    ) -> Iterator[pb.GetFileHistoryResponse]:
+        """Every page of :meth:`history`, fetched as the previous one is consumed."""
+        token = ""
+        while True:
+            page = self.history(batch_id, file_id, page_size=page_size, page_token=token)
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
 
     def delete(self, batch_id: str) -> None:
         """Delete the batch, its results and its stored bytes (cancelling it first)."""

@@ -10,6 +10,8 @@ next start), then the workers and the timers.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 import signal
 import threading
@@ -50,14 +52,18 @@ from server.service.tracing import Tracing, tracing_from_environment
 from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire.decoding import DecodingInterceptor
+from server.wire.paging import KEY_BYTES, PageTokens
 
-__all__ = ["DATABASE_NAME", "SERVICE_NAME", "Service", "serve"]
+__all__ = ["DATABASE_NAME", "PAGE_TOKEN_KEY_NAME", "SERVICE_NAME", "Service", "serve"]
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 # The batch database, in the data directory.
 DATABASE_NAME = "pdfbatch.sqlite3"
+# The key page tokens are signed with, in the data directory: kept across restarts, so
+# that a client paging through a listing can go on after one.
+PAGE_TOKEN_KEY_NAME = "page-tokens.key"
 
 
 class Service:
@@ -214,6 +220,8 @@ class Service:
                 burst=security.retry_burst,
                 clock=clock,
             ),
+            tokens=PageTokens(_page_token_key(self.settings.data_dir / PAGE_TOKEN_KEY_NAME)),
+            full_view_files=settings.full_view_files,
             exports=export_caps(
                 settings.max_exports,
                 settings.exports_per_tenant(tenants=self.authenticator.required),
@@ -424,6 +432,25 @@ def _upload_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
             "({setting}); try again shortly.",
         ),
     )
+
+
+def _page_token_key(path: Path) -> bytes:
+    """The key in ``path``, made (random, mode 0600) if there is none or it is too short."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = b""
+    if len(key) >= KEY_BYTES:
+        return key
+    key = secrets.token_bytes(KEY_BYTES)
+    temporary = path.with_name(path.name + ".new")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return key
 
 
 def _empty(directory: Path) -> None:

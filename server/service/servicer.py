@@ -21,7 +21,7 @@ import grpc
 import structlog
 
 from actors.orchestration.runtime import Runtime
-from actors.policy.model import BatchView, FileState
+from actors.policy.model import FileState
 from actors.policy.refusals import BatchNotFound, FileNotFound
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -34,7 +34,7 @@ from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire import convert
 from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
-from server.wire.paging import file_page, list_page
+from server.wire.paging import PageTokens, file_page, history_page, list_page
 
 __all__ = ["DEFAULT_MAX_EXPORTS", "BatchServicer", "export_caps", "watch_handler"]
 
@@ -45,6 +45,8 @@ _EXPORT_FILES_PER_READ = 100
 
 # The runtime's words for a batch that does not exist, for one that is someone else's.
 _NO_SUCH_BATCH = "No batch with this id exists."
+# Tries at reading a full view's batch and first page at the same event.
+_CONSISTENT_READS = 3
 
 
 # Longer than any id this service makes (batch ids have 32 characters, file ids 6).
@@ -161,6 +163,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         exports: Counts ``ExportResults`` streams, each holding a call's thread for as
             long as it runs, per tenant and in all; more are refused with
             ``RESOURCE_EXHAUSTED``. Default: 8 in all, no cap per tenant.
+        tokens: Signs and checks page tokens. Default a random key of this process's.
+        full_view_files: Files in the first page of a ``BATCH_VIEW_FULL`` reply.
+            Default 100.
     """
 
     def __init__(
@@ -174,6 +179,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         submissions: RateLimiter | None = None,
         retries: RateLimiter | None = None,
         exports: TenantCaps | None = None,
+        tokens: PageTokens | None = None,
+        full_view_files: int = 100,
     ) -> None:
         self._runtime = runtime
         self._store = store
@@ -182,6 +189,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self._auth = auth or Authenticator(None)
         self._submissions = submissions
         self._retries = retries
+        self._tokens = tokens or PageTokens.generate()
+        self._full_view_files = full_view_files
         self._closing = threading.Event()
         self._exports = exports or export_caps(DEFAULT_MAX_EXPORTS, None)
 
@@ -211,22 +220,48 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             call.detail = ",".join(file_ids)[:_MAX_RECORDED_DETAIL]
             yield call
 
-    def _owned(self, batch_id: str, caller: str) -> BatchView:
-        """The caller's batch ``batch_id``; someone else's is refused as a missing one.
+    def _check_owner(self, batch_id: str, caller: str) -> None:
+        """Refuse a batch that is not the caller's as a missing one, reading only its
+        record: someone else's batch costs what a missing one does.
 
         Raises:
             WireError: ``batch_id`` is empty.
             BatchNotFound: No such batch, or not the caller's.
         """
-        # The record first: someone else's batch costs what a missing one does, and its
-        # files are never read for the wrong caller.
-        self._check_owner(batch_id, caller)
-        return self._runtime.get(batch_id)
-
-    def _check_owner(self, batch_id: str, caller: str) -> None:
-        """As :meth:`_owned`, reading only the batch's record, not its files."""
         if self._runtime.record(_require(batch_id, "batch_id")).owner != caller:
             raise BatchNotFound(_NO_SUCH_BATCH)
+
+    def _reply(self, batch_id: str, caller: str, *, with_files: bool) -> pb.Batch:
+        """The batch as stored now: its summary, and with ``with_files`` the first page
+        of its files and the token of the next (``BATCH_VIEW_FULL``). Never more than a
+        page, whatever the batch's size.
+
+        Raises:
+            BatchNotFound: The batch is gone.
+        """
+        for _ in range(_CONSISTENT_READS):
+            summary = self._store.batch_summary(batch_id)
+            if summary is None:
+                raise BatchNotFound(_NO_SUCH_BATCH)
+            batch = convert.summary_to_proto(summary)
+            if not with_files:
+                return batch
+            page, token = file_page(
+                self._store,
+                batch_id,
+                self._full_view_files,
+                "",
+                (),
+                caller=caller,
+                tokens=self._tokens,
+            )
+            batch.files.extend(convert.file_to_proto(record) for _, record in page.files)
+            batch.next_page_token = token
+            # Two reads; a change between them is read again, so that the counts and
+            # the files show the same moment (a busy batch may still differ slightly).
+            if page.sequence == summary.batch.sequence:
+                break
+        return batch
 
     @_unary
     def SubmitBatch(
@@ -236,7 +271,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         if self._submissions is not None:
             self._submissions.acquire(caller)
         view = self._uploads.submit(request_iterator, owner=caller, still_wanted=context.is_active)
-        return convert.batch_to_proto(view)
+        return self._reply(view.batch.batch_id, caller, with_files=True)
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
@@ -246,8 +281,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         summary = self._store.batch_summary(_require(request.batch_id, "batch_id"))
         if summary is None or summary.batch.owner != caller:
             raise BatchNotFound(_NO_SUCH_BATCH)
-        if convert.wants_files(request.view):
-            return convert.batch_to_proto(self._owned(request.batch_id, caller))
+        if convert.wants_files(request.view, default=False):
+            return self._reply(request.batch_id, caller, with_files=True)
         return convert.summary_to_proto(summary)
 
     @_unary
@@ -264,6 +299,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             request.page_token,
             states,
             owner=self._auth.caller(context),
+            tokens=self._tokens,
         )
         return pb.ListBatchesResponse(
             batches=[convert.summary_to_proto(summary) for summary in summaries],
@@ -274,13 +310,20 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     def ListFiles(
         self, request: pb.ListFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListFilesResponse:
-        self._check_owner(request.batch_id, self._auth.caller(context))
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
         states = {
             convert.file_state_from_proto(state, f"states[{index}]")
             for index, state in enumerate(request.states)
         }
         page, token = file_page(
-            self._store, request.batch_id, request.page_size, request.page_token, states
+            self._store,
+            request.batch_id,
+            request.page_size,
+            request.page_token,
+            states,
+            caller=caller,
+            tokens=self._tokens,
         )
         return pb.ListFilesResponse(
             files=[convert.file_to_proto(record) for _, record in page.files],
@@ -322,22 +365,19 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             requested_by=caller,
             request_id=_current_request_id(),
         )
-        # The batch and its counts: a retry of every file of a big batch answers in
-        # bounded size; the files are in ListFiles.
-        return convert.summary_to_proto(summary)
+        return self._reply(summary.batch.batch_id, caller, with_files=True)
 
     @_unary
     def CancelBatch(
         self, request: pb.CancelBatchRequest, context: grpc.ServicerContext
     ) -> pb.Batch:
-        self._check_owner(request.batch_id, self._auth.caller(context))
-        with_files = convert.wants_files(request.view)
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
+        with_files = convert.wants_files(request.view, default=True)
         summary = self._runtime.cancel(
             request.batch_id, reason="client", request_id=_current_request_id()
         )
-        if with_files:
-            return convert.batch_to_proto(self._runtime.get(request.batch_id))
-        return convert.summary_to_proto(summary)
+        return self._reply(summary.batch.batch_id, caller, with_files=with_files)
 
     @_streaming
     def GetFileResult(
@@ -356,16 +396,25 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.GetFileHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetFileHistoryResponse:
         file_id = _require(request.file_id, "file_id")
-        view = self._owned(request.batch_id, self._auth.caller(context))
-        record = view.file(file_id)
+        caller = self._auth.caller(context)
+        self._check_owner(request.batch_id, caller)
+        record = self._store.file_record(request.batch_id, file_id)
         if record is None:
             raise FileNotFound(f"The batch has no file with id {file_id!r}.", file_id=file_id)
-        batch_id = view.batch.batch_id
-        events = self._store.events_after(batch_id, 0)
-        # Only the owner's requests: another tenant's probes of this id are audited under
-        # that tenant, and are none of the owner's history.
-        requests = [e for e in self._store.audit_entries(batch_id) if e.caller == view.batch.owner]
-        return convert.history_to_proto(record, events, requests)
+        # Only the owner's requests (the caller's, once ownership is checked): another
+        # tenant's probes of this id are audited under that tenant, and are none of the
+        # owner's history.
+        page = history_page(
+            self._store,
+            request.batch_id,
+            file_id,
+            request.page_size,
+            request.page_token,
+            caller=caller,
+            tokens=self._tokens,
+            current_state=record.state,
+        )
+        return convert.history_to_proto(record, page.entries, page.token)
 
     @_streaming
     def ExportResults(
@@ -423,7 +472,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, request: pb.DeleteBatchRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBatchResponse:
         batch_id = request.batch_id
-        digests = [f.blob for f in self._owned(batch_id, self._auth.caller(context)).files]
+        self._check_owner(batch_id, self._auth.caller(context))
+        digests = [f.blob for f in self._runtime.get(batch_id).files]
         self._runtime.delete(batch_id)
         self._hub.batch_deleted(batch_id)
         self._uploads.release(digests)

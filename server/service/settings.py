@@ -223,6 +223,11 @@ class ServerSettings(BaseSettings):
         retention_sweep_seconds: Seconds between two retention sweeps. Default 3600.
         processor: Import path of what workers run on each file. Default the PDF
             extractor; only tests set it (``PDFBATCH_PROCESSOR``), to script workers.
+        full_view_files: Files in the first page of a ``BATCH_VIEW_FULL`` reply
+            (``GetBatch``, ``SubmitBatch``, ``RetryFiles``, ``CancelBatch``), 1 to
+            1,000; the rest is read with ``ListFiles`` from its ``next_page_token``.
+            Default 100: a full reply stays far below gRPC's 4 MiB message limit
+            whatever the batch's size.
         rpc_threads: Threads serving calls; more than ``max_watchers + max_uploads +
             max_exports + max_open_streams`` (the calls that hold a thread for long), so
             that a full house of them never starves other calls. Default that sum + 32.
@@ -284,6 +289,7 @@ class ServerSettings(BaseSettings):
     records_retention_seconds: float | None = Field(default=None, ge=0)
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
     processor: str | None = None
+    full_view_files: int = Field(default=100, ge=1, le=1_000)
     rpc_threads: int | None = Field(default=None, ge=2)
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0)

@@ -280,13 +280,16 @@ def _counts_to_proto(counts: Mapping[FileState, int]) -> pb.FileCounts:
     )
 
 
-def wants_files(view: pb.BatchView.ValueType) -> bool:
-    """Whether a reply in ``view`` carries the batch's files.
+def wants_files(view: pb.BatchView.ValueType, *, default: bool) -> bool:
+    """Whether a reply in ``view`` carries the first page of the batch's files;
+    ``default`` for ``BATCH_VIEW_UNSPECIFIED``.
 
     Raises:
         WireError: ``view`` is no value of the enum (INVALID_ARGUMENT).
     """
-    if view in (pb.BATCH_VIEW_UNSPECIFIED, pb.BATCH_VIEW_FULL):
+    if view == pb.BATCH_VIEW_UNSPECIFIED:
+        return default
+    if view == pb.BATCH_VIEW_FULL:
         return True
     if view == pb.BATCH_VIEW_BASIC:
         return False
@@ -591,59 +594,31 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _moved_by_state(event: BatchEvent, state: FileState | None, own: Sequence[BatchEvent]) -> bool:
-    """Whether a change by state moved a file that was in ``state`` then.
-
-    Every file in the state left moves, except that a manual retry skips files with no
-    retries left: the file's next own event tells (it starts from the retry's state).
-    """
-    bulk = event.bulk
-    if bulk is None or bulk.from_state is None or state is not bulk.from_state:
-        return False
-    if not bulk.manual_retry:
-        return True
-    after = next((e for e in own if e.sequence > event.sequence), None)
-    return after is not None and after.previous_state is bulk.state
-
-
 def history_to_proto(
-    record: FileRecord, events: Sequence[BatchEvent], audit: Sequence[AuditEntry]
+    record: FileRecord,
+    entries: Sequence[tuple[BatchEvent, FileState | None] | AuditEntry],
+    next_page_token: str = "",
 ) -> pb.GetFileHistoryResponse:
-    """A file's transitions and its batch's requests, merged oldest first."""
-    entries: list[tuple[float, pb.HistoryEntry]] = []
-    # Every file starts PENDING; unknown if the oldest events are no longer kept.
-    complete = bool(events) and events[0].sequence == 1
-    state: FileState | None = FileState.PENDING if complete else None
-    own = [e for e in events if e.file is not None and e.file.file_id == record.file_id]
-    for event in events:
-        if event.file is not None and event.file.file_id == record.file_id:
-            previous, state = event.previous_state, event.file.state
-        elif event.bulk is not None and record.file_id in event.bulk.file_ids:
-            # A bulk change does not say where each file came from; the file's own
-            # history does, unless it starts beyond the events still kept.
-            previous, state = state, event.bulk.state
-        elif event.bulk is not None and _moved_by_state(event, state, own):
-            previous, state = state, event.bulk.state
-        else:
+    """One page of a file's history: its state changes (each event with the state the
+    file left, ``None`` when unknown) and its batch's requests, as merged oldest first."""
+    history = pb.GetFileHistoryResponse(file=file_to_proto(record), next_page_token=next_page_token)
+    for entry in entries:
+        if isinstance(entry, AuditEntry):
+            request = pb.AuditRecord(
+                request_id=entry.request_id,
+                caller=entry.caller,
+                action=entry.action,
+                outcome=entry.outcome,
+                detail=entry.detail,
+            )
+            history.entries.append(pb.HistoryEntry(time=_timestamp(entry.at), request=request))
             continue
+        event, previous = entry
+        state = event.file.state if event.file is not None else event.bulk.state  # type: ignore[union-attr]
         transition = pb.FileTransition(
             sequence=event.sequence, to_state=_file_state(state), reason=event.reason
         )
-        if isinstance(previous, FileState):
+        if previous is not None:
             transition.from_state = _file_state(previous)
-        entries.append(
-            (event.at, pb.HistoryEntry(time=_timestamp(event.at), transition=transition))
-        )
-    for entry in audit:
-        if entry.detail and record.file_id not in entry.detail.split(","):
-            continue  # a retry of other files of the batch
-        request = pb.AuditRecord(
-            request_id=entry.request_id,
-            caller=entry.caller,
-            action=entry.action,
-            outcome=entry.outcome,
-            detail=entry.detail,
-        )
-        entries.append((entry.at, pb.HistoryEntry(time=_timestamp(entry.at), request=request)))
-    entries.sort(key=lambda pair: pair[0])
-    return pb.GetFileHistoryResponse(file=file_to_proto(record), entries=[e for _, e in entries])
+        history.entries.append(pb.HistoryEntry(time=_timestamp(event.at), transition=transition))
+    return history

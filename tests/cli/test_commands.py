@@ -20,6 +20,7 @@ from server.main import main
 from server.service.logs import wants_colors
 from tests.helpers.server_fixtures import (
     RunningServer,
+    audited,
     free_port,
     make_pdf,
     many_pages,
@@ -184,7 +185,9 @@ def test_command_failures_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert no_batch.value.code == 1
 
 
-def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
+def test_the_progress_line_redraws_in_place_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+
     class Terminal:
         def __init__(self) -> None:
             self.text = ""
@@ -201,7 +204,7 @@ def test_the_progress_line_redraws_in_place_on_a_terminal() -> None:
 
     tracker = BatchTracker()
     terminal = Terminal()
-    display = ProgressDisplay(terminal)  # type: ignore[arg-type]
+    display = ProgressDisplay(terminal, columns=lambda: 120, clock=lambda: 0.0)  # type: ignore[arg-type]
     running = pb.FileCounts(running=1, pending=1)
     snapshot = pb.Batch(batch_id="b", state=pb.BATCH_STATE_RUNNING, counts=running, file_count=2)
     events = [
@@ -365,8 +368,25 @@ def test_history_shows_each_state_change_and_who_asked_for_what(
         ["RUNNING", "->", "FAILED"],
     ]
     assert any("RetryFiles" in line and ": OK" in line for line in lines)
+    # A page of two entries at a time: the same history, fetched in several calls.
+    calls = len(audited(server.data_dir, "GetFileHistory"))
+    code, paged, _ = _run(capsys, "history", batch.batch_id, "f00001", "--page-size", "2", *address)
+    # The same lines, and the first listing's own request (audited after it answered);
+    # not the requests of this listing, which come after its first page.
+    assert code == 0
+    assert paged.startswith(out)
+    (added,) = paged.removeprefix(out).splitlines()
+    assert "GetFileHistory" in added
+    entries = len(paged.splitlines()) - 1
+    paged_calls = len(audited(server.data_dir, "GetFileHistory")) - calls
+    assert paged_calls == (entries + 1) // 2
+    # JSON Lines: the file, then one entry per line.
     code, out, _ = _run(capsys, "history", batch.batch_id, "f00001", "--json", *address)
-    assert json_format.Parse(out, pb.GetFileHistoryResponse()).file.file_id == "f00001"
+    first, *rest = out.splitlines()
+    assert json_format.Parse(first, pb.FileStatus()).file_id == "f00001"
+    parsed = [json_format.Parse(line, pb.HistoryEntry()) for line in rest]
+    assert len(parsed) == entries + paged_calls, "and the paged listing's requests"
+    assert sum(e.HasField("transition") for e in parsed) == len(moves)
 
 
 def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> None:

@@ -217,7 +217,9 @@ def test_the_service_runs_on_ray_when_asked(
     assert isinstance(server.service.pool, RayExecutor)
     batch = server.submit(("good.pdf", text_pdf("on ray")), ("notes.pdf", not_a_pdf()))
     server.settle(batch.batch_id)
-    stored = server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=60)
+    stored = server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=60
+    )
     assert stored.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
     assert [(f.name, f.error.code) for f in stored.files] == [
         ("good.pdf", ""),

@@ -28,6 +28,9 @@ from tests.helpers.blob_checks import incoming_blobs
 from tests.helpers.reliability import REPORT
 from tests.helpers.server_fixtures import upload
 
+# Reads of a batch and its files until both show the same event (it may be running).
+_CONSISTENT_READS = 50
+
 __all__ = [
     "CATALOGUE_CODES",
     "TERMINAL_BATCH",
@@ -153,7 +156,7 @@ def check_batches(
     REPORT.invariant("nothing accepted lost")
     batches = {}
     for batch_id, name in listed.items():
-        batch = stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        batch = whole_batch(stub, batch_id)
         kept = [Uploaded(f.name, f.size_bytes, f.sha256) for f in batch.files]
         assert kept == ledger.sent[name], f"{batch_id}: the files are not those uploaded"
         _check_counts(batch)
@@ -230,13 +233,19 @@ def check_safe_text(text: str) -> None:
 def check_history_safe(stub: batch_pb2_grpc.BatchServiceStub, batch: pb.Batch) -> None:
     """Every reason in every file's history (``GetFileHistory``) is safe to show."""
     for file in batch.files:
-        history = stub.GetFileHistory(
-            pb.GetFileHistoryRequest(batch_id=batch.batch_id, file_id=file.file_id),
-            timeout=WAIT,
-        )
-        for entry in history.entries:
-            if entry.HasField("transition"):
-                check_safe_text(entry.transition.reason)
+        token = ""
+        while True:
+            history = stub.GetFileHistory(
+                pb.GetFileHistoryRequest(
+                    batch_id=batch.batch_id, file_id=file.file_id, page_token=token
+                ),
+                timeout=WAIT,
+            )
+            for entry in history.entries:
+                if entry.HasField("transition"):
+                    check_safe_text(entry.transition.reason)
+            if not (token := history.next_page_token):
+                break
     REPORT.invariant("history reasons safe", len(batch.files))
 
 
@@ -264,3 +273,26 @@ def check_no_temp_files(data_dir: Path, *, stopped: bool) -> None:
     incoming = incoming_blobs(data_dir / "blobs")
     assert incoming == [], f"half-written uploads left behind: {incoming}"
     REPORT.invariant("no temp files left")
+
+
+def whole_batch(stub: batch_pb2_grpc.BatchServiceStub, batch_id: str) -> pb.Batch:
+    """The batch with every file, its counts and files read at the same event: the basic
+    view, then every ``ListFiles`` page, again until nothing changed in between (no
+    reply carries every file of a batch of any size)."""
+    for _ in range(_CONSISTENT_READS):
+        batch = stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_BASIC), timeout=WAIT
+        )
+        token, sequences = "", set()
+        while True:
+            page = stub.ListFiles(
+                pb.ListFilesRequest(batch_id=batch_id, page_size=1000, page_token=token),
+                timeout=WAIT,
+            )
+            batch.files.extend(page.files)
+            sequences.add(page.sequence)
+            if not (token := page.next_page_token):
+                break
+        if sequences == {batch.sequence}:
+            return batch
+    raise AssertionError(f"{batch_id} kept changing while it was read")

@@ -107,7 +107,9 @@ def submit(
 def settle(stub: batch_pb2_grpc.BatchServiceStub, batch_id: str) -> pb.Batch:
     """Watch the batch until it settles; return it."""
     list(stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id), timeout=WAIT))
-    return stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+    return stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
 
 
 SecureFactory = Callable[..., SecureServer]

@@ -77,7 +77,9 @@ def settle(life: ServerProcess, batch_id: str) -> pb.Batch:
     """Follow the batch until it is terminal (the stream ends then); return it."""
     for _ in life.stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id), timeout=WAIT * 4):
         pass
-    batch: pb.Batch = life.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+    batch: pb.Batch = life.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
     return batch
 
 
@@ -105,7 +107,9 @@ def kill_workers(
     pause = threading.Event()
     while len(killed) < kills:
         pause.wait(rng.uniform(*pauses))
-        now = life.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=WAIT)
+        now = life.stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
         if all(f.state in TERMINAL_FILE for f in now.files):
             break
         # Sorted, so that a seed picks the same worker by rank in every replay.

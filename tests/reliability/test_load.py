@@ -107,7 +107,8 @@ class Probe:
             began = time.monotonic()
             try:
                 self.stub.GetBatch(
-                    pb.GetBatchRequest(batch_id=self.batch_id), timeout=PROMPT_ENOUGH_SECONDS
+                    pb.GetBatchRequest(batch_id=self.batch_id, view=pb.BATCH_VIEW_FULL),
+                    timeout=PROMPT_ENOUGH_SECONDS,
                 )
                 self.stub.ListBatches(
                     pb.ListBatchesRequest(page_size=10), timeout=PROMPT_ENOUGH_SECONDS

@@ -115,7 +115,9 @@ class Wire:
         return [str(self.server.data_dir)]
 
     def refresh(self, batch_id: str) -> pb.Batch:
-        batch = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        batch = self.stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
         self.batches[batch_id] = batch
         return batch
 
@@ -151,11 +153,15 @@ class Wire:
     def nothing_lost(self) -> None:
         """Every accepted batch is there, listed, and nothing else; a new batch succeeds."""
         for batch_id, before in self.batches.items():
-            now = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+            now = self.stub.GetBatch(
+                pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+            )
             assert [f.file_id for f in now.files] == [f.file_id for f in before.files]
         for batch_id in self.deleted:
             missing = answer_of(
-                lambda b=batch_id: self.stub.GetBatch(pb.GetBatchRequest(batch_id=b), timeout=WAIT)
+                lambda b=batch_id: self.stub.GetBatch(
+                    pb.GetBatchRequest(batch_id=b, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+                )
             )
             assert missing.code == grpc.StatusCode.NOT_FOUND
         extra = self.listed() - set(self.batches)
@@ -182,7 +188,9 @@ class Wire:
         return page.batches[0].batch_id if page.batches else None
 
     def describe(self, batch_id: str) -> str:
-        batch = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        batch = self.stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
         files = [(f.name, f.size_bytes) for f in batch.files]
         return f"{batch_id} key={batch.idempotency_key!r} files={files}"
 
@@ -294,10 +302,18 @@ def _after(world: Wire, rpc: str, request: Any, answer: Answer) -> None:
         case "GetBatch" | "CancelBatch":
             reply = answer.response
             assert reply.batch_id == request.batch_id
-            if request.view == pb.BATCH_VIEW_BASIC:
-                assert not reply.files, f"{rpc} BATCH_VIEW_BASIC carried files"
+            # GetBatch is basic unless asked for the full view, CancelBatch the opposite;
+            # the full view is a first page: all of a small batch's files, and a token
+            # exactly when there are more.
+            basic = request.view == pb.BATCH_VIEW_BASIC or (
+                rpc == "GetBatch" and request.view == pb.BATCH_VIEW_UNSPECIFIED
+            )
+            if basic:
+                assert not reply.files, f"{rpc} in the basic view carried files"
+                assert not reply.next_page_token
             else:
-                assert len(reply.files) == reply.file_count
+                assert len(reply.files) == min(reply.file_count, 100)
+                assert bool(reply.next_page_token) == (reply.file_count > 100)
             REPORT.invariant("wire: a reply carries the files its view asks for")
         case "GetFileResult":
             assert answer.response[0].metadata.file_id == request.file_id
@@ -438,7 +454,9 @@ def _after_cancel(world: Wire, case: UploadCase, oracle: UploadOracle, request_i
     assert complete, f"an upload cancelled before its end made a batch: {world.describe(newest)}"
     # The whole upload and its `end` were sent: the cancel came too late, as it may.
     REPORT.invariant("wire: a cancel after end may come too late")
-    batch = world.stub.GetBatch(pb.GetBatchRequest(batch_id=newest), timeout=WAIT)
+    batch = world.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=newest, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
     world.accept(batch, oracle.contents(sent), sent[0].spec.idempotency_key)
 
 
@@ -609,11 +627,15 @@ def tenants(secure_serve: SecureFactory) -> Iterator[Tenants]:
     for files in ([("a.pdf", make_pdf("a"))], [("a.pdf", make_pdf("a")), ("b.pdf", b"no")]):
         batch = acme.SubmitBatch(upload(pb.BatchSpec(), files), timeout=WAIT)
         list(acme.WatchBatch(pb.WatchBatchRequest(batch_id=batch.batch_id), timeout=WAIT))
-        owned[batch.batch_id] = acme.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id))
+        owned[batch.batch_id] = acme.GetBatch(
+            pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL)
+        )
     world = Tenants(server, acme, globex, owned)
     yield world
     for batch_id, before in owned.items():
-        after = acme.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        after = acme.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
         assert (after.state, after.sequence) == (before.state, before.sequence)
     REPORT.invariant("wire: another tenant's batch untouched")
 

@@ -189,7 +189,11 @@ def test_wrong_passwords_are_capped_so_retries_cannot_guess_them(
     locked = make_pdf("locked", password="the-right-one")
     batch = submit(acme, ("locked.pdf", locked))
     settle(acme, batch.batch_id)
-    codes = [acme.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id)).files[0].error.code]
+    codes = [
+        acme.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL))
+        .files[0]
+        .error.code
+    ]
     for guess in ("guess-1", "guess-2", "guess-3"):
         acme.RetryFiles(
             pb.RetryFilesRequest(

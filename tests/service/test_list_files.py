@@ -28,7 +28,9 @@ FILES = [
 def settled(server: RunningServer) -> pb.Batch:
     batch = server.submit(*FILES, display_name="pages")
     server.settle(batch.batch_id)
-    return server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=WAIT)
+    return server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
 
 
 def test_pages_list_every_file_once_in_submission_order(

@@ -39,7 +39,12 @@ pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 def _files_by_name(server: RunningServer, batch_id: str) -> dict[str, pb.FileStatus]:
     server.settle(batch_id)
-    return {f.name: f for f in server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id)).files}
+    return {
+        f.name: f
+        for f in server.stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL)
+        ).files
+    }
 
 
 def test_poison_pdfs_end_on_their_own_and_ordinary_files_succeed_at_once(
@@ -53,7 +58,9 @@ def test_poison_pdfs_end_on_their_own_and_ordinary_files_succeed_at_once(
     batch = server.submit(*files, display_name="poison")
     by_name = _files_by_name(server, batch.batch_id)
 
-    final = server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id))
+    final = server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL)
+    )
     assert final.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
     for name, _ in ordinary:
         assert (by_name[name].state, by_name[name].attempt_count) == (pb.FILE_STATE_SUCCEEDED, 1)

@@ -39,7 +39,9 @@ def test_submit_processes_every_file_and_get_reports_files_attempts_and_errors(
     assert batch.files[0].size_bytes == len(good)
 
     server.settle(batch.batch_id)
-    done = server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=WAIT)
+    done = server.stub.GetBatch(
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+    )
 
     assert done.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
     assert (done.counts.succeeded, done.counts.failed, done.file_count) == (1, 1, 2)
@@ -152,11 +154,11 @@ def test_retry_with_the_password_recovers_an_encrypted_file(server: RunningServe
     retried = server.stub.RetryFiles(
         pb.RetryFilesRequest(batch_id=batch.batch_id, passwords={file_id: "pw"}), timeout=WAIT
     )
-    # The basic view: the batch and its counts after the retry, no files.
+    # The batch and its counts after the retry, with its first page of files.
     assert retried.state == pb.BATCH_STATE_RUNNING
     assert retried.counts.failed == 0
     assert retried.counts.pending + retried.counts.running == 1
-    assert list(retried.files) == []
+    assert [(f.file_id, f.manual_retries) for f in retried.files] == [(file_id, 1)]
     server.settle(batch.batch_id)
 
     done = server.client.get(batch.batch_id)
@@ -265,11 +267,13 @@ def test_a_basic_view_leaves_the_files_out_and_a_bad_view_changes_nothing(
     assert basic.file_count == 3
     assert basic.counts.cancelled + basic.counts.succeeded == 3
     full = server.stub.GetBatch(
-        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_FULL),
+        timeout=WAIT,
     )
     assert [f.state for f in full.files].count(pb.FILE_STATE_CANCELLED) == basic.counts.cancelled
     summary = server.stub.GetBatch(
-        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_BASIC), timeout=WAIT
+        pb.GetBatchRequest(batch_id=batch.batch_id, view=pb.BATCH_VIEW_BASIC),
+        timeout=WAIT,
     )
     assert (list(summary.files), summary.counts) == ([], basic.counts)
 

@@ -59,7 +59,9 @@ class _Running:
         return str(batch.batch_id)
 
     def get(self, batch_id: str) -> pb.Batch:
-        return self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=WAIT)
+        return self.stub.GetBatch(
+            pb.GetBatchRequest(batch_id=batch_id, view=pb.BATCH_VIEW_FULL), timeout=WAIT
+        )
 
     def settle(self, batch_id: str) -> pb.Batch:
         watch_until(self.stub, batch_id, lambda b: b.state in _TERMINAL)

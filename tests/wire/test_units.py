@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -35,7 +38,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.settings import ServerSettings
 from server.wire import convert
 from server.wire.errors import WireError, status_of
-from server.wire.paging import file_page, list_page
+from server.wire.paging import PageTokens, file_page, list_page
 
 # Streamed blobs ---------------------------------------------------------------------
 
@@ -248,6 +251,17 @@ def test_error_info_metadata_keys_are_lower_camel_case() -> None:
 
 # Pages and settings -----------------------------------------------------------------
 
+KEY = bytes(range(32))
+TOKENS = PageTokens(KEY)
+
+
+def _signed(listing: str, binding: list[object], payload: bytes) -> str:
+    """``payload`` as a token signed with ``KEY``, as the service signs its own."""
+    body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    signed = json.dumps([listing, binding, body]).encode()
+    mac = hmac.new(KEY, signed, hashlib.sha256).digest()[:16]
+    return f"{body}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
 
 def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
     store = MemoryStore()
@@ -259,21 +273,21 @@ def test_pages_never_repeat_or_skip_when_batches_arrive_between_pages() -> None:
                 view.files,
             )
         )
-    first, token = list_page(store, 2, "", set())
+    first, token = list_page(store, 2, "", set(), tokens=TOKENS)
     store.create_batch(
         BatchView(
             BatchRecord("new", "", BatchPolicy(), BatchState.PENDING, 99.0, 0.0),
             _view("new", "a" * 64).files,
         )
     )
-    second, token = list_page(store, 2, token, set())
-    third, token = list_page(store, 2, token, set())
+    second, token = list_page(store, 2, token, set(), tokens=TOKENS)
+    third, token = list_page(store, 2, token, set(), tokens=TOKENS)
 
     listed = [v.batch.batch_id for v in (*first, *second, *third)]
     assert listed == ["b4", "b3", "b2", "b1", "b0"]
     assert token == ""
     with pytest.raises(WireError, match="page token"):
-        list_page(store, 2, "eyJ0IjogMX0=", set())
+        list_page(store, 2, "eyJ0IjogMX0=", set(), tokens=TOKENS)
 
 
 def test_file_pages_follow_submission_order_and_their_tokens_fit_one_listing() -> None:
@@ -283,24 +297,45 @@ def test_file_pages_follow_submission_order_and_their_tokens_fit_one_listing() -
     store.create_batch(BatchView(record, files))
     store.create_batch(_view("b2", "a" * 64))
 
-    first, token = file_page(store, "b1", 2, "", set())
-    second, end = file_page(store, "b1", 2, token, set())
+    first, token = file_page(store, "b1", 2, "", set(), caller="ann", tokens=TOKENS)
+    second, end = file_page(store, "b1", 2, token, set(), caller="ann", tokens=TOKENS)
 
     assert [r.file_id for _, r in (*first.files, *second.files)] == ["f3", "f1", "f2"]
     assert (first.total, second.total, end) == (3, 3, "")
+    body, _, mac = token.partition(".")
+
+    def page(token: str, **given: Any) -> object:
+        asked: dict[str, Any] = {"batch": "b1", "states": set(), "caller": "ann", "size": 2}
+        asked.update(given)
+        return file_page(
+            store,
+            asked["batch"],
+            asked["size"],
+            token,
+            asked["states"],
+            caller=asked["caller"],
+            tokens=given.get("tokens", TOKENS),
+        )
+
     for wrong in (
-        lambda: file_page(store, "b2", 2, token, set()),  # another batch's token
-        lambda: file_page(store, "b1", 2, token, {FileState.FAILED}),  # another filter's
-        lambda: file_page(store, "b1", 2, _token(b'{"b": "b1", "p": -5, "f": []}'), set()),
-        lambda: file_page(store, "b1", 2, _token(b'{"b": "b1", "p": 1.5, "f": []}'), set()),
-        lambda: file_page(store, "b1", 2, _token(b"[1]"), set()),
-        lambda: file_page(store, "b1", -1, "", set()),
+        lambda: page(token, batch="b2"),
+        lambda: page(token, states={FileState.FAILED}),
+        lambda: page(token, caller="bob"),
+        lambda: page(token, tokens=PageTokens.generate()),
+        # Edited: the position of another page, with the signature of this one.
+        lambda: page(_token(b'{"p":0}').rstrip("=") + "." + mac),
+        lambda: page(body),  # unsigned
+        # Signed here, but no position this listing makes.
+        lambda: page(_signed("files", ["ann", "b1", []], b'{"p":-5}')),
+        lambda: page(_signed("files", ["ann", "b1", []], b'{"p":1.5}')),
+        lambda: page(_token(b"[1]")),
+        lambda: page("", size=-1),
     ):
         with pytest.raises(WireError) as raised:
             wrong()
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(BatchNotFound):
-        file_page(store, "missing", 1, "", set())
+        file_page(store, "missing", 1, "", set(), tokens=TOKENS)
 
 
 def _token(payload: bytes) -> str:
@@ -308,26 +343,38 @@ def _token(payload: bytes) -> str:
 
 
 @pytest.mark.parametrize(
-    "token",
+    "payload",
     [
         # Each of these was an INTERNAL error (OverflowError, RecursionError) or was taken
         # for a token (NaN, true) before tokens were checked for what this service makes.
-        _token(b'{"t": 1' + b"0" * 400 + b', "id": "b1", "f": []}'),
-        _token(b"[" * 5000),
-        _token(b'{"t": NaN, "id": "b1", "f": []}'),
-        _token(b'{"t": Infinity, "id": "b1", "f": []}'),
-        _token(b'{"t": true, "id": "b1", "f": []}'),
-        "A" * 1025,
+        b'{"t": 1' + b"0" * 400 + b', "id": "b1"}',
+        b"[" * 5000,
+        b'{"t": NaN, "id": "b1"}',
+        b'{"t": Infinity, "id": "b1"}',
+        b'{"t": true, "id": "b1"}',
+        b"A" * 1025,
     ],
     ids=["huge-number", "deep-nesting", "nan", "infinity", "bool", "over-long"],
 )
-def test_a_page_token_not_made_here_is_refused_as_invalid(token: str) -> None:
-    with pytest.raises(WireError) as raised:
-        list_page(MemoryStore(), 2, token, set())
-    assert (raised.value.code, raised.value.reason) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "INVALID_PAGE_TOKEN",
-    )
+def test_a_page_token_not_made_here_is_refused_as_invalid(payload: bytes) -> None:
+    # Unsigned, and even signed with the service's key: neither is read as a position.
+    for token in (_token(payload), _signed("batches", [None, []], payload)):
+        with pytest.raises(WireError) as raised:
+            list_page(MemoryStore(), 2, token, set(), tokens=TOKENS)
+        assert (raised.value.code, raised.value.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_TOKEN",
+        )
+
+
+def test_a_signed_token_reads_back_and_a_page_key_must_be_long_enough() -> None:
+    token = _signed("history", ["ann", "b1", "f1"], b'{"e":3,"a":1,"s":null}')
+
+    assert TOKENS.read("history", ["ann", "b1", "f1"], token) == {"e": 3, "a": 1, "s": None}
+    with pytest.raises(WireError):
+        TOKENS.read("history", ["ann", "b1", "f2"], token)
+    with pytest.raises(ValueError, match="32 bytes"):
+        PageTokens(b"short")
 
 
 def test_a_spec_refusal_summary_ends_in_one_full_stop() -> None:

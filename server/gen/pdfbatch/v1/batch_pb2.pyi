@@ -164,21 +164,31 @@ class _BatchView:
 class _BatchViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchView.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BATCH_VIEW_UNSPECIFIED: _BatchView.ValueType  # 0
-    """Chooses the method's default: BATCH_VIEW_FULL for GetBatch and CancelBatch."""
+    """Chooses the method's default: BATCH_VIEW_BASIC for GetBatch, BATCH_VIEW_FULL for
+    CancelBatch.
+    """
     BATCH_VIEW_BASIC: _BatchView.ValueType  # 1
     """The batch, its counts and its policy; `files` empty."""
     BATCH_VIEW_FULL: _BatchView.ValueType  # 2
-    """The batch with every file."""
+    """The basic view plus the first page of files, in submission order: at most the
+    service's `full_view_files` (PDFBATCH_FULL_VIEW_FILES, 100 by default), and a
+    `next_page_token` for ListFiles when the batch has more.
+    """
 
 class BatchView(_BatchView, metaclass=_BatchViewEnumTypeWrapper):
-    """How much of a batch a reply carries."""
+    """How much of a batch a reply carries. Neither view grows with the batch's size."""
 
 BATCH_VIEW_UNSPECIFIED: BatchView.ValueType  # 0
-"""Chooses the method's default: BATCH_VIEW_FULL for GetBatch and CancelBatch."""
+"""Chooses the method's default: BATCH_VIEW_BASIC for GetBatch, BATCH_VIEW_FULL for
+CancelBatch.
+"""
 BATCH_VIEW_BASIC: BatchView.ValueType  # 1
 """The batch, its counts and its policy; `files` empty."""
 BATCH_VIEW_FULL: BatchView.ValueType  # 2
-"""The batch with every file."""
+"""The basic view plus the first page of files, in submission order: at most the
+service's `full_view_files` (PDFBATCH_FULL_VIEW_FILES, 100 by default), and a
+`next_page_token` for ListFiles when the batch has more.
+"""
 Global___BatchView: _TypeAlias = BatchView  # noqa: Y015
 
 class _ExtractionMode:
@@ -682,6 +692,7 @@ class Batch(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     FILE_COUNT_FIELD_NUMBER: _builtins.int
     FILES_WITH_WARNINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The service's id for the batch: 32 lowercase hex digits."""
     display_name: _builtins.str
@@ -698,14 +709,19 @@ class Batch(_message.Message):
     """Files in the batch, whatever the view."""
     files_with_warnings: _builtins.int
     """Succeeded files whose result carries warnings (counted in `counts.succeeded` too)."""
+    next_page_token: _builtins.str
+    """BATCH_VIEW_FULL only: when the batch has more files than `files` holds, the token
+    of the next page, to pass as `page_token` to ListFiles with the same `batch_id`
+    and no `states`. Empty when `files` holds them all, and in the basic view.
+    """
     @_builtins.property
     def counts(self) -> Global___FileCounts:
         """Files per state."""
 
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStatus]:
-        """Every file in submission order, with BATCH_VIEW_FULL; empty with BATCH_VIEW_BASIC
-        and in ListBatches responses.
+        """With BATCH_VIEW_FULL the first page of files, in submission order (see BatchView);
+        empty with BATCH_VIEW_BASIC and in ListBatches responses.
         """
 
     @_builtins.property
@@ -741,10 +757,11 @@ class Batch(_message.Message):
         idempotency_key: _builtins.str = ...,
         file_count: _builtins.int = ...,
         files_with_warnings: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "policy", b"policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "file_count", b"file_count", "files", b"files", "files_with_warnings", b"files_with_warnings", "idempotency_key", b"idempotency_key", "labels", b"labels", "policy", b"policy", "reason", b"reason", "sequence", b"sequence", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "counts", b"counts", "create_time", b"create_time", "display_name", b"display_name", "file_count", b"file_count", "files", b"files", "files_with_warnings", b"files_with_warnings", "idempotency_key", b"idempotency_key", "labels", b"labels", "next_page_token", b"next_page_token", "policy", b"policy", "reason", b"reason", "sequence", b"sequence", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -939,7 +956,9 @@ class GetBatchRequest(_message.Message):
     batch_id: _builtins.str
     """The batch's id, as SubmitBatch returned it."""
     view: Global___BatchView.ValueType
-    """How much of the batch to return. Unspecified: BATCH_VIEW_FULL."""
+    """How much of the batch to return. Unspecified: BATCH_VIEW_BASIC (the batch and its
+    counts, no file).
+    """
     def __init__(
         self,
         *,
@@ -966,8 +985,9 @@ class ListBatchesRequest(_message.Message):
     page_size: _builtins.int
     """Batches per page, 1..1000; 0 means 50, more than 1000 means 1000."""
     page_token: _builtins.str
-    """From a previous response's `next_page_token`, with the same `states`; empty for
-    the first page.
+    """From a previous response's `next_page_token`, with the same `states`, by the same
+    caller; empty for the first page. Tokens are signed: any other is refused with
+    INVALID_PAGE_TOKEN.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___BatchState.ValueType]:
@@ -1031,8 +1051,9 @@ class ListFilesRequest(_message.Message):
     page_size: _builtins.int
     """Files per page, 1..1000; 0 means 100, more than 1000 means 1000."""
     page_token: _builtins.str
-    """From a previous response's `next_page_token`, with the same `batch_id` and `states`;
-    empty for the first page.
+    """From a previous response's `next_page_token` (or a full view's), with the same
+    `batch_id` and `states`, by the same caller; empty for the first page. Tokens are
+    signed: any other is refused with INVALID_PAGE_TOKEN.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___FileState.ValueType]:
@@ -1371,9 +1392,8 @@ class CancelBatchRequest(_message.Message):
     batch_id: _builtins.str
     """The batch to cancel. Cancelling a batch that already ended changes nothing."""
     view: Global___BatchView.ValueType
-    """How much of the batch the reply carries. Unspecified: BATCH_VIEW_FULL. A client
-    that cancels a big batch and needs only its end state and counts asks for
-    BATCH_VIEW_BASIC, which spares converting and sending every file.
+    """How much of the batch the reply carries. Unspecified: BATCH_VIEW_FULL (counts and
+    the first page of files). BATCH_VIEW_BASIC: the end state and counts only.
     """
     def __init__(
         self,
@@ -1880,19 +1900,32 @@ class GetFileHistoryRequest(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The file's batch."""
     file_id: _builtins.str
     """The file."""
+    page_size: _builtins.int
+    """Entries per page: 1..1000; 0 means 100; more than 1000 means 1000; negative is
+    refused with INVALID_PAGE_SIZE.
+    """
+    page_token: _builtins.str
+    """From a previous response's `next_page_token`, with the same `batch_id` and
+    `file_id`, by the same caller; empty for the first page. Any other token is
+    refused with INVALID_PAGE_TOKEN.
+    """
     def __init__(
         self,
         *,
         batch_id: _builtins.str = ...,
         file_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "file_id", b"file_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "file_id", b"file_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2020,14 +2053,19 @@ class GetFileHistoryResponse(_message.Message):
 
     FILE_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
     @_builtins.property
     def file(self) -> Global___FileStatus:
-        """The file as it is now."""
+        """The file as it is now, on every page."""
 
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
-        """Oldest first. State changes older than the retained event history are gone; the
-        requests are kept for as long as the service keeps its audit trail.
+        """This page's entries, oldest first. State changes older than the retained event
+        history are gone; the requests are kept for as long as the service keeps its
+        audit trail. Requests made after the first page was read (the listing's own
+        among them) are left out of the later pages.
         """
 
     def __init__(
@@ -2035,10 +2073,11 @@ class GetFileHistoryResponse(_message.Message):
         *,
         file: Global___FileStatus | None = ...,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "file", b"file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "file", b"file", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

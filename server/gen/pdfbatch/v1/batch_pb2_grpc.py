@@ -117,6 +117,11 @@ class BatchServiceServicer:
         RESOURCE_EXHAUSTED (TOO_MANY_TENANT_UPLOADS, TOO_MANY_UPLOADS). The bytes each
         header declares are reserved against the caller's storage quota while it uploads.
 
+        The reply is the batch in BATCH_VIEW_FULL: its counts and the first page of its
+        files (at most the service's `full_view_files`, 100 by default), with a
+        `next_page_token` for ListFiles when it has more. Its size does not grow with the
+        batch's.
+
         Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
         shares its response type with the other calls that return the batch.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -127,9 +132,11 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBatch(self, request, context):
-        """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
-        files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
-        last error. For a big batch, ask for the basic view and page through ListFiles.
+        """Returns the batch. BATCH_VIEW_BASIC (the default): its state, counts and policy,
+        read without its files whatever its size. BATCH_VIEW_FULL: the same plus the first
+        page of its files (at most the service's `full_view_files`, 100 by default) with
+        their attempts and last error, and a `next_page_token` to read the rest with
+        ListFiles. No view returns every file of a big batch: page through ListFiles.
 
         Returns the Batch resource itself, as AIP-131 asks of a Get.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -177,8 +184,9 @@ class BatchServiceServicer:
 
     def RetryFiles(self, request, context):
         """Retries the given files, or every failed and cancelled file when none are given
-        (one call, whatever their number). Returns the batch with its counts after the
-        retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
+        (one call, whatever their number), and returns the batch in BATCH_VIEW_FULL as it
+        is after the retry was accepted: its counts and the first page of its files, as
+        SubmitBatch's.
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.
@@ -190,7 +198,9 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelBatch(self, request, context):
-        """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+        """Cancels the batch; returns once it is CANCELLED and nothing of it runs. The reply
+        is the batch in the view asked for (BATCH_VIEW_FULL by default: counts and the
+        first page of files).
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.
@@ -219,8 +229,10 @@ class BatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFileHistory(self, request, context):
-        """A file's whole history: every state change (from, to, why: attempts, codes,
-        delays chosen) and every request about its batch (who retried or cancelled it).
+        """A file's history, a page at a time, oldest first: every state change (from, to,
+        why: attempts, codes, delays chosen) and every request about its batch (who
+        retried or cancelled it). Pages follow AIP-158: `page_size`, `page_token`,
+        `next_page_token`; a token fits only the batch, file and caller it was made for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

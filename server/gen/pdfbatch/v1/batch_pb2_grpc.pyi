@@ -66,15 +66,22 @@ class BatchServiceStub:
     RESOURCE_EXHAUSTED (TOO_MANY_TENANT_UPLOADS, TOO_MANY_UPLOADS). The bytes each
     header declares are reserved against the caller's storage quota while it uploads.
 
+    The reply is the batch in BATCH_VIEW_FULL: its counts and the first page of its
+    files (at most the service's `full_view_files`, 100 by default), with a
+    `next_page_token` for ListFiles when it has more. Its size does not grow with the
+    batch's.
+
     Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
     shares its response type with the other calls that return the batch.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]
-    """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
-    files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
-    last error. For a big batch, ask for the basic view and page through ListFiles.
+    """Returns the batch. BATCH_VIEW_BASIC (the default): its state, counts and policy,
+    read without its files whatever its size. BATCH_VIEW_FULL: the same plus the first
+    page of its files (at most the service's `full_view_files`, 100 by default) with
+    their attempts and last error, and a `next_page_token` to read the rest with
+    ListFiles. No view returns every file of a big batch: page through ListFiles.
 
     Returns the Batch resource itself, as AIP-131 asks of a Get.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -105,8 +112,9 @@ class BatchServiceStub:
     """
     RetryFiles: _grpc.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]
     """Retries the given files, or every failed and cancelled file when none are given
-    (one call, whatever their number). Returns the batch with its counts after the
-    retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
+    (one call, whatever their number), and returns the batch in BATCH_VIEW_FULL as it
+    is after the retry was accepted: its counts and the first page of its files, as
+    SubmitBatch's.
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -114,7 +122,9 @@ class BatchServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CancelBatch: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelBatchRequest, _batch_pb2.Batch]
-    """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+    """Cancels the batch; returns once it is CANCELLED and nothing of it runs. The reply
+    is the batch in the view asked for (BATCH_VIEW_FULL by default: counts and the
+    first page of files).
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -131,8 +141,10 @@ class BatchServiceStub:
     The audit trail of requests about it is kept.
     """
     GetFileHistory: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.GetFileHistoryResponse]
-    """A file's whole history: every state change (from, to, why: attempts, codes,
-    delays chosen) and every request about its batch (who retried or cancelled it).
+    """A file's history, a page at a time, oldest first: every state change (from, to,
+    why: attempts, codes, delays chosen) and every request about its batch (who
+    retried or cancelled it). Pages follow AIP-158: `page_size`, `page_token`,
+    `next_page_token`; a token fits only the batch, file and caller it was made for.
     """
     ExportResults: _grpc.UnaryStreamMultiCallable[_batch_pb2.ExportResultsRequest, _batch_pb2.ExportResultsResponse]
     """Streams every file of a batch in submission order, with its status and, for a
@@ -181,15 +193,22 @@ class BatchServiceAsyncStub(BatchServiceStub):
     RESOURCE_EXHAUSTED (TOO_MANY_TENANT_UPLOADS, TOO_MANY_UPLOADS). The bytes each
     header declares are reserved against the caller's storage quota while it uploads.
 
+    The reply is the batch in BATCH_VIEW_FULL: its counts and the first page of its
+    files (at most the service's `full_view_files`, 100 by default), with a
+    `next_page_token` for ListFiles when it has more. Its size does not grow with the
+    batch's.
+
     Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
     shares its response type with the other calls that return the batch.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
-    files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
-    last error. For a big batch, ask for the basic view and page through ListFiles.
+    """Returns the batch. BATCH_VIEW_BASIC (the default): its state, counts and policy,
+    read without its files whatever its size. BATCH_VIEW_FULL: the same plus the first
+    page of its files (at most the service's `full_view_files`, 100 by default) with
+    their attempts and last error, and a `next_page_token` to read the rest with
+    ListFiles. No view returns every file of a big batch: page through ListFiles.
 
     Returns the Batch resource itself, as AIP-131 asks of a Get.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -220,8 +239,9 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """
     RetryFiles: _aio.UnaryUnaryMultiCallable[_batch_pb2.RetryFilesRequest, _batch_pb2.Batch]  # type: ignore[assignment]
     """Retries the given files, or every failed and cancelled file when none are given
-    (one call, whatever their number). Returns the batch with its counts after the
-    retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
+    (one call, whatever their number), and returns the batch in BATCH_VIEW_FULL as it
+    is after the retry was accepted: its counts and the first page of its files, as
+    SubmitBatch's.
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -229,7 +249,9 @@ class BatchServiceAsyncStub(BatchServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CancelBatch: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+    """Cancels the batch; returns once it is CANCELLED and nothing of it runs. The reply
+    is the batch in the view asked for (BATCH_VIEW_FULL by default: counts and the
+    first page of files).
 
     Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
     one resource.
@@ -246,8 +268,10 @@ class BatchServiceAsyncStub(BatchServiceStub):
     The audit trail of requests about it is kept.
     """
     GetFileHistory: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetFileHistoryRequest, _batch_pb2.GetFileHistoryResponse]  # type: ignore[assignment]
-    """A file's whole history: every state change (from, to, why: attempts, codes,
-    delays chosen) and every request about its batch (who retried or cancelled it).
+    """A file's history, a page at a time, oldest first: every state change (from, to,
+    why: attempts, codes, delays chosen) and every request about its batch (who
+    retried or cancelled it). Pages follow AIP-158: `page_size`, `page_token`,
+    `next_page_token`; a token fits only the batch, file and caller it was made for.
     """
     ExportResults: _aio.UnaryStreamMultiCallable[_batch_pb2.ExportResultsRequest, _batch_pb2.ExportResultsResponse]  # type: ignore[assignment]
     """Streams every file of a batch in submission order, with its status and, for a
@@ -299,6 +323,11 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         RESOURCE_EXHAUSTED (TOO_MANY_TENANT_UPLOADS, TOO_MANY_UPLOADS). The bytes each
         header declares are reserved against the caller's storage quota while it uploads.
 
+        The reply is the batch in BATCH_VIEW_FULL: its counts and the first page of its
+        files (at most the service's `full_view_files`, 100 by default), with a
+        `next_page_token` for ListFiles when it has more. Its size does not grow with the
+        batch's.
+
         Returns the created Batch resource itself (as AIP-133 asks of a Create), so it
         shares its response type with the other calls that return the batch.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -311,9 +340,11 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.GetBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Returns the batch: with BATCH_VIEW_BASIC its state and counts, read without its
-        files whatever its size; with BATCH_VIEW_FULL every file too, its attempts and its
-        last error. For a big batch, ask for the basic view and page through ListFiles.
+        """Returns the batch. BATCH_VIEW_BASIC (the default): its state, counts and policy,
+        read without its files whatever its size. BATCH_VIEW_FULL: the same plus the first
+        page of its files (at most the service's `full_view_files`, 100 by default) with
+        their attempts and last error, and a `next_page_token` to read the rest with
+        ListFiles. No view returns every file of a big batch: page through ListFiles.
 
         Returns the Batch resource itself, as AIP-131 asks of a Get.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -368,8 +399,9 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
         """Retries the given files, or every failed and cancelled file when none are given
-        (one call, whatever their number). Returns the batch with its counts after the
-        retry, without its files (as BATCH_VIEW_BASIC); page through them with ListFiles.
+        (one call, whatever their number), and returns the batch in BATCH_VIEW_FULL as it
+        is after the retry was accepted: its counts and the first page of its files, as
+        SubmitBatch's.
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.
@@ -383,7 +415,9 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.CancelBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Cancels the batch; returns once it is CANCELLED and nothing of it runs.
+        """Cancels the batch; returns once it is CANCELLED and nothing of it runs. The reply
+        is the batch in the view asked for (BATCH_VIEW_FULL by default: counts and the
+        first page of files).
 
         Returns the Batch resource itself, as AIP-136 asks of a custom method that acts on
         one resource.
@@ -418,8 +452,10 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.GetFileHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.GetFileHistoryResponse, _abc.Awaitable[_batch_pb2.GetFileHistoryResponse]]:
-        """A file's whole history: every state change (from, to, why: attempts, codes,
-        delays chosen) and every request about its batch (who retried or cancelled it).
+        """A file's history, a page at a time, oldest first: every state change (from, to,
+        why: attempts, codes, delays chosen) and every request about its batch (who
+        retried or cancelled it). Pages follow AIP-158: `page_size`, `page_token`,
+        `next_page_token`; a token fits only the batch, file and caller it was made for.
         """
 
     @_abc_1.abstractmethod
