@@ -557,6 +557,11 @@ class BatchSupervisor(pykka.ThreadingActor):
                 if not self._book.holds(record.file_id):
                     self._book.hold(record)
                     self._ready.append(record.file_id)
+                elif self._waiting(record.file_id):
+                    # Held but not queued: read for a request that was then refused (a
+                    # retry naming an unknown file). A second entry in the queue is
+                    # harmless: the file is started once, then no longer waits.
+                    self._ready.append(record.file_id)
             if len(page.files) < self._window and not self._ready:
                 # The end: start over once, for files made to wait behind the cursor.
                 if from_start:

@@ -87,6 +87,15 @@ class InstantExecutor:
             self._running.discard(attempt)
             return True
 
+    def release(self) -> None:
+        """End every running attempt as ``decide`` now says (``None``: keep it running)."""
+        with self._lock:
+            running = list(self._running)
+        for attempt in running:
+            outcome = self.decide(attempt.job)
+            if outcome is not None and self.forget(attempt):
+                attempt.deliver_done(outcome)
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         with self._lock:
             doomed = [a for a in self._running if a.job.batch_id == batch_id]

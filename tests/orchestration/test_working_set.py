@@ -17,6 +17,7 @@ from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import BatchEvent, BatchState, BatchSummary, FileRecord, FileState
+from actors.policy.refusals import RetryRefused
 from actors.policy.rules import BatchPolicy
 from actors.storage.blobs import BlobStore
 from actors.storage.sqlite_store import SQLiteStore
@@ -144,6 +145,23 @@ def _peaks(rig: Rig, most_held: dict[str, int]) -> dict[int, int]:
         assert summary.counts[FileState.SUCCEEDED] == count
         peaks[count] = most_held["files"]
     return peaks
+
+
+def test_a_waiting_file_read_for_a_refused_retry_still_runs(rig: Rig) -> None:
+    rig.executor.decide = lambda job: None  # the first files hold every slot
+    batch_id = rig.submit(100)
+    rig.until(batch_id, lambda _, counts: counts[FileState.RUNNING] == POLICY.max_concurrency)
+    # f00080 lies beyond the supervisor's first window of waiting files: the retry reads
+    # it into the book, then is refused (a waiting file cannot be retried).
+    with pytest.raises(RetryRefused):
+        rig.runtime.retry(batch_id, ["f00080", "f99999"])
+    rig.executor.decide = succeeding
+    rig.executor.release()
+
+    summary = rig.settled(batch_id)
+
+    assert summary.batch.state is BatchState.SUCCEEDED
+    assert summary.counts[FileState.SUCCEEDED] == 100
 
 
 def test_a_cancel_of_many_waiting_files_is_one_change_per_state(rig: Rig) -> None:
