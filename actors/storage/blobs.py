@@ -231,11 +231,14 @@ class BlobWriter:
     thread-safe: one writer belongs to one upload.
     """
 
+    # Kept small: an upload holds one writer per file until its batch is stored.
+    __slots__ = ("_digest", "_handle", "_hash", "_settled", "_store", "_temp", "size")
+
     def __init__(self, store: BlobStore, temp: Path, handle: BinaryIO) -> None:
         self._store = store
         self._temp = temp
         self._handle: BinaryIO | None = handle
-        self._hash = hashlib.sha256()
+        self._hash: hashlib._Hash | None = hashlib.sha256()
         self._digest: str | None = None
         self._settled = False
         self.size = 0
@@ -258,7 +261,7 @@ class BlobWriter:
             ValueError: The writer was finished, committed or aborted.
             OSError: The disk refused the bytes.
         """
-        if self._handle is None:
+        if self._handle is None or self._hash is None:
             raise ValueError("blob writer is closed")
         self._handle.write(data)
         self._hash.update(data)
@@ -276,7 +279,7 @@ class BlobWriter:
         """
         if self._digest is not None:
             return self._digest
-        if self._handle is None:
+        if self._handle is None or self._hash is None:
             raise ValueError("blob writer was aborted")
         handle, self._handle = self._handle, None
         with handle:
@@ -284,6 +287,7 @@ class BlobWriter:
             if durable:
                 os.fsync(handle.fileno())
         self._digest = self._hash.hexdigest()
+        self._hash = None  # its state is no longer needed
         return self._digest
 
     def commit(self, *, durable: bool = True) -> bool:

@@ -218,11 +218,14 @@ class InlineBlobWriter:
     an upload of many small files holds one file's bytes at a time. Not thread-safe.
     """
 
+    # Kept small: an upload holds one writer per file until its batch is stored.
+    __slots__ = ("_blobs", "_buffer", "_digest", "_hash", "_incoming", "_limit", "_settled", "size")
+
     def __init__(self, blobs: InlineBlobs, limit: int) -> None:
         self._blobs = blobs
         self._limit = limit
         self._buffer: bytearray | None = bytearray()
-        self._hash = hashlib.sha256()
+        self._hash: hashlib._Hash | None = hashlib.sha256()
         self._digest: str | None = None
         self._incoming: int | None = None
         self._settled = False
@@ -246,7 +249,7 @@ class InlineBlobWriter:
             ValueError: The writer was finished or aborted, or ``data`` would take it
                 past its limit.
         """
-        if self._buffer is None:
+        if self._buffer is None or self._hash is None:
             raise ValueError("blob writer is closed")
         if self.size + len(data) > self._limit:
             raise ValueError(f"an inline blob holds at most {self._limit} bytes")
@@ -267,11 +270,12 @@ class InlineBlobWriter:
         del durable
         if self._digest is not None:
             return self._digest
-        if self._buffer is None:
+        if self._buffer is None or self._hash is None:
             raise ValueError("blob writer was aborted")
         self._incoming = self._blobs._receive(bytes(self._buffer))
         self._buffer = None
         self._digest = self._hash.hexdigest()
+        self._hash = None  # its state is no longer needed
         return self._digest
 
     def commit(self, *, durable: bool = True, stored_elsewhere: bool = False) -> bool:
