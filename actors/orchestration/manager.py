@@ -70,12 +70,21 @@ class SweepRetention:
     """Remove what the retention policy no longer keeps; reply with the sweep's report."""
 
 
+# The failure of a supervisor that the store stopped (see BatchManager).
+_STORAGE_OUTAGE = StorageUnavailableError.__name__
+
+
 class BatchManager(pykka.ThreadingActor):
     """Creates, finds and restarts batch supervisors.
 
     Args:
         deps: Handed to every supervisor.
-        intensity: Restarts of one batch's supervisor allowed within a window.
+        intensity: Restarts of one batch's supervisor allowed within a window; beyond
+            them the batch fails. A supervisor stopped by the store
+            (``StorageUnavailableError``: a full disk, a locked or closed database) is
+            not counted: the outage is the service's, not the batch's, and a batch
+            cannot be failed while nothing can be stored. It is restarted with backoff
+            until the store takes its commits again.
         backoff: Delays between repeated restarts (the first one is immediate).
         retention: Sweep every ``retention.sweep_interval`` seconds what it no longer
             keeps. Default ``None``: never sweep.
@@ -180,7 +189,7 @@ class BatchManager(pykka.ThreadingActor):
         now = self._deps.scheduler.now()
         window = self._restarts.get(batch_id, RestartWindow()).record(now, self._intensity)
         self._restarts[batch_id] = window
-        if window.exceeded(self._intensity):
+        if window.exceeded(self._intensity) and exception_type != _STORAGE_OUTAGE:
             log.error("batch_supervisor_gave_up", batch_id=batch_id, cause=exception_type)
             self._give_up(batch_id, now)
             return

@@ -115,15 +115,21 @@ def build_harness(
 
 
 class FlakyStore(MemoryStore):
-    """A memory store whose n-th commits fail, as a full disk or a locked database would."""
+    """A memory store whose n-th commits fail, as a full disk or a locked database would
+    (``error``: ``StorageUnavailableError``), or as a bug would (any other error)."""
 
-    def __init__(self, fail: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        fail: Callable[[int], bool],
+        error: Callable[[str], Exception] = StorageUnavailableError,
+    ) -> None:
         super().__init__()
         self._fail = fail
+        self._error = error
         self.commits = 0
 
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         self.commits += 1
         if self._fail(self.commits):
-            raise StorageUnavailableError(f"injected failure of commit {self.commits}")
+            raise self._error(f"injected failure of commit {self.commits}")
         super().commit(changes, results)
