@@ -64,6 +64,37 @@ def _columns(names: tuple[str, ...]) -> str:
     return ", ".join(names)
 
 
+def _file_page_query(
+    batch_id: str, states: Collection[FileState], after_position: int, limit: int
+) -> tuple[str, tuple[object, ...]]:
+    """The query of a page of files after ``after_position``, in ``states`` (any if
+    empty), in submission order.
+
+    One state is a range of ``files_by_state``. Several are one such range each, merged:
+    ``state IN (...)`` makes SQLite walk ``files_by_position`` instead, which reads
+    every later row of the batch to find a few (0.7 s for 1,000,000 files).
+    """
+    columns = f"position, {_columns(codec.FILE_COLUMNS)}"
+    if not states:
+        return (
+            f"SELECT {columns} FROM files WHERE batch_id = ? AND position > ? "
+            "ORDER BY position LIMIT ?",
+            (batch_id, after_position, limit),
+        )
+    one = (
+        f"SELECT * FROM (SELECT {columns} FROM files WHERE batch_id = ? AND state = ? "
+        "AND position > ? ORDER BY position LIMIT ?)"
+    )
+    ordered = sorted(state.value for state in states)
+    query = " UNION ALL ".join(one for _ in ordered)
+    params: list[object] = []
+    for state in ordered:
+        params += [batch_id, state, after_position, limit]
+    if len(ordered) == 1:
+        return query, tuple(params)
+    return f"SELECT * FROM ({query}) ORDER BY position LIMIT ?", (*params, limit)
+
+
 def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
@@ -477,20 +508,14 @@ class SQLiteStore:
         after_position: int,
         limit: int,
     ) -> FilePage | None:
-        state_clause = f" AND state IN ({_marks(len(states))})" if states else ""
-        state_values = [state.value for state in states]
+        query, params = _file_page_query(batch_id, states, after_position, limit)
         with self._db.read() as db:
             head = db.execute(
                 "SELECT sequence, counts FROM batches WHERE batch_id = ?", (batch_id,)
             ).fetchone()
             if head is None:
                 return None
-            rows = db.execute(
-                f"SELECT position, {_columns(codec.FILE_COLUMNS)} FROM files "
-                f"WHERE batch_id = ? AND position > ?{state_clause} "
-                "ORDER BY position LIMIT ?",
-                (batch_id, after_position, *state_values, limit),
-            ).fetchall()
+            rows = db.execute(query, params).fetchall()
             attempts: dict[str, list[Attempt]] = {}
             if rows:
                 first, last = rows[0][0], rows[-1][0]

@@ -4,7 +4,10 @@ change; the same over the memory store and the SQLite store."""
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,12 @@ from actors.policy.model import (
     Attempt,
     AttemptOutcome,
     BatchState,
+    BatchView,
     FileError,
     FileState,
 )
 from actors.policy.rules import MAX_WRONG_PASSWORDS
-from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.sqlite_store import SQLiteStore, _file_page_query
 from actors.storage.store import MemoryStore, Store
 from tests.helpers.records import new_batch, started
 
@@ -159,3 +163,47 @@ def test_a_held_files_own_record_in_the_same_commit_outlasts_the_change_by_state
     ]
     assert stored.files[0].attempts == book.file("f00001").attempts
     assert store.batch_summary("b1").counts == stored.counts  # type: ignore[union-attr]
+
+
+def _mixed(files: int) -> BatchView:
+    """A batch whose files are in states spread over its positions."""
+    view = new_batch(files=files)
+    states = {0: FileState.RUNNING, 3: FileState.BACKOFF}
+    records = tuple(
+        dataclasses.replace(f, state=states.get(n % 7, FileState.PENDING))
+        for n, f in enumerate(view.files)
+    )
+    return dataclasses.replace(view, files=records)
+
+
+def test_a_page_of_several_states_merges_them_in_submission_order(store: Store) -> None:
+    view = _mixed(200)
+    store.create_batch(view)
+    wanted = {FileState.RUNNING, FileState.BACKOFF}
+    expected = [f.file_id for f in view.files if f.state in wanted]
+    got: list[str] = []
+    after = -1
+    while True:
+        page = store.file_page("b1", states=wanted, after_position=after, limit=9)
+        assert page is not None
+        got += [f.file_id for _, f in page.files]
+        if len(page.files) < 9:
+            break
+        after = page.files[-1][0]
+    assert got == expected
+
+
+def test_a_page_of_several_states_reads_each_states_index_not_the_batch(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    try:
+        store.create_batch(_mixed(50))
+        query, params = _file_page_query(
+            "b1", {FileState.RUNNING, FileState.BACKOFF}, after_position=-1, limit=10
+        )
+        with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+            plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", params))
+    finally:
+        store.close()
+    # A walk of files_by_position would read every later file of the batch to find a few.
+    assert "files_by_state" in plan
+    assert "files_by_position" not in plan
