@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,6 +158,9 @@ class Uploads:
     ) -> tuple[convert.BatchSpec, list[_Staged], Admission]:
         spec: convert.BatchSpec | None = None
         staged: list[_Staged] = []
+        # One callback drops every file received but not stored, so that the list alone
+        # holds the writers and the commit can let them go as it stores them.
+        stack.callback(_abort_all, staged)
         total = 0
         admission = Admission.unlimited()
         ended = False
@@ -185,7 +188,7 @@ class Uploads:
                 # they keep the total within reach of any quota.
                 self._check_header(request.file, len(staged), total)
                 admission.reserve(total)
-                staged.append(self._open(request.file, stack))
+                staged.append(self._open(request.file))
                 if request.file.content:
                     self._write(staged[-1], len(staged) - 1, request.file.content)
                     staged[-1].inline = True
@@ -281,11 +284,10 @@ class Uploads:
                 "INVALID_CHECKSUM", "Give sha256 as 64 lowercase hex digits.", f"{where}.sha256"
             )
 
-    def _open(self, header: pb.FileHeader, stack: contextlib.ExitStack) -> _Staged:
+    def _open(self, header: pb.FileHeader) -> _Staged:
         password = header.password if header.HasField("password") else None
         # The declared size picks where the bytes go; more than it is refused anyway.
         writer = self._blobs.writer(max(header.size_bytes, 0))
-        stack.enter_context(writer)
         return _Staged(header.name, password, header.size_bytes, header.sha256, writer)
 
     def _write(self, file: _Staged, index: int, chunk: bytes) -> None:
@@ -319,7 +321,7 @@ class Uploads:
     def _commit(
         self,
         spec: convert.BatchSpec,
-        staged: Sequence[_Staged],
+        staged: list[_Staged],
         owner: str,
         still_wanted: Callable[[], bool],
         admission: Admission,
@@ -339,6 +341,10 @@ class Uploads:
                 if file.writer.commit(durable=False):
                     created.append(file.writer.finish())
                 files.append(NewFile(file.name, file.writer.finish(), file.declared, file.password))
+            # Stored (a failure below releases them by digest): the writers and their
+            # staging records go before the batch's records are made, which for a big
+            # batch halves what the upload holds at its peak.
+            staged.clear()
             try:
                 # Every blob is on disk before a stored batch refers to it: one flush of
                 # the file system instead of two fsyncs per file.
@@ -387,6 +393,14 @@ class _Content(Protocol):
 
 def _files(count: int) -> str:
     return "1 file" if count == 1 else f"{count} files"
+
+
+def _abort_all(staged: list[_Staged]) -> None:
+    """Drop the bytes of every file in ``staged`` (nothing for one already stored)."""
+    for file in staged:
+        # A row or file left behind is swept at the next start; the others still go.
+        with contextlib.suppress(OSError):
+            file.writer.abort()
 
 
 def _contents(files: Iterable[_Content]) -> list[tuple[str, str, int]]:
