@@ -33,6 +33,7 @@ __all__ = [
     "Executor",
     "OnDone",
     "OnStarted",
+    "file_ends",
 ]
 
 
@@ -84,10 +85,20 @@ class AttemptJob:
         """
         if self.blob_content is not None:
             return self.blob_content[:size], self.blob_content[-size:]
-        with open(self.blob_path, "rb") as handle:
-            head = handle.read(size)
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
-            return head, handle.read(size)
+        return file_ends(self.blob_path, size)
+
+
+def file_ends(path: str | os.PathLike[str], size: int) -> tuple[bytes, bytes]:
+    """A file's first and last ``size`` bytes (overlapping in a file shorter than
+    ``2 * size``), without reading the rest.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(size)
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+        return head, handle.read(size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ worker checks again, so a file that changed between the two reads is still refus
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from actors.execution.classify import classify
@@ -24,6 +23,7 @@ from actors.execution.contract import (
     Executor,
     OnDone,
     OnStarted,
+    file_ends,
 )
 from actors.execution.extract import SIGNATURE_WINDOW, looks_like_pdf
 from actors.policy.catalogue import ErrorCode
@@ -37,11 +37,7 @@ def screen(path: Path) -> ErrorCode | None:
     Raises:
         OSError: The file cannot be read.
     """
-    with path.open("rb") as handle:
-        head = handle.read(SIGNATURE_WINDOW)
-        # The last bytes, which may overlap the first in a small file.
-        handle.seek(max(0, handle.seek(0, os.SEEK_END) - SIGNATURE_WINDOW))
-        return screen_ends(head, handle.read(SIGNATURE_WINDOW))
+    return screen_ends(*file_ends(path, SIGNATURE_WINDOW))
 
 
 def screen_ends(head: bytes, tail: bytes) -> ErrorCode | None:
