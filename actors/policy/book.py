@@ -33,7 +33,7 @@ from actors.policy.model import (
 )
 from actors.policy.rules import password_guesses_exhausted
 
-__all__ = ["BatchBook", "Changes", "retryable"]
+__all__ = ["BatchBook", "Changes", "moved_by", "retryable"]
 
 
 def retryable(record: FileRecord, max_manual_retries: int) -> bool:
@@ -42,6 +42,29 @@ def retryable(record: FileRecord, max_manual_retries: int) -> bool:
     return record.manual_retries < max_manual_retries and not password_guesses_exhausted(
         a.code for a in record.attempts
     )
+
+
+def moved_by(bulk: BulkChange, record: FileRecord) -> FileRecord | None:
+    """``record`` as a change by state leaves it, or ``None`` if the change skips it.
+
+    The one rule for what such a change does to a file, whoever applies it: the book to
+    the files it holds, a store to its rows (at once, or when it reads a row the change
+    has not been written into yet).
+    """
+    if record.state is not bulk.from_state:
+        return None
+    if bulk.manual_retry and not retryable(record, bulk.max_manual_retries):
+        return None
+    if bulk.manual_retry:
+        return dataclasses.replace(
+            record,
+            state=bulk.state,
+            next_attempt_at=None,
+            error=bulk.error,
+            round_failures=0,
+            manual_retries=record.manual_retries + 1,
+        )
+    return dataclasses.replace(record, state=bulk.state, next_attempt_at=None, error=bulk.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,27 +274,21 @@ class BatchBook:
         if count > self._counts[from_state]:
             held = self._counts[from_state]
             raise ValueError(f"{count} files cannot leave {from_state.value}: {held} are in it")
-        retry = max_manual_retries is not None
-        for current in list(self._files.values()):
-            if current.state is not from_state:
-                continue
-            if retry and not retryable(current, max_manual_retries or 0):
-                continue
-            changes: dict[str, Any] = {"state": state, "next_attempt_at": None, "error": error}
-            if retry:
-                changes.update(round_failures=0, manual_retries=current.manual_retries + 1)
-            self._replace(dataclasses.replace(current, **changes))
-        self._counts[from_state] -= count
-        self._counts[state] += count
         bulk = BulkChange(
             (),
             state,
             error,
             from_state=from_state,
             count=count,
-            manual_retry=retry,
+            manual_retry=max_manual_retries is not None,
             max_manual_retries=max_manual_retries or 0,
         )
+        for current in list(self._files.values()):
+            updated = moved_by(bulk, current)
+            if updated is not None:
+                self._replace(updated)
+        self._counts[from_state] -= count
+        self._counts[state] += count
         self._announce(now, reason=reason, previous=None, bulk=bulk)
 
     def _replace(self, updated: FileRecord) -> None:

@@ -57,6 +57,8 @@ __all__ = [
     "file_to_row",
     "info_from_json",
     "info_to_json",
+    "moves_from_json",
+    "moves_to_json",
     "policy_from_json",
     "policy_to_json",
     "warned_from_json",
@@ -349,6 +351,20 @@ def _bulk_from_dict(data: Mapping[str, Any]) -> BulkChange:
         manual_retry=data.get("manual_retry", False),
         max_manual_retries=data.get("max_manual_retries", 0),
     )
+
+
+def moves_to_json(moves: Sequence[tuple[int, BulkChange]]) -> str:
+    """Numbered changes by state (a batch's pending moves) as JSON text."""
+    return json.dumps(
+        [{"n": number, **_bulk_to_dict(bulk)} for number, bulk in moves], separators=(",", ":")
+    )
+
+
+def moves_from_json(text: str) -> tuple[tuple[int, BulkChange], ...]:
+    """The numbered changes :func:`moves_to_json` made."""
+    if text == "[]":
+        return ()
+    return tuple((int(data["n"]), _bulk_from_dict(data)) for data in json.loads(text))
 
 
 def event_from_json(text: str) -> BatchEvent:

@@ -209,7 +209,26 @@ _V7 = (
     "CREATE INDEX audit_by_caller ON audit (batch_id, caller, id)",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+# Version 8: a change by state (a cancel, a retry of every file) is recorded on its
+# batch, not written into every row it moves. ``moves`` numbers the batch's changes by
+# state; ``pending_moves`` lists those not yet written into every row they move (JSON,
+# oldest first, each with its number); a file row's ``moved`` is the number of the last
+# change by state it already shows. A reader applies the pending changes numbered above
+# a row's ``moved``; the store writes them into the rows in the background.
+_V8 = (
+    "ALTER TABLE batches ADD COLUMN moves INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE batches ADD COLUMN pending_moves TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE files ADD COLUMN moved INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX batches_with_moves ON batches (batch_id) WHERE pending_moves != '[]'",
+    # The few files a retry of every file may skip: those retried before, and those
+    # whose last error is a wrong password. A retry counts the files it moves as the
+    # files in the state less these.
+    "CREATE INDEX files_retried ON files (batch_id, manual_retries) WHERE manual_retries > 0",
+    "CREATE INDEX files_wrong_password ON files (batch_id) "
+    "WHERE json_extract(error, '$.code') = 'PDF_WRONG_PASSWORD'",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

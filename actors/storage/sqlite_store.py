@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from actors.policy.book import Changes
+from actors.policy.book import Changes, retryable
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
     Attempt,
@@ -40,8 +40,15 @@ from actors.policy.model import (
     ResultSummary,
 )
 from actors.policy.results import result_size, text_pieces
-from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage import codec
+from actors.storage.moves import (
+    MAX_PENDING_MOVES,
+    Move,
+    MoveWriter,
+    apply_moves,
+    retryable_sql,
+    state_conditions,
+)
 from actors.storage.sqlite_connections import Connections, Synchronous
 from actors.storage.store import EventListener, FileHistoryPage
 
@@ -50,6 +57,8 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 DEFAULT_BUSY_TIMEOUT = 5.0
 _PIECES_PER_READ = 4
 _IDS_PER_READ = 500
+# Rows a pending move is written into per transaction: about 15 ms of the write lock.
+_MOVE_ROWS = 2000
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
 
 
@@ -58,6 +67,8 @@ _AUDIT_COLUMNS = "at, request_id, caller, action, batch_id, outcome, detail"
 # does not use the index.
 _EVENT_FILE_ID = "json_extract(payload, '$.file.file_id')"
 _EVENT_IS_BULK = "json_type(payload, '$.bulk') = 'object'"
+# The condition of schema version 8's files_wrong_password, as written there.
+_WRONG_PASSWORD = f"json_extract(error, '$.code') = '{ErrorCode.PDF_WRONG_PASSWORD.value}'"
 
 
 def _columns(names: tuple[str, ...]) -> str:
@@ -65,31 +76,37 @@ def _columns(names: tuple[str, ...]) -> str:
 
 
 def _file_page_query(
-    batch_id: str, states: Collection[FileState], after_position: int, limit: int
+    batch_id: str, conditions: Mapping[FileState, str] | None, after_position: int, limit: int
 ) -> tuple[str, tuple[object, ...]]:
-    """The query of a page of files after ``after_position``, in ``states`` (any if
-    empty), in submission order.
+    """The query of a page of files after ``after_position``, in submission order.
+
+    Args:
+        conditions: Only rows of these stored states, each on its condition (see
+            :func:`actors.storage.moves.state_conditions`); ``None`` for every file.
 
     One state is a range of ``files_by_state``. Several are one such range each, merged:
     ``state IN (...)`` makes SQLite walk ``files_by_position`` instead, which reads
     every later row of the batch to find a few (0.7 s for 1,000,000 files).
     """
-    columns = f"position, {_columns(codec.FILE_COLUMNS)}"
-    if not states:
+    columns = f"position, {_FILE_READ}"
+    if conditions is None:
         return (
             f"SELECT {columns} FROM files WHERE batch_id = ? AND position > ? "
             "ORDER BY position LIMIT ?",
             (batch_id, after_position, limit),
         )
-    one = (
+    if not conditions:
+        return f"SELECT {columns} FROM files WHERE 0", ()
+    ordered = sorted(conditions.items(), key=lambda item: item[0].value)
+    query = " UNION ALL ".join(
         f"SELECT * FROM (SELECT {columns} FROM files WHERE batch_id = ? AND state = ? "
-        "AND position > ? ORDER BY position LIMIT ?)"
+        f"AND position > ?{'' if condition == '1' else ' AND ' + condition} "
+        "ORDER BY position LIMIT ?)"
+        for _, condition in ordered
     )
-    ordered = sorted(state.value for state in states)
-    query = " UNION ALL ".join(one for _ in ordered)
     params: list[object] = []
-    for state in ordered:
-        params += [batch_id, state, after_position, limit]
+    for state, _ in ordered:
+        params += [batch_id, state.value, after_position, limit]
     if len(ordered) == 1:
         return query, tuple(params)
     return f"SELECT * FROM ({query}) ORDER BY position LIMIT ?", (*params, limit)
@@ -109,9 +126,9 @@ _UPDATE_BATCH = (
     "UPDATE batches SET state = ?, updated_at = ?, sequence = ?, reason = ?, counts = ? "
     "WHERE batch_id = ? AND sequence = ?"
 )
-_SELECT_FILES = (
-    f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files WHERE batch_id = ? ORDER BY position"
-)
+# A file row as read: its record's columns, then the last move it shows.
+_FILE_READ = f"{_columns(codec.FILE_COLUMNS)}, moved"
+_SELECT_FILES = f"SELECT {_FILE_READ} FROM files WHERE batch_id = ? ORDER BY position"
 _INSERT_FILE = (
     f"INSERT INTO files (batch_id, position, {_columns(codec.FILE_COLUMNS)}) "
     f"VALUES (?, ?, {_marks(len(codec.FILE_COLUMNS))})"
@@ -119,10 +136,10 @@ _INSERT_FILE = (
 _UPDATE_FILE = (
     "UPDATE files SET "
     + ", ".join(f"{name} = ?" for name in codec.FILE_COLUMNS[1:])
-    + " WHERE batch_id = ? AND file_id = ?"
+    + ", moved = ? WHERE batch_id = ? AND file_id = ?"
 )
 _UPDATE_FILE_BULK = (
-    "UPDATE files SET state = ?, next_attempt_at = NULL, error = ? "
+    "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?, moved = ? "
     "WHERE batch_id = ? AND file_id = ?"
 )
 _SELECT_ATTEMPTS = (
@@ -137,22 +154,73 @@ _UPSERT_ATTEMPT = (
 )
 
 
-def _retryable_clause(max_manual_retries: int | None) -> tuple[str, tuple[object, ...]]:
-    """SQL (after a WHERE on ``files``) for :func:`actors.policy.book.retryable`.
+def _record(row: Sequence[Any], attempts: Sequence[Attempt], moves: Sequence[Move]) -> FileRecord:
+    """The record of a row read with :data:`_FILE_READ`, its pending moves applied."""
+    *columns, moved = row
+    return apply_moves(codec.file_from_row(columns, attempts), moved, moves)
 
-    Password guesses are counted only for files whose last error is a wrong password:
-    a file that used them up failed with one and can never move again, and the others
-    are spared the look into their attempts.
+
+def _moves_of(db: sqlite3.Connection, batch_id: str) -> tuple[Move, ...] | None:
+    """The batch's pending moves, or ``None`` for no such batch."""
+    row = db.execute("SELECT pending_moves FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+    return None if row is None else codec.moves_from_json(row[0])
+
+
+def _read_records(
+    db: sqlite3.Connection, batch_id: str, file_ids: Sequence[str], moves: Sequence[Move]
+) -> dict[str, FileRecord]:
+    """The named files (at most :data:`_IDS_PER_READ`) with their attempts, by id."""
+    marks = _marks(len(file_ids))
+    rows = db.execute(
+        f"SELECT {_FILE_READ} FROM files WHERE batch_id = ? AND file_id IN ({marks})",
+        (batch_id, *file_ids),
+    ).fetchall()
+    attempts: dict[str, list[Attempt]] = {}
+    for file_id, *attempt in db.execute(
+        f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
+        f"WHERE batch_id = ? AND file_id IN ({marks}) ORDER BY file_id, number",
+        (batch_id, *file_ids),
+    ):
+        attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
+    return {row[0]: _record(row, attempts.get(row[0], ()), moves) for row in rows}
+
+
+def _write_move(
+    db: sqlite3.Connection, batch_id: str, move: Move, *, after_position: int, rows: int | None
+) -> int | None:
+    """Write the batch's oldest pending ``move`` into the rows it moves, in submission
+    order after ``after_position``: up to ``rows`` of them, or all (``None``).
+
+    Returns:
+        The position of the last row written, or ``None`` when no row is left for it.
     """
-    if max_manual_retries is None:
-        return "", ()
-    wrong = ErrorCode.PDF_WRONG_PASSWORD.value
-    return (
-        " AND manual_retries < ? AND NOT (json_extract(error, '$.code') IS ? AND ("
-        "SELECT COUNT(*) FROM attempts AS a WHERE a.batch_id = files.batch_id "
-        "AND a.file_id = files.file_id AND a.code = ?) >= ?)",
-        (max_manual_retries, wrong, wrong, MAX_WRONG_PASSWORDS),
+    number, bulk = move
+    assert bulk.from_state is not None, "only a change by state is a move"
+    where = "batch_id = ? AND state = ? AND moved < ? AND position > ?"
+    if bulk.manual_retry:
+        where += f" AND {retryable_sql(bulk.max_manual_retries)}"
+    params: tuple[object, ...] = (batch_id, bulk.from_state.value, number, after_position)
+    last = None
+    if rows is not None:
+        row = db.execute(
+            f"SELECT position FROM files WHERE {where} ORDER BY position LIMIT 1 OFFSET ?",
+            (*params, rows - 1),
+        ).fetchone()
+        last = None if row is None else int(row[0])
+    retry = ", round_failures = 0, manual_retries = manual_retries + 1"
+    db.execute(
+        "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?, moved = ?"
+        f"{retry if bulk.manual_retry else ''} WHERE {where}"
+        f"{'' if last is None else ' AND position <= ?'}",
+        (
+            bulk.state.value,
+            codec.error_to_json(bulk.error),
+            number,
+            *params,
+            *(() if last is None else (last,)),
+        ),
     )
+    return last
 
 
 def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
@@ -177,6 +245,10 @@ class SQLiteStore:
             fails with ``StorageUnavailableError``. Default 5.
         synchronous: ``"FULL"`` (default) fsyncs every commit; ``"NORMAL"`` survives a
             killed process but may lose the last commits to a power cut.
+        write_moves: Write changes by state into their rows on a thread of the store's
+            own (default), a few thousand rows per transaction, until none is pending.
+            ``False`` leaves them to :meth:`write_pending_moves` (tests); readers apply
+            pending ones either way.
 
     Raises:
         ValueError: A negative ``max_events_per_batch`` or an unknown ``synchronous``.
@@ -191,6 +263,7 @@ class SQLiteStore:
         max_events_per_batch: int | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         synchronous: Synchronous = "FULL",
+        write_moves: bool = True,
     ) -> None:
         if max_events_per_batch is not None and max_events_per_batch < 0:
             raise ValueError("max_events_per_batch must not be negative")
@@ -199,13 +272,66 @@ class SQLiteStore:
         self._db = Connections(path, busy_timeout=busy_timeout, synchronous=synchronous)
         self._listeners_lock = threading.Lock()
         self._listeners: list[EventListener] = []
+        # Which move (batch id, number) is being written into its rows, and the
+        # position of the last row written: moves are written one at a time.
+        self._move_cursor: tuple[tuple[str, int], int] = (("", 0), -1)
+        self._mover = MoveWriter(self.write_pending_moves, name="pdfbatch-moves")
+        self._write_moves = write_moves
+        with self._db.read() as db:
+            pending = db.execute(
+                "SELECT 1 FROM batches WHERE pending_moves != '[]' LIMIT 1"
+            ).fetchone()
+        if pending is not None:
+            # Left pending by the last run.
+            self._wake_mover()
 
     def close(self) -> None:
         """Close every connection; later calls raise ``StorageUnavailableError``.
 
         Idempotent.
         """
+        self._mover.stop()
         self._db.close()
+
+    def write_pending_moves(self, rows: int = _MOVE_ROWS) -> bool:
+        """Write part of one batch's oldest pending move into its rows, in one
+        transaction, and forget the move once no row is left for it.
+
+        Args:
+            rows: The most rows to write.
+
+        Returns:
+            Whether a move was pending.
+
+        Raises:
+            StorageUnavailableError: The database failed; nothing was written.
+        """
+        with self._db.write() as db:
+            row = db.execute(
+                "SELECT batch_id, pending_moves FROM batches WHERE pending_moves != '[]' LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return False
+            batch_id, text = row
+            move = codec.moves_from_json(text)[0]
+            key = (batch_id, move[0])
+            cursor, after = self._move_cursor
+            last = _write_move(
+                db, batch_id, move, after_position=after if cursor == key else -1, rows=rows
+            )
+            if last is None:
+                db.execute(
+                    "UPDATE batches SET pending_moves = json_remove(pending_moves, '$[0]') "
+                    "WHERE batch_id = ?",
+                    (batch_id,),
+                )
+        # Only once committed: a cursor past rows not written would skip them.
+        self._move_cursor = (key, -1 if last is None else last)
+        return True
+
+    def _wake_mover(self) -> None:
+        if self._write_moves:
+            self._mover.wake()
 
     # Writes ------------------------------------------------------------------------
 
@@ -272,11 +398,11 @@ class SQLiteStore:
             if updated.rowcount != 1:
                 self._refuse_commit(db, batch_id, previous)
             # Bulk changes first: a file's own record in the same commit is newer.
-            for bulk in (e.bulk for e in changes.events if e.bulk is not None):
-                self._apply_bulk(db, batch_id, bulk)
+            bulks = [e.bulk for e in changes.events if e.bulk is not None]
+            moved, more = self._record_bulk(db, batch_id, bulks)
             db.executemany(
                 _UPDATE_FILE,
-                ((*codec.file_to_row(f)[1:], batch_id, f.file_id) for f in changes.files),
+                ((*codec.file_to_row(f)[1:], moved, batch_id, f.file_id) for f in changes.files),
             )
             db.executemany(
                 _UPSERT_ATTEMPT,
@@ -297,32 +423,76 @@ class SQLiteStore:
                 )
             for file_id, result in results.items():
                 self._insert_result(db, batch_id, file_id, result)
+        if more:
+            self._wake_mover()
         with self._listeners_lock:
             listeners = list(self._listeners)
         for event in changes.events:
             for listener in listeners:
                 listener(event)
 
-    @staticmethod
-    def _apply_bulk(db: sqlite3.Connection, batch_id: str, bulk: BulkChange) -> None:
-        error = codec.error_to_json(bulk.error)
-        if bulk.from_state is None:
-            db.executemany(
-                _UPDATE_FILE_BULK,
-                ((bulk.state.value, error, batch_id, file_id) for file_id in bulk.file_ids),
-            )
-            return
-        # Every file of the state in one statement, through files_by_state.
-        retry = ", round_failures = 0, manual_retries = manual_retries + 1"
-        clause, params = _retryable_clause(bulk.max_manual_retries if bulk.manual_retry else None)
-        # The rows moved may differ from bulk.count by files whose own records ride in
-        # the same commit (stored after this statement, they have the last word): the
-        # book's count is the one kept.
+    def _record_bulk(
+        self, db: sqlite3.Connection, batch_id: str, bulks: Sequence[BulkChange]
+    ) -> tuple[int, bool]:
+        """Apply ``bulks`` (in order) in the commit's transaction.
+
+        A change by state becomes the batch's next pending move: no row is written. A
+        listed change writes its few rows, brought up to date first.
+
+        Returns:
+            The number of the batch's last move, which the commit's own file records
+            show, and whether a move was added (for the background writer).
+        """
+        number, pending = db.execute(
+            "SELECT moves, pending_moves FROM batches WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        if not bulks:
+            return number, False
+        moves = list(codec.moves_from_json(pending))
+        added = False
+        for bulk in bulks:
+            if bulk.from_state is None:
+                self._bring_up_to_date(db, batch_id, bulk.file_ids, moves, number)
+                error = codec.error_to_json(bulk.error)
+                db.executemany(
+                    _UPDATE_FILE_BULK,
+                    ((bulk.state.value, error, number, batch_id, f) for f in bulk.file_ids),
+                )
+                continue
+            number += 1
+            moves.append((number, bulk))
+            added = True
+            while len(moves) > MAX_PENDING_MOVES:
+                # Each pending move costs every query by state a little: too many, and
+                # the oldest is written into its rows now.
+                _write_move(db, batch_id, moves.pop(0), after_position=-1, rows=None)
         db.execute(
-            "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?"
-            f"{retry if bulk.manual_retry else ''} WHERE batch_id = ? AND state = ?{clause}",
-            (bulk.state.value, error, batch_id, bulk.from_state.value, *params),
+            "UPDATE batches SET moves = ?, pending_moves = ? WHERE batch_id = ?",
+            (number, codec.moves_to_json(moves), batch_id),
         )
+        return number, added
+
+    @staticmethod
+    def _bring_up_to_date(
+        db: sqlite3.Connection,
+        batch_id: str,
+        file_ids: Sequence[str],
+        moves: Sequence[Move],
+        number: int,
+    ) -> None:
+        """Write the pending ``moves`` into the rows of ``file_ids``, which then show
+        every move up to ``number``: for a change that writes only some columns."""
+        if not moves:
+            return
+        for start in range(0, len(file_ids), _IDS_PER_READ):
+            records = _read_records(db, batch_id, file_ids[start : start + _IDS_PER_READ], moves)
+            db.executemany(
+                _UPDATE_FILE,
+                (
+                    (*codec.file_to_row(record)[1:], number, batch_id, record.file_id)
+                    for record in records.values()
+                ),
+            )
 
     @staticmethod
     def _refuse_commit(db: sqlite3.Connection, batch_id: str, previous: int) -> None:
@@ -433,12 +603,13 @@ class SQLiteStore:
             row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
             if row is None:
                 return None
+            moves = _moves_of(db, batch_id) or ()
             file_rows = db.execute(_SELECT_FILES, (batch_id,)).fetchall()
             attempt_rows = db.execute(_SELECT_ATTEMPTS, (batch_id,)).fetchall()
         attempts: dict[str, list[Attempt]] = {}
         for file_id, *attempt in attempt_rows:
             attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
-        files = tuple(codec.file_from_row(r, attempts.get(r[0], ())) for r in file_rows)
+        files = tuple(_record(r, attempts.get(r[0], ()), moves) for r in file_rows)
         return BatchView(codec.batch_from_row(row), files)
 
     def load_batch(self, batch_id: str) -> BatchRecord | None:
@@ -508,13 +679,16 @@ class SQLiteStore:
         after_position: int,
         limit: int,
     ) -> FilePage | None:
-        query, params = _file_page_query(batch_id, states, after_position, limit)
         with self._db.read() as db:
             head = db.execute(
-                "SELECT sequence, counts FROM batches WHERE batch_id = ?", (batch_id,)
+                "SELECT sequence, counts, pending_moves FROM batches WHERE batch_id = ?",
+                (batch_id,),
             ).fetchone()
             if head is None:
                 return None
+            moves = codec.moves_from_json(head[2])
+            conditions = state_conditions(moves, frozenset(states)) if states else None
+            query, params = _file_page_query(batch_id, conditions, after_position, limit)
             rows = db.execute(query, params).fetchall()
             attempts: dict[str, list[Attempt]] = {}
             if rows:
@@ -527,12 +701,11 @@ class SQLiteStore:
                     (batch_id, first, last),
                 ):
                     attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
-        sequence, counts_json = head
+        sequence, counts_json, _ = head
         counts = codec.counts_from_json(counts_json)
         total = sum(n for state, n in counts.items() if not states or state in states)
         files = tuple(
-            (position, codec.file_from_row(row, attempts.get(row[0], ())))
-            for position, *row in rows
+            (position, _record(row, attempts.get(row[0], ()), moves)) for position, *row in rows
         )
         return FilePage(files, total, sequence)
 
@@ -540,36 +713,73 @@ class SQLiteStore:
         wanted = list(dict.fromkeys(file_ids))
         records: dict[str, FileRecord] = {}
         with self._db.read() as db:
+            moves = _moves_of(db, batch_id) or ()
             # In slices: SQLite bounds the parameters of one statement.
             for start in range(0, len(wanted), _IDS_PER_READ):
                 ids = wanted[start : start + _IDS_PER_READ]
-                marks = _marks(len(ids))
-                rows = db.execute(
-                    f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files "
-                    f"WHERE batch_id = ? AND file_id IN ({marks})",
-                    (batch_id, *ids),
-                ).fetchall()
-                attempts: dict[str, list[Attempt]] = {}
-                for file_id, *attempt in db.execute(
-                    f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
-                    f"WHERE batch_id = ? AND file_id IN ({marks}) ORDER BY file_id, number",
-                    (batch_id, *ids),
-                ):
-                    attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
-                for row in rows:
-                    records[row[0]] = codec.file_from_row(row, attempts.get(row[0], ()))
+                records.update(_read_records(db, batch_id, ids, moves))
         return records
 
     def count_files(
         self, batch_id: str, state: FileState, *, max_manual_retries: int | None = None
     ) -> int:
-        clause, params = _retryable_clause(max_manual_retries)
         with self._db.read() as db:
-            (count,) = db.execute(
-                f"SELECT COUNT(*) FROM files WHERE batch_id = ? AND state = ?{clause}",
-                (batch_id, state.value, *params),
+            head = db.execute(
+                "SELECT counts, pending_moves FROM batches WHERE batch_id = ?", (batch_id,)
             ).fetchone()
-        return int(count)
+            if head is None:
+                return 0
+            # The batch's counts are its files' states after every move.
+            in_state = codec.counts_from_json(head[0]).get(state, 0)
+            if max_manual_retries is None or in_state == 0:
+                return in_state
+            moves = codec.moves_from_json(head[1])
+            # A file a retry may not move has a limit's worth of manual retries (less
+            # those the pending moves add) or has guessed its password wrong.
+            floor = max_manual_retries - sum(bulk.manual_retry for _, bulk in moves)
+            if floor <= 0:
+                return self._count_by_conditions(db, batch_id, moves, state, max_manual_retries)
+            ids = [
+                file_id
+                for (file_id,) in db.execute(
+                    # Literals where the indexes' conditions are: SQLite matches those
+                    # as written.
+                    "SELECT file_id FROM files WHERE batch_id = ? AND manual_retries > 0 "
+                    "AND manual_retries >= ? UNION SELECT file_id FROM files "
+                    # Without statistics SQLite would rather walk the batch.
+                    f"INDEXED BY files_wrong_password WHERE batch_id = ? AND {_WRONG_PASSWORD}",
+                    (batch_id, floor, batch_id),
+                )
+            ]
+            skipped = 0
+            for start in range(0, len(ids), _IDS_PER_READ):
+                records = _read_records(db, batch_id, ids[start : start + _IDS_PER_READ], moves)
+                skipped += sum(
+                    record.state is state and not retryable(record, max_manual_retries)
+                    for record in records.values()
+                )
+        return in_state - skipped
+
+    @staticmethod
+    def _count_by_conditions(
+        db: sqlite3.Connection,
+        batch_id: str,
+        moves: tuple[Move, ...],
+        state: FileState,
+        max_manual_retries: int,
+    ) -> int:
+        """Files a retry may move, counted row by row (a limit of a retry or two)."""
+        count = 0
+        for stored, condition in state_conditions(
+            moves, frozenset({state}), max_manual_retries
+        ).items():
+            (n,) = db.execute(
+                "SELECT COUNT(*) FROM files WHERE batch_id = ? AND state = ?"
+                f"{'' if condition == '1' else ' AND ' + condition}",
+                (batch_id, stored.value),
+            ).fetchone()
+            count += int(n)
+        return count
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:
@@ -687,19 +897,8 @@ class SQLiteStore:
 
     def file_record(self, batch_id: str, file_id: str) -> FileRecord | None:
         with self._db.read() as db:
-            row = db.execute(
-                f"SELECT {_columns(codec.FILE_COLUMNS)} FROM files "
-                "WHERE batch_id = ? AND file_id = ?",
-                (batch_id, file_id),
-            ).fetchone()
-            if row is None:
-                return None
-            attempts = db.execute(
-                f"SELECT {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
-                "WHERE batch_id = ? AND file_id = ? ORDER BY number",
-                (batch_id, file_id),
-            ).fetchall()
-        return codec.file_from_row(row, [codec.attempt_from_row(a) for a in attempts])
+            moves = _moves_of(db, batch_id) or ()
+            return _read_records(db, batch_id, [file_id], moves).get(file_id)
 
     def file_history(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from actors.policy.book import Changes, retryable
+from actors.policy.book import Changes, moved_by, retryable
 from actors.policy.model import (
     AuditEntry,
     BatchEvent,
@@ -316,8 +316,7 @@ class MemoryStore:
             files = self._files[batch_id]
             # Bulk changes first: a file's own record in the same commit is newer.
             for bulk in (e.bulk for e in changes.events if e.bulk is not None):
-                for file_id in _bulk_targets(bulk, files):
-                    files[file_id] = _bulk_applied(bulk, files[file_id])
+                _apply_bulk(bulk, files)
             for record in changes.files:
                 files[record.file_id] = record
             events = self._events[batch_id]
@@ -584,22 +583,15 @@ class MemoryStore:
         return FileHistoryPage(events, requests, newest)
 
 
-def _bulk_targets(bulk: BulkChange, files: Mapping[str, FileRecord]) -> list[str]:
-    """The files a bulk change moves, as they are stored before it."""
+def _apply_bulk(bulk: BulkChange, files: dict[str, FileRecord]) -> None:
+    """Move the files ``bulk`` moves, in place."""
     if bulk.from_state is None:
-        return list(bulk.file_ids)
-    return [
-        record.file_id
-        for record in files.values()
-        if record.state is bulk.from_state
-        and (not bulk.manual_retry or retryable(record, bulk.max_manual_retries))
-    ]
-
-
-def _bulk_applied(bulk: BulkChange, record: FileRecord) -> FileRecord:
-    """``record`` after ``bulk`` moved it."""
-    if bulk.manual_retry:
-        record = dataclasses.replace(
-            record, round_failures=0, manual_retries=record.manual_retries + 1
-        )
-    return dataclasses.replace(record, state=bulk.state, next_attempt_at=None, error=bulk.error)
+        for file_id in bulk.file_ids:
+            files[file_id] = dataclasses.replace(
+                files[file_id], state=bulk.state, next_attempt_at=None, error=bulk.error
+            )
+        return
+    for file_id, record in list(files.items()):
+        updated = moved_by(bulk, record)
+        if updated is not None:
+            files[file_id] = updated

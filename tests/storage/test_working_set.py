@@ -23,6 +23,7 @@ from actors.policy.model import (
     FileState,
 )
 from actors.policy.rules import MAX_WRONG_PASSWORDS
+from actors.storage.moves import state_conditions
 from actors.storage.sqlite_store import SQLiteStore, _file_page_query
 from actors.storage.store import MemoryStore, Store
 from tests.helpers.records import new_batch, started
@@ -197,9 +198,8 @@ def test_a_page_of_several_states_reads_each_states_index_not_the_batch(tmp_path
     store = SQLiteStore(tmp_path / "db.sqlite3")
     try:
         store.create_batch(_mixed(50))
-        query, params = _file_page_query(
-            "b1", {FileState.RUNNING, FileState.BACKOFF}, after_position=-1, limit=10
-        )
+        conditions = state_conditions((), frozenset({FileState.RUNNING, FileState.BACKOFF}))
+        query, params = _file_page_query("b1", conditions, after_position=-1, limit=10)
         with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
             plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", params))
     finally:
