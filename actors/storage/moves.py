@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -36,6 +37,7 @@ from actors.policy.rules import MAX_WRONG_PASSWORDS
 
 __all__ = [
     "MAX_PENDING_MOVES",
+    "Condition",
     "Move",
     "MoveWriter",
     "apply_moves",
@@ -48,20 +50,26 @@ log = structlog.get_logger(__name__)
 Move = tuple[int, BulkChange]
 """A change by state and its number among the batch's moves (from 1)."""
 
+_WRONG = ErrorCode.PDF_WRONG_PASSWORD.value
+
 # A batch keeps at most this many moves pending; one more writes the oldest into its
 # rows first (in the commit that adds it). Each pending move adds a class of rows to
 # every query by state.
 MAX_PENDING_MOVES = 4
 
-# Whether a file's password guesses are used up, in SQL on a row of ``files``. A file
-# that used them up failed with a wrong password and never moves again, so its error
-# still says so; the others are spared the look into their attempts.
+# Whether a file's password guesses are used up, in SQL on a row of ``files``, for a
+# statement that binds its batch id as ``:batch``. A file that used them up failed with
+# a wrong password and never moves again, so its error still says so: the few such
+# files come from an index, once per statement, not a look into each row.
 _GUESSES_USED_UP = (
-    f"(json_extract(error, '$.code') IS '{ErrorCode.PDF_WRONG_PASSWORD.value}' AND ("
-    "SELECT COUNT(*) FROM attempts AS a WHERE a.batch_id = files.batch_id "
-    f"AND a.file_id = files.file_id AND a.code = '{ErrorCode.PDF_WRONG_PASSWORD.value}'"
-    f") >= {MAX_WRONG_PASSWORDS})"
+    "file_id IN (SELECT file_id FROM files INDEXED BY files_wrong_password "
+    f"WHERE batch_id = :batch AND json_extract(error, '$.code') = '{_WRONG}' AND ("
+    "SELECT COUNT(*) FROM attempts AS a WHERE a.batch_id = :batch "
+    f"AND a.file_id = files.file_id AND a.code = '{_WRONG}') >= {MAX_WRONG_PASSWORDS})"
 )
+
+# A floor no file reaches: only files whose last error is a wrong password are wanted.
+_NO_RETRIES = 2**62
 
 _WRONG_GUESSES = tuple(
     Attempt(number, 0.0, code=ErrorCode.PDF_WRONG_PASSWORD)
@@ -70,7 +78,8 @@ _WRONG_GUESSES = tuple(
 
 
 def retryable_sql(max_manual_retries: int) -> str:
-    """:func:`actors.policy.book.retryable` in SQL, on a row of ``files``."""
+    """:func:`actors.policy.book.retryable` in SQL, on a row of ``files`` (the statement
+    binds its batch id as ``:batch``)."""
     return f"(manual_retries < {int(max_manual_retries)} AND NOT {_GUESSES_USED_UP})"
 
 
@@ -83,9 +92,25 @@ def apply_moves(record: FileRecord, moved: int, moves: Sequence[Move]) -> FileRe
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """Which rows of one stored state are wanted.
+
+    Attributes:
+        sql: A condition on a row of ``files`` (the statement binds its batch id as
+            ``:batch``); ``"1"`` when every row is wanted.
+        floor: When set, every wanted row has at least this many manual retries (1 or
+            more) or a wrong password as its last error: the few rows two small
+            indexes hold, which the query can start from instead of the state's range.
+    """
+
+    sql: str
+    floor: int | None = None
+
+
 def state_conditions(
     moves: tuple[Move, ...], states: frozenset[FileState], max_manual_retries: int | None = None
-) -> dict[FileState, str]:
+) -> dict[FileState, Condition]:
     """Which rows end in ``states`` once ``moves`` are applied, by the state they are
     stored in.
 
@@ -96,9 +121,8 @@ def state_conditions(
             moves (see :func:`actors.policy.book.retryable`); ``None`` for all.
 
     Returns:
-        For each stored state with rows that may be wanted, a SQL condition on a row of
-        ``files`` (``"1"`` when every row of that state is): the query reads the state's
-        range of ``files_by_state`` with the condition. States left out have none.
+        For each stored state with rows that may be wanted, their condition: the query
+        reads the state's range of ``files_by_state`` with it. States left out have none.
     """
     return dict(_conditions(moves, states, max_manual_retries))
 
@@ -106,7 +130,7 @@ def state_conditions(
 @functools.lru_cache(maxsize=256)
 def _conditions(
     moves: tuple[Move, ...], states: frozenset[FileState], cap: int | None
-) -> tuple[tuple[FileState, str], ...]:
+) -> tuple[tuple[FileState, Condition], ...]:
     limits = [bulk.max_manual_retries for _, bulk in moves if bulk.manual_retry]
     if cap is not None:
         limits.append(cap)
@@ -119,10 +143,12 @@ def _conditions(
     def wanted(record: FileRecord) -> bool:
         return record.state in states and (cap is None or retryable(record, cap))
 
-    out: list[tuple[FileState, str]] = []
+    out: list[tuple[FileState, Condition]] = []
     for stored in FileState:
         # The condition of each class of ``moved`` (None: no row of it is wanted).
         classes: list[str | None] = []
+        # The fewest manual retries of a wanted row whose guesses are not used up.
+        fewest: int | None = None
         for first in range(len(moves) + 1):
             ends = {
                 (span, used_up): wanted(
@@ -143,6 +169,9 @@ def _conditions(
                 for span in retries
                 for used_up in guesses
             }
+            for (span, used_up), end in ends.items():
+                if end and not used_up:
+                    fewest = span[0] if fewest is None else min(fewest, span[0])
             if all(ends.values()):
                 classes.append("1")
             elif any(ends.values()):
@@ -151,7 +180,8 @@ def _conditions(
                 classes.append(None)
         condition = _by_moved(moves, classes)
         if condition is not None:
-            out.append((stored, condition))
+            floor = None if fewest == 0 else (fewest or _NO_RETRIES)
+            out.append((stored, Condition(condition, floor)))
     return tuple(out)
 
 

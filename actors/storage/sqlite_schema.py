@@ -220,6 +220,10 @@ _V8 = (
     "ALTER TABLE batches ADD COLUMN pending_moves TEXT NOT NULL DEFAULT '[]'",
     "ALTER TABLE files ADD COLUMN moved INTEGER NOT NULL DEFAULT 0",
     "CREATE INDEX batches_with_moves ON batches (batch_id) WHERE pending_moves != '[]'",
+    # A page by state tells the rows a pending move took out of the state from the
+    # index alone.
+    "DROP INDEX files_by_state",
+    "CREATE INDEX files_by_state ON files (batch_id, state, position, moved, manual_retries)",
     # The few files a retry of every file may skip: those retried before, and those
     # whose last error is a wrong password. A retry counts the files it moves as the
     # files in the state less these.

@@ -43,6 +43,7 @@ from actors.policy.results import result_size, text_pieces
 from actors.storage import codec
 from actors.storage.moves import (
     MAX_PENDING_MOVES,
+    Condition,
     Move,
     MoveWriter,
     apply_moves,
@@ -76,8 +77,8 @@ def _columns(names: tuple[str, ...]) -> str:
 
 
 def _file_page_query(
-    batch_id: str, conditions: Mapping[FileState, str] | None, after_position: int, limit: int
-) -> tuple[str, tuple[object, ...]]:
+    batch_id: str, conditions: Mapping[FileState, Condition] | None, after_position: int, limit: int
+) -> tuple[str, dict[str, object]]:
     """The query of a page of files after ``after_position``, in submission order.
 
     Args:
@@ -86,30 +87,58 @@ def _file_page_query(
 
     One state is a range of ``files_by_state``. Several are one such range each, merged:
     ``state IN (...)`` makes SQLite walk ``files_by_position`` instead, which reads
-    every later row of the batch to find a few (0.7 s for 1,000,000 files).
+    every later row of the batch to find a few (0.7 s for 1,000,000 files). A state
+    whose wanted rows are among the few retried or out of password guesses (a pending
+    retry moved the others away) starts from those instead of walking its range.
     """
     columns = f"position, {_FILE_READ}"
+    params: dict[str, object] = {"batch": batch_id, "after": after_position, "limit": limit}
     if conditions is None:
         return (
-            f"SELECT {columns} FROM files WHERE batch_id = ? AND position > ? "
-            "ORDER BY position LIMIT ?",
-            (batch_id, after_position, limit),
+            f"SELECT {columns} FROM files WHERE batch_id = :batch AND position > :after "
+            "ORDER BY position LIMIT :limit",
+            params,
         )
     if not conditions:
-        return f"SELECT {columns} FROM files WHERE 0", ()
-    ordered = sorted(conditions.items(), key=lambda item: item[0].value)
-    query = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT {columns} FROM files WHERE batch_id = ? AND state = ? "
-        f"AND position > ?{'' if condition == '1' else ' AND ' + condition} "
-        "ORDER BY position LIMIT ?)"
-        for _, condition in ordered
+        return f"SELECT {columns} FROM files WHERE 0", {}
+    branches = []
+    for index, (state, condition) in enumerate(
+        sorted(conditions.items(), key=lambda item: item[0].value)
+    ):
+        params[f"state{index}"] = state.value
+        where = f"files.batch_id = :batch AND state = :state{index} AND position > :after"
+        if condition.sql != "1":
+            where += f" AND {condition.sql}"
+        source = "files"
+        if condition.floor is not None:
+            # CROSS JOIN: SQLite keeps the order written, the few rows first.
+            params[f"floor{index}"] = condition.floor
+            source = (
+                f"({_few_rows(f':floor{index}')}) AS few CROSS JOIN files "
+                "ON files.file_id = few.id"
+            )
+        branches.append(
+            f"SELECT * FROM (SELECT {columns} FROM {source} WHERE {where} "
+            "ORDER BY position LIMIT :limit)"
+        )
+    query = " UNION ALL ".join(branches)
+    if len(branches) == 1:
+        return query, params
+    return f"SELECT * FROM ({query}) ORDER BY position LIMIT :limit", params
+
+
+def _few_rows(floor: str) -> str:
+    """The ids of the batch's files with at least ``floor`` (a parameter) manual retries
+    or a wrong password as their last error: the rows of schema version 8's
+    files_retried and files_wrong_password. The indexes' conditions are written as
+    there (SQLite matches them as written), and named: without statistics SQLite would
+    rather walk the batch."""
+    return (
+        "SELECT file_id AS id FROM files INDEXED BY files_retried WHERE batch_id = :batch "
+        f"AND manual_retries > 0 AND manual_retries >= {floor} UNION ALL "
+        "SELECT file_id FROM files INDEXED BY files_wrong_password "
+        f"WHERE batch_id = :batch AND {_WRONG_PASSWORD}"
     )
-    params: list[object] = []
-    for state, _ in ordered:
-        params += [batch_id, state.value, after_position, limit]
-    if len(ordered) == 1:
-        return query, tuple(params)
-    return f"SELECT * FROM ({query}) ORDER BY position LIMIT ?", (*params, limit)
 
 
 def _marks(count: int) -> str:
@@ -196,29 +225,30 @@ def _write_move(
     """
     number, bulk = move
     assert bulk.from_state is not None, "only a change by state is a move"
-    where = "batch_id = ? AND state = ? AND moved < ? AND position > ?"
+    where = "batch_id = :batch AND state = :from AND moved < :number AND position > :after"
     if bulk.manual_retry:
         where += f" AND {retryable_sql(bulk.max_manual_retries)}"
-    params: tuple[object, ...] = (batch_id, bulk.from_state.value, number, after_position)
+    params: dict[str, object] = {
+        "batch": batch_id,
+        "from": bulk.from_state.value,
+        "number": number,
+        "after": after_position,
+        "to": bulk.state.value,
+        "error": codec.error_to_json(bulk.error),
+    }
     last = None
     if rows is not None:
         row = db.execute(
-            f"SELECT position FROM files WHERE {where} ORDER BY position LIMIT 1 OFFSET ?",
-            (*params, rows - 1),
+            f"SELECT position FROM files WHERE {where} ORDER BY position LIMIT 1 OFFSET :skip",
+            {**params, "skip": rows - 1},
         ).fetchone()
         last = None if row is None else int(row[0])
     retry = ", round_failures = 0, manual_retries = manual_retries + 1"
     db.execute(
-        "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?, moved = ?"
+        "UPDATE files SET state = :to, next_attempt_at = NULL, error = :error, moved = :number"
         f"{retry if bulk.manual_retry else ''} WHERE {where}"
-        f"{'' if last is None else ' AND position <= ?'}",
-        (
-            bulk.state.value,
-            codec.error_to_json(bulk.error),
-            number,
-            *params,
-            *(() if last is None else (last,)),
-        ),
+        f"{'' if last is None else ' AND position <= :last'}",
+        {**params, "last": last},
     )
     return last
 
@@ -742,13 +772,7 @@ class SQLiteStore:
             ids = [
                 file_id
                 for (file_id,) in db.execute(
-                    # Literals where the indexes' conditions are: SQLite matches those
-                    # as written.
-                    "SELECT file_id FROM files WHERE batch_id = ? AND manual_retries > 0 "
-                    "AND manual_retries >= ? UNION SELECT file_id FROM files "
-                    # Without statistics SQLite would rather walk the batch.
-                    f"INDEXED BY files_wrong_password WHERE batch_id = ? AND {_WRONG_PASSWORD}",
-                    (batch_id, floor, batch_id),
+                    _few_rows(":floor"), {"batch": batch_id, "floor": floor}
                 )
             ]
             skipped = 0
@@ -774,9 +798,9 @@ class SQLiteStore:
             moves, frozenset({state}), max_manual_retries
         ).items():
             (n,) = db.execute(
-                "SELECT COUNT(*) FROM files WHERE batch_id = ? AND state = ?"
-                f"{'' if condition == '1' else ' AND ' + condition}",
-                (batch_id, stored.value),
+                "SELECT COUNT(*) FROM files WHERE batch_id = :batch AND state = :state"
+                f"{'' if condition.sql == '1' else ' AND ' + condition.sql}",
+                {"batch": batch_id, "state": stored.value},
             ).fetchone()
             count += int(n)
         return count
