@@ -114,8 +114,7 @@ def _file_page_query(
             # CROSS JOIN: SQLite keeps the order written, the few rows first.
             params[f"floor{index}"] = condition.floor
             source = (
-                f"({_few_rows(f':floor{index}')}) AS few CROSS JOIN files "
-                "ON files.file_id = few.id"
+                f"({_few_rows(f':floor{index}')}) AS few CROSS JOIN files ON files.file_id = few.id"
             )
         branches.append(
             f"SELECT * FROM (SELECT {columns} FROM {source} WHERE {where} "
