@@ -39,14 +39,14 @@ from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
-from server.security.concurrency import CallCap, TenantCaps
 from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
 from server.service.calls import CallObserver, ObservingInterceptor
+from server.service.caps import settings_caps
 from server.service.metrics import ServiceMetrics
 from server.service.metrics_http import MetricsServer
-from server.service.servicer import BatchServicer, export_caps, watch_handler
+from server.service.servicer import BatchServicer, watch_handler
 from server.service.settings import ServerSettings
 from server.service.tracing import Tracing, tracing_from_environment
 from server.service.upload import Uploads
@@ -163,7 +163,7 @@ class Service:
                 self.store,
                 queue_size=settings.watch_queue_size,
                 max_watchers=settings.max_watchers,
-                per_tenant=_watch_caps(settings, tenants=self.authenticator.required),
+                per_tenant=settings_caps(settings, "watchers", tenants=self.authenticator.required),
                 max_events_per_message=settings.watch_max_events_per_message,
                 max_message_bytes=settings.watch_max_message_bytes,
             )
@@ -191,7 +191,8 @@ class Service:
             max_active_batches=security.max_active_batches,
             max_stored_bytes=security.max_stored_bytes,
         )
-        self.open_uploads = _upload_caps(settings, tenants=self.authenticator.required)
+        tenants = self.authenticator.required
+        self.open_uploads = settings_caps(settings, "uploads", tenants=tenants)
         uploads = Uploads(
             self.runtime,
             self.store,
@@ -222,10 +223,7 @@ class Service:
             ),
             tokens=PageTokens(_page_token_key(self.settings.data_dir / PAGE_TOKEN_KEY_NAME)),
             full_view_files=settings.full_view_files,
-            exports=export_caps(
-                settings.max_exports,
-                settings.exports_per_tenant(tenants=self.authenticator.required),
-            ),
+            exports=settings_caps(settings, "exports", tenants=tenants),
         )
 
     def _start_observers(self, undo: contextlib.ExitStack) -> str | None:
@@ -399,39 +397,6 @@ class Service:
                 changed.clear()
         finally:
             unsubscribe()
-
-
-def _watch_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
-    """Each tenant's cap on its ``WatchBatch`` streams (the hub counts everyone's)."""
-    return TenantCaps(
-        CallCap(
-            settings.watchers_per_tenant(tenants=tenants),
-            "TOO_MANY_TENANT_WATCHERS",
-            "max_watchers_per_tenant",
-            "You have {limit} watches open, the most one tenant may have ({setting}); close "
-            "one (or watch without follow), then try again.",
-        )
-    )
-
-
-def _upload_caps(settings: ServerSettings, *, tenants: bool) -> TenantCaps:
-    """Uploads open at once: each tenant's cap, and everyone's."""
-    return TenantCaps(
-        CallCap(
-            settings.uploads_per_tenant(tenants=tenants),
-            "TOO_MANY_TENANT_UPLOADS",
-            "max_uploads_per_tenant",
-            "You have {limit} uploads in progress, the most one tenant may have ({setting}); "
-            "wait for one to finish, then try again.",
-        ),
-        CallCap(
-            settings.max_uploads,
-            "TOO_MANY_UPLOADS",
-            "max_uploads",
-            "The service has {limit} uploads in progress, the most it takes at once "
-            "({setting}); try again shortly.",
-        ),
-    )
 
 
 def _page_token_key(path: Path) -> bytes:

@@ -27,8 +27,9 @@ from actors.storage.store import Store
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from server.security.auth import Authenticator
-from server.security.concurrency import CallCap, TenantCaps
+from server.security.concurrency import TenantCaps
 from server.security.ratelimit import RateLimiter
+from server.service.caps import tenant_caps
 from server.service.requests import RequestContext, request_scope
 from server.service.upload import Uploads
 from server.service.watch import WatchHub
@@ -36,7 +37,7 @@ from server.wire import convert
 from server.wire.errors import FieldViolation, WireError, abort, service_closing, wire_error
 from server.wire.paging import PageTokens, file_page, history_page, list_page
 
-__all__ = ["DEFAULT_MAX_EXPORTS", "BatchServicer", "export_caps", "watch_handler"]
+__all__ = ["DEFAULT_MAX_EXPORTS", "BatchServicer", "watch_handler"]
 
 DEFAULT_MAX_EXPORTS = 8
 # Files read from the store at once by an export: a page's records, never the batch's.
@@ -130,25 +131,6 @@ def _streaming(
     return answer
 
 
-def export_caps(total: int, per_tenant: int | None) -> TenantCaps:
-    """``ExportResults`` streams open at once: each tenant's cap, and everyone's."""
-    return TenantCaps(
-        CallCap(
-            per_tenant,
-            "TOO_MANY_TENANT_EXPORTS",
-            "max_exports_per_tenant",
-            "You have {limit} exports running, the most one tenant may have ({setting}); "
-            "wait for one to finish, then try again.",
-        ),
-        CallCap(
-            total,
-            "TOO_MANY_EXPORTS",
-            "max_exports",
-            "{limit} exports are running on this server, its limit ({setting}); try again shortly.",
-        ),
-    )
-
-
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     """Serves ``BatchService`` from a runtime.
 
@@ -192,7 +174,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self._tokens = tokens or PageTokens.generate()
         self._full_view_files = full_view_files
         self._closing = threading.Event()
-        self._exports = exports or export_caps(DEFAULT_MAX_EXPORTS, None)
+        self._exports = exports or tenant_caps(
+            "exports", per_tenant=None, total=DEFAULT_MAX_EXPORTS
+        )
 
     def start_closing(self) -> None:
         """Refuse every new call with ``UNAVAILABLE`` from now on."""
