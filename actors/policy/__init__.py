@@ -2,7 +2,8 @@
 
 Retry and restart rules (:mod:`~actors.policy.rules`), the failure catalogue
 (:mod:`~actors.policy.catalogue`), records and their state machines
-(:mod:`~actors.policy.model`), a batch's book (:mod:`~actors.policy.book`), refusals
+(:mod:`~actors.policy.model`), a batch's book (:mod:`~actors.policy.book`), whether a change
+by state moved a file (:mod:`~actors.policy.bulk`), refusals
 (:mod:`~actors.policy.refusals`) and what a result may hold
 (:mod:`~actors.policy.results`).
 
@@ -12,6 +13,7 @@ pypdf). Values are frozen and validated on construction.
 """
 
 from actors.policy.book import BatchBook, Changes
+from actors.policy.bulk import moved_by_state
 from actors.policy.catalogue import CATALOGUE, ErrorCode, ErrorSpec, spec_for
 from actors.policy.model import (
     BatchEvent,
@@ -44,5 +46,6 @@ __all__ = [
     "ResultLimits",
     "RetryPolicy",
     "make_storable",
+    "moved_by_state",
     "spec_for",
 ]

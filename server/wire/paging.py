@@ -25,11 +25,12 @@ import hmac
 import json
 import math
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from actors.policy.bulk import moved_by_state
 from actors.policy.model import (
     AuditEntry,
     BatchEvent,
@@ -369,7 +370,7 @@ def history_page(
                 state = event.file.state
             elif event.bulk is not None and (
                 file_id in event.bulk.file_ids
-                or _moved_by_state(event, state, events, next_own, current_state)
+                or moved_by_state(event, state, events, next_own, current_state)
             ):
                 # A bulk change does not say where each file came from; the file's own
                 # history does, unless it starts beyond the events still kept.
@@ -392,30 +393,3 @@ def history_page(
         }
         token = tokens.make("history", binding, position)
     return HistoryPage(entries, token)
-
-
-def _moved_by_state(
-    event: BatchEvent,
-    state: FileState | None,
-    later: list[BatchEvent],
-    next_own: Callable[[int], BatchEvent | None],
-    current_state: FileState,
-) -> bool:
-    """Whether a change by state (a cancel or retry of many files, which names none)
-    moved a file that was in ``state`` just before it.
-
-    Every file in the state it leaves moves, except that a manual retry skips files with
-    no retries or password guesses left. For those the file's next own change tells (it
-    starts from the state the retry moved it to), found in ``later`` (the events of the
-    page still to come) or else by ``next_own``; with none since, the file moved if it
-    is no longer in the state the retry took files from.
-    """
-    bulk = event.bulk
-    if bulk is None or bulk.from_state is None or state is not bulk.from_state:
-        return False
-    if not bulk.manual_retry:
-        return True
-    following = next((e for e in later if e.file is not None), None) or next_own(event.sequence)
-    if following is None:
-        return current_state is not bulk.from_state
-    return following.previous_state is bulk.state
