@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
-from server.cli.commands import EXIT_CLOSED_PIPE
+from server.cli.output import EXIT_CLOSED_PIPE
 from server.cli.progress import BatchTracker, ProgressDisplay
 from server.client.api import events_of
 from server.gen.pdfbatch.v1 import batch_pb2 as pb

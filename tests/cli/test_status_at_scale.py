@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import json_format
 
 from bench.processors import OK, SCRIPTED
-from server.cli import commands
+from server.cli import files as file_commands
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.main import main
 from tests.helpers.server_fixtures import (
@@ -57,7 +57,7 @@ def test_status_shows_the_failed_files_first_and_a_screenful_when_not_a_terminal
     lines = out.splitlines()
 
     assert code == 2
-    assert len(lines) == commands.STATUS_MAX_LINES
+    assert len(lines) == file_commands.STATUS_MAX_LINES
     assert f"{len(FILES)} files: {SUCCEEDING} succeeded, {FAILING} failed" in lines[1]
     files = lines[2:-1]
     assert all("junk-" in line for line in files[:FAILING])
@@ -74,7 +74,7 @@ def test_status_all_streams_every_file_a_page_at_a_time(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(commands, "FILES_PER_CALL", 50)
+    monkeypatch.setattr(file_commands, "FILES_PER_CALL", 50)
     calls = len(audited(server.data_dir, "ListFiles"))
 
     code, out = _run(capsys, server, "status", batch.batch_id, "--all")
@@ -98,7 +98,7 @@ def test_status_json_is_one_bounded_object_or_json_lines_with_all(
 
     assert code == code_all == 2
     assert bounded.file_count == len(FILES)
-    assert len(bounded.files) == commands.STATUS_JSON_FILES
+    assert len(bounded.files) == file_commands.STATUS_JSON_FILES
     assert [f.state for f in bounded.files[:FAILING]] == [pb.FILE_STATE_FAILED] * FAILING
     assert json_format.Parse(head, pb.Batch()).counts.failed == FAILING
     assert len(files) == len(FILES)
