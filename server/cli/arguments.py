@@ -22,6 +22,7 @@ _COMPLETE_PATHS = {"bash": "_shtab_compgen_files", "zsh": "_files"}
 
 
 def non_negative(text: str) -> int:
+    """A whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:
@@ -32,6 +33,7 @@ def non_negative(text: str) -> int:
 
 
 def label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(key, value)``; the value may be empty or hold ``=``."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
