@@ -4,6 +4,11 @@ They run the service or prepare its configuration, so they live beside it, not i
 command-line client (which never imports the service); :mod:`server.main` puts both
 sets of commands under one ``pdfbatch``. A token is never a command-line word: other
 users of the machine can read those.
+
+Adding the commands to the parser loads nothing of the service: every run of
+``pdfbatch`` adds them, and a client command (``status``) that loaded the settings,
+the runtime and the actors with them would spend most of its time starting (about
+half of its imports, 0.35 s of 0.7 s here). Each handler imports what it runs.
 """
 
 from __future__ import annotations
@@ -12,11 +17,6 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-from pydantic import ValidationError
-
-from server.security.auth import check_token, generate_token, hash_token
-from server.service.settings import SecuritySettings, ServerSettings, UploadLimits
 
 __all__ = ["add_service_commands"]
 
@@ -73,8 +73,16 @@ def add_service_commands(command: Command) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.service.app import serve  # noqa: PLC0415 - only `serve` needs it
+    # Only `serve` needs these (see the module's docstring).
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from server.service.app import serve  # noqa: PLC0415
     from server.service.logs import configure_logging  # noqa: PLC0415
+    from server.service.settings import (  # noqa: PLC0415
+        SecuritySettings,
+        ServerSettings,
+        UploadLimits,
+    )
 
     limits = {
         name: value
@@ -108,6 +116,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _hash_token(args: argparse.Namespace) -> int:
     """``pdfbatch hash-token``: print the line a tokens file lists for a token."""
+    from server.security.auth import check_token, generate_token, hash_token  # noqa: PLC0415
+
     if args.generate:
         token = generate_token()
         print(token)

@@ -287,6 +287,21 @@ def test_version_and_help_without_arguments_exit_zero(capsys: pytest.CaptureFixt
     assert "submit" in helped
 
 
+def test_a_client_command_loads_neither_the_service_nor_actors(server: RunningServer) -> None:
+    # The program offers `serve` too; a client command must not pay for loading it.
+    program = (
+        "import sys\nfrom server.main import main\n"
+        f"code = main(['list', '--address', {server.address!r}])\n"
+        "prefixes = ('actors', 'server.service.', 'server.security', 'server.wire')\n"
+        "print(code, sorted(m for m in sys.modules if m.startswith(prefixes)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    assert done.stdout.splitlines()[-1] == "0 ['server.service.commands']"
+
+
 def test_list_says_what_its_columns_are_and_in_which_time_zone(
     server: RunningServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
