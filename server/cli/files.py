@@ -115,9 +115,8 @@ def _status(client: Client, args: argparse.Namespace) -> int:
         # The header, the files and the closing "... and N more" line fill a screen.
         limit = max(_screen_lines() - len(header) - 1, 1)
     listed = 0
-    for file in _status_files(client, args.batch_id, states, limit):
-        if limit is not None and listed >= limit:
-            break
+    # Not one file past the limit: reading it would fetch a page more.
+    for file in itertools.islice(_status_files(client, args.batch_id, states, limit), limit):
         error = f"  {file.error.code}: {file.error.message}" if file.HasField("error") else ""
         codes = ", ".join(dict.fromkeys(w.code for w in file.warnings))
         warnings = f"  warnings: {codes}" if codes else ""

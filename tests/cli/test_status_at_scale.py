@@ -88,6 +88,23 @@ def test_status_all_streams_every_file_a_page_at_a_time(
     assert len(audited(server.data_dir, "ListFiles")) - calls == 1 + 5
 
 
+def test_status_fetches_no_page_past_the_files_it_prints(
+    server: RunningServer, batch: pb.Batch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = len(audited(server.data_dir, "ListFiles"))
+
+    code, out = _run(
+        capsys, server, "status", batch.batch_id, "--state", "SUCCEEDED", "--limit", "50"
+    )
+    listed = [line for line in out.splitlines() if " attempt(s) " in line]
+
+    assert code == 2
+    assert len(listed) == 50
+    assert out.splitlines()[-1].startswith(f"  ... and {SUCCEEDING - 50} more")
+    # One page of 50: the 51st file, which would take another page, is not read.
+    assert len(audited(server.data_dir, "ListFiles")) - calls == 1
+
+
 def test_status_json_is_one_bounded_object_or_json_lines_with_all(
     server: RunningServer, batch: pb.Batch, capsys: pytest.CaptureFixture[str]
 ) -> None:
