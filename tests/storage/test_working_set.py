@@ -24,7 +24,7 @@ from actors.policy.model import (
 )
 from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage.moves import state_conditions
-from actors.storage.sqlite_store import SQLiteStore, _file_page_query
+from actors.storage.sqlite_store import SQLiteStore, _attempts_of, _file_page_query
 from actors.storage.store import MemoryStore, Store
 from tests.helpers.records import new_batch, started
 
@@ -207,3 +207,23 @@ def test_a_page_of_several_states_reads_each_states_index_not_the_batch(tmp_path
     # A walk of files_by_position would read every later file of the batch to find a few.
     assert "files_by_state" in plan
     assert "files_by_position" not in plan
+
+
+def test_a_pages_attempts_are_read_by_its_files_keys_not_from_the_batchs_attempts(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    try:
+        store.create_batch(_mixed(50))
+        with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+            plan = [
+                row[-1]
+                for row in db.execute(
+                    f"EXPLAIN QUERY PLAN {_attempts_of(3)}", ("b1", "f00001", "f00002", "f00003")
+                )
+            ]
+    finally:
+        store.close()
+    # One lookup per file in the attempts' key. A join on the page's positions read
+    # every attempt of the batch for each page.
+    assert plan == ["SEARCH attempts USING PRIMARY KEY (batch_id=? AND file_id=?)"]
