@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -253,7 +254,8 @@ class MoveWriter:
         step: Writes part of a pending move in one transaction; returns whether one was
             pending (so there may be more to do).
         name: The thread's name.
-        pause: Seconds between steps, so that other writers get the database.
+        pause: Seconds between steps at least; at most as long as the last step took,
+            so that other writers get the database at least half the time.
     """
 
     def __init__(self, step: Callable[[], bool], *, name: str, pause: float = 0.002) -> None:
@@ -290,6 +292,7 @@ class MoveWriter:
             self._work.wait()
             self._work.clear()
             while not self._stopping.is_set():
+                began = time.monotonic()
                 try:
                     more = self._step()
                 except Exception:
@@ -302,4 +305,4 @@ class MoveWriter:
                 failures = 0
                 if not more:
                     break
-                self._stopping.wait(self._pause)
+                self._stopping.wait(max(self._pause, time.monotonic() - began))

@@ -58,8 +58,8 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 DEFAULT_BUSY_TIMEOUT = 5.0
 _PIECES_PER_READ = 4
 _IDS_PER_READ = 500
-# Rows a pending move is written into per transaction: about 15 ms of the write lock.
-_MOVE_ROWS = 2000
+# Rows a pending move is written into per transaction: about 8 ms of the write lock.
+_MOVE_ROWS = 1000
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
 
 

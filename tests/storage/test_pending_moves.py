@@ -210,11 +210,11 @@ def test_a_change_by_state_writes_no_file_row_until_the_rows_are_written(
         errors = {f.error for _, f in page.files}
         assert {e.code for e in errors if e is not None} == {ErrorCode.CANCELLED}
         assert None not in errors
-        # Written in steps of at most 2,000 rows, then forgotten.
+        # Written in steps of at most 1,000 rows, then forgotten.
         steps = 0
         while store.write_pending_moves():
             steps += 1
-        assert steps == 3
+        assert steps == 6
         assert _rows_in(sqlite_path, FileState.CANCELLED) == 5000
     finally:
         store.close()
