@@ -265,8 +265,7 @@ def discard_upload(store: Store, blobs: BlobStore, batch_id: str, *, page: int =
             unused = store.drop_upload(batch_id, limit=page)
             if unused is None:
                 return deleted
-            for digest in unused:
-                blobs.delete(digest)
+            blobs.delete_many(unused)
             if unused:
                 blobs.scrub()
             deleted += len(unused)
