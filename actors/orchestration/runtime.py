@@ -152,7 +152,8 @@ class Runtime:
         Call once at start: after a restart or a crash, each supervisor picks its batch
         up where it was stored (attempts cut short are interrupted, not failed). A batch
         the store cannot load now is left as it is, and is resumed when someone asks
-        for it or at the next start.
+        for it or at the next start. Then the uploads a crash cut short are deleted
+        (:meth:`discard_abandoned_uploads`).
 
         Returns:
             The ids of the batches resumed.
@@ -173,7 +174,11 @@ class Runtime:
         log.info("batches_resumed", count=len(resumed))
         # After the batches: deleting a big upload cut short takes a while, and nothing
         # waits for it.
-        self.discard_abandoned_uploads()
+        try:
+            self.discard_abandoned_uploads()
+        except (StorageUnavailableError, OSError):
+            # Hidden, so harmless meanwhile: the next start tries again.
+            log.exception("abandoned_uploads_not_discarded")
         return resumed
 
     def discard_abandoned_uploads(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -680,3 +681,34 @@ def test_an_upload_whose_key_another_upload_took_meanwhile_keeps_nothing(
     assert server.blob_files() == blobs, "c.pdf's bytes went with the late upload"
     assert [b.batch_id for b in server.client.list()] == [first.batch_id]
     server.settle(first.batch_id)
+
+
+def _peak_traced_bytes(server: RunningServer, uploads: Uploads, files: int) -> int:
+    """The most Python memory allocated at once while ``uploads`` takes ``files`` files
+    (then their batch is left to settle, so that it is not processed during the next)."""
+    contents = [("f.pdf", b"%PDF-" + b"%08d" % n) for n in range(files)]
+    messages = upload(pb.BatchSpec(), contents)
+    tracemalloc.start()
+    try:
+        batch_id = uploads.submit(messages, owner="")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    server.settle(batch_id)
+    return peak
+
+
+def test_an_upload_holds_a_group_of_files_not_every_file(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 50)
+    monkeypatch.setattr(upload_module, "GROUP_SECONDS", 3600.0)
+    service = server.service
+    uploads = Uploads(service.runtime, server.store, service.blobs, UploadLimits())
+    _peak_traced_bytes(server, uploads, 100)  # warm: caches, the database's first pages
+
+    small = _peak_traced_bytes(server, uploads, 200)
+    large = _peak_traced_bytes(server, uploads, 2_000)
+
+    # Ten times the files: before, each held a staging record (724 bytes) until `end`.
+    assert large < 2 * small, (small, large)
