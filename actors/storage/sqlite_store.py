@@ -152,7 +152,7 @@ def _attempts_of(files: int) -> str:
     )
 
 
-# Batches whose upload has ended: the only ones a reader sees (schema version 8).
+# Batches whose upload has ended: the only ones a reader sees (schema version 9).
 _VISIBLE = "uploading = 0"
 _SELECT_BATCH = f"SELECT {_columns(codec.BATCH_COLUMNS)} FROM batches"
 _SELECT_BATCH_SUMMARY = f"SELECT {_columns(codec.BATCH_COLUMNS)}, counts FROM batches"

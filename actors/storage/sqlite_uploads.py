@@ -1,4 +1,4 @@
-"""The SQLite store's uploads in progress (schema version 8), statement by statement.
+"""The SQLite store's uploads in progress (schema version 9), statement by statement.
 
 An upload's batch is a row of ``batches`` with ``uploading = 1`` from its spec on; its
 files are rows of ``files`` added a group at a time, so that the service holds none of

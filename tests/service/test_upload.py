@@ -616,6 +616,7 @@ def test_an_upload_is_stored_as_it_arrives_and_seen_only_once_it_ends(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(upload_module, "GROUP_FILES", 3)
+    monkeypatch.setattr(upload_module, "GROUP_SECONDS", 3600.0)  # groups of 3, however slow
     files = [(f"{n}.pdf", make_pdf(f"file {n}")) for n in range(7)]
     sent, go = threading.Event(), threading.Event()
     future = server.stub.SubmitBatch.future(
