@@ -11,7 +11,6 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -35,8 +34,16 @@ from actors.orchestration.messages import (
     StopSupervisor,
 )
 from actors.orchestration.supervisor import SupervisorDeps
+from actors.orchestration.upload import (
+    MAX_NAME_CHARS,
+    NewFile,
+    Upload,
+    UploadEnded,
+    discard_upload,
+    validate_file_name,
+)
 from actors.orchestration.vault import PasswordVault
-from actors.policy.catalogue import ErrorCode, StorageUnavailableError, has_hidden_characters
+from actors.policy.catalogue import ErrorCode, StorageUnavailableError
 from actors.policy.model import (
     BatchRecord,
     BatchState,
@@ -60,13 +67,12 @@ from actors.storage.blobs import BlobStore
 from actors.storage.retention import RetentionPolicy, SweepReport
 from actors.storage.store import Store
 
-__all__ = ["NewFile", "Runtime", "validate_file_name"]
+__all__ = ["MAX_NAME_CHARS", "NewFile", "Runtime", "Upload", "UploadEnded", "validate_file_name"]
 
 log = structlog.get_logger(__name__)
 
 _UNSETTLED = frozenset(state for state in BatchState if not state.terminal)
 
-MAX_NAME_CHARS = 255
 _STATE_PHRASES = {
     FileState.PENDING: "is waiting to be processed",
     FileState.RUNNING: "is being processed",
@@ -75,39 +81,6 @@ _STATE_PHRASES = {
     FileState.FAILED: "failed",
     FileState.CANCELLED: "was cancelled",
 }
-
-
-def validate_file_name(name: str) -> None:
-    """Refuse names that could be mistaken for paths or that hide characters.
-
-    Raises:
-        InvalidRequest: The name is empty, too long, has a path separator, or a
-            control, format or separator character.
-    """
-    if not name or len(name) > MAX_NAME_CHARS:
-        raise InvalidRequest(
-            f"A file name must have 1 to {MAX_NAME_CHARS} characters.", field="name"
-        )
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise InvalidRequest(
-            "A file name is a label, not a path: remove '/' and '\\'.", field="name"
-        )
-    if has_hidden_characters(name):
-        raise InvalidRequest(
-            "A file name must not contain control, format or separator characters "
-            "(such as U+202E or U+200B): they make it print as another name.",
-            field="name",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NewFile:
-    """A file to submit whose bytes are already in the blob store."""
-
-    name: str
-    blob: str
-    size: int
-    password: str | None = field(default=None, repr=False)
 
 
 class Runtime:
@@ -151,6 +124,9 @@ class Runtime:
         self._stop_timeout = stop_timeout
         self._closed = False
         self._submit_lock = threading.Lock()
+        # Uploads this runtime opened and has not settled: what resume must leave alone.
+        self._uploads_lock = threading.Lock()
+        self._uploads: set[str] = set()
         self._dispatcher = Dispatcher(name="pdfbatch-file-actors")
         deps = SupervisorDeps(
             store=store,
@@ -176,7 +152,8 @@ class Runtime:
         Call once at start: after a restart or a crash, each supervisor picks its batch
         up where it was stored (attempts cut short are interrupted, not failed). A batch
         the store cannot load now is left as it is, and is resumed when someone asks
-        for it or at the next start.
+        for it or at the next start. Then the uploads a crash cut short are deleted
+        (:meth:`discard_abandoned_uploads`).
 
         Returns:
             The ids of the batches resumed.
@@ -195,7 +172,97 @@ class Runtime:
                 continue
             resumed.append(record.batch_id)
         log.info("batches_resumed", count=len(resumed))
+        # After the batches: deleting a big upload cut short takes a while, and nothing
+        # waits for it.
+        try:
+            self.discard_abandoned_uploads()
+        except (StorageUnavailableError, OSError):
+            # Hidden, so harmless meanwhile: the next start tries again.
+            log.exception("abandoned_uploads_not_discarded")
         return resumed
+
+    def discard_abandoned_uploads(self) -> list[str]:
+        """Delete the uploads a crash cut short, with the blobs nobody else refers to.
+
+        Uploads this runtime opened are left alone. :meth:`resume` calls it.
+
+        Returns:
+            The ids of the uploads' batches deleted.
+
+        Raises:
+            StorageUnavailableError: The store failed; the next start carries on.
+            OSError: A blob could not be deleted; retention removes it later.
+        """
+        discarded: list[str] = []
+        for batch_id in self.store.uploads_in_progress():
+            with self._uploads_lock:
+                if batch_id in self._uploads:
+                    continue
+            blobs = discard_upload(self.store, self.blobs, batch_id)
+            log.info("abandoned_upload_discarded", batch_id=batch_id, blobs_deleted=blobs)
+            discarded.append(batch_id)
+        return discarded
+
+    def open_upload(
+        self,
+        *,
+        name: str = "",
+        policy: BatchPolicy | None = None,
+        labels: Mapping[str, str] | None = None,
+        owner: str = "",
+        idempotency_key: str = "",
+    ) -> Upload:
+        """Store a new batch that nobody sees until its upload ends; see
+        :class:`~actors.orchestration.upload.Upload` for what comes next.
+
+        Raises:
+            ServiceClosing: The runtime is shutting down.
+            StorageUnavailableError: The store failed.
+        """
+        self._check_open()
+        now = self._scheduler.now()
+        batch = BatchRecord(
+            batch_id=uuid.uuid4().hex,
+            name=name,
+            policy=policy or BatchPolicy(),
+            state=BatchState.PENDING,
+            created_at=now,
+            updated_at=now,
+            labels=dict(labels or {}),
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
+        # Known as this runtime's before it is stored, so that a sweep of abandoned
+        # uploads running now never takes it for one.
+        with self._uploads_lock:
+            self._uploads.add(batch.batch_id)
+        try:
+            self.store.begin_upload(batch)
+        except BaseException:
+            self._upload_settled(batch.batch_id)
+            raise
+        return Upload(
+            batch,
+            store=self.store,
+            blobs=self.blobs,
+            passwords=self._passwords,
+            now=self._scheduler.now,
+            check_open=self._check_open,
+            started=self._start_uploaded,
+            closed=self._upload_settled,
+        )
+
+    def _start_uploaded(self, batch_id: str) -> None:
+        log.info("batch_submitted", batch_id=batch_id, uploaded=True)
+        try:
+            self._supervisor(batch_id)
+        except StorageUnavailableError:
+            # Stored: it is resumed when someone asks for it, or at the next start.
+            log.exception("batch_not_started", batch_id=batch_id)
+
+    def _upload_settled(self, batch_id: str) -> None:
+        with self._uploads_lock:
+            self._uploads.discard(batch_id)
 
     def submit(
         self,

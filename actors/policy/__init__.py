@@ -4,8 +4,9 @@ Retry and restart rules (:mod:`~actors.policy.rules`), the failure catalogue
 (:mod:`~actors.policy.catalogue`), records and their state machines
 (:mod:`~actors.policy.model`), a batch's book (:mod:`~actors.policy.book`), whether a change
 by state moved a file (:mod:`~actors.policy.bulk`), refusals
-(:mod:`~actors.policy.refusals`) and what a result may hold
-(:mod:`~actors.policy.results`).
+(:mod:`~actors.policy.refusals`), what a result may hold
+(:mod:`~actors.policy.results`) and the digest of a batch's files
+(:mod:`~actors.policy.contents`).
 
 The rule of this layer: no I/O, no threads, no clock or randomness of its own (they are
 passed in), no import of another layer or of a runtime library (pykka, sqlite3, grpc,

@@ -1,7 +1,8 @@
 """Storage: where batches, events, results and uploaded bytes live.
 
 The store interface and the in-memory store (:mod:`~actors.storage.store`), the SQLite
-store with its schema, connections and record codec, content-addressed blobs (files, and
+store with its schema, connections, record codec and uploads in progress
+(:mod:`~actors.storage.sqlite_uploads`), content-addressed blobs (files, and
 rows of their own SQLite file for small ones), and the retention sweep.
 
 The rule of this layer: it keeps what it is given, within the policy's records; it

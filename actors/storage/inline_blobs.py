@@ -26,7 +26,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -117,6 +117,23 @@ class InlineBlobs:
             if db is None:
                 return False
             return db.execute("DELETE FROM blobs WHERE digest = ?", (digest,)).rowcount == 1
+
+    def delete_many(self, digests: Iterable[str]) -> int:
+        """Remove those of ``digests`` stored here, in one transaction; how many were."""
+        with self._lock, _translated():
+            db = self._connect(create=False)
+            if db is None:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                removed = db.executemany(
+                    "DELETE FROM blobs WHERE digest = ?", ((digest,) for digest in digests)
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return removed
 
     def digests(self) -> Iterator[str]:
         """The digest of every blob stored here, in no order."""

@@ -232,7 +232,19 @@ _V8 = (
     "WHERE json_extract(error, '$.code') = 'PDF_WRONG_PASSWORD'",
 )
 
-MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# Version 9: uploads stored as they arrive (issue 15). A batch is stored when its upload
+# begins, with uploading = 1, and its files are added in groups as they arrive; every
+# reader ignores it until the upload's end clears the flag, in one transaction with its
+# counts and idempotency key. contents is the digest of the batch's ordered (name, blob,
+# size) list (actors.policy.contents), which an upload repeating the batch's idempotency
+# key is compared with; NULL for batches stored otherwise.
+_V9 = (
+    "ALTER TABLE batches ADD COLUMN uploading INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE batches ADD COLUMN contents TEXT",
+    "CREATE INDEX batches_uploading ON batches (batch_id) WHERE uploading = 1",
+)
+
+MIGRATIONS: Sequence[Sequence[str]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

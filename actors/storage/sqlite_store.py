@@ -40,7 +40,7 @@ from actors.policy.model import (
     ResultSummary,
 )
 from actors.policy.results import result_size, text_pieces
-from actors.storage import codec
+from actors.storage import codec, sqlite_uploads
 from actors.storage.moves import (
     MAX_PENDING_MOVES,
     Condition,
@@ -152,6 +152,8 @@ def _attempts_of(files: int) -> str:
     )
 
 
+# Batches whose upload has ended: the only ones a reader sees (schema version 9).
+_VISIBLE = "uploading = 0"
 _SELECT_BATCH = f"SELECT {_columns(codec.BATCH_COLUMNS)} FROM batches"
 _SELECT_BATCH_SUMMARY = f"SELECT {_columns(codec.BATCH_COLUMNS)}, counts FROM batches"
 _INSERT_BATCH = (
@@ -403,6 +405,35 @@ class SQLiteStore:
                 ),
             )
 
+    def begin_upload(self, batch: BatchRecord) -> None:
+        with self._db.write() as db:
+            sqlite_uploads.begin(db, batch)
+
+    def add_upload_files(
+        self, batch_id: str, first_position: int, files: Sequence[FileRecord]
+    ) -> None:
+        with self._db.write() as db:
+            sqlite_uploads.add_files(db, batch_id, first_position, files)
+
+    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
+        with self._db.write() as db:
+            return sqlite_uploads.end(db, batch_id, files=files, contents=contents, at=at)
+
+    def drop_upload(self, batch_id: str, *, limit: int) -> list[str] | None:
+        with self._db.write() as db:
+            return sqlite_uploads.drop(db, batch_id, limit)
+
+    def uploads_in_progress(self) -> list[str]:
+        with self._db.read() as db:
+            return sqlite_uploads.in_progress(db)
+
+    def batch_contents(self, batch_id: str) -> str | None:
+        with self._db.read() as db:
+            row = db.execute(
+                f"SELECT contents FROM batches WHERE batch_id = ? AND {_VISIBLE}", (batch_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         """Store ``changes``, their events and ``results`` in one transaction.
 
@@ -609,12 +640,14 @@ class SQLiteStore:
         terminal = _marks(len(_TERMINAL_STATES))
         with self._db.read() as db:
             (active,) = db.execute(
-                f"SELECT COUNT(*) FROM batches WHERE owner = ? AND state NOT IN ({terminal})",
+                f"SELECT COUNT(*) FROM batches WHERE owner = ? AND {_VISIBLE} "
+                f"AND state NOT IN ({terminal})",
                 (owner, *_TERMINAL_STATES),
             ).fetchone()
             (uploads,) = db.execute(
                 "SELECT COALESCE(SUM(files.size), 0) FROM files JOIN batches USING (batch_id) "
-                "WHERE batches.owner = ? AND batches.bytes_released_at IS NULL",
+                "WHERE batches.owner = ? AND batches.uploading = 0 "
+                "AND batches.bytes_released_at IS NULL",
                 (owner,),
             ).fetchone()
             (results,) = db.execute(
@@ -633,7 +666,9 @@ class SQLiteStore:
 
     def load(self, batch_id: str) -> BatchView | None:
         with self._db.read() as db:
-            row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
+            row = db.execute(
+                f"{_SELECT_BATCH} WHERE batch_id = ? AND {_VISIBLE}", (batch_id,)
+            ).fetchone()
             if row is None:
                 return None
             moves = _moves_of(db, batch_id) or ()
@@ -647,17 +682,23 @@ class SQLiteStore:
 
     def load_batch(self, batch_id: str) -> BatchRecord | None:
         with self._db.read() as db:
-            row = db.execute(f"{_SELECT_BATCH} WHERE batch_id = ?", (batch_id,)).fetchone()
+            row = db.execute(
+                f"{_SELECT_BATCH} WHERE batch_id = ? AND {_VISIBLE}", (batch_id,)
+            ).fetchone()
         return None if row is None else codec.batch_from_row(row)
 
     def batch_summary(self, batch_id: str) -> BatchSummary | None:
         with self._db.read() as db:
-            row = db.execute(f"{_SELECT_BATCH_SUMMARY} WHERE batch_id = ?", (batch_id,)).fetchone()
+            row = db.execute(
+                f"{_SELECT_BATCH_SUMMARY} WHERE batch_id = ? AND {_VISIBLE}", (batch_id,)
+            ).fetchone()
         return None if row is None else _summary_from_row(row)
 
     def batch_state_counts(self) -> dict[BatchState, int]:
         with self._db.read() as db:
-            rows = db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state").fetchall()
+            rows = db.execute(
+                f"SELECT state, COUNT(*) FROM batches WHERE {_VISIBLE} GROUP BY state"
+            ).fetchall()
         tally = {BatchState(state): int(n) for state, n in rows}
         return {state: tally.get(state, 0) for state in BatchState}
 
@@ -666,7 +707,7 @@ class SQLiteStore:
     ) -> list[BatchRecord]:
         if not states:
             return []
-        clause = f"state IN ({_marks(len(states))})"
+        clause = f"{_VISIBLE} AND state IN ({_marks(len(states))})"
         params: list[object] = [state.value for state in states]
         if updated_by is not None:
             clause += " AND updated_at <= ?"
@@ -685,7 +726,7 @@ class SQLiteStore:
         before: tuple[float, str] | None,
         limit: int,
     ) -> list[BatchSummary]:
-        where: list[str] = []
+        where: list[str] = [_VISIBLE]
         params: list[object] = []
         if owner is not None:
             where.append("owner = ?")
@@ -696,7 +737,7 @@ class SQLiteStore:
         if before is not None:
             where.append("(created_at, batch_id) < (?, ?)")
             params.extend(before)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause = f" WHERE {' AND '.join(where)}"
         with self._db.read() as db:
             rows = db.execute(
                 f"{_SELECT_BATCH_SUMMARY}{clause} ORDER BY created_at DESC, batch_id DESC LIMIT ?",
@@ -714,7 +755,8 @@ class SQLiteStore:
     ) -> FilePage | None:
         with self._db.read() as db:
             head = db.execute(
-                "SELECT sequence, counts, pending_moves FROM batches WHERE batch_id = ?",
+                "SELECT sequence, counts, pending_moves FROM batches "
+                f"WHERE batch_id = ? AND {_VISIBLE}",
                 (batch_id,),
             ).fetchone()
             if head is None:
@@ -808,7 +850,9 @@ class SQLiteStore:
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:
-            rows = db.execute(f"{_SELECT_BATCH} ORDER BY created_at DESC").fetchall()
+            rows = db.execute(
+                f"{_SELECT_BATCH} WHERE {_VISIBLE} ORDER BY created_at DESC"
+            ).fetchall()
         return [codec.batch_from_row(row) for row in rows]
 
     def find_by_idempotency_key(self, owner: str, key: str) -> str | None:
@@ -884,7 +928,7 @@ class SQLiteStore:
         with self._db.read() as db:
             row = db.execute(
                 "SELECT sequence, (SELECT MIN(sequence) FROM events WHERE batch_id = ?) "
-                "FROM batches WHERE batch_id = ?",
+                f"FROM batches WHERE batch_id = ? AND {_VISIBLE}",
                 (batch_id, batch_id),
             ).fetchone()
         if row is None:

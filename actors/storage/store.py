@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +67,63 @@ class Store(Protocol):
 
     def create_batch(self, view: BatchView) -> None:
         """Store a new batch and its files."""
+        ...
+
+    # An upload stores its batch as the files arrive (issue 15): begin_upload, then
+    # add_upload_files a group at a time, then end_upload makes it visible, or
+    # drop_upload removes it. Until its end, no other method sees the batch: not by
+    # id, not in a list, count or usage (its bytes count only in blob_in_use).
+
+    def begin_upload(self, batch: BatchRecord) -> None:
+        """Store ``batch``, without files, as still uploading.
+
+        Raises:
+            ValueError: A batch with this id exists.
+        """
+        ...
+
+    def add_upload_files(
+        self, batch_id: str, first_position: int, files: Sequence[FileRecord]
+    ) -> None:
+        """Add ``files`` to an uploading batch, at ``first_position`` on, all or nothing.
+
+        Raises:
+            KeyError: No batch with this id is uploading.
+        """
+        ...
+
+    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
+        """Make an uploading batch of ``files`` files, all pending, visible, created at
+        ``at``, with its idempotency key and ``contents`` (its
+        :func:`~actors.policy.contents.contents_digest`): in one transaction.
+
+        Returns:
+            ``batch_id``; or, when the owner's batch with the same idempotency key was
+            stored first, that batch's id, and nothing changed (the upload is still
+            hidden, for :meth:`drop_upload`).
+
+        Raises:
+            KeyError: No batch with this id is uploading.
+        """
+        ...
+
+    def drop_upload(self, batch_id: str, *, limit: int) -> list[str] | None:
+        """Delete up to ``limit`` files of an uploading batch, the last ones first.
+
+        Returns:
+            The blobs those files referred to that no batch whose bytes are kept
+            refers to any more (uploads included); ``None`` once the batch had no file
+            left, when the batch itself was deleted (and for no such uploading batch).
+        """
+        ...
+
+    def uploads_in_progress(self) -> list[str]:
+        """The ids of the batches still uploading (after a crash: left behind)."""
+        ...
+
+    def batch_contents(self, batch_id: str) -> str | None:
+        """The ``contents`` :meth:`end_upload` stored with a batch; ``None`` for a batch
+        stored otherwise (:meth:`create_batch`), or no such batch."""
         ...
 
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
@@ -212,7 +269,8 @@ class Store(Protocol):
         ...
 
     def blob_in_use(self, digest: str) -> bool:
-        """Whether a stored batch whose bytes are kept has a file with the blob ``digest``."""
+        """Whether a stored batch whose bytes are kept, or an upload in progress, has a
+        file with the blob ``digest``."""
         ...
 
     def release_bytes(self, batch_id: str, at: float) -> bool:
@@ -293,15 +351,71 @@ class MemoryStore:
         self._results: dict[tuple[str, str], ExtractionResult] = {}
         self._listeners: list[EventListener] = []
         self._audit: list[AuditEntry] = []
+        # Uploads in progress, apart from the batches every reader sees.
+        self._uploading: dict[str, tuple[BatchRecord, dict[str, FileRecord]]] = {}
+        self._contents: dict[str, str] = {}
 
     def create_batch(self, view: BatchView) -> None:
         with self._lock:
             batch_id = view.batch.batch_id
-            if batch_id in self._batches:
+            if batch_id in self._batches or batch_id in self._uploading:
                 raise ValueError(f"batch {batch_id} exists")
             self._batches[batch_id] = view.batch
             self._files[batch_id] = {f.file_id: f for f in view.files}
             self._events[batch_id] = []
+
+    def begin_upload(self, batch: BatchRecord) -> None:
+        with self._lock:
+            batch_id = batch.batch_id
+            if batch_id in self._batches or batch_id in self._uploading:
+                raise ValueError(f"batch {batch_id} exists")
+            self._uploading[batch_id] = (batch, {})
+
+    def add_upload_files(
+        self, batch_id: str, first_position: int, files: Sequence[FileRecord]
+    ) -> None:
+        with self._lock:
+            _, stored = self._uploading[batch_id]
+            if first_position != len(stored):
+                raise ValueError(f"batch {batch_id} has {len(stored)} files, not {first_position}")
+            if any(f.file_id in stored for f in files):
+                raise ValueError(f"batch {batch_id} has one of these files already")
+            stored.update((f.file_id, f) for f in files)
+
+    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
+        with self._lock:
+            batch, stored = self._uploading[batch_id]
+            key = (batch.owner, batch.idempotency_key)
+            if batch.idempotency_key:
+                for other in self._batches.values():
+                    if (other.owner, other.idempotency_key) == key:
+                        return other.batch_id
+            del self._uploading[batch_id]
+            self._batches[batch_id] = dataclasses.replace(batch, created_at=at, updated_at=at)
+            self._files[batch_id] = stored
+            self._events[batch_id] = []
+            self._contents[batch_id] = contents
+            return batch_id
+
+    def drop_upload(self, batch_id: str, *, limit: int) -> list[str] | None:
+        with self._lock:
+            upload = self._uploading.get(batch_id)
+            if upload is None:
+                return None
+            stored = upload[1]
+            if not stored:
+                del self._uploading[batch_id]
+                return None
+            dropped = {stored.pop(file_id).blob for file_id in list(stored)[-limit:]}
+        return sorted(digest for digest in dropped if not self.blob_in_use(digest))
+
+    def uploads_in_progress(self) -> list[str]:
+        with self._lock:
+            return list(self._uploading)
+
+    def batch_contents(self, batch_id: str) -> str | None:
+        with self._lock:
+            return self._contents.get(batch_id)
 
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         batch_id = changes.batch.batch_id
@@ -459,6 +573,7 @@ class MemoryStore:
             self._batches.pop(batch_id, None)
             self._files.pop(batch_id, None)
             self._events.pop(batch_id, None)
+            self._contents.pop(batch_id, None)
             for key in [k for k in self._results if k[0] == batch_id]:
                 del self._results[key]
 
@@ -483,11 +598,14 @@ class MemoryStore:
 
     def blob_in_use(self, digest: str) -> bool:
         with self._lock:
-            return any(
-                record.blob == digest
+            uploading = (files for _, files in self._uploading.values())
+            kept = (
+                files
                 for batch_id, files in self._files.items()
                 if self._batches[batch_id].bytes_released_at is None
-                for record in files.values()
+            )
+            return any(
+                record.blob == digest for files in (*uploading, *kept) for record in files.values()
             )
 
     def release_bytes(self, batch_id: str, at: float) -> bool:

@@ -254,8 +254,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         caller = self._auth.caller(context)
         if self._submissions is not None:
             self._submissions.acquire(caller)
-        view = self._uploads.submit(request_iterator, owner=caller, still_wanted=context.is_active)
-        return self._reply(view.batch.batch_id, caller, with_files=True)
+        batch_id = self._uploads.submit(
+            request_iterator, owner=caller, still_wanted=context.is_active
+        )
+        return self._reply(batch_id, caller, with_files=True)
 
     @_unary
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:

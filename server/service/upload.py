@@ -2,11 +2,18 @@
 
 Each file is written to a temporary file in the blob store while it arrives (a file
 declared no bigger than the store's ``inline_max_bytes``: to a row of its database),
-hashed on the way, and checked against its header. Nothing is stored under a digest until the
-client has sent ``end`` and closed the stream; a stream that breaks off (client gone,
-deadline, a limit) or ends without ``end`` leaves no batch, no blob and no temporary
-file. ``end`` is what tells a complete upload from a cancelled one: grpcio's sync server
-can hand a cancel to the request iterator as a plain end of stream.
+hashed on the way, and checked against its header. The upload's batch is stored when its
+spec arrives, hidden from every reader, and its files are added as they arrive, a group
+at a time (:data:`GROUP_FILES`, :data:`GROUP_SECONDS`): the blobs of a group are placed
+under their digests and its files stored in one transaction, after which the upload
+holds nothing of them, so that its memory does not grow with the number of files.
+
+The batch becomes visible only once the client has sent ``end`` and closed the stream;
+a stream that breaks off (client gone, deadline, a limit) or ends without ``end`` leaves
+no batch, no blob and no temporary file: the hidden batch is deleted with the blobs
+nobody else refers to (after a crash, by the next start). ``end`` is what tells a
+complete upload from a cancelled one: grpcio's sync server can hand a cancel to the
+request iterator as a plain end of stream.
 
 Limits, and the tenant's quotas, are enforced as early as they can be: a header that
 declares too much is refused before any of its bytes are read, and the bytes it declares
@@ -15,9 +22,12 @@ so many uploads open at once, and everyone together only so many (each holds a t
 an upload that pauses too long between messages, or takes too long in all, is ended
 (:mod:`server.security.pacing`).
 
-Blobs are content-addressed and shared between batches. Placing the blobs, submitting
-the batch and deleting blobs nobody refers to any more all happen under one lock, so a
-blob is never deleted between another upload finding it stored and submitting its batch.
+Blobs are content-addressed and shared between batches. Placing a group's blobs and
+storing its files, and deleting blobs nobody refers to any more, happen under one lock,
+so a blob is never deleted between an upload finding it stored and its batch referring
+to it (an upload's hidden batch counts as referring to its blobs). Every blob is made
+durable with one flush of the file system when the upload ends, before its batch is
+visible.
 """
 
 from __future__ import annotations
@@ -25,14 +35,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
 import grpc
+import structlog
 
-from actors.orchestration.runtime import NewFile, Runtime, validate_file_name
-from actors.policy.model import BatchView
+from actors.orchestration.runtime import NewFile, Runtime, Upload, validate_file_name
+from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.refusals import InvalidRequest
 from actors.storage.blobs import BlobStore, BlobWriter, InlineBlobWriter
 from actors.storage.store import Store
@@ -44,11 +55,37 @@ from server.service.settings import UploadLimits
 from server.wire import convert
 from server.wire.errors import FieldViolation, WireError
 
-__all__ = ["Uploads"]
+__all__ = ["GROUP_FILES", "GROUP_SECONDS", "Uploads"]
+
+log = structlog.get_logger(__name__)
+
+# An upload stores its files a group at a time, one transaction each: this many files,
+# or those received within this many seconds, whichever comes first. A group is what
+# the upload holds in memory; a transaction costs an fsync.
+GROUP_FILES = 500
+GROUP_SECONDS = 0.05
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass(slots=True)
+class _Received:
+    """An upload as far as it arrived."""
+
+    spec: convert.BatchSpec
+    upload: Upload
+    admission: Admission
+    # Files whose header arrived, and the bytes their headers declare in all.
+    count: int = 0
+    declared: int = 0
+    # When the files not stored yet began to gather.
+    group_began: float = field(default_factory=time.monotonic)
+
+    def group_is_full(self, pending: list[_Staged]) -> bool:
+        """Whether the files received and not stored yet are to be stored now."""
+        return len(pending) >= GROUP_FILES or time.monotonic() - self.group_began >= GROUP_SECONDS
 
 
 @dataclass(slots=True)
@@ -111,24 +148,27 @@ class Uploads:
         *,
         owner: str,
         still_wanted: Callable[[], bool] = lambda: True,
-    ) -> BatchView:
-        """Receive the whole stream, then submit the batch.
+    ) -> str:
+        """Receive the stream into a hidden batch, then make the batch visible.
 
         With an idempotency key ``owner`` used before for the same files, the existing
-        batch is returned and nothing new is stored.
+        batch is returned and nothing new is kept.
 
         Args:
             requests: The upload's messages.
             owner: The tenant the batch is for.
-            still_wanted: Asked right before the batch is submitted: whether the client
-                still waits for it (the call's ``is_active``). Default: always.
+            still_wanted: Asked right before the batch is made visible: whether the
+                client still waits for it (the call's ``is_active``). Default: always.
+
+        Returns:
+            The batch's id.
 
         Raises:
             WireError: The stream broke a rule or a limit, ended without ``end``, paused
                 or ran too long, the tenant has too many uploads open, the disk failed,
                 or the idempotency key was used before for other files.
             Refusal: The runtime refused the batch.
-            grpc.RpcError: The stream broke off, or the client was gone by the commit.
+            grpc.RpcError: The stream broke off, or the client was gone by the end.
         """
         with contextlib.ExitStack() as stack:
             if self._open_uploads is not None:
@@ -136,8 +176,8 @@ class Uploads:
             # Read on a thread of its own, so that a stalled client cannot hold this one.
             messages = stack.enter_context(contextlib.closing(paced(requests, self._limits.pace)))
             try:
-                spec, staged, admission = self._receive(messages, stack, owner)
-                return self._commit(spec, staged, owner, still_wanted, admission)
+                received = self._receive(messages, stack, owner)
+                return self._end_upload(received, owner, still_wanted)
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
@@ -155,14 +195,12 @@ class Uploads:
 
     def _receive(
         self, requests: Iterator[pb.SubmitBatchRequest], stack: contextlib.ExitStack, owner: str
-    ) -> tuple[convert.BatchSpec, list[_Staged], Admission]:
-        spec: convert.BatchSpec | None = None
-        staged: list[_Staged] = []
-        # One callback drops every file received but not stored, so that the list alone
-        # holds the writers and the commit can let them go as it stores them.
-        stack.callback(_abort_all, staged)
-        total = 0
-        admission = Admission.unlimited()
+    ) -> _Received:
+        received: _Received | None = None
+        # The files received but not stored yet: one callback drops them all, so that
+        # storing a group only has to empty the list.
+        pending: list[_Staged] = []
+        stack.callback(_abort_all, pending)
         ended = False
         for request in requests:
             kind = request.WhichOneof("item")
@@ -172,42 +210,44 @@ class Uploads:
                     "`end` must be the last message of an upload: close the stream after it.",
                     kind or "item",
                 )
-            if spec is None:
+            if received is None:
                 if kind != "spec":
                     raise _bad(
                         "SPEC_REQUIRED", "The first message of an upload must be its spec.", "spec"
                     )
-                spec = convert.spec_from_proto(request.spec)
-                admission = self._admit(owner, spec.idempotency_key)
-                stack.callback(admission.release)
+                received = self._begin(convert.spec_from_proto(request.spec), stack, owner)
             elif kind == "file":
-                if staged:
-                    self._finish(staged[-1], len(staged) - 1)
-                total += request.file.size_bytes
+                if pending:
+                    self._finish(pending[-1], received.count - 1)
+                    if received.group_is_full(pending):
+                        self._store_group(received, pending)
+                total = received.declared + request.file.size_bytes
                 # The file's own limits first: they are what such a header breaks, and
                 # they keep the total within reach of any quota.
-                self._check_header(request.file, len(staged), total)
-                admission.reserve(total)
-                staged.append(self._open(request.file))
+                self._check_header(request.file, received.count, total)
+                received.admission.reserve(total)
+                received.declared = total
+                pending.append(self._open(request.file))
+                received.count += 1
                 if request.file.content:
-                    self._write(staged[-1], len(staged) - 1, request.file.content)
-                    staged[-1].inline = True
+                    self._write(pending[-1], received.count - 1, request.file.content)
+                    pending[-1].inline = True
             elif kind == "chunk":
-                if not staged:
+                if not pending:
                     raise _bad(
                         "CHUNK_BEFORE_HEADER",
                         "File bytes must follow a file header.",
                         "chunk",
                     )
-                if staged[-1].inline:
+                if pending[-1].inline:
                     raise _bad(
                         "CHUNK_AFTER_CONTENT",
                         "A file whose header carries its content takes no chunks.",
-                        f"file[{len(staged) - 1}].content",
+                        f"file[{received.count - 1}].content",
                     )
-                self._write(staged[-1], len(staged) - 1, request.chunk)
+                self._write(pending[-1], received.count - 1, request.chunk)
             elif kind == "end":
-                self._end(request.end, staged)
+                self._end(request.end, received, pending)
                 ended = True
             else:
                 raise _bad(
@@ -215,7 +255,7 @@ class Uploads:
                     "After the spec, send a file header, then its bytes in chunks; then `end`.",
                     kind or "item",
                 )
-        if spec is None:
+        if received is None:
             raise _bad("SPEC_REQUIRED", "The upload sent no spec.", "spec")
         if not ended:
             raise _bad(
@@ -224,20 +264,35 @@ class Uploads:
                 "with the number of files as the last message, then close the stream.",
                 "end",
             )
-        return spec, staged, admission
+        return received
 
-    def _end(self, end: pb.UploadEnd, staged: list[_Staged]) -> None:
-        """The client says it sent everything: check that it did."""
-        if not staged:
+    def _begin(self, spec: convert.BatchSpec, stack: contextlib.ExitStack, owner: str) -> _Received:
+        """Admit the upload and store its (hidden) batch, dropped unless it ends well."""
+        admission = self._admit(owner, spec.idempotency_key)
+        stack.callback(admission.release)
+        upload = self._runtime.open_upload(
+            name=spec.name,
+            policy=spec.policy,
+            labels=spec.labels,
+            owner=owner,
+            idempotency_key=spec.idempotency_key,
+        )
+        stack.callback(_abort_upload, upload)
+        return _Received(spec, upload, admission)
+
+    def _end(self, end: pb.UploadEnd, received: _Received, pending: list[_Staged]) -> None:
+        """The client says it sent everything: check that it did, and store the rest."""
+        if not received.count:
             raise _bad("NO_FILES", "A batch needs at least one file.", "file")
-        self._finish(staged[-1], len(staged) - 1)
-        if end.file_count != len(staged):
+        self._finish(pending[-1], received.count - 1)
+        if end.file_count != received.count:
             raise _bad(
                 "FILE_COUNT_MISMATCH",
                 f"The upload's `end` counts {_files(end.file_count)}, but "
-                f"{_files(len(staged))} arrived.",
+                f"{_files(received.count)} arrived.",
                 "end.file_count",
             )
+        self._store_group(received, pending)
 
     def _check_header(self, header: pb.FileHeader, index: int, total: int) -> None:
         limits = self._limits
@@ -316,61 +371,57 @@ class Uploads:
                 f"file[{index}].sha256",
             )
 
-    # Submitting --------------------------------------------------------------------
+    # Storing -----------------------------------------------------------------------
 
-    def _commit(
-        self,
-        spec: convert.BatchSpec,
-        staged: list[_Staged],
-        owner: str,
-        still_wanted: Callable[[], bool],
-        admission: Admission,
-    ) -> BatchView:
+    def _store_group(self, received: _Received, pending: list[_Staged]) -> None:
+        """Place the blobs of ``pending`` and add their files to the upload's batch, in
+        one transaction; then nothing of them is held here any more."""
+        with self._lock:
+            created: list[str] = []
+            try:
+                files: list[NewFile] = []
+                for file in pending:
+                    if file.writer.commit(durable=False):
+                        created.append(file.writer.finish())
+                    files.append(
+                        NewFile(file.name, file.writer.finish(), file.declared, file.password)
+                    )
+                received.upload.add(files)
+            except BaseException:
+                self._release_unused(created)
+                raise
+        pending.clear()
+        received.group_began = time.monotonic()
+
+    def _end_upload(self, received: _Received, owner: str, still_wanted: Callable[[], bool]) -> str:
+        upload = received.upload
         with self._lock:
             if not still_wanted():
                 # Cancelled after `end`: the client will never see the batch. (A cancel
                 # that arrives after this check is too late, as for any complete call.)
                 raise grpc.RpcError()
-            # Again, now that no other upload can commit meanwhile; the bytes this one
+            # Again, now that no other upload can end meanwhile; the bytes this one
             # reserved are its own, not another's.
-            declared = sum(f.declared for f in staged)
-            self._admit(owner, spec.idempotency_key).check(declared, besides=admission)
-            created: list[str] = []
-            files: list[NewFile] = []
-            for file in staged:
-                if file.writer.commit(durable=False):
-                    created.append(file.writer.finish())
-                files.append(NewFile(file.name, file.writer.finish(), file.declared, file.password))
-            # Stored (a failure below releases them by digest): the writers and their
-            # staging records go before the batch's records are made, which lowers the
-            # upload's peak (531 to 411 MB for 300,000 files).
-            staged.clear()
-            try:
-                # Every blob is on disk before a stored batch refers to it: one flush of
-                # the file system instead of two fsyncs per file.
-                self._blobs.sync()
-                view = self._runtime.submit(
-                    files,
-                    name=spec.name,
-                    policy=spec.policy,
-                    labels=spec.labels,
-                    owner=owner,
-                    idempotency_key=spec.idempotency_key,
-                )
-            except BaseException:
-                self._release_unused(created)
-                raise
-            if _contents(view.files) != _contents(files):
-                # The key named an earlier batch of other files: refuse, keep nothing new.
-                self._release_unused(created)
-                raise WireError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    "This idempotency key was already used for a batch of other files. Use a "
-                    "new key for a new batch.",
-                    metadata={"batchId": view.batch.batch_id},
-                )
-            return view
+            self._admit(owner, received.spec.idempotency_key).check(
+                received.declared, besides=received.admission
+            )
+            # Every blob is on disk before a visible batch refers to it: one flush of
+            # the file system instead of two fsyncs per file.
+            self._blobs.sync()
+            ended = upload.finish()
+        if ended.created:
+            return ended.batch_id
+        # The key went to another batch first: keep nothing of this upload.
+        _abort_upload(upload)
+        if not ended.same_files:
+            raise WireError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "IDEMPOTENCY_KEY_REUSED",
+                "This idempotency key was already used for a batch of other files. Use a "
+                "new key for a new batch.",
+                metadata={"batchId": ended.batch_id},
+            )
+        return ended.batch_id
 
     def _release_unused(self, digests: Iterable[str]) -> None:
         deleted = False
@@ -382,17 +433,18 @@ class Uploads:
             self._blobs.scrub()
 
 
-class _Content(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def blob(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-
-
 def _files(count: int) -> str:
     return "1 file" if count == 1 else f"{count} files"
+
+
+def _abort_upload(upload: Upload) -> None:
+    """Delete what was stored of an upload that does not end as a batch of its own."""
+    try:
+        upload.abort()
+    except (StorageUnavailableError, OSError):
+        # Whatever is left stays hidden: the next start deletes the batch, retention
+        # the blobs. The call's own outcome (an error, or the earlier batch) stands.
+        log.exception("upload_not_discarded", batch_id=upload.batch_id)
 
 
 def _abort_all(staged: list[_Staged]) -> None:
@@ -401,10 +453,6 @@ def _abort_all(staged: list[_Staged]) -> None:
         # A row or file left behind is swept at the next start; the others still go.
         with contextlib.suppress(OSError):
             file.writer.abort()
-
-
-def _contents(files: Iterable[_Content]) -> list[tuple[str, str, int]]:
-    return [(f.name, f.blob, f.size) for f in files]
 
 
 def _storage_error(exc: OSError) -> WireError:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from actors.policy.model import AttemptOutcome, BatchEvent, FileState
 from actors.storage.sqlite_store import SQLiteStore
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service.app import DATABASE_NAME
-from tests.helpers.blob_checks import incoming_blobs
+from server.service.upload import GROUP_FILES
+from tests.helpers.blob_checks import incoming_blobs, stored_blobs
 from tests.helpers.crash_fixtures import WAIT, ServerLauncher, ServerProcess, watch_until
 from tests.helpers.crash_processors import script
 from tests.helpers.processes import eventually
@@ -426,3 +429,35 @@ def _running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _upload_rows(database: Path) -> tuple[int, int]:
+    """(uploads in progress, their files) as the service's database holds them."""
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        uploads, files = db.execute(
+            "SELECT COUNT(DISTINCT batch_id), COUNT(files.file_id) FROM batches "
+            "LEFT JOIN files USING (batch_id) WHERE uploading = 1"
+        ).fetchone()
+    return int(uploads), int(files)
+
+
+def test_an_upload_cut_short_by_a_kill_is_dropped_by_the_next_start(
+    launcher: ServerLauncher,
+) -> None:
+    life = launcher.start()
+    database, blobs = launcher.data_dir / DATABASE_NAME, launcher.data_dir / "blobs"
+    # More than a group of files (GROUP_FILES), so that some are stored before the kill.
+    count = GROUP_FILES + 20
+    held = HeldUpload(life, [script(b"ok:%d" % n) for n in range(count)], send=2)
+    eventually(lambda: _upload_rows(database)[1] > 0)
+    assert len(stored_blobs(blobs)) >= _upload_rows(database)[1]
+
+    life.kill()
+    held.finish()
+    life = launcher.start()
+
+    # Deleted after the restart resumed the batches, while it serves.
+    eventually(lambda: _upload_rows(database) == (0, 0))
+    eventually(lambda: stored_blobs(blobs) == [])
+    assert list(life.client.list()) == []
+    life.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from server.client.api import UploadFile, _upload_requests
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from server.service import upload as upload_module
 from server.service.settings import UploadLimits
 from server.service.upload import Uploads
 from tests.helpers.processes import eventually
@@ -22,6 +24,7 @@ from tests.helpers.server_fixtures import (
     audited,
     make_pdf,
     refused,
+    rich_error,
     upload,
 )
 
@@ -29,8 +32,9 @@ MIB = 1024 * 1024
 
 
 def _nothing_left(server: RunningServer) -> None:
-    """No batch, no blob and no temporary file."""
+    """No batch (not even a hidden one), no blob and no temporary file."""
     assert server.store.list_batches() == []
+    assert server.store.uploads_in_progress() == []
     assert server.blob_files() == []
 
 
@@ -359,12 +363,17 @@ def _temp_files(server: RunningServer) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["cancelled", "deadline"])
-def test_an_upload_that_breaks_off_leaves_nothing_behind(server: RunningServer, how: str) -> None:
+def test_an_upload_that_breaks_off_leaves_nothing_behind(
+    server: RunningServer, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole file is stored (its group is one file) before the upload breaks off.
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 1)
     sent, resume = threading.Event(), threading.Event()
     timeout = 2.0 if how == "deadline" else WAIT
     future = server.stub.SubmitBatch.future(_broken_upload(sent, resume), timeout=timeout)
     assert sent.wait(WAIT)
-    eventually(lambda: len(_temp_files(server)) == 2)
+    eventually(lambda: len(_temp_files(server)) == 1)
+    assert server.store.blob_in_use(hashlib.sha256(make_pdf("whole")).hexdigest())
 
     if how == "cancelled":
         future.cancel()
@@ -590,3 +599,117 @@ def test_small_files_are_rows_big_ones_files_and_workers_read_both(
     server.client.delete(batch.batch_id)
 
     assert server.blob_files() == []
+
+
+def _held_before_end(
+    spec: pb.BatchSpec, files: list[tuple[str, bytes]], sent: threading.Event, go: threading.Event
+) -> Iterator[pb.SubmitBatchRequest]:
+    """Every message of an upload; before `end`, it waits to be told to go on."""
+    *messages, end = upload(spec, files)
+    yield from messages
+    sent.set()
+    go.wait(WAIT)
+    yield end
+
+
+def test_an_upload_is_stored_as_it_arrives_and_seen_only_once_it_ends(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 3)
+    monkeypatch.setattr(upload_module, "GROUP_SECONDS", 3600.0)  # groups of 3, however slow
+    files = [(f"{n}.pdf", make_pdf(f"file {n}")) for n in range(7)]
+    sent, go = threading.Event(), threading.Event()
+    future = server.stub.SubmitBatch.future(
+        _held_before_end(pb.BatchSpec(idempotency_key="k"), files, sent, go), timeout=WAIT
+    )
+    assert sent.wait(WAIT)
+    # Two groups of three are stored (the seventh file waits for `end`).
+    digests = [hashlib.sha256(data).hexdigest() for _, data in files]
+    eventually(lambda: all(server.store.blob_in_use(d) for d in digests[:6]))
+    assert not server.store.blob_in_use(digests[6])
+    (hidden,) = server.store.uploads_in_progress()
+
+    # Nobody sees it: not listed, counted or found by its id or key.
+    assert list(server.client.list()) == []
+    assert set(server.store.batch_state_counts().values()) == {0}
+    get = refused(lambda: server.stub.GetBatch(pb.GetBatchRequest(batch_id=hidden)))
+    assert get.code == grpc.StatusCode.NOT_FOUND
+    files_of = refused(lambda: server.stub.ListFiles(pb.ListFilesRequest(batch_id=hidden)))
+    assert files_of.code == grpc.StatusCode.NOT_FOUND
+    assert server.store.find_by_idempotency_key("", "k") is None
+
+    go.set()
+    batch = future.result(WAIT)
+
+    assert batch.batch_id == hidden
+    assert [f.name for f in server.client.files(batch.batch_id)] == [n for n, _ in files]
+    assert server.store.uploads_in_progress() == []
+    assert server.store.find_by_idempotency_key("", "k") == hidden
+    server.settle(batch.batch_id)
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-files", "other-files"])
+def test_an_upload_whose_key_another_upload_took_meanwhile_keeps_nothing(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, same: bool
+) -> None:
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 1)
+    spec = pb.BatchSpec(idempotency_key="raced")
+    files = [("a.pdf", make_pdf("a")), ("b.pdf", make_pdf("b"))]
+    late_files = files if same else [("a.pdf", make_pdf("a")), ("c.pdf", make_pdf("c"))]
+    sent, go = threading.Event(), threading.Event()
+    late = server.stub.SubmitBatch.future(
+        _held_before_end(spec, late_files, sent, go), timeout=WAIT
+    )
+    assert sent.wait(WAIT)
+    eventually(lambda: len(server.store.uploads_in_progress()) == 1)
+
+    first = server.stub.SubmitBatch(upload(spec, files), timeout=WAIT)
+    blobs = server.blob_files()
+    go.set()
+
+    if same:
+        assert late.result(WAIT).batch_id == first.batch_id
+    else:
+        with pytest.raises(grpc.RpcError) as raised:
+            late.result(WAIT)
+        error = rich_error(raised.value)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+        assert error.metadata == {"batchId": first.batch_id}
+    assert server.store.uploads_in_progress() == []
+    assert server.blob_files() == blobs, "c.pdf's bytes went with the late upload"
+    assert [b.batch_id for b in server.client.list()] == [first.batch_id]
+    server.settle(first.batch_id)
+
+
+def _peak_traced_bytes(server: RunningServer, uploads: Uploads, files: int) -> int:
+    """The most Python memory allocated at once while ``uploads`` takes ``files`` files
+    (then their batch is left to settle, so that it is not processed during the next)."""
+    contents = [("f.pdf", b"%PDF-" + b"%08d" % n) for n in range(files)]
+    messages = upload(pb.BatchSpec(), contents)
+    tracemalloc.start()
+    try:
+        batch_id = uploads.submit(messages, owner="")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    server.settle(batch_id)
+    return peak
+
+
+def test_an_upload_holds_a_group_of_files_not_every_file(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 50)
+    monkeypatch.setattr(upload_module, "GROUP_SECONDS", 3600.0)
+    service = server.service
+    uploads = Uploads(service.runtime, server.store, service.blobs, UploadLimits())
+    _peak_traced_bytes(server, uploads, 100)  # warm: caches, the database's first pages
+
+    small = _peak_traced_bytes(server, uploads, 200)
+    large = _peak_traced_bytes(server, uploads, 2_000)
+
+    # Ten times the files: before, each held a staging record (724 bytes) until `end`.
+    assert large < 2 * small, (small, large)

@@ -161,3 +161,17 @@ def test_bytes_stored_one_way_are_not_stored_again_the_other(tmp_path: Path) -> 
     files_only.delete(file_digest)
     assert stored_blobs(tmp_path) == []
     files_only.close()
+
+
+def test_many_blobs_of_both_kinds_are_deleted_together(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=16)
+    small, big, kept = blobs.put(b"%PDF-small"), blobs.put(b"%PDF-" + b"big" * 10), blobs.put(b"k")
+    missing = "0" * 64
+
+    blobs.delete_many([small, big, missing])
+
+    assert [blobs.exists(d) for d in (small, big, kept)] == [False, False, True]
+    assert stored_blobs(tmp_path) == [tmp_path / "rows" / kept]
+    with pytest.raises(ValueError, match="not a sha256 hex digest"):
+        blobs.delete_many(["../../etc/passwd"])
+    blobs.close()

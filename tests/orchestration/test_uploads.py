@@ -1,0 +1,131 @@
+"""Runtime.open_upload: a batch stored as its files arrive, started only once it ends;
+dropped with the blobs only it used when it does not end, by its caller or by the next
+start. Over the memory store and the SQLite store, with real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.orchestration.runtime import NewFile
+from actors.policy.model import BatchRecord, BatchState, FileRecord, FileState
+from actors.policy.refusals import BatchNotFound, InvalidRequest
+from actors.policy.rules import BatchPolicy
+from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import MemoryStore, Store
+from tests.helpers.harness import Harness, build_harness
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "db")
+    try:
+        yield from build_harness(tmp_path, store=store)
+    finally:
+        if isinstance(store, SQLiteStore):
+            store.close()
+
+
+def _file(h: Harness, name: str, data: bytes, password: str | None = None) -> NewFile:
+    return NewFile(name, h.blobs.put(data), len(data), password)
+
+
+def test_an_upload_is_processed_once_it_finishes_and_not_before(h: Harness) -> None:
+    upload = h.runtime.open_upload(name="streamed", owner="alice", idempotency_key="k")
+    upload.add([_file(h, "a.pdf", b"ok:a"), _file(h, "b.pdf", b"ok:b", password="pw")])
+    upload.add([_file(h, "c.pdf", b"ok:c")])
+
+    with pytest.raises(BatchNotFound):
+        h.runtime.get(upload.batch_id)
+    assert h.runtime.resume() == [], "an upload in progress is no batch to resume"
+    assert h.store.uploads_in_progress() == [upload.batch_id]
+
+    ended = upload.finish()
+
+    assert (ended.batch_id, ended.created, ended.same_files) == (upload.batch_id, True, True)
+    view = h.settled(upload.batch_id)
+    assert view.batch.state is BatchState.SUCCEEDED
+    assert view.batch.name == "streamed"
+    assert [(f.file_id, f.name) for f in view.files] == [
+        ("f00001", "a.pdf"),
+        ("f00002", "b.pdf"),
+        ("f00003", "c.pdf"),
+    ]
+    assert [f.encrypted_with_password for f in view.files] == [False, True, False]
+    assert h.store.find_by_idempotency_key("alice", "k") == upload.batch_id
+    upload.abort()
+    assert h.runtime.get(upload.batch_id).batch.state is BatchState.SUCCEEDED, "abort after end"
+
+
+def test_an_aborted_upload_takes_only_the_blobs_nobody_else_uses(h: Harness) -> None:
+    shared = _file(h, "shared.pdf", b"ok:shared")
+    kept = h.runtime.submit([shared])
+    upload = h.runtime.open_upload()
+    own = _file(h, "own.pdf", b"ok:own")
+    upload.add([shared, own])
+
+    upload.abort()
+    upload.abort()
+
+    assert h.store.uploads_in_progress() == []
+    assert not h.blobs.exists(own.blob)
+    assert h.blobs.exists(shared.blob)
+    with pytest.raises(ValueError, match="ended"):
+        upload.add([own])
+    with pytest.raises(ValueError, match="ended"):
+        upload.finish()
+    assert h.settled(kept.batch.batch_id).batch.state is BatchState.SUCCEEDED
+
+
+def test_an_upload_without_files_cannot_finish(h: Harness) -> None:
+    upload = h.runtime.open_upload()
+    with pytest.raises(InvalidRequest, match="at least one file"):
+        upload.finish()
+    with pytest.raises(InvalidRequest, match="path"):
+        upload.add([_file(h, "a/b.pdf", b"ok")])
+    upload.abort()
+    assert h.store.uploads_in_progress() == []
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-files", "other-files"])
+def test_a_repeated_key_is_compared_with_a_batch_stored_without_a_digest(
+    h: Harness, same: bool
+) -> None:
+    # Runtime.submit stores no digest of the files: they are read back in pages.
+    files = [_file(h, f"{n}.pdf", b"ok:%d" % n) for n in range(3)]
+    first = h.runtime.submit(files, owner="alice", idempotency_key="k")
+    upload = h.runtime.open_upload(owner="alice", idempotency_key="k")
+    upload.add(files[:2])
+    upload.add(files[2:] if same else [_file(h, "2.pdf", b"ok:other")])
+
+    ended = upload.finish()
+
+    assert (ended.batch_id, ended.created, ended.same_files) == (
+        first.batch.batch_id,
+        False,
+        same,
+    )
+    assert h.store.uploads_in_progress() == [upload.batch_id], "left for the caller to drop"
+    upload.abort()
+    assert h.store.uploads_in_progress() == []
+    h.settled(first.batch.batch_id)
+
+
+def test_the_next_start_drops_the_uploads_a_crash_left_and_no_other(h: Harness) -> None:
+    # An upload of an earlier life of the service: stored, never ended.
+    left = BatchRecord("left", "", BatchPolicy(), BatchState.PENDING, 1.0, 1.0)
+    h.store.begin_upload(left)
+    orphan = h.blobs.put(b"ok:orphan")
+    h.store.add_upload_files("left", 0, [FileRecord("f00001", "o.pdf", orphan, 9)])
+    # One of this life, still arriving.
+    mine = h.runtime.open_upload()
+    mine.add([_file(h, "m.pdf", b"ok:mine")])
+
+    h.runtime.resume()
+
+    assert h.store.uploads_in_progress() == [mine.batch_id]
+    assert not h.blobs.exists(orphan)
+    view = h.settled(mine.finish().batch_id)
+    assert [f.state for f in view.files] == [FileState.SUCCEEDED]
