@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from actors.policy.book import Changes, retryable
-from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
     Attempt,
     AuditEntry,
@@ -32,7 +31,6 @@ from actors.policy.model import (
     BatchState,
     BatchSummary,
     BatchView,
-    BulkChange,
     ExtractionResult,
     FilePage,
     FileRecord,
@@ -42,22 +40,35 @@ from actors.policy.model import (
 from actors.policy.results import result_size, text_pieces
 from actors.storage import codec, sqlite_uploads
 from actors.storage.moves import (
-    MAX_PENDING_MOVES,
-    Condition,
-    Move,
     MoveWriter,
-    apply_moves,
-    retryable_sql,
     state_conditions,
 )
 from actors.storage.sqlite_connections import Connections, Synchronous
+from actors.storage.sqlite_files import (
+    IDS_PER_READ,
+    INSERT_FILE,
+    SELECT_ATTEMPTS,
+    SELECT_FILES,
+    UPDATE_FILE,
+    UPSERT_ATTEMPT,
+    attempts_of,
+    columns,
+    count_by_conditions,
+    few_rows,
+    file_of,
+    marks,
+    moves_of,
+    page_query,
+    read_records,
+    record_bulk,
+    write_move,
+)
 from actors.storage.store import EventListener, FileHistoryPage
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 _PIECES_PER_READ = 4
-_IDS_PER_READ = 500
 # Rows a pending move is written into per transaction: about 8 ms of the write lock.
 _MOVE_ROWS = 1000
 _TERMINAL_STATES = tuple(state.value for state in BatchState if state.terminal)
@@ -68,194 +79,20 @@ _AUDIT_COLUMNS = "at, request_id, caller, action, batch_id, outcome, detail"
 # does not use the index.
 _EVENT_FILE_ID = "json_extract(payload, '$.file.file_id')"
 _EVENT_IS_BULK = "json_type(payload, '$.bulk') = 'object'"
-# The condition of schema version 8's files_wrong_password, as written there.
-_WRONG_PASSWORD = f"json_extract(error, '$.code') = '{ErrorCode.PDF_WRONG_PASSWORD.value}'"
-
-
-def _columns(names: tuple[str, ...]) -> str:
-    return ", ".join(names)
-
-
-def _file_page_query(
-    batch_id: str, conditions: Mapping[FileState, Condition] | None, after_position: int, limit: int
-) -> tuple[str, dict[str, object]]:
-    """The query of a page of files after ``after_position``, in submission order.
-
-    Args:
-        conditions: Only rows of these stored states, each on its condition (see
-            :func:`actors.storage.moves.state_conditions`); ``None`` for every file.
-
-    One state is a range of ``files_by_state``. Several are one such range each, merged:
-    ``state IN (...)`` makes SQLite walk ``files_by_position`` instead, which reads
-    every later row of the batch to find a few (0.7 s for 1,000,000 files). A state
-    whose wanted rows are among the few retried or out of password guesses (a pending
-    retry moved the others away) starts from those instead of walking its range.
-    """
-    columns = f"position, {_FILE_READ}"
-    params: dict[str, object] = {"batch": batch_id, "after": after_position, "limit": limit}
-    if conditions is None:
-        return (
-            f"SELECT {columns} FROM files WHERE batch_id = :batch AND position > :after "
-            "ORDER BY position LIMIT :limit",
-            params,
-        )
-    if not conditions:
-        return f"SELECT {columns} FROM files WHERE 0", {}
-    branches = []
-    for index, (state, condition) in enumerate(
-        sorted(conditions.items(), key=lambda item: item[0].value)
-    ):
-        params[f"state{index}"] = state.value
-        where = f"files.batch_id = :batch AND state = :state{index} AND position > :after"
-        if condition.sql != "1":
-            where += f" AND {condition.sql}"
-        source = "files"
-        if condition.floor is not None:
-            # CROSS JOIN: SQLite keeps the order written, the few rows first.
-            params[f"floor{index}"] = condition.floor
-            source = (
-                f"({_few_rows(f':floor{index}')}) AS few CROSS JOIN files ON files.file_id = few.id"
-            )
-        branches.append(
-            f"SELECT * FROM (SELECT {columns} FROM {source} WHERE {where} "
-            "ORDER BY position LIMIT :limit)"
-        )
-    query = " UNION ALL ".join(branches)
-    if len(branches) == 1:
-        return query, params
-    return f"SELECT * FROM ({query}) ORDER BY position LIMIT :limit", params
-
-
-def _few_rows(floor: str) -> str:
-    """The ids of the batch's files with at least ``floor`` (a parameter) manual retries
-    or a wrong password as their last error: the rows of schema version 8's
-    files_retried and files_wrong_password. The indexes' conditions are written as
-    there (SQLite matches them as written), and named: without statistics SQLite would
-    rather walk the batch."""
-    return (
-        "SELECT file_id AS id FROM files INDEXED BY files_retried WHERE batch_id = :batch "
-        f"AND manual_retries > 0 AND manual_retries >= {floor} UNION ALL "
-        "SELECT file_id FROM files INDEXED BY files_wrong_password "
-        f"WHERE batch_id = :batch AND {_WRONG_PASSWORD}"
-    )
-
-
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
-
-
-def _attempts_of(files: int) -> str:
-    """The query of the attempts of ``files`` named files of a batch, by key."""
-    return (
-        f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
-        f"WHERE batch_id = ? AND file_id IN ({_marks(files)}) ORDER BY file_id, number"
-    )
 
 
 # Batches whose upload has ended: the only ones a reader sees (schema version 9).
 _VISIBLE = "uploading = 0"
-_SELECT_BATCH = f"SELECT {_columns(codec.BATCH_COLUMNS)} FROM batches"
-_SELECT_BATCH_SUMMARY = f"SELECT {_columns(codec.BATCH_COLUMNS)}, counts FROM batches"
+_SELECT_BATCH = f"SELECT {columns(codec.BATCH_COLUMNS)} FROM batches"
+_SELECT_BATCH_SUMMARY = f"SELECT {columns(codec.BATCH_COLUMNS)}, counts FROM batches"
 _INSERT_BATCH = (
-    f"INSERT INTO batches ({_columns(codec.BATCH_COLUMNS)}) "
-    f"VALUES ({_marks(len(codec.BATCH_COLUMNS))})"
+    f"INSERT INTO batches ({columns(codec.BATCH_COLUMNS)}) "
+    f"VALUES ({marks(len(codec.BATCH_COLUMNS))})"
 )
 _UPDATE_BATCH = (
     "UPDATE batches SET state = ?, updated_at = ?, sequence = ?, reason = ?, counts = ? "
     "WHERE batch_id = ? AND sequence = ?"
 )
-# A file row as read: its record's columns, then the last move it shows.
-_FILE_READ = f"{_columns(codec.FILE_COLUMNS)}, moved"
-_SELECT_FILES = f"SELECT {_FILE_READ} FROM files WHERE batch_id = ? ORDER BY position"
-_INSERT_FILE = (
-    f"INSERT INTO files (batch_id, position, {_columns(codec.FILE_COLUMNS)}) "
-    f"VALUES (?, ?, {_marks(len(codec.FILE_COLUMNS))})"
-)
-_UPDATE_FILE = (
-    "UPDATE files SET "
-    + ", ".join(f"{name} = ?" for name in codec.FILE_COLUMNS[1:])
-    + ", moved = ? WHERE batch_id = ? AND file_id = ?"
-)
-_UPDATE_FILE_BULK = (
-    "UPDATE files SET state = ?, next_attempt_at = NULL, error = ?, moved = ? "
-    "WHERE batch_id = ? AND file_id = ?"
-)
-_SELECT_ATTEMPTS = (
-    f"SELECT file_id, {_columns(codec.ATTEMPT_COLUMNS)} FROM attempts "
-    "WHERE batch_id = ? ORDER BY file_id, number"
-)
-_UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts (batch_id, file_id, {_columns(codec.ATTEMPT_COLUMNS)}) "
-    f"VALUES (?, ?, {_marks(len(codec.ATTEMPT_COLUMNS))}) "
-    "ON CONFLICT (batch_id, file_id, number) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in codec.ATTEMPT_COLUMNS[1:])
-)
-
-
-def _record(row: Sequence[Any], attempts: Sequence[Attempt], moves: Sequence[Move]) -> FileRecord:
-    """The record of a row read with :data:`_FILE_READ`, its pending moves applied."""
-    *columns, moved = row
-    return apply_moves(codec.file_from_row(columns, attempts), moved, moves)
-
-
-def _moves_of(db: sqlite3.Connection, batch_id: str) -> tuple[Move, ...] | None:
-    """The batch's pending moves, or ``None`` for no such batch."""
-    row = db.execute("SELECT pending_moves FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
-    return None if row is None else codec.moves_from_json(row[0])
-
-
-def _read_records(
-    db: sqlite3.Connection, batch_id: str, file_ids: Sequence[str], moves: Sequence[Move]
-) -> dict[str, FileRecord]:
-    """The named files (at most :data:`_IDS_PER_READ`) with their attempts, by id."""
-    marks = _marks(len(file_ids))
-    rows = db.execute(
-        f"SELECT {_FILE_READ} FROM files WHERE batch_id = ? AND file_id IN ({marks})",
-        (batch_id, *file_ids),
-    ).fetchall()
-    attempts: dict[str, list[Attempt]] = {}
-    for file_id, *attempt in db.execute(_attempts_of(len(file_ids)), (batch_id, *file_ids)):
-        attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
-    return {row[0]: _record(row, attempts.get(row[0], ()), moves) for row in rows}
-
-
-def _write_move(
-    db: sqlite3.Connection, batch_id: str, move: Move, *, after_position: int, rows: int | None
-) -> int | None:
-    """Write the batch's oldest pending ``move`` into the rows it moves, in submission
-    order after ``after_position``: up to ``rows`` of them, or all (``None``).
-
-    Returns:
-        The position of the last row written, or ``None`` when no row is left for it.
-    """
-    number, bulk = move
-    assert bulk.from_state is not None, "only a change by state is a move"
-    where = "batch_id = :batch AND state = :from AND moved < :number AND position > :after"
-    if bulk.manual_retry:
-        where += f" AND {retryable_sql(bulk.max_manual_retries)}"
-    params: dict[str, object] = {
-        "batch": batch_id,
-        "from": bulk.from_state.value,
-        "number": number,
-        "after": after_position,
-        "to": bulk.state.value,
-        "error": codec.error_to_json(bulk.error),
-    }
-    last = None
-    if rows is not None:
-        row = db.execute(
-            f"SELECT position FROM files WHERE {where} ORDER BY position LIMIT 1 OFFSET :skip",
-            {**params, "skip": rows - 1},
-        ).fetchone()
-        last = None if row is None else int(row[0])
-    retry = ", round_failures = 0, manual_retries = manual_retries + 1"
-    db.execute(
-        "UPDATE files SET state = :to, next_attempt_at = NULL, error = :error, moved = :number"
-        f"{retry if bulk.manual_retry else ''} WHERE {where}"
-        f"{'' if last is None else ' AND position <= :last'}",
-        {**params, "last": last},
-    )
-    return last
 
 
 def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
@@ -351,7 +188,7 @@ class SQLiteStore:
             move = codec.moves_from_json(text)[0]
             key = (batch_id, move[0])
             cursor, after = self._move_cursor
-            last = _write_move(
+            last = write_move(
                 db, batch_id, move, after_position=after if cursor == key else -1, rows=rows
             )
             if last is None:
@@ -390,14 +227,14 @@ class SQLiteStore:
                     (batch.owner, batch.idempotency_key, batch.batch_id),
                 )
             db.executemany(
-                _INSERT_FILE,
+                INSERT_FILE,
                 (
                     (batch.batch_id, position, *codec.file_to_row(record))
                     for position, record in enumerate(view.files)
                 ),
             )
             db.executemany(
-                _UPSERT_ATTEMPT,
+                UPSERT_ATTEMPT,
                 (
                     (batch.batch_id, record.file_id, *codec.attempt_to_row(attempt))
                     for record in view.files
@@ -463,13 +300,13 @@ class SQLiteStore:
                 self._refuse_commit(db, batch_id, previous)
             # Bulk changes first: a file's own record in the same commit is newer.
             bulks = [e.bulk for e in changes.events if e.bulk is not None]
-            moved, more = self._record_bulk(db, batch_id, bulks)
+            moved, more = record_bulk(db, batch_id, bulks)
             db.executemany(
-                _UPDATE_FILE,
+                UPDATE_FILE,
                 ((*codec.file_to_row(f)[1:], moved, batch_id, f.file_id) for f in changes.files),
             )
             db.executemany(
-                _UPSERT_ATTEMPT,
+                UPSERT_ATTEMPT,
                 (
                     (batch_id, f.file_id, *codec.attempt_to_row(attempt))
                     for f in changes.files
@@ -494,69 +331,6 @@ class SQLiteStore:
         for event in changes.events:
             for listener in listeners:
                 listener(event)
-
-    def _record_bulk(
-        self, db: sqlite3.Connection, batch_id: str, bulks: Sequence[BulkChange]
-    ) -> tuple[int, bool]:
-        """Apply ``bulks`` (in order) in the commit's transaction.
-
-        A change by state becomes the batch's next pending move: no row is written. A
-        listed change writes its few rows, brought up to date first.
-
-        Returns:
-            The number of the batch's last move, which the commit's own file records
-            show, and whether a move was added (for the background writer).
-        """
-        number, pending = db.execute(
-            "SELECT moves, pending_moves FROM batches WHERE batch_id = ?", (batch_id,)
-        ).fetchone()
-        if not bulks:
-            return number, False
-        moves = list(codec.moves_from_json(pending))
-        added = False
-        for bulk in bulks:
-            if bulk.from_state is None:
-                self._bring_up_to_date(db, batch_id, bulk.file_ids, moves, number)
-                error = codec.error_to_json(bulk.error)
-                db.executemany(
-                    _UPDATE_FILE_BULK,
-                    ((bulk.state.value, error, number, batch_id, f) for f in bulk.file_ids),
-                )
-                continue
-            number += 1
-            moves.append((number, bulk))
-            added = True
-            while len(moves) > MAX_PENDING_MOVES:
-                # Each pending move costs every query by state a little: too many, and
-                # the oldest is written into its rows now.
-                _write_move(db, batch_id, moves.pop(0), after_position=-1, rows=None)
-        db.execute(
-            "UPDATE batches SET moves = ?, pending_moves = ? WHERE batch_id = ?",
-            (number, codec.moves_to_json(moves), batch_id),
-        )
-        return number, added
-
-    @staticmethod
-    def _bring_up_to_date(
-        db: sqlite3.Connection,
-        batch_id: str,
-        file_ids: Sequence[str],
-        moves: Sequence[Move],
-        number: int,
-    ) -> None:
-        """Write the pending ``moves`` into the rows of ``file_ids``, which then show
-        every move up to ``number``: for a change that writes only some columns."""
-        if not moves:
-            return
-        for start in range(0, len(file_ids), _IDS_PER_READ):
-            records = _read_records(db, batch_id, file_ids[start : start + _IDS_PER_READ], moves)
-            db.executemany(
-                _UPDATE_FILE,
-                (
-                    (*codec.file_to_row(record)[1:], number, batch_id, record.file_id)
-                    for record in records.values()
-                ),
-            )
 
     @staticmethod
     def _refuse_commit(db: sqlite3.Connection, batch_id: str, previous: int) -> None:
@@ -601,7 +375,7 @@ class SQLiteStore:
         with self._db.write() as db:
             marked = db.execute(
                 "UPDATE batches SET bytes_released_at = ? WHERE batch_id = ? "
-                f"AND bytes_released_at IS NULL AND state IN ({_marks(len(_TERMINAL_STATES))})",
+                f"AND bytes_released_at IS NULL AND state IN ({marks(len(_TERMINAL_STATES))})",
                 (at, batch_id, *_TERMINAL_STATES),
             )
             return marked.rowcount == 1
@@ -637,7 +411,7 @@ class SQLiteStore:
     # Reads -------------------------------------------------------------------------
 
     def tenant_usage(self, owner: str) -> tuple[int, int]:
-        terminal = _marks(len(_TERMINAL_STATES))
+        terminal = marks(len(_TERMINAL_STATES))
         with self._db.read() as db:
             (active,) = db.execute(
                 f"SELECT COUNT(*) FROM batches WHERE owner = ? AND {_VISIBLE} "
@@ -671,13 +445,13 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
-            moves = _moves_of(db, batch_id) or ()
-            file_rows = db.execute(_SELECT_FILES, (batch_id,)).fetchall()
-            attempt_rows = db.execute(_SELECT_ATTEMPTS, (batch_id,)).fetchall()
+            moves = moves_of(db, batch_id) or ()
+            file_rows = db.execute(SELECT_FILES, (batch_id,)).fetchall()
+            attempt_rows = db.execute(SELECT_ATTEMPTS, (batch_id,)).fetchall()
         attempts: dict[str, list[Attempt]] = {}
         for file_id, *attempt in attempt_rows:
             attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
-        files = tuple(_record(r, attempts.get(r[0], ()), moves) for r in file_rows)
+        files = tuple(file_of(r, attempts.get(r[0], ()), moves) for r in file_rows)
         return BatchView(codec.batch_from_row(row), files)
 
     def load_batch(self, batch_id: str) -> BatchRecord | None:
@@ -707,7 +481,7 @@ class SQLiteStore:
     ) -> list[BatchRecord]:
         if not states:
             return []
-        clause = f"{_VISIBLE} AND state IN ({_marks(len(states))})"
+        clause = f"{_VISIBLE} AND state IN ({marks(len(states))})"
         params: list[object] = [state.value for state in states]
         if updated_by is not None:
             clause += " AND updated_at <= ?"
@@ -732,7 +506,7 @@ class SQLiteStore:
             where.append("owner = ?")
             params.append(owner)
         if states:
-            where.append(f"state IN ({_marks(len(states))})")
+            where.append(f"state IN ({marks(len(states))})")
             params.extend(state.value for state in states)
         if before is not None:
             where.append("(created_at, batch_id) < (?, ?)")
@@ -763,22 +537,22 @@ class SQLiteStore:
                 return None
             moves = codec.moves_from_json(head[2])
             conditions = state_conditions(moves, frozenset(states)) if states else None
-            query, params = _file_page_query(batch_id, conditions, after_position, limit)
+            query, params = page_query(batch_id, conditions, after_position, limit)
             rows = db.execute(query, params).fetchall()
             attempts: dict[str, list[Attempt]] = {}
             # The page's own files' attempts, by key: a join on the page's range of
             # positions made SQLite read every attempt of the batch (0.1 s a page at
             # 100,000 files that had run), and a page by state spans files of others.
             ids = [row[1] for row in rows]
-            for start in range(0, len(ids), _IDS_PER_READ):
-                some = ids[start : start + _IDS_PER_READ]
-                for file_id, *attempt in db.execute(_attempts_of(len(some)), (batch_id, *some)):
+            for start in range(0, len(ids), IDS_PER_READ):
+                some = ids[start : start + IDS_PER_READ]
+                for file_id, *attempt in db.execute(attempts_of(len(some)), (batch_id, *some)):
                     attempts.setdefault(file_id, []).append(codec.attempt_from_row(attempt))
         sequence, counts_json, _ = head
         counts = codec.counts_from_json(counts_json)
         total = sum(n for state, n in counts.items() if not states or state in states)
         files = tuple(
-            (position, _record(row, attempts.get(row[0], ()), moves)) for position, *row in rows
+            (position, file_of(row, attempts.get(row[0], ()), moves)) for position, *row in rows
         )
         return FilePage(files, total, sequence)
 
@@ -786,11 +560,11 @@ class SQLiteStore:
         wanted = list(dict.fromkeys(file_ids))
         records: dict[str, FileRecord] = {}
         with self._db.read() as db:
-            moves = _moves_of(db, batch_id) or ()
+            moves = moves_of(db, batch_id) or ()
             # In slices: SQLite bounds the parameters of one statement.
-            for start in range(0, len(wanted), _IDS_PER_READ):
-                ids = wanted[start : start + _IDS_PER_READ]
-                records.update(_read_records(db, batch_id, ids, moves))
+            for start in range(0, len(wanted), IDS_PER_READ):
+                ids = wanted[start : start + IDS_PER_READ]
+                records.update(read_records(db, batch_id, ids, moves))
         return records
 
     def count_files(
@@ -811,42 +585,21 @@ class SQLiteStore:
             # those the pending moves add) or has guessed its password wrong.
             floor = max_manual_retries - sum(bulk.manual_retry for _, bulk in moves)
             if floor <= 0:
-                return self._count_by_conditions(db, batch_id, moves, state, max_manual_retries)
+                return count_by_conditions(db, batch_id, moves, state, max_manual_retries)
             ids = [
                 file_id
                 for (file_id,) in db.execute(
-                    _few_rows(":floor"), {"batch": batch_id, "floor": floor}
+                    few_rows(":floor"), {"batch": batch_id, "floor": floor}
                 )
             ]
             skipped = 0
-            for start in range(0, len(ids), _IDS_PER_READ):
-                records = _read_records(db, batch_id, ids[start : start + _IDS_PER_READ], moves)
+            for start in range(0, len(ids), IDS_PER_READ):
+                records = read_records(db, batch_id, ids[start : start + IDS_PER_READ], moves)
                 skipped += sum(
                     record.state is state and not retryable(record, max_manual_retries)
                     for record in records.values()
                 )
         return in_state - skipped
-
-    @staticmethod
-    def _count_by_conditions(
-        db: sqlite3.Connection,
-        batch_id: str,
-        moves: tuple[Move, ...],
-        state: FileState,
-        max_manual_retries: int,
-    ) -> int:
-        """Files a retry may move, counted row by row (a limit of a retry or two)."""
-        count = 0
-        for stored, condition in state_conditions(
-            moves, frozenset({state}), max_manual_retries
-        ).items():
-            (n,) = db.execute(
-                "SELECT COUNT(*) FROM files WHERE batch_id = :batch AND state = :state"
-                f"{'' if condition.sql == '1' else ' AND ' + condition.sql}",
-                {"batch": batch_id, "state": stored.value},
-            ).fetchone()
-            count += int(n)
-        return count
 
     def list_batches(self) -> list[BatchRecord]:
         with self._db.read() as db:
@@ -966,8 +719,8 @@ class SQLiteStore:
 
     def file_record(self, batch_id: str, file_id: str) -> FileRecord | None:
         with self._db.read() as db:
-            moves = _moves_of(db, batch_id) or ()
-            return _read_records(db, batch_id, [file_id], moves).get(file_id)
+            moves = moves_of(db, batch_id) or ()
+            return read_records(db, batch_id, [file_id], moves).get(file_id)
 
     def file_history(
         self,

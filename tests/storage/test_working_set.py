@@ -24,7 +24,8 @@ from actors.policy.model import (
 )
 from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage.moves import state_conditions
-from actors.storage.sqlite_store import SQLiteStore, _attempts_of, _file_page_query
+from actors.storage.sqlite_files import attempts_of, page_query
+from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import MemoryStore, Store
 from tests.helpers.records import new_batch, started
 
@@ -199,7 +200,7 @@ def test_a_page_of_several_states_reads_each_states_index_not_the_batch(tmp_path
     try:
         store.create_batch(_mixed(50))
         conditions = state_conditions((), frozenset({FileState.RUNNING, FileState.BACKOFF}))
-        query, params = _file_page_query("b1", conditions, after_position=-1, limit=10)
+        query, params = page_query("b1", conditions, after_position=-1, limit=10)
         with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
             plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", params))
     finally:
@@ -219,7 +220,7 @@ def test_a_pages_attempts_are_read_by_its_files_keys_not_from_the_batchs_attempt
             plan = [
                 row[-1]
                 for row in db.execute(
-                    f"EXPLAIN QUERY PLAN {_attempts_of(3)}", ("b1", "f00001", "f00002", "f00003")
+                    f"EXPLAIN QUERY PLAN {attempts_of(3)}", ("b1", "f00001", "f00002", "f00003")
                 )
             ]
     finally:
