@@ -220,18 +220,7 @@ class Runtime:
             StorageUnavailableError: The store failed.
         """
         self._check_open()
-        now = self._scheduler.now()
-        batch = BatchRecord(
-            batch_id=uuid.uuid4().hex,
-            name=name,
-            policy=policy or BatchPolicy(),
-            state=BatchState.PENDING,
-            created_at=now,
-            updated_at=now,
-            labels=dict(labels or {}),
-            owner=owner,
-            idempotency_key=idempotency_key,
-        )
+        batch = self._new_batch(name, policy, labels, owner, idempotency_key)
         # Known as this runtime's before it is stored, so that a sweep of abandoned
         # uploads running now never takes it for one.
         with self._uploads_lock:
@@ -312,8 +301,27 @@ class Runtime:
         owner: str,
         idempotency_key: str,
     ) -> BatchView:
+        batch = self._new_batch(name, policy, labels, owner, idempotency_key)
+        records = tuple(new.record(number) for number, new in enumerate(files, start=1))
+        self.store.create_batch(BatchView(batch, records))
+        for record, new in zip(records, files, strict=True):
+            if new.password is not None:
+                self._passwords.put(batch.batch_id, record.file_id, new.password)
+        self._supervisor(batch.batch_id)
+        log.info("batch_submitted", batch_id=batch.batch_id, files=len(records), owner=owner)
+        return self.get(batch.batch_id)
+
+    def _new_batch(
+        self,
+        name: str,
+        policy: BatchPolicy | None,
+        labels: Mapping[str, str] | None,
+        owner: str,
+        idempotency_key: str,
+    ) -> BatchRecord:
+        """The record of a batch submitted now, under a new id."""
         now = self._scheduler.now()
-        batch = BatchRecord(
+        return BatchRecord(
             batch_id=uuid.uuid4().hex,
             name=name,
             policy=policy or BatchPolicy(),
@@ -324,23 +332,6 @@ class Runtime:
             owner=owner,
             idempotency_key=idempotency_key,
         )
-        records = tuple(
-            FileRecord(
-                file_id=f"f{index:05d}",
-                name=new.name,
-                blob=new.blob,
-                size=new.size,
-                encrypted_with_password=new.password is not None,
-            )
-            for index, new in enumerate(files, start=1)
-        )
-        self.store.create_batch(BatchView(batch, records))
-        for record, new in zip(records, files, strict=True):
-            if new.password is not None:
-                self._passwords.put(batch.batch_id, record.file_id, new.password)
-        self._supervisor(batch.batch_id)
-        log.info("batch_submitted", batch_id=batch.batch_id, files=len(records), owner=owner)
-        return self.get(batch.batch_id)
 
     def get(self, batch_id: str) -> BatchView:
         """The batch as last stored.

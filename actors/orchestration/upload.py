@@ -80,6 +80,17 @@ class NewFile:
     size: int
     password: str | None = field(default=None, repr=False)
 
+    def record(self, number: int) -> FileRecord:
+        """The file's record as the ``number``-th of its batch (from 1): ids are numbered
+        in submission order (f00001, ..., f100000)."""
+        return FileRecord(
+            file_id=f"f{number:05d}",
+            name=self.name,
+            blob=self.blob,
+            size=self.size,
+            encrypted_with_password=self.password is not None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class UploadEnded:
@@ -164,16 +175,7 @@ class Upload:
         for new in files:
             validate_file_name(new.name)
         first = self.files
-        records = [
-            FileRecord(
-                file_id=f"f{number:05d}",
-                name=new.name,
-                blob=new.blob,
-                size=new.size,
-                encrypted_with_password=new.password is not None,
-            )
-            for number, new in enumerate(files, start=first + 1)
-        ]
+        records = [new.record(number) for number, new in enumerate(files, start=first + 1)]
         self._store.add_upload_files(self.batch_id, first, records)
         for record, new in zip(records, files, strict=True):
             self._contents.add(record)
