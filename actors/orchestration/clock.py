@@ -22,6 +22,9 @@ __all__ = ["FakeScheduler", "Scheduler", "ThreadScheduler", "Timer"]
 
 log = structlog.get_logger(__name__)
 
+# The smallest heap of timers swept of cancelled ones (ThreadScheduler).
+_SWEEP_MIN = 256
+
 
 class Timer(Protocol):
     """A scheduled callback."""
@@ -76,6 +79,10 @@ class ThreadScheduler:
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        # Cancelled timers stay in the heap until due (a file's deadline: minutes); it
+        # is swept of them whenever it reaches this size, so that it grows with the
+        # timers armed, not with those armed and cancelled (every attempt's deadline).
+        self._sweep_at = _SWEEP_MIN
         self._thread = threading.Thread(target=self._loop, name="pdfbatch-timers")
         self._thread.start()
 
@@ -87,6 +94,10 @@ class ThreadScheduler:
         with self._cond:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
+            if len(self._heap) >= self._sweep_at:
+                self._heap = [armed for armed in self._heap if armed.callback is not None]
+                heapq.heapify(self._heap)
+                self._sweep_at = max(_SWEEP_MIN, 2 * len(self._heap))
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._cond.notify()

@@ -40,10 +40,13 @@ log = structlog.get_logger(__name__)
 class EnsureSupervisor:
     """Reply with the batch's supervisor, starting one from the store if needed.
 
-    The reply is ``None`` when the store has no such batch.
+    The reply is ``None`` when the store has no such batch. With ``uploading``, a batch
+    whose upload has not ended is found too (for the upload, whose supervisor processes
+    its files as they arrive); without it, such a batch is not there.
     """
 
     batch_id: str
+    uploading: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,9 @@ class BatchManager(pykka.ThreadingActor):
         self._sweep_timer: Timer | None = None
         self._supervisors: dict[str, pykka.ActorRef[Any]] = {}
         self._restarts: dict[str, RestartWindow] = {}
+        # Batches whose supervisor was started while their upload ran; those whose
+        # upload has not ended are shown to no one else.
+        self._uploading: set[str] = set()
 
     def on_start(self) -> None:
         self._arm_sweep()
@@ -115,16 +121,18 @@ class BatchManager(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case EnsureSupervisor(batch_id=batch_id):
-                return self._ensure(batch_id)
+            case EnsureSupervisor(batch_id=batch_id, uploading=uploading):
+                return self._ensure(batch_id, uploading=uploading)
             case ForgetSupervisor(batch_id=batch_id):
                 self._restarts.pop(batch_id, None)
+                self._uploading.discard(batch_id)
                 return self._supervisors.pop(batch_id, None)
             case ListSupervisors():
                 return list(self._supervisors.values())
             case SupervisorRetiring(batch_id=batch_id, supervisor=ref):
                 if self._supervisors.get(batch_id) is ref:
                     del self._supervisors[batch_id]
+                    self._uploading.discard(batch_id)
                 return None
             case SupervisorFailed(batch_id=batch_id, exception_type=exception_type):
                 self._supervisor_failed(batch_id, exception_type)
@@ -171,14 +179,23 @@ class BatchManager(pykka.ThreadingActor):
             self._deps.passwords.forget_batch(batch_id)
         return report
 
-    def _ensure(self, batch_id: str) -> pykka.ActorRef[Any] | None:
+    def _ensure(self, batch_id: str, *, uploading: bool = False) -> pykka.ActorRef[Any] | None:
+        if batch_id in self._uploading and not uploading:
+            # Shown to others once its upload ended, that is once it is visible.
+            if self._deps.store.batch_summary(batch_id) is None:
+                return None
+            self._uploading.discard(batch_id)
         ref = self._supervisors.get(batch_id)
         if ref is not None and ref.is_alive():
             return ref
         # The record and counts only: the supervisor reads the files it works on.
-        summary = self._deps.store.batch_summary(batch_id)
+        summary = self._deps.store.batch_summary(
+            batch_id, uploading=uploading or batch_id in self._uploading
+        )
         if summary is None:
             return None
+        if summary.uploading:
+            self._uploading.add(batch_id)
         ref = BatchSupervisor.start(summary, self._deps, self.actor_ref)
         self._supervisors[batch_id] = ref
         return ref

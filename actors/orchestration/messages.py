@@ -16,11 +16,13 @@ __all__ = [
     "CancelStarted",
     "DeadlineReached",
     "FileActorStopped",
+    "FilesArrived",
     "GetView",
     "RetryFiles",
     "StopSupervisor",
     "SupervisorFailed",
     "SupervisorRetiring",
+    "UploadComplete",
     "WorkerDone",
     "WorkerStarted",
 ]
@@ -103,6 +105,24 @@ class RetryFiles:
     passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     requested_by: str = ""
     request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FilesArrived:
+    """The batch's upload stored files: it has ``total`` files now (those not counted
+    yet wait as PENDING). Asked, so that their counts are committed before the upload
+    goes on; the total, not the number added, so that a supervisor restarted meanwhile
+    from the store counts the files it did not commit."""
+
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadComplete:
+    """The batch's upload ended and the batch, of ``total`` files, is visible: it may
+    settle from now on. Asked; the reply is ``None``."""
+
+    total: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,11 @@ from actors.orchestration.manager import (
 from actors.orchestration.messages import (
     CancelBatch,
     CancelStarted,
+    FilesArrived,
     GetView,
     RetryFiles,
     StopSupervisor,
+    UploadComplete,
 )
 from actors.orchestration.supervisor import SupervisorDeps
 from actors.orchestration.upload import (
@@ -237,17 +239,71 @@ class Runtime:
             passwords=self._passwords,
             now=self._scheduler.now,
             check_open=self._check_open,
+            arrived=self._files_arrived,
             started=self._start_uploaded,
+            cancel=self._cancel_upload,
             closed=self._upload_settled,
         )
 
-    def _start_uploaded(self, batch_id: str) -> None:
-        log.info("batch_submitted", batch_id=batch_id, uploaded=True)
+    def _files_arrived(self, batch_id: str, total: int) -> None:
+        self._check_open()
+        self._ask_uploading(batch_id, FilesArrived(total))
+
+    def _start_uploaded(self, batch_id: str, total: int) -> None:
+        log.info("batch_submitted", batch_id=batch_id, files=total, uploaded=True)
         try:
-            self._supervisor(batch_id)
-        except StorageUnavailableError:
-            # Stored: it is resumed when someone asks for it, or at the next start.
+            self._ask_uploading(batch_id, UploadComplete(total))
+        except (StorageUnavailableError, ServiceClosing):
+            # Stored and visible: a supervisor started from the store (when someone
+            # asks for the batch, or at the next start) finishes it.
             log.exception("batch_not_started", batch_id=batch_id)
+
+    def _ask_uploading(self, batch_id: str, message: object) -> None:
+        """Ask the supervisor of an uploading batch, started if need be, following it
+        across a restart."""
+        for _ in range(3):
+            try:
+                ref: pykka.ActorRef[Any] | None = self._manager.ask(
+                    EnsureSupervisor(batch_id, uploading=True), block=True
+                )
+                if ref is None:
+                    raise KeyError(batch_id)
+                ref.ask(message, block=True, timeout=self._stop_timeout)
+                return
+            except pykka.ActorDeadError:
+                if self._closed:
+                    break
+                log.info("supervisor_restarted_during_upload", batch_id=batch_id)
+        raise ServiceClosing("The batch's supervisor is restarting; try again shortly.")
+
+    def _cancel_upload(self, batch_id: str) -> None:
+        """Stop whatever the supervisor of an upload that will not end started, and
+        forget the supervisor: nothing of the batch runs or commits after this."""
+        try:
+            ref: pykka.ActorRef[Any] | None = self._manager.ask(
+                ForgetSupervisor(batch_id), block=True
+            )
+        except pykka.ActorDeadError:
+            ref = None  # Closed: every supervisor was stopped already.
+        if ref is not None:
+            try:
+                started: CancelStarted = ref.ask(
+                    CancelBatch("its upload did not end as a batch"),
+                    block=True,
+                    timeout=self._stop_timeout,
+                )
+                self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)
+                pykka.get_all(started.stops, timeout=self._stop_timeout)
+                started.settled.get(timeout=self._stop_timeout)
+            except pykka.ActorDeadError:
+                pass  # Failed or stopped: its children were stopped with it.
+            except pykka.Timeout:
+                # Stopped below all the same; a late report finds no supervisor.
+                log.warning("upload_cancel_slow", batch_id=batch_id)
+            finally:
+                ref.stop(block=True, timeout=self._stop_timeout)
+        # Whatever a supervisor that failed meanwhile had started.
+        self._executor.cancel_batch(batch_id, ErrorCode.CANCELLED)
 
     def _upload_settled(self, batch_id: str) -> None:
         with self._uploads_lock:

@@ -39,11 +39,13 @@ from actors.orchestration.messages import (
     CancelBatch,
     CancelStarted,
     FileActorStopped,
+    FilesArrived,
     GetView,
     RetryFiles,
     StopSupervisor,
     SupervisorFailed,
     SupervisorRetiring,
+    UploadComplete,
 )
 from actors.orchestration.vault import PasswordVault
 from actors.policy.book import BatchBook, retryable
@@ -128,6 +130,9 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._deps = deps
         self._manager = manager
         self._policy = summary.batch.policy
+        # The batch's upload has not ended: files still arrive (FilesArrived), so the
+        # batch does not settle, and only this supervisor reads it.
+        self._uploading = summary.uploading
         # Held waiting files, next first: every held PENDING file is in it.
         self._ready: deque[str] = deque()
         # Where the next page of waiting files starts (the last position read).
@@ -270,6 +275,13 @@ class BatchSupervisor(pykka.ThreadingActor):
                     # The caller asks the manager again and reaches a fresh supervisor.
                     raise pykka.ActorDeadError("the batch supervisor is retiring")
                 self._retry(message)
+            case FilesArrived(total=total):
+                self._arrive(total)
+            case UploadComplete(total=total):
+                self._arrive(total)
+                self._uploading = False
+                if self._book.batch.state is BatchState.RUNNING:
+                    self._check_tolerance(self._now())
             case StopSupervisor():
                 self._stopping = True
                 self._drop_backoffs()
@@ -281,6 +293,10 @@ class BatchSupervisor(pykka.ThreadingActor):
         if isinstance(message, RetryFiles):
             self._commit()
             return self._book.summary()
+        if isinstance(message, FilesArrived | UploadComplete):
+            # The upload goes on once the files' counts are stored.
+            self._commit()
+            return None
         self._commit_unless_more_coming()
         return None
 
@@ -429,9 +445,21 @@ class BatchSupervisor(pykka.ThreadingActor):
             error=FileError.of(ErrorCode.CANCELLED, now),
         )
 
+    def _arrive(self, total: int) -> None:
+        """Count the upload's files up to ``total``; in a batch that stopped (failed
+        fast, or cancelled with its upload), they are cancelled at once."""
+        if not self._book.files_arrived(total):
+            return
+        state = self._book.batch.state
+        if state.terminal or state is BatchState.CANCELLING:
+            self._cancel_waiting(self._now())
+
     def _check_tolerance(self, now: float) -> None:
         threshold = self._policy.tolerated_failures
         failed = self._book.count(FileState.FAILED)
+        if self._uploading:
+            # A share of a total that still grows is known at the upload's end only.
+            threshold = threshold.model_copy(update={"max_failed_percent": None})
         if threshold.exceeded(failed, self._book.total):
             self._abort(
                 now,
@@ -464,7 +492,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 file_id = self._ready.popleft()
                 if self._waiting(file_id):
                     self._start_attempt(file_id, now)
-            if self._book.unsettled == 0:
+            if self._book.unsettled == 0 and not self._uploading:
                 self._book.set_batch(settled_batch_state(self._counts()), now, "")
                 self._log_settled(now)
         elif batch.state is BatchState.CANCELLING and not self._children:
@@ -549,6 +577,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                 states={FileState.PENDING},
                 after_position=self._cursor,
                 limit=self._window,
+                uploading=self._uploading,
             )
             if page is None:
                 return False
@@ -577,7 +606,11 @@ class BatchSupervisor(pykka.ThreadingActor):
         after = -1
         while True:
             page = self._deps.store.file_page(
-                self._book.batch.batch_id, states=states, after_position=after, limit=_PAGE
+                self._book.batch.batch_id,
+                states=states,
+                after_position=after,
+                limit=_PAGE,
+                uploading=self._uploading,
             )
             if page is None or not page.files:
                 return
@@ -823,7 +856,12 @@ class BatchSupervisor(pykka.ThreadingActor):
         return "the batch failed fast"
 
     def _idle(self) -> bool:
-        return self._book.batch.state.terminal and not self._children and not self._backoffs
+        return (
+            self._book.batch.state.terminal
+            and not self._children
+            and not self._backoffs
+            and not self._uploading
+        )
 
     def _retire(self) -> None:
         """Free this batch's thread; a retry starts a new supervisor from the store."""
@@ -854,8 +892,10 @@ class BatchSupervisor(pykka.ThreadingActor):
         retry_delay: float | None = None,
     ) -> tuple[Attempt, ...]:
         last = attempts[-1]
+        # Forgotten as the attempt ends: held for every file, it grew with the batch.
+        known = self._worker_pids.pop(file_id, None)
         if pid is None:
-            pid = self._worker_pids.get(file_id, last.worker_pid)
+            pid = last.worker_pid if known is None else known
         ended = dataclasses.replace(
             last,
             ended_at=now,

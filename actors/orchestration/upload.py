@@ -2,11 +2,15 @@
 
 The upload's batch is stored when the upload begins and its files a group at a time
 (:meth:`Upload.add`), so that the service holds no file of it in memory however many
-arrive (issue 15: a million files in one upload). Until :meth:`Upload.finish`, the store
-shows the batch to no reader; then, in one transaction, it becomes visible with its
-counts and idempotency key, and its supervisor starts. An upload that does not finish is
-deleted with :meth:`Upload.abort`, a page of files at a time, with the blobs nobody else
-refers to; one a crash left behind is deleted by the next start
+arrive (issue 15: a million files in one upload). Its supervisor starts with the first
+group and processes the files as they arrive (issue 16): after each group it is told
+how many files the batch has (it owns the counts), and it does not settle before the
+end. Until :meth:`Upload.finish`, the store shows the batch to no reader but its
+supervisor; then, in one transaction, it becomes visible with its idempotency key, and
+the supervisor is told that it may settle. An upload that does not finish is deleted
+with :meth:`Upload.abort`: its started work is cancelled and waited for, then the batch
+is deleted a page of files at a time, with the blobs nobody else refers to; one a crash
+left behind is deleted by the next start
 (:meth:`~actors.orchestration.runtime.Runtime.resume`).
 
 An idempotency key is looked up when the upload ends, in the transaction that would
@@ -122,7 +126,12 @@ class Upload:
         passwords: Where the files' passwords are kept until their files end.
         now: The batch clock.
         check_open: Raises when the runtime no longer takes batches.
-        started: Starts the batch's processing once it is visible.
+        arrived: Tells the batch's supervisor (started if need be) how many files the
+            batch has, once they are stored: it processes them from then on.
+        started: Tells the supervisor that the batch is visible, with its number of
+            files: it may settle from then on.
+        cancel: Cancels whatever the supervisor started, waits for it to stop, and
+            forgets the supervisor.
         closed: Told the upload's id once it is settled either way.
     """
 
@@ -135,7 +144,9 @@ class Upload:
         passwords: PasswordVault,
         now: Callable[[], float],
         check_open: Callable[[], None],
-        started: Callable[[str], None],
+        arrived: Callable[[str, int], None],
+        started: Callable[[str, int], None],
+        cancel: Callable[[str], None],
         closed: Callable[[str], None],
     ) -> None:
         self.batch = batch
@@ -144,7 +155,9 @@ class Upload:
         self._passwords = passwords
         self._now = now
         self._check_open = check_open
+        self._arrived = arrived
         self._started = started
+        self._cancel = cancel
         self._closed = closed
         self._contents = ContentsDigest()
         self._settled = False
@@ -159,11 +172,13 @@ class Upload:
         """How many files were added."""
         return self._contents.files
 
-    def add(self, files: Sequence[NewFile]) -> None:
-        """Store ``files`` after those added before, in one transaction.
+    def add(self, files: Sequence[NewFile], *, announce: bool = True) -> None:
+        """Store ``files`` after those added before, in one transaction; with
+        ``announce``, then have them processed (:meth:`announce`).
 
-        Their blobs are placed already: hold ``blobs.reference_lock`` from placing them
-        to this call, so that no one deletes a blob before the batch refers to it.
+        Their blobs are placed and durable already (they are processed as soon as they
+        are announced): hold ``blobs.reference_lock`` from placing them to this call, so
+        that no one deletes a blob before the batch refers to it.
 
         Raises:
             InvalidRequest: A bad file name; nothing was added.
@@ -181,6 +196,20 @@ class Upload:
             self._contents.add(record)
             if new.password is not None:
                 self._passwords.put(self.batch_id, record.file_id, new.password)
+        if announce:
+            self.announce()
+
+    def announce(self) -> None:
+        """Have the files added so far processed: the batch's supervisor (started with
+        the first group) counts them, and commits the counts before this returns.
+
+        Raises:
+            ServiceClosing: The runtime is shutting down.
+            StorageUnavailableError: The store failed; the files stay stored, and are
+                counted with the next group or at the end.
+        """
+        if self.files and not self._settled:
+            self._arrived(self.batch_id, self.files)
 
     def finish(self) -> UploadEnded:
         """Make the batch visible and start processing it, in one transaction with its
@@ -201,18 +230,19 @@ class Upload:
             raise InvalidRequest("A batch needs at least one file.", field="files")
         self._check_open()
         contents = self._contents.hexdigest()
-        batch_id = self._store.end_upload(
-            self.batch_id, files=self.files, contents=contents, at=self._now()
-        )
+        # Every file counted before the batch is visible: its counts are then whole.
+        self.announce()
+        batch_id = self._store.end_upload(self.batch_id, contents=contents, at=self._now())
         if batch_id != self.batch_id:
             return UploadEnded(batch_id, False, self._contents_of(batch_id) == contents)
         self._settled = True
         self._closed(batch_id)
-        self._started(batch_id)
+        self._started(batch_id, self.files)
         return UploadEnded(batch_id, True, True)
 
     def abort(self) -> None:
-        """Delete the batch, its files and the blobs nobody else refers to.
+        """Cancel and wait for whatever of the batch was started, then delete the batch,
+        its files and the blobs nobody else refers to.
 
         Idempotent, and nothing once :meth:`finish` stored the batch. Takes the blob
         lock a page at a time: never call it holding ``blobs.reference_lock``.
@@ -224,8 +254,10 @@ class Upload:
         if self._settled:
             return
         self._settled = True
-        self._passwords.forget_batch(self.batch_id)
         try:
+            # Nothing of it runs or commits any more before its rows are deleted.
+            self._cancel(self.batch_id)
+            self._passwords.forget_batch(self.batch_id)
             discard_upload(self._store, self._blobs, self.batch_id)
         finally:
             self._closed(self.batch_id)

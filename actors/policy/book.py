@@ -79,9 +79,11 @@ class Changes:
     counts: Mapping[FileState, int]
     # Succeeded files with warnings after the changes, stored with the counts.
     files_with_warnings: int
+    # Files were added (an upload's) without an event: the counts alone are to store.
+    counts_changed: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.events)
+        return bool(self.events) or self.counts_changed
 
 
 class BatchBook:
@@ -109,6 +111,7 @@ class BatchBook:
         self._warned = (view.summary() if isinstance(view, BatchView) else view).files_with_warnings
         self._dirty: dict[str, FileRecord] = {}
         self._events: list[BatchEvent] = []
+        self._arrived = False
 
     @property
     def batch(self) -> BatchRecord:
@@ -173,6 +176,20 @@ class BatchBook:
     def pending_events(self) -> int:
         """Events since the last :meth:`take_changes`."""
         return len(self._events)
+
+    def files_arrived(self, total: int) -> int:
+        """An upload's batch has ``total`` files now: count those not counted yet as
+        PENDING (no event; the counts are stored with the next changes).
+
+        Returns:
+            How many files were added (none when they were counted already).
+        """
+        added = total - self.total
+        if added <= 0:
+            return 0
+        self._counts[FileState.PENDING] += added
+        self._arrived = True
+        return added
 
     def summary(self) -> BatchSummary:
         """The batch and its counts as they are now."""
@@ -319,9 +336,11 @@ class BatchBook:
             tuple(self._events),
             all_counts(self._counts),
             self._warned,
+            self._arrived,
         )
         self._dirty.clear()
         self._events.clear()
+        self._arrived = False
         return changes
 
     def _announce(

@@ -288,11 +288,14 @@ class BatchSummary:
         batch: The batch's record.
         counts: Files per state, every state present.
         files_with_warnings: Succeeded files whose result carries warnings.
+        uploading: Its upload has not ended: only its supervisor reads such a batch
+            (``Store.batch_summary(uploading=True)``), and it must not settle yet.
     """
 
     batch: BatchRecord
     counts: Mapping[FileState, int]
     files_with_warnings: int = 0
+    uploading: bool = False
 
     @property
     def file_count(self) -> int:

@@ -16,6 +16,7 @@ database that cannot be used raises :class:`~actors.policy.catalogue.StorageUnav
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -252,9 +253,9 @@ class SQLiteStore:
         with self._db.write() as db:
             sqlite_uploads.add_files(db, batch_id, first_position, files)
 
-    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
+    def end_upload(self, batch_id: str, *, contents: str, at: float) -> str:
         with self._db.write() as db:
-            return sqlite_uploads.end(db, batch_id, files=files, contents=contents, at=at)
+            return sqlite_uploads.end(db, batch_id, contents=contents, at=at)
 
     def drop_upload(self, batch_id: str, *, limit: int) -> list[str] | None:
         with self._db.write() as db:
@@ -461,12 +462,17 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else codec.batch_from_row(row)
 
-    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+    def batch_summary(self, batch_id: str, *, uploading: bool = False) -> BatchSummary | None:
+        visible = "1" if uploading else _VISIBLE
         with self._db.read() as db:
             row = db.execute(
-                f"{_SELECT_BATCH_SUMMARY} WHERE batch_id = ? AND {_VISIBLE}", (batch_id,)
+                f"{_SELECT_BATCH_SUMMARY} WHERE batch_id = ? AND {visible}", (batch_id,)
             ).fetchone()
-        return None if row is None else _summary_from_row(row)
+            hidden = uploading and sqlite_uploads.is_uploading(db, batch_id)
+        if row is None:
+            return None
+        summary = _summary_from_row(row)
+        return dataclasses.replace(summary, uploading=True) if hidden else summary
 
     def batch_state_counts(self) -> dict[BatchState, int]:
         with self._db.read() as db:
@@ -526,11 +532,13 @@ class SQLiteStore:
         states: Collection[FileState],
         after_position: int,
         limit: int,
+        uploading: bool = False,
     ) -> FilePage | None:
+        visible = "1" if uploading else _VISIBLE
         with self._db.read() as db:
             head = db.execute(
                 "SELECT sequence, counts, pending_moves FROM batches "
-                f"WHERE batch_id = ? AND {_VISIBLE}",
+                f"WHERE batch_id = ? AND {visible}",
                 (batch_id,),
             ).fetchone()
             if head is None:

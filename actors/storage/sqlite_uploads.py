@@ -14,10 +14,10 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from actors.policy.model import BatchRecord, FileRecord, FileState
+from actors.policy.model import BatchRecord, FileRecord
 from actors.storage import codec
 
-__all__ = ["add_files", "begin", "drop", "end", "in_progress"]
+__all__ = ["add_files", "begin", "drop", "end", "in_progress", "is_uploading"]
 
 _INSERT_UPLOADING = (
     f"INSERT INTO batches ({', '.join(codec.BATCH_COLUMNS)}, uploading) "
@@ -48,6 +48,11 @@ def begin(db: sqlite3.Connection, batch: BatchRecord) -> None:
         raise ValueError(f"batch {batch.batch_id} exists") from None
 
 
+def is_uploading(db: sqlite3.Connection, batch_id: str) -> bool:
+    """Whether the batch is stored and its upload has not ended."""
+    return db.execute(_UPLOADING, (batch_id,)).fetchone() is not None
+
+
 def add_files(
     db: sqlite3.Connection, batch_id: str, first_position: int, files: Sequence[FileRecord]
 ) -> None:
@@ -67,9 +72,11 @@ def add_files(
     )
 
 
-def end(db: sqlite3.Connection, batch_id: str, *, files: int, contents: str, at: float) -> str:
+def end(db: sqlite3.Connection, batch_id: str, *, contents: str, at: float) -> str:
     """Make the batch visible, unless its owner's idempotency key went to another batch
     first: then that batch's id, and nothing changed.
+
+    Its counts are left as they are: its supervisor keeps them from the first file on.
 
     Raises:
         KeyError: No batch with this id is uploading.
@@ -85,9 +92,8 @@ def end(db: sqlite3.Connection, batch_id: str, *, files: int, contents: str, at:
         if taken is not None:
             return str(taken[0])
     db.execute(
-        "UPDATE batches SET uploading = 0, counts = ?, contents = ?, created_at = ?, "
-        "updated_at = ? WHERE batch_id = ?",
-        (codec.counts_to_json({FileState.PENDING: files}), contents, at, at, batch_id),
+        "UPDATE batches SET uploading = 0, contents = ?, created_at = ? WHERE batch_id = ?",
+        (contents, at, batch_id),
     )
     if key:
         db.execute(

@@ -92,10 +92,11 @@ class Store(Protocol):
         """
         ...
 
-    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
-        """Make an uploading batch of ``files`` files, all pending, visible, created at
-        ``at``, with its idempotency key and ``contents`` (its
-        :func:`~actors.policy.contents.contents_digest`): in one transaction.
+    def end_upload(self, batch_id: str, *, contents: str, at: float) -> str:
+        """Make an uploading batch visible, created at ``at``, with its idempotency key
+        and ``contents`` (its :func:`~actors.policy.contents.contents_digest`): in one
+        transaction. Its counts stay as its supervisor committed them: it processes the
+        files as they arrive.
 
         Returns:
             ``batch_id``; or, when the owner's batch with the same idempotency key was
@@ -142,8 +143,12 @@ class Store(Protocol):
         """Every batch, newest first."""
         ...
 
-    def batch_summary(self, batch_id: str) -> BatchSummary | None:
-        """The batch with its counts, without loading its files, or ``None``."""
+    def batch_summary(self, batch_id: str, *, uploading: bool = False) -> BatchSummary | None:
+        """The batch with its counts, without loading its files, or ``None``.
+
+        With ``uploading``, a batch whose upload has not ended too (marked so): for its
+        supervisor only, which processes the files as they arrive.
+        """
         ...
 
     def batch_state_counts(self) -> dict[BatchState, int]:
@@ -183,9 +188,11 @@ class Store(Protocol):
         states: Collection[FileState],
         after_position: int,
         limit: int,
+        uploading: bool = False,
     ) -> FilePage | None:
         """Up to ``limit`` files after ``after_position``, in submission order, with their
-        attempts; ``None`` for no such batch.
+        attempts; ``None`` for no such batch (with ``uploading``, an uploading batch's
+        too: for its supervisor only).
 
         Args:
             batch_id: The batch.
@@ -351,8 +358,10 @@ class MemoryStore:
         self._results: dict[tuple[str, str], ExtractionResult] = {}
         self._listeners: list[EventListener] = []
         self._audit: list[AuditEntry] = []
-        # Uploads in progress, apart from the batches every reader sees.
+        # Uploads in progress, apart from the batches every reader sees: their record
+        # (as its supervisor last committed it), files and events.
         self._uploading: dict[str, tuple[BatchRecord, dict[str, FileRecord]]] = {}
+        self._upload_events: dict[str, list[BatchEvent]] = {}
         self._contents: dict[str, str] = {}
 
     def create_batch(self, view: BatchView) -> None:
@@ -382,7 +391,7 @@ class MemoryStore:
                 raise ValueError(f"batch {batch_id} has one of these files already")
             stored.update((f.file_id, f) for f in files)
 
-    def end_upload(self, batch_id: str, *, files: int, contents: str, at: float) -> str:
+    def end_upload(self, batch_id: str, *, contents: str, at: float) -> str:
         with self._lock:
             batch, stored = self._uploading[batch_id]
             key = (batch.owner, batch.idempotency_key)
@@ -391,9 +400,9 @@ class MemoryStore:
                     if (other.owner, other.idempotency_key) == key:
                         return other.batch_id
             del self._uploading[batch_id]
-            self._batches[batch_id] = dataclasses.replace(batch, created_at=at, updated_at=at)
+            self._batches[batch_id] = dataclasses.replace(batch, created_at=at)
             self._files[batch_id] = stored
-            self._events[batch_id] = []
+            self._events[batch_id] = self._upload_events.pop(batch_id, [])
             self._contents[batch_id] = contents
             return batch_id
 
@@ -405,6 +414,7 @@ class MemoryStore:
             stored = upload[1]
             if not stored:
                 del self._uploading[batch_id]
+                self._upload_events.pop(batch_id, None)
                 return None
             dropped = {stored.pop(file_id).blob for file_id in list(stored)[-limit:]}
         return sorted(digest for digest in dropped if not self.blob_in_use(digest))
@@ -420,20 +430,26 @@ class MemoryStore:
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         batch_id = changes.batch.batch_id
         with self._lock:
-            stored = self._batches.get(batch_id)
-            if stored is None:
-                raise KeyError(batch_id)
-            # Whether the bytes were released is the store's to say, not the writer's.
-            self._batches[batch_id] = dataclasses.replace(
-                changes.batch, bytes_released_at=stored.bytes_released_at
-            )
-            files = self._files[batch_id]
+            upload = self._uploading.get(batch_id)
+            if upload is not None:
+                self._uploading[batch_id] = (changes.batch, upload[1])
+                files = upload[1]
+                events = self._upload_events.setdefault(batch_id, [])
+            else:
+                stored = self._batches.get(batch_id)
+                if stored is None:
+                    raise KeyError(batch_id)
+                # Whether the bytes were released is the store's to say, not the writer's.
+                self._batches[batch_id] = dataclasses.replace(
+                    changes.batch, bytes_released_at=stored.bytes_released_at
+                )
+                files = self._files[batch_id]
+                events = self._events[batch_id]
             # Bulk changes first: a file's own record in the same commit is newer.
             for bulk in (e.bulk for e in changes.events if e.bulk is not None):
                 _apply_bulk(bulk, files)
             for record in changes.files:
                 files[record.file_id] = record
-            events = self._events[batch_id]
             events.extend(changes.events)
             if self._max_events is not None and len(events) > self._max_events:
                 del events[: len(events) - self._max_events]
@@ -455,9 +471,17 @@ class MemoryStore:
         with self._lock:
             return self._batches.get(batch_id)
 
-    def batch_summary(self, batch_id: str) -> BatchSummary | None:
+    def batch_summary(self, batch_id: str, *, uploading: bool = False) -> BatchSummary | None:
+        view = self._uploading_view(batch_id) if uploading else None
+        if view is not None:
+            return dataclasses.replace(view.summary(), uploading=True)
         view = self.load(batch_id)
         return None if view is None else view.summary()
+
+    def _uploading_view(self, batch_id: str) -> BatchView | None:
+        with self._lock:
+            upload = self._uploading.get(batch_id)
+            return None if upload is None else BatchView(upload[0], tuple(upload[1].values()))
 
     def batch_state_counts(self) -> dict[BatchState, int]:
         with self._lock:
@@ -504,8 +528,9 @@ class MemoryStore:
         states: Collection[FileState],
         after_position: int,
         limit: int,
+        uploading: bool = False,
     ) -> FilePage | None:
-        view = self.load(batch_id)
+        view = (self._uploading_view(batch_id) if uploading else None) or self.load(batch_id)
         if view is None:
             return None
         matching = [

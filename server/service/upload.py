@@ -25,9 +25,10 @@ an upload that pauses too long between messages, or takes too long in all, is en
 Blobs are content-addressed and shared between batches. Placing a group's blobs and
 storing its files, and deleting blobs nobody refers to any more, happen under one lock,
 so a blob is never deleted between an upload finding it stored and its batch referring
-to it (an upload's hidden batch counts as referring to its blobs). Every blob is made
-durable with one flush of the file system when the upload ends, before its batch is
-visible.
+to it (an upload's hidden batch counts as referring to its blobs). The batch's files
+are processed as they arrive, from the first group on, while the batch stays hidden
+(:mod:`actors.orchestration.upload`): each group's blobs are made durable with one flush
+of the file system before its files are stored, and so before any of them is processed.
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ class Uploads:
                 f"{file.declared}.",
                 f"file[{index}].size_bytes",
             )
-        # Made durable all at once before the batch is submitted (see _commit).
+        # Made durable with its group, before its file is stored (see _store_group).
         digest = file.writer.finish(durable=False)
         if file.sha256 and digest != file.sha256:
             raise _bad(
@@ -386,12 +387,17 @@ class Uploads:
                     files.append(
                         NewFile(file.name, file.writer.finish(), file.declared, file.password)
                     )
-                received.upload.add(files)
+                # The group's files are processed as soon as they are stored: their
+                # bytes are durable first, with one flush of the file system a group.
+                self._blobs.sync()
+                received.upload.add(files, announce=False)
             except BaseException:
                 self._release_unused(created)
                 raise
         pending.clear()
         received.group_began = time.monotonic()
+        # Outside the lock: the supervisor commits their counts before it answers.
+        received.upload.announce()
 
     def _end_upload(self, received: _Received, owner: str, still_wanted: Callable[[], bool]) -> str:
         upload = received.upload
@@ -405,9 +411,7 @@ class Uploads:
             self._admit(owner, received.spec.idempotency_key).check(
                 received.declared, besides=received.admission
             )
-            # Every blob is on disk before a visible batch refers to it: one flush of
-            # the file system instead of two fsyncs per file.
-            self._blobs.sync()
+            # Every blob is durable already: each group was flushed before it was stored.
             ended = upload.finish()
         if ended.created:
             return ended.batch_id

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from actors.policy.model import BatchState, FileState
 from server.client.api import UploadFile, _upload_requests
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.service import upload as upload_module
@@ -358,6 +359,15 @@ def _broken_upload(
     resume.wait(WAIT)
 
 
+def _files_in(server: RunningServer, batch_id: str, state: FileState) -> list[str]:
+    """The ids of an uploading (or visible) batch's files in ``state``, as its
+    supervisor reads them."""
+    page = server.store.file_page(
+        batch_id, states={state}, after_position=-1, limit=100, uploading=True
+    )
+    return [] if page is None else [f.file_id for _, f in page.files]
+
+
 def _temp_files(server: RunningServer) -> list[str]:
     return [p.name for p in server.blob_files() if p.name.startswith(".incoming-")]
 
@@ -374,6 +384,9 @@ def test_an_upload_that_breaks_off_leaves_nothing_behind(
     assert sent.wait(WAIT)
     eventually(lambda: len(_temp_files(server)) == 1)
     assert server.store.blob_in_use(hashlib.sha256(make_pdf("whole")).hexdigest())
+    # Processed already, while the upload runs; and thrown away with it.
+    (hidden,) = server.store.uploads_in_progress()
+    eventually(lambda: _files_in(server, hidden, FileState.SUCCEEDED) == ["f00001"])
 
     if how == "cancelled":
         future.cancel()
@@ -612,7 +625,7 @@ def _held_before_end(
     yield end
 
 
-def test_an_upload_is_stored_as_it_arrives_and_seen_only_once_it_ends(
+def test_an_upload_is_stored_and_processed_as_it_arrives_and_seen_only_once_it_ends(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(upload_module, "GROUP_FILES", 3)
@@ -637,6 +650,15 @@ def test_an_upload_is_stored_as_it_arrives_and_seen_only_once_it_ends(
     files_of = refused(lambda: server.stub.ListFiles(pb.ListFilesRequest(batch_id=hidden)))
     assert files_of.code == grpc.StatusCode.NOT_FOUND
     assert server.store.find_by_idempotency_key("", "k") is None
+    # Yet its stored files are processed, and it does not settle before its end.
+    eventually(
+        lambda: _files_in(server, hidden, FileState.SUCCEEDED) == [f"f{n:05d}" for n in range(1, 7)]
+    )
+    arriving = server.store.batch_summary(hidden, uploading=True)
+    assert arriving is not None
+    assert arriving.uploading
+    assert arriving.batch.state is BatchState.RUNNING
+    assert arriving.counts[FileState.SUCCEEDED] == 6
 
     go.set()
     batch = future.result(WAIT)
@@ -688,7 +710,8 @@ def _peak_traced_bytes(server: RunningServer, uploads: Uploads, files: int) -> i
     """The most Python memory allocated at once while ``uploads`` takes ``files`` files
     (then their batch is left to settle, so that it is not processed during the next)."""
     contents = [("f.pdf", b"%PDF-" + b"%08d" % n) for n in range(files)]
-    messages = upload(pb.BatchSpec(), contents)
+    # One file at a time: the processing that runs during the upload holds little.
+    messages = upload(pb.BatchSpec(policy=pb.BatchPolicy(max_concurrency=1)), contents)
     tracemalloc.start()
     try:
         batch_id = uploads.submit(messages, owner="")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.policy.book import BatchBook
 from actors.policy.model import BatchRecord, BatchState, FileRecord, FileState
 from actors.policy.rules import BatchPolicy
 from actors.storage import codec
@@ -75,15 +76,41 @@ def test_an_upload_in_progress_is_seen_by_no_reader_but_holds_its_blobs(store: S
     assert not store.blob_in_use(THIRD)
 
 
+def test_the_supervisor_of_an_upload_reads_it_and_keeps_its_counts(store: Store) -> None:
+    store.begin_upload(_uploading())
+    store.add_upload_files("up", 0, _files(0, DIGEST, OTHER))
+
+    summary = store.batch_summary("up", uploading=True)
+    assert summary is not None
+    assert summary.uploading
+    page = store.file_page("up", states=(), after_position=-1, limit=10, uploading=True)
+    assert page is not None
+    assert [f.file_id for _, f in page.files] == ["f00001", "f00002"]
+    book = BatchBook(summary)
+    book.files_arrived(2)
+    store.commit(book.take_changes(), {})
+    counted = store.batch_summary("up", uploading=True)
+    assert counted is not None
+    assert counted.counts[FileState.PENDING] == 2
+    assert store.batch_summary("up") is None, "still hidden from every other reader"
+
+
 def test_the_end_of_an_upload_shows_its_batch_whole_with_its_key(store: Store) -> None:
     store.begin_upload(_uploading(key="k"))
     store.add_upload_files("up", 0, _files(0, DIGEST, OTHER, DIGEST))
+    # Its supervisor counts the files as they arrive.
+    arriving = store.batch_summary("up", uploading=True)
+    assert arriving is not None
+    book = BatchBook(arriving)
+    book.files_arrived(3)
+    store.commit(book.take_changes(), {})
 
-    assert store.end_upload("up", files=3, contents="c" * 64, at=70.0) == "up"
+    assert store.end_upload("up", contents="c" * 64, at=70.0) == "up"
 
     summary = store.batch_summary("up")
     assert summary is not None
-    assert (summary.batch.created_at, summary.batch.updated_at) == (70.0, 70.0)
+    assert not summary.uploading
+    assert summary.batch.created_at == 70.0
     assert summary.counts[FileState.PENDING] == 3
     assert summary.file_count == 3
     page = store.file_page("up", states={FileState.PENDING}, after_position=-1, limit=10)
@@ -105,7 +132,7 @@ def test_an_upload_whose_key_went_to_another_batch_first_changes_nothing(store: 
     store.begin_upload(_uploading(key="k"))
     store.add_upload_files("up", 0, _files(0, DIGEST))
 
-    assert store.end_upload("up", files=1, contents="c" * 64, at=70.0) == "first"
+    assert store.end_upload("up", contents="c" * 64, at=70.0) == "first"
 
     assert store.load_batch("up") is None
     assert store.uploads_in_progress() == ["up"]
@@ -114,7 +141,7 @@ def test_an_upload_whose_key_went_to_another_batch_first_changes_nothing(store: 
     # Another owner's key of the same name is another key.
     store.begin_upload(_uploading("bobs", key="k", owner="bob"))
     store.add_upload_files("bobs", 0, _files(0, OTHER))
-    assert store.end_upload("bobs", files=1, contents="d" * 64, at=71.0) == "bobs"
+    assert store.end_upload("bobs", contents="d" * 64, at=71.0) == "bobs"
 
 
 def test_a_dropped_upload_goes_a_page_at_a_time_releasing_only_its_own_blobs(
@@ -146,7 +173,7 @@ def test_an_upload_takes_its_files_in_order_and_refuses_unknown_batches(store: S
     with pytest.raises(KeyError):
         store.add_upload_files("missing", 0, _files(0, DIGEST))
     with pytest.raises(KeyError):
-        store.end_upload("missing", files=1, contents="c" * 64, at=1.0)
+        store.end_upload("missing", contents="c" * 64, at=1.0)
     store.create_batch(new_batch("visible", files=1))
     with pytest.raises(KeyError):
         store.add_upload_files("visible", 1, _files(1, DIGEST))

@@ -99,7 +99,8 @@ class BatchServiceServicer:
     """
 
     def SubmitBatch(self, request_iterator, context):
-        """Uploads a batch and starts processing it once the upload is complete.
+        """Uploads a batch, whose files are processed as they arrive; the batch is visible,
+        and settles, only once the upload is complete.
 
         The first message is a `spec`; then, for each file, a `file` header followed by
         its bytes in `chunk` messages (any number, each below the 4 MiB message limit);

@@ -48,7 +48,8 @@ class BatchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BatchServiceAsyncStub: ...
     SubmitBatch: _grpc.StreamUnaryMultiCallable[_batch_pb2.SubmitBatchRequest, _batch_pb2.Batch]
-    """Uploads a batch and starts processing it once the upload is complete.
+    """Uploads a batch, whose files are processed as they arrive; the batch is visible,
+    and settles, only once the upload is complete.
 
     The first message is a `spec`; then, for each file, a `file` header followed by
     its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
@@ -175,7 +176,8 @@ class BatchServiceAsyncStub(BatchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitBatch: _aio.StreamUnaryMultiCallable[_batch_pb2.SubmitBatchRequest, _batch_pb2.Batch]  # type: ignore[assignment]
-    """Uploads a batch and starts processing it once the upload is complete.
+    """Uploads a batch, whose files are processed as they arrive; the batch is visible,
+    and settles, only once the upload is complete.
 
     The first message is a `spec`; then, for each file, a `file` header followed by
     its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
@@ -305,7 +307,8 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_batch_pb2.SubmitBatchRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.Batch, _abc.Awaitable[_batch_pb2.Batch]]:
-        """Uploads a batch and starts processing it once the upload is complete.
+        """Uploads a batch, whose files are processed as they arrive; the batch is visible,
+        and settles, only once the upload is complete.
 
         The first message is a `spec`; then, for each file, a `file` header followed by
         its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
