@@ -14,6 +14,7 @@ every file queued at once, and the service needs a queue to hand work over in ch
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from bench.options import Options
 from bench.report import Figure, at_least, at_most, judged, median
 from bench.server_process import ServerProcess, Settled, submit
 from server.client.api import Client
+from server.gen.pdfbatch.v1 import batch_pb2 as pb
 
 __all__ = [
     "MAX_CONCURRENCY",
@@ -145,6 +147,10 @@ def compare(
             settled, first = settle_timed(client, batch_id, wall_started)
             elapsed = time.perf_counter() - started
             server_after, workers_after = server.cpu_seconds()
+            # Outside the CPU window: files succeed during the upload, before the watch
+            # (opened once the upload returned the batch's id) can see them.
+            seen = (first, first_success(client, batch_id, wall_started))
+            first = min((f for f in seen if not math.isnan(f)), default=float("nan"))
             per_file = 1000 / len(files)
             cpu["bare_workers"].append(bare_run.cpu_seconds * per_file)
             cpu["service_workers"].append((workers_after - workers_before) * per_file)
@@ -266,6 +272,22 @@ def _figures(
         figures.append(Figure(scenario, cpu_name, median(cpu["server"]), "ms", note=cpu_note))
         figures.append(Figure(scenario, first_name, median(firsts), "s", note=first_note))
     return figures
+
+
+def first_success(client: Client, batch_id: str, upload_began: float, files: int = 100) -> float:
+    """Seconds from ``upload_began`` to the earliest end of a succeeded attempt among the
+    batch's first ``files`` succeeded files (processed in submission order); NaN if none."""
+    page = next(
+        iter(client.file_pages(batch_id, states=(pb.FILE_STATE_SUCCEEDED,), page_size=files)),
+        None,
+    )
+    ends = [
+        attempt.end_time.ToNanoseconds() / 1e9
+        for status in (page.files if page is not None else ())
+        for attempt in status.attempts
+        if attempt.HasField("end_time")
+    ]
+    return min(ends) - upload_began if ends else float("nan")
 
 
 def settle_timed(client: Client, batch_id: str, upload_began: float) -> tuple[Settled, float]:

@@ -19,6 +19,7 @@ import structlog
 from actors.execution.contract import Executor
 from actors.orchestration.clock import Scheduler
 from actors.orchestration.dispatch import Dispatcher
+from actors.orchestration.file_actor import tell_if_alive
 from actors.orchestration.manager import (
     BatchManager,
     EnsureSupervisor,
@@ -245,9 +246,23 @@ class Runtime:
             closed=self._upload_settled,
         )
 
-    def _files_arrived(self, batch_id: str, total: int) -> None:
+    def _files_arrived(self, batch_id: str, total: int, wait: bool) -> None:
         self._check_open()
-        self._ask_uploading(batch_id, FilesArrived(total))
+        if wait:
+            self._ask_uploading(batch_id, FilesArrived(total))
+            return
+        # Told: the upload does not wait behind the supervisor's reports. A message lost
+        # to a restart is made up for by the next one (a total, not a number added),
+        # and the last one, at the end, is asked.
+        try:
+            ref: pykka.ActorRef[Any] | None = self._manager.ask(
+                EnsureSupervisor(batch_id, uploading=True), block=True
+            )
+        except pykka.ActorDeadError:
+            raise ServiceClosing("The service is shutting down; try again shortly.") from None
+        if ref is None:
+            raise KeyError(batch_id)
+        tell_if_alive(ref, FilesArrived(total))
 
     def _start_uploaded(self, batch_id: str, total: int) -> None:
         log.info("batch_submitted", batch_id=batch_id, files=total, uploaded=True)

@@ -127,7 +127,8 @@ class Upload:
         now: The batch clock.
         check_open: Raises when the runtime no longer takes batches.
         arrived: Tells the batch's supervisor (started if need be) how many files the
-            batch has, once they are stored: it processes them from then on.
+            batch has, once they are stored: it processes them from then on; with
+            ``True``, returns once it has committed their counts.
         started: Tells the supervisor that the batch is visible, with its number of
             files: it may settle from then on.
         cancel: Cancels whatever the supervisor started, waits for it to stop, and
@@ -144,7 +145,7 @@ class Upload:
         passwords: PasswordVault,
         now: Callable[[], float],
         check_open: Callable[[], None],
-        arrived: Callable[[str, int], None],
+        arrived: Callable[[str, int, bool], None],
         started: Callable[[str, int], None],
         cancel: Callable[[str], None],
         closed: Callable[[str], None],
@@ -199,9 +200,10 @@ class Upload:
         if announce:
             self.announce()
 
-    def announce(self) -> None:
+    def announce(self, *, wait: bool = True) -> None:
         """Have the files added so far processed: the batch's supervisor (started with
-        the first group) counts them, and commits the counts before this returns.
+        the first group) counts them; with ``wait``, it has committed the counts when
+        this returns (the end asks so: every file is counted before the batch shows).
 
         Raises:
             ServiceClosing: The runtime is shutting down.
@@ -209,7 +211,7 @@ class Upload:
                 counted with the next group or at the end.
         """
         if self.files and not self._settled:
-            self._arrived(self.batch_id, self.files)
+            self._arrived(self.batch_id, self.files, wait)
 
     def finish(self) -> UploadEnded:
         """Make the batch visible and start processing it, in one transaction with its

@@ -396,8 +396,9 @@ class Uploads:
                 raise
         pending.clear()
         received.group_began = time.monotonic()
-        # Outside the lock: the supervisor commits their counts before it answers.
-        received.upload.announce()
+        # Outside the lock, and without waiting for the supervisor, busy with reports:
+        # the end waits until every file is counted.
+        received.upload.announce(wait=False)
 
     def _end_upload(self, received: _Received, owner: str, still_wanted: Callable[[], bool]) -> str:
         upload = received.upload
