@@ -734,5 +734,9 @@ def test_an_upload_holds_a_group_of_files_not_every_file(
     small = _peak_traced_bytes(server, uploads, 200)
     large = _peak_traced_bytes(server, uploads, 2_000)
 
-    # Ten times the files: before, each held a staging record (724 bytes) until `end`.
-    assert large < 2 * small, (small, large)
+    # Before, each file held a staging record (724 bytes) until `end`. The peak now
+    # includes the processing that runs during the upload (about 120 bytes a file more
+    # at 2,000 files here, from the actors' and the pool's working set as processing
+    # falls behind); far below a record a file.
+    per_file = (large - small) / 1_800
+    assert per_file < 724 / 2, (small, large)
