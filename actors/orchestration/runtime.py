@@ -67,7 +67,7 @@ from actors.policy.refusals import (
 from actors.policy.results import ResultLimits
 from actors.policy.rules import BatchPolicy, RestartIntensity, RetryPolicy
 from actors.storage.blobs import BlobStore
-from actors.storage.retention import RetentionPolicy, SweepReport
+from actors.storage.retention import RetentionPolicy, SweepReport, collect_garbage
 from actors.storage.store import Store
 
 __all__ = ["MAX_NAME_CHARS", "NewFile", "Runtime", "Upload", "UploadEnded", "validate_file_name"]
@@ -187,7 +187,11 @@ class Runtime:
     def discard_abandoned_uploads(self) -> list[str]:
         """Delete the uploads a crash cut short, with the blobs nobody else refers to.
 
-        Uploads this runtime opened are left alone. :meth:`resume` calls it.
+        Uploads this runtime opened are left alone. :meth:`resume` calls it. When it
+        finds one, the crash may also have come after a group's blobs were placed and
+        before the files that refer to them were stored: every blob no batch refers to
+        is then deleted too (a walk over the whole blob store, paid only after such a
+        crash).
 
         Returns:
             The ids of the uploads' batches deleted.
@@ -204,6 +208,9 @@ class Runtime:
             blobs = discard_upload(self.store, self.blobs, batch_id)
             log.info("abandoned_upload_discarded", batch_id=batch_id, blobs_deleted=blobs)
             discarded.append(batch_id)
+        if discarded:
+            unreferenced = collect_garbage(self.store, self.blobs)
+            log.info("unreferenced_blobs_deleted", blobs_deleted=unreferenced)
         return discarded
 
     def open_upload(

@@ -121,6 +121,8 @@ def test_the_next_start_drops_the_uploads_a_crash_left_and_no_other(h: Harness) 
     h.store.begin_upload(left)
     orphan = h.blobs.put(b"ok:orphan")
     h.store.add_upload_files("left", 0, [FileRecord("f00001", "o.pdf", orphan, 9)])
+    # Placed by that upload, and the crash came before the row that refers to it.
+    unreferenced = h.blobs.put(b"ok:placed, never stored")
     # One of this life, still arriving.
     mine = h.runtime.open_upload()
     mine.add([_file(h, "m.pdf", b"ok:mine")])
@@ -129,6 +131,7 @@ def test_the_next_start_drops_the_uploads_a_crash_left_and_no_other(h: Harness) 
 
     assert h.store.uploads_in_progress() == [mine.batch_id]
     assert not h.blobs.exists(orphan)
+    assert not h.blobs.exists(unreferenced)
     view = h.settled(mine.finish().batch_id)
     assert [f.state for f in view.files] == [FileState.SUCCEEDED]
 
