@@ -3,6 +3,10 @@
 It hands the job to the executor, arms the attempt's deadline when a worker picks the
 job up, reports the outcome to its batch supervisor and stops itself. Stopped early (a
 cancel, a fail-fast, a shutdown) it kills its worker before it goes.
+
+A file costs the actor one message in (the outcome) and its supervisor one (the
+report). A worker's start is no message: the executor's callback arms the deadline
+itself (the scheduler is thread-safe), and the pid travels with the outcome.
 """
 
 from __future__ import annotations
@@ -24,11 +28,9 @@ from actors.orchestration.clock import Scheduler, Timer
 from actors.orchestration.dispatch import DispatchedActor, Dispatcher
 from actors.orchestration.messages import (
     AttemptFinished,
-    AttemptStarted,
     DeadlineReached,
     FileActorStopped,
     WorkerDone,
-    WorkerStarted,
 )
 from actors.policy.catalogue import ErrorCode
 
@@ -79,27 +81,34 @@ class FileActor(DispatchedActor):
         self._job = job
         self._timeout = timeout
         self._handle: AttemptHandle | None = None
+        # Set by the executor's thread when a worker starts the attempt; read here only
+        # once the executor can no longer call it (after the outcome, or a cancel).
         self._deadline: Timer | None = None
+        self._worker_pid: int | None = None
         self._reported = False
 
     def on_start(self) -> None:
         me = self.actor_ref
         self._handle = self._executor.submit(
             self._job,
-            on_started=lambda pid: tell_if_alive(me, WorkerStarted(pid)),
+            on_started=self._worker_started,
             on_done=lambda report: tell_if_alive(me, WorkerDone(report)),
+        )
+
+    def _worker_started(self, pid: int | None) -> None:
+        """On the executor's thread: a worker has the attempt; its deadline starts now.
+
+        The executor never calls it after the outcome (:class:`AttemptCallbacks`), so
+        the deadline is armed before :meth:`_release` can look for it.
+        """
+        me = self.actor_ref
+        self._worker_pid = pid
+        self._deadline = self._scheduler.call_later(
+            self._timeout, lambda: tell_if_alive(me, DeadlineReached())
         )
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case WorkerStarted(worker_pid=pid):
-                me = self.actor_ref
-                self._deadline = self._scheduler.call_later(
-                    self._timeout, lambda: tell_if_alive(me, DeadlineReached())
-                )
-                tell_if_alive(
-                    self._supervisor, AttemptStarted(self._job.file_id, self._job.attempt, pid)
-                )
             case DeadlineReached():
                 if self._handle is not None and not self._reported:
                     # The executor answers with a PROCESSING_TIMEOUT outcome.
@@ -113,7 +122,8 @@ class FileActor(DispatchedActor):
 
     def on_stop(self) -> None:
         self._release()
-        tell_if_alive(self._supervisor, FileActorStopped(self._job.file_id, self._job.attempt))
+        if not self._reported:
+            self._tell_stopped()
 
     def on_failure(
         self,
@@ -132,11 +142,10 @@ class FileActor(DispatchedActor):
         self._report(
             AttemptFailure(
                 ErrorCode.INTERNAL,
-                None,
+                self._worker_pid,
                 exception_type=getattr(exception_type, "__name__", ""),
             )
         )
-        tell_if_alive(self._supervisor, FileActorStopped(self._job.file_id, self._job.attempt))
 
     def _report(self, report: AttemptOutcomeReport) -> None:
         if self._reported:
@@ -146,8 +155,15 @@ class FileActor(DispatchedActor):
             self._supervisor, AttemptFinished(self._job.file_id, self._job.attempt, report)
         )
 
+    def _tell_stopped(self) -> None:
+        tell_if_alive(
+            self._supervisor,
+            FileActorStopped(self._job.file_id, self._job.attempt, self._worker_pid),
+        )
+
     def _release(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        # The attempt first: once it is over, the executor no longer arms a deadline.
         if self._handle is not None and not self._reported:
             self._handle.cancel(ErrorCode.CANCELLED)
+        if self._deadline is not None:
+            self._deadline.cancel()

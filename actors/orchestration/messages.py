@@ -10,7 +10,6 @@ from actors.execution.contract import AttemptOutcomeReport
 
 __all__ = [
     "AttemptFinished",
-    "AttemptStarted",
     "BackoffElapsed",
     "CancelBatch",
     "CancelStarted",
@@ -24,20 +23,11 @@ __all__ = [
     "SupervisorRetiring",
     "UploadComplete",
     "WorkerDone",
-    "WorkerStarted",
 ]
 
 
-# File actor -> batch supervisor (tell).
-@dataclass(frozen=True, slots=True)
-class AttemptStarted:
-    """A worker picked up the attempt."""
-
-    file_id: str
-    attempt: int
-    worker_pid: int | None
-
-
+# File actor -> batch supervisor (tell). That a worker started the attempt is no message:
+# the file actor arms its deadline then, and the pid comes with the outcome.
 @dataclass(frozen=True, slots=True)
 class AttemptFinished:
     """The attempt ended with ``report``."""
@@ -49,10 +39,16 @@ class AttemptFinished:
 
 @dataclass(frozen=True, slots=True)
 class FileActorStopped:
-    """The file actor is gone and its worker no longer runs the attempt."""
+    """The file actor stopped before the attempt ended (a cancel, a shutdown, its own
+    failure), and its worker no longer runs it. Not sent after :class:`AttemptFinished`.
+
+    Attributes:
+        worker_pid: The worker that had started the attempt, if one had.
+    """
 
     file_id: str
     attempt: int
+    worker_pid: int | None = None
 
 
 # Timer -> batch supervisor (tell).
@@ -148,14 +144,7 @@ class SupervisorRetiring:
     supervisor: Any = field(compare=False)
 
 
-# Executor callbacks -> file actor (tell).
-@dataclass(frozen=True, slots=True)
-class WorkerStarted:
-    """A worker process picked up the job."""
-
-    worker_pid: int | None
-
-
+# Executor callback -> file actor (tell).
 @dataclass(frozen=True, slots=True)
 class WorkerDone:
     """The executor reported the outcome."""

@@ -34,7 +34,6 @@ from actors.orchestration.dispatch import Dispatcher
 from actors.orchestration.file_actor import FileActor, tell_if_alive
 from actors.orchestration.messages import (
     AttemptFinished,
-    AttemptStarted,
     BackoffElapsed,
     CancelBatch,
     CancelStarted,
@@ -140,7 +139,6 @@ class BatchSupervisor(pykka.ThreadingActor):
         # Files read in one page of waiting files: enough to fill every slot twice.
         self._window = max(2 * self._policy.max_concurrency, 64)
         self._children: dict[str, pykka.ActorRef[Any]] = {}
-        self._worker_pids: dict[str, int | None] = {}
         self._backoffs: dict[str, Timer] = {}
         self._restarts = RestartWindow()
         self._results: dict[str, ExtractionResult] = {}
@@ -176,9 +174,7 @@ class BatchSupervisor(pykka.ThreadingActor):
                     now,
                     f"attempt {len(record.attempts)} was cut short by a restart; it does "
                     "not count as a failure",
-                    attempts=self._end_last(
-                        record.file_id, record.attempts, now, AttemptOutcome.INTERRUPTED
-                    ),
+                    attempts=self._end_last(record.attempts, now, AttemptOutcome.INTERRUPTED),
                 )
                 self._ready.append(record.file_id)
             elif record.state is FileState.BACKOFF:
@@ -243,10 +239,6 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _handle(self, message: Any) -> Any:
         match message:
-            case AttemptStarted(file_id=file_id, attempt=attempt, worker_pid=pid):
-                if self._is_current(file_id, attempt):
-                    self._worker_pids[file_id] = pid
-                return None
             case AttemptFinished(file_id=file_id, attempt=attempt, report=report):
                 if self._is_current(file_id, attempt):
                     self._children.pop(file_id, None)
@@ -255,13 +247,13 @@ class BatchSupervisor(pykka.ThreadingActor):
                     if isinstance(report, AttemptSuccess):
                         self._succeed(file_id, report)
                     elif self._book.batch.state is BatchState.CANCELLING:
-                        self._interrupt(file_id)
+                        self._interrupt(file_id, report.worker_pid)
                     else:
                         self._fail(file_id, report)
-            case FileActorStopped(file_id=file_id, attempt=attempt):
+            case FileActorStopped(file_id=file_id, attempt=attempt, worker_pid=pid):
                 if not self._stopping and self._is_current(file_id, attempt):
                     self._children.pop(file_id, None)
-                    self._interrupt(file_id)
+                    self._interrupt(file_id, pid)
             case BackoffElapsed(file_id=file_id, attempt=attempt):
                 self._backoff_over(file_id, attempt)
             case GetView():
@@ -333,7 +325,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             now,
             f"attempt {len(record.attempts)} succeeded",
             attempts=self._end_last(
-                file_id, record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
+                record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
             ),
             error=None,
             warnings=report.result.warnings,
@@ -368,7 +360,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         error = self._error_of(file_id, report, now)
         if isinstance(decision, GiveUp):
             attempts = self._end_last(
-                file_id, record.attempts, now, outcome, code=report.code, pid=report.worker_pid
+                record.attempts, now, outcome, code=report.code, pid=report.worker_pid
             )
             self._book.set_file(
                 file_id,
@@ -391,7 +383,6 @@ class BatchSupervisor(pykka.ThreadingActor):
                 self._check_tolerance(now)
             return
         attempts = self._end_last(
-            file_id,
             record.attempts,
             now,
             outcome,
@@ -430,8 +421,14 @@ class BatchSupervisor(pykka.ThreadingActor):
         # Passwords live in memory only: after a restart the one given is gone.
         return dataclasses.replace(error, message=_PASSWORD_LOST) if lost else error
 
-    def _interrupt(self, file_id: str) -> None:
-        """The file's actor stopped before it reported: the attempt was cancelled."""
+    def _interrupt(self, file_id: str, worker_pid: int | None = None) -> None:
+        """The file's attempt was cut short: cancelled.
+
+        Args:
+            worker_pid: The worker that had it, if known. One the supervisor cuts short
+                itself (a fail-fast) has none: a worker's pid reaches the supervisor
+                only with its attempt's end, not with its start.
+        """
         now = self._now()
         record = self._book.file(file_id)
         self._book.set_file(
@@ -440,7 +437,11 @@ class BatchSupervisor(pykka.ThreadingActor):
             now,
             f"attempt {len(record.attempts)} was stopped: {self._stop_cause()}",
             attempts=self._end_last(
-                file_id, record.attempts, now, AttemptOutcome.CANCELLED, code=ErrorCode.CANCELLED
+                record.attempts,
+                now,
+                AttemptOutcome.CANCELLED,
+                code=ErrorCode.CANCELLED,
+                pid=worker_pid,
             ),
             error=FileError.of(ErrorCode.CANCELLED, now),
         )
@@ -532,7 +533,6 @@ class BatchSupervisor(pykka.ThreadingActor):
             extraction_mode=self._policy.extraction_mode,
             blob_content=content,
         )
-        self._worker_pids.pop(file_id, None)
         self._children[file_id] = FileActor.start(
             self._deps.dispatcher,
             self.actor_ref,
@@ -882,7 +882,6 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     def _end_last(
         self,
-        file_id: str,
         attempts: tuple[Attempt, ...],
         now: float,
         outcome: AttemptOutcome,
@@ -892,16 +891,12 @@ class BatchSupervisor(pykka.ThreadingActor):
         retry_delay: float | None = None,
     ) -> tuple[Attempt, ...]:
         last = attempts[-1]
-        # Forgotten as the attempt ends: held for every file, it grew with the batch.
-        known = self._worker_pids.pop(file_id, None)
-        if pid is None:
-            pid = last.worker_pid if known is None else known
         ended = dataclasses.replace(
             last,
             ended_at=now,
             outcome=outcome,
             code=code,
-            worker_pid=pid,
+            worker_pid=last.worker_pid if pid is None else pid,
             retry_delay=retry_delay,
         )
         return (*attempts[:-1], ended)
