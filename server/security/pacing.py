@@ -12,8 +12,12 @@ reading thread (the call is over, so its iterator ends), so neither thread outli
 the call. The alternative of cancelling the call from a timer (``context.cancel()``)
 frees the thread too, but the client then sees a bare ``CANCELLED`` and no reason.
 
-The channel holds one message, so a client cannot send ahead of what the handler has
-written: gRPC's flow control still holds it back.
+The channel holds the messages read ahead of the handler: at most
+:data:`AHEAD_MESSAGES` of them and :data:`AHEAD_BYTES` of their payload, and always
+one, however big. A client cannot send further ahead of what the handler has written:
+gRPC's flow control holds it back. Reading ahead matters for small files, a message
+each: with a channel of one message, each one cost both threads a wake-up; now a thread
+waits only when the channel is empty or full.
 """
 
 from __future__ import annotations
@@ -29,9 +33,14 @@ import grpc
 
 from server.wire.errors import WireError
 
-__all__ = ["UploadPace", "paced"]
+__all__ = ["AHEAD_BYTES", "AHEAD_MESSAGES", "UploadPace", "paced"]
 
 _T = TypeVar("_T")
+
+# What the reading thread may hold ahead of the handler, per upload: payload bytes, and
+# messages (a message of a small file holds little payload, but its object some 200 bytes).
+AHEAD_BYTES = 256 * 1024
+AHEAD_MESSAGES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,30 +92,53 @@ class _Ended:
 
 
 class _Handover(Generic[_T]):
-    """One message at a time from the reading thread to the handler."""
+    """Messages from the reading thread to the handler: at most :data:`AHEAD_MESSAGES`
+    and ``ahead_bytes`` of them (by ``size``) held at once, and always one."""
 
-    def __init__(self) -> None:
+    def __init__(self, ahead_bytes: int, size: Callable[[_T], int]) -> None:
         self._changed = threading.Condition(threading.Lock())
-        self._items: deque[_T | _Ended] = deque()
+        self._items: deque[tuple[_T | _Ended, int]] = deque()
+        self._held = 0
+        self._ahead_bytes = ahead_bytes
+        self._size = size
         self._abandoned = False
+        # Whether a thread waits for the other: only then is a wake-up worth sending.
+        self._putter_waits = False
+        self._taker_waits = False
 
     def put(self, item: _T | _Ended) -> bool:
-        """Hand ``item`` over once the last one was taken; ``False`` if nobody will."""
+        """Hand ``item`` over once there is room; ``False`` if nobody will take it."""
+        size = 0 if isinstance(item, _Ended) else self._size(item)
         with self._changed:
-            self._changed.wait_for(lambda: self._abandoned or not self._items)
+            while not self._abandoned and self._items and self._full(size):
+                self._putter_waits = True
+                self._changed.wait()
+            self._putter_waits = False
             if self._abandoned:
                 return False
-            self._items.append(item)
-            self._changed.notify_all()
+            self._items.append((item, size))
+            self._held += size
+            if self._taker_waits:
+                self._changed.notify_all()
             return True
+
+    def _full(self, size: int) -> bool:
+        return len(self._items) >= AHEAD_MESSAGES or self._held + size > self._ahead_bytes
 
     def take(self, timeout: float) -> _T | _Ended | None:
         """The next item, or ``None`` after ``timeout`` seconds without one."""
         with self._changed:
-            if not self._changed.wait_for(lambda: bool(self._items), max(timeout, 0.0)):
-                return None
-            item = self._items.popleft()
-            self._changed.notify_all()
+            if not self._items:
+                self._taker_waits = True
+                try:
+                    if not self._changed.wait_for(lambda: bool(self._items), max(timeout, 0.0)):
+                        return None
+                finally:
+                    self._taker_waits = False
+            item, size = self._items.popleft()
+            self._held -= size
+            if self._putter_waits:
+                self._changed.notify_all()
             return item
 
     def abandon(self) -> None:
@@ -114,6 +146,7 @@ class _Handover(Generic[_T]):
         with self._changed:
             self._abandoned = True
             self._items.clear()
+            self._held = 0
             self._changed.notify_all()
 
 
@@ -133,11 +166,15 @@ def paced(
     pace: UploadPace,
     *,
     clock: Callable[[], float] = time.monotonic,
+    size: Callable[[_T], int] = lambda _: AHEAD_BYTES,
+    ahead_bytes: int = AHEAD_BYTES,
 ) -> Generator[_T, None, None]:
     """``requests``, refused if the next one takes too long or the whole does.
 
     The waits are real time (they bound a thread); ``clock`` tells when the upload
-    began and how long it has run.
+    began and how long it has run. ``size`` tells how many bytes a message holds, for
+    the read-ahead bound ``ahead_bytes``; by default each message counts as the whole
+    bound, so that one is read ahead at a time.
 
     Raises:
         WireError: ``DEADLINE_EXCEEDED``, ``UPLOAD_IDLE_TIMEOUT`` or ``UPLOAD_TOO_SLOW``.
@@ -145,7 +182,7 @@ def paced(
             broke off).
     """
     deadline = clock() + pace.max_seconds
-    handover: _Handover[_T] = _Handover()
+    handover: _Handover[_T] = _Handover(ahead_bytes, size)
     reader = threading.Thread(
         target=_read, args=(requests, handover), name="pdfbatch-upload-reader", daemon=True
     )

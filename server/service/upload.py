@@ -175,7 +175,9 @@ class Uploads:
             if self._open_uploads is not None:
                 stack.enter_context(self._open_uploads.take(owner))
             # Read on a thread of its own, so that a stalled client cannot hold this one.
-            messages = stack.enter_context(contextlib.closing(paced(requests, self._limits.pace)))
+            messages = stack.enter_context(
+                contextlib.closing(paced(requests, self._limits.pace, size=_payload_bytes))
+            )
             try:
                 received = self._receive(messages, stack, owner)
                 return self._end_upload(received, owner, still_wanted)
@@ -474,3 +476,9 @@ def _storage_error(exc: OSError) -> WireError:
         "The service could not store the upload. Try again shortly.",
         retry_after=5.0,
     )
+
+
+def _payload_bytes(message: pb.SubmitBatchRequest) -> int:
+    """What a message holds of file bytes: its measure for reading ahead (the rest of
+    a message is small, and bounded by the header checks)."""
+    return len(message.chunk) + len(message.file.content) + 64

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from actors.policy.results import TEXT_PIECE_CHARS
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.security.concurrency import CallCap, Slot, TenantCaps
-from server.security.pacing import UploadPace, paced
+from server.security.pacing import AHEAD_MESSAGES, UploadPace, paced
 from server.service.settings import ServerSettings
 from server.wire.errors import WireError
 from tests.helpers.blob_checks import incoming_blobs
@@ -202,6 +202,37 @@ def test_paced_requests_time_out_on_an_injected_clock_and_pass_errors_through() 
     with pytest.raises(WireError) as slow:
         next(endless)
     assert slow.value.reason == "UPLOAD_TOO_SLOW"
+    eventually(lambda: _upload_readers() == 0)
+
+
+@pytest.mark.parametrize(
+    ("size", "ahead_bytes", "most_ahead"),
+    [(10, 25, 2), (1, 10**6, AHEAD_MESSAGES), (100, 25, 1)],
+)
+def test_paced_requests_are_read_ahead_of_the_handler_within_a_bound(
+    size: int, ahead_bytes: int, most_ahead: int
+) -> None:
+    """At most ``ahead_bytes`` (by ``size``) and AHEAD_MESSAGES wait for the handler, and
+    always one: a message over the bound alone is still read."""
+    total = AHEAD_MESSAGES + 8
+    pulled = [0]
+
+    def counted() -> Iterator[int]:
+        for n in range(total):
+            pulled[0] += 1
+            yield n
+
+    pace = UploadPace(idle_seconds=WAIT, max_seconds=WAIT)
+    messages = paced(counted(), pace, size=lambda _: size, ahead_bytes=ahead_bytes)
+    seen: list[int] = []
+    for taken, n in enumerate(messages, start=1):
+        assert n == taken - 1
+        # The reader holds what it may, and waits to hand over the one it read next.
+        expected = min(taken + most_ahead + 1, total)
+        eventually(lambda: pulled[0] >= expected)  # noqa: B023 - used at once
+        seen.append(pulled[0] - taken)
+    assert len(seen) == total
+    assert max(seen) == most_ahead + 1
     eventually(lambda: _upload_readers() == 0)
 
 

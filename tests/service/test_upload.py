@@ -382,8 +382,10 @@ def test_an_upload_that_breaks_off_leaves_nothing_behind(
     timeout = 2.0 if how == "deadline" else WAIT
     future = server.stub.SubmitBatch.future(_broken_upload(sent, resume), timeout=timeout)
     assert sent.wait(WAIT)
-    eventually(lambda: len(_temp_files(server)) == 1)
-    assert server.store.blob_in_use(hashlib.sha256(make_pdf("whole")).hexdigest())
+    whole = hashlib.sha256(make_pdf("whole")).hexdigest()
+    # The whole file stored, the next one's bytes arriving (the whole one's passed
+    # through a temporary file of its own first).
+    eventually(lambda: server.store.blob_in_use(whole) and len(_temp_files(server)) == 1)
     # Processed already, while the upload runs; and thrown away with it.
     (hidden,) = server.store.uploads_in_progress()
     eventually(lambda: _files_in(server, hidden, FileState.SUCCEEDED) == ["f00001"])
