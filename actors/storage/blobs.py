@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -148,6 +148,37 @@ class BlobStore:
             OSError: The disk could not be flushed.
         """
         _sync_file_system(self._root)
+
+    def commit_all(self, writers: Sequence[BlobWriter | InlineBlobWriter]) -> list[bool]:
+        """Commit every writer without a flush (``durable=False``: :meth:`sync` makes them
+        durable); whether each created its blob. The small blobs' rows are placed in one
+        transaction.
+
+        Call it holding :attr:`reference_lock`, as for any placing.
+
+        Raises:
+            ValueError: A writer was aborted or committed already.
+            OSError: A blob could not be placed; the blobs this call created are
+                deleted again.
+        """
+        created = [False] * len(writers)
+        rows: list[tuple[int, _SmallBlobWriter]] = []
+        try:
+            for index, writer in enumerate(writers):
+                if isinstance(writer, _SmallBlobWriter) and not self.path(writer.finish()).exists():
+                    rows.append((index, writer))
+                else:
+                    created[index] = writer.commit(durable=False)
+            placed = self._inline.place_all([writer for _, writer in rows])
+        except BaseException:
+            for writer, made in zip(writers, created, strict=True):
+                if made:
+                    with contextlib.suppress(OSError):
+                        self.delete(writer.finish())
+            raise
+        for (index, _), made in zip(rows, placed, strict=True):
+            created[index] = made
+        return created
 
     def exists(self, digest: str) -> bool:
         """Whether the blob is stored, as a file or a row."""

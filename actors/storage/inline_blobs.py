@@ -26,7 +26,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -192,17 +192,56 @@ class InlineBlobs:
             assert db is not None
             db.execute("BEGIN IMMEDIATE")
             try:
-                added = db.execute(
-                    "INSERT OR IGNORE INTO blobs (digest, content) "
-                    "SELECT ?, content FROM incoming WHERE id = ?",
-                    (digest, incoming),
-                ).rowcount
-                db.execute("DELETE FROM incoming WHERE id = ?", (incoming,))
+                added = self._place_row(db, incoming, digest)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return added == 1
+            return added
+
+    def place_all(self, writers: Sequence[InlineBlobWriter]) -> list[bool]:
+        """Commit every writer, all their rows in one transaction (a transaction each
+        cost an upload of small files most of its time storing them); whether each
+        created its blob. Nothing is placed if it fails.
+
+        Raises:
+            ValueError: A writer was aborted or committed already.
+            OSError: The database refused the bytes.
+        """
+        placing = []
+        for writer in writers:
+            if writer._settled:
+                raise ValueError("blob writer was already committed or aborted")
+            digest = writer.finish()
+            assert writer._incoming is not None
+            placing.append((writer._incoming, digest))
+        if not placing:
+            return []
+        with self._lock, _translated():
+            db = self._connect(create=True)
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                created = [self._place_row(db, incoming, digest) for incoming, digest in placing]
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        for writer in writers:
+            writer._settled = True
+        return created
+
+    @staticmethod
+    def _place_row(db: sqlite3.Connection, incoming: int, digest: str) -> bool:
+        """Move an incoming row under ``digest``; whether that created the blob. In a
+        transaction."""
+        added = db.execute(
+            "INSERT OR IGNORE INTO blobs (digest, content) SELECT ?, content FROM incoming "
+            "WHERE id = ?",
+            (digest, incoming),
+        ).rowcount
+        db.execute("DELETE FROM incoming WHERE id = ?", (incoming,))
+        return added == 1
 
     def _drop(self, incoming: int) -> None:
         with self._lock, _translated():

@@ -382,13 +382,14 @@ class Uploads:
         with self._lock:
             created: list[str] = []
             try:
-                files: list[NewFile] = []
-                for file in pending:
-                    if file.writer.commit(durable=False):
-                        created.append(file.writer.finish())
-                    files.append(
-                        NewFile(file.name, file.writer.finish(), file.declared, file.password)
-                    )
+                placed = self._blobs.commit_all([file.writer for file in pending])
+                created += [
+                    f.writer.finish() for f, made in zip(pending, placed, strict=True) if made
+                ]
+                files = [
+                    NewFile(file.name, file.writer.finish(), file.declared, file.password)
+                    for file in pending
+                ]
                 # The group's files are processed as soon as they are stored: their
                 # bytes are durable first, with one flush of the file system a group.
                 self._blobs.sync()

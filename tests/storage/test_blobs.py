@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.storage.blobs import BlobStore, BlobWriter
+from actors.storage.inline_blobs import InlineBlobWriter
 from tests.helpers.blob_checks import stored_blobs
 
 
@@ -174,4 +175,47 @@ def test_many_blobs_of_both_kinds_are_deleted_together(tmp_path: Path) -> None:
     assert stored_blobs(tmp_path) == [tmp_path / "rows" / kept]
     with pytest.raises(ValueError, match="not a sha256 hex digest"):
         blobs.delete_many(["../../etc/passwd"])
+    blobs.close()
+
+
+def _writing(blobs: BlobStore, data: bytes) -> BlobWriter | InlineBlobWriter:
+    writer = blobs.writer(len(data))
+    writer.write(data)
+    return writer
+
+
+def test_a_group_of_blobs_of_both_kinds_is_committed_at_once(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=16)
+    stored = blobs.put(b"%PDF-stored")
+    contents = [b"%PDF-a", b"%PDF-" + b"big" * 10, b"%PDF-stored", b"%PDF-a", b"%PDF-b"]
+    writers = [_writing(blobs, data) for data in contents]
+
+    created = blobs.commit_all(writers)
+    blobs.sync()
+
+    # The second %PDF-a finds the first placed in the same call.
+    assert created == [True, True, False, False, True]
+    digests = {hashlib.sha256(data).hexdigest() for data in contents}
+    assert sorted(blobs.digests()) == sorted(digests)
+    assert {blobs.content(d) for d in digests} - {None} == {b"%PDF-a", b"%PDF-b", b"%PDF-stored"}
+    assert stored in digests
+    assert not [p for p in stored_blobs(tmp_path) if p.name.startswith(".incoming")]
+    with pytest.raises(ValueError, match="already committed"):
+        blobs.commit_all(writers[:1])
+    blobs.close()
+
+
+def test_a_group_that_cannot_be_committed_leaves_none_of_its_new_blobs(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=16)
+    big = _writing(blobs, b"%PDF-" + b"big" * 10)
+    small = _writing(blobs, b"%PDF-small")
+    aborted = _writing(blobs, b"%PDF-gone")
+    aborted.abort()
+
+    with pytest.raises(ValueError, match="aborted"):
+        blobs.commit_all([big, small, aborted])
+
+    assert list(blobs.digests()) == []
+    small.abort()
+    assert stored_blobs(tmp_path) == []
     blobs.close()
