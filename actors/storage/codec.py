@@ -2,9 +2,12 @@
 
 Two forms: rows (tuples for the columns a relational store keeps, ``*_to_row``) and
 JSON (``*_to_dict`` gives plain values :func:`json.dumps` takes as they are; events go
-whole as JSON text). Each ``*_from_*`` rebuilds the frozen record exactly (floats
-survive JSON unchanged). The batch policy is a pydantic model and travels as its own
-JSON (``model_dump_json``), validated again when read.
+whole as JSON text). A state or code goes as its member, not its ``.value``: each is
+a ``StrEnum``, a ``str`` whose text is its value, which JSON and SQLite write as
+text, and ``.value`` is a Python call (eleven of them an event, in every commit).
+Each ``*_from_*`` rebuilds the frozen record exactly (floats survive JSON unchanged).
+The batch policy is a pydantic model and travels as its own JSON
+(``model_dump_json``), validated again when read.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ def batch_to_row(batch: BatchRecord) -> Row:
         batch.batch_id,
         batch.name,
         policy_to_json(batch.policy),
-        batch.state.value,
+        batch.state,
         batch.created_at,
         batch.updated_at,
         batch.sequence,
@@ -179,7 +182,7 @@ def file_to_row(record: FileRecord) -> Row:
         record.name,
         record.blob,
         record.size,
-        record.state.value,
+        record.state,
         record.round_failures,
         record.manual_retries,
         record.next_attempt_at,
@@ -214,8 +217,8 @@ def attempt_to_row(attempt: Attempt) -> Row:
         attempt.number,
         attempt.started_at,
         attempt.ended_at,
-        None if attempt.outcome is None else attempt.outcome.value,
-        None if attempt.code is None else attempt.code.value,
+        None if attempt.outcome is None else attempt.outcome,
+        None if attempt.code is None else attempt.code,
         attempt.worker_pid,
         attempt.retry_delay,
     )
@@ -241,7 +244,7 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
 def error_to_dict(error: FileError) -> Json:
     """A file's error as plain values."""
     return {
-        "code": error.code.value,
+        "code": error.code,
         "at": error.at,
         "message": error.message,
         "retryable": error.retryable,
@@ -280,7 +283,7 @@ def file_to_dict(record: FileRecord) -> Json:
         "name": record.name,
         "blob": record.blob,
         "size": record.size,
-        "state": record.state.value,
+        "state": record.state,
         "attempts": [attempt_to_dict(a) for a in record.attempts],
         "round_failures": record.round_failures,
         "manual_retries": record.manual_retries,
@@ -319,12 +322,12 @@ def event_to_json(event: BatchEvent) -> str:
             "sequence": event.sequence,
             "batch_id": event.batch_id,
             "at": event.at,
-            "batch_state": event.batch_state.value,
+            "batch_state": event.batch_state,
             "file": None if event.file is None else file_to_dict(event.file),
             "reason": event.reason,
-            "previous_state": None if previous is None else previous.value,
+            "previous_state": None if previous is None else previous,
             "bulk": None if event.bulk is None else _bulk_to_dict(event.bulk),
-            "counts": {state.value: n for state, n in event.counts.items()},
+            "counts": {state: n for state, n in event.counts.items()},
         }
     )
 
@@ -332,12 +335,12 @@ def event_to_json(event: BatchEvent) -> str:
 def _bulk_to_dict(bulk: BulkChange) -> Json:
     data: Json = {
         "file_ids": list(bulk.file_ids),
-        "state": bulk.state.value,
+        "state": bulk.state,
         "error": None if bulk.error is None else error_to_dict(bulk.error),
     }
     if bulk.from_state is not None:
         data.update(
-            from_state=bulk.from_state.value,
+            from_state=bulk.from_state,
             count=bulk.count,
             manual_retry=bulk.manual_retry,
             max_manual_retries=bulk.max_manual_retries,
@@ -426,7 +429,7 @@ def warnings_from_json(text: str) -> tuple[ResultWarning, ...]:
 
 
 def _warnings_to_lists(warnings: Sequence[ResultWarning]) -> list[list[Any]]:
-    return [[w.code.value, w.place, w.count, w.total] for w in warnings]
+    return [[w.code, w.place, w.count, w.total] for w in warnings]
 
 
 def _warnings_from_lists(lists: Sequence[Sequence[Any]]) -> tuple[ResultWarning, ...]:
@@ -472,7 +475,7 @@ _WARNED_KEY = "files_with_warnings"
 def counts_to_json(counts: Mapping[FileState, int], files_with_warnings: int = 0) -> str:
     """Files per state as JSON text, states without files left out; with the number of
     succeeded files whose result has warnings, when there are any."""
-    stored: dict[str, int] = {state.value: n for state, n in counts.items() if n}
+    stored: dict[str, int] = {state: n for state, n in counts.items() if n}
     if files_with_warnings:
         stored[_WARNED_KEY] = files_with_warnings
     return json.dumps(stored)
