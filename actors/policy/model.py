@@ -273,9 +273,14 @@ class BatchRecord:
     bytes_released_at: float | None = None
 
 
+# Iterating an enum class is a Python generator; every event counts over this tuple.
+_FILE_STATES = tuple(FileState)
+
+
 def all_counts(counts: Mapping[FileState, int]) -> dict[FileState, int]:
     """``counts`` with every state present, zero included."""
-    return {state: counts.get(state, 0) for state in FileState}
+    get = counts.get
+    return {state: get(state, 0) for state in _FILE_STATES}
 
 
 @dataclass(frozen=True, slots=True)
