@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.batch_listing import listing_latency
 from bench.cancel import cancel_latency
+from bench.feed import feed
 from bench.options import Options
 from bench.peer import peer
 from bench.recovery import recovery
@@ -36,6 +37,7 @@ Scenario = Callable[[Options], list[Figure]]
 SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput,
     "control-plane": control_plane,
+    "feed": feed,
     "cancel": cancel_latency,
     "watch": watch_latency,
     "scale": scale,

@@ -4,7 +4,8 @@ Workers import it when a server runs with ``PDFBATCH_PROCESSOR=bench.processors:
 (or ``Service(processor=SCRIPTED)``). The file's bytes say what to do, after the
 ``%PDF-`` signature that gets them past the service's screening:
 
-- ``%PDF-ok``: succeed at once with a one-page result.
+- ``%PDF-ok``: succeed at once with a one-page result (``%PDF-ok`` followed by a space
+  and anything, so that many such files are different blobs).
 - ``%PDF-hang``: leave a file named ``hang-<pid>`` in the worker's temporary directory,
   then wait forever, so that a cancel has a process to kill and a file to clean up.
 
@@ -40,7 +41,7 @@ def scripted(data: bytes, password: str | None) -> ExtractionResult:
         ValueError: ``data`` is no script of this module.
     """
     del password
-    match data.removeprefix(PDF_SIGNATURE):
+    match data.removeprefix(PDF_SIGNATURE).split(b" ", 1)[0]:
         case b"ok":
             return ExtractionResult(
                 page_count=1, encrypted=False, info=DocumentInfo(title="ok"), pages=("ok",)

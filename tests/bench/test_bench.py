@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.__main__ import main
 from bench.cancel import cancel_latency
+from bench.feed import feed
 from bench.options import Options
 from bench.scale import scale
 from bench.small_blobs import small_blobs
@@ -65,6 +66,16 @@ def test_watch_latency_is_measured_for_every_watcher() -> None:
     # One message per event and watcher, and the snapshots; coalesced, never more.
     assert single.detail["messages"] == single.detail["deliveries"] + 50
     assert coalesced.detail["messages"] <= coalesced.detail["deliveries"] + 50
+
+
+def test_feed_measures_the_service_alone_on_files_that_cost_nothing() -> None:
+    rate, cpu = feed(Options(files=40, repeat=2, workers=1))
+    assert cpu.detail["files"] == 40
+    assert len(cpu.detail["rates"]) == len(cpu.detail["server_cpu_ms"]) == 2
+    first, second = cpu.detail["rates"]
+    assert rate.value == (first + second) / 2 > 0
+    assert all(ms > 0 for ms in cpu.detail["server_cpu_ms"])
+    assert cpu.target == "<= 0.25"
 
 
 def test_small_blob_uploads_are_measured_both_ways() -> None:
