@@ -212,6 +212,9 @@ def has_hidden_characters(text: str) -> bool:
 
     Refused in file names, display names and labels.
     """
+    if text.isascii():
+        # The only such ASCII characters are the controls, which do not print.
+        return not text.isprintable()
     return any(unicodedata.category(char) in _HIDING_CATEGORIES for char in text)
 
 

@@ -94,6 +94,7 @@ class BlobStore:
         if inline_max_bytes < 0:
             raise ValueError("inline_max_bytes cannot be negative")
         self._root = root
+        self._root_name = os.fspath(root)
         self.inline_max_bytes = inline_max_bytes
         self.reference_lock = threading.Lock()
         private_directory(root)
@@ -110,9 +111,16 @@ class BlobStore:
 
     def path(self, digest: str) -> Path:
         """Where the blob with ``digest`` lies as a file (whether or not it exists)."""
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not _DIGEST.fullmatch(digest):
             raise ValueError("not a sha256 hex digest")
         return self._root / digest[:2] / digest
+
+    def _stored_as_file(self, digest: str) -> bool:
+        """Whether the blob is a file: :meth:`path` and a stat, without building paths
+        (on a group of small blobs, pathlib cost more than the stat)."""
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError("not a sha256 hex digest")
+        return os.path.exists(os.path.join(self._root_name, digest[:2], digest))
 
     def put(self, data: bytes) -> str:
         """Store ``data`` and return its digest; storing the same bytes twice is free."""
@@ -165,7 +173,9 @@ class BlobStore:
         rows: list[tuple[int, _SmallBlobWriter]] = []
         try:
             for index, writer in enumerate(writers):
-                if isinstance(writer, _SmallBlobWriter) and not self.path(writer.finish()).exists():
+                if isinstance(writer, _SmallBlobWriter) and not self._stored_as_file(
+                    writer.finish()
+                ):
                     rows.append((index, writer))
                 else:
                     created[index] = writer.commit(durable=False)
@@ -264,7 +274,7 @@ class _SmallBlobWriter(InlineBlobWriter):
 
     def commit(self, *, durable: bool = True, stored_elsewhere: bool = False) -> bool:
         """See :meth:`InlineBlobWriter.commit`."""
-        as_file = stored_elsewhere or self._store.path(self.finish()).exists()
+        as_file = stored_elsewhere or self._store._stored_as_file(self.finish())
         return super().commit(durable=durable, stored_elsewhere=as_file)
 
 
