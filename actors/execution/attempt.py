@@ -1,10 +1,12 @@
 """One attempt inside a worker process, local or on Ray, and the reply it sends back.
 
 Both kinds of worker run an attempt the same way (:func:`run_processor`: read the bytes,
-extract, make the result fit to store, classify any failure) and answer with the same
-:class:`WorkerReply`, so the same file fails the same way on either. Replies cross to
-the service as JSON rather than pickle: a worker parses hostile files, so the service
-never unpickles what a worker sends, and :func:`decode_reply` checks every field.
+extract, make the result fit to store and seal it, classify any failure) and answer with
+the same :class:`WorkerReply`, so the same file fails the same way on either. Replies
+cross to the service as JSON rather than pickle: a worker parses hostile files, so the
+service never unpickles what a worker sends. A result crosses sealed
+(:mod:`actors.policy.sealed`): the service checks it at C speed and stores it as it came,
+without decoding it.
 """
 
 from __future__ import annotations
@@ -24,15 +26,10 @@ import structlog
 
 from actors.execution.classify import classify
 from actors.policy.catalogue import ErrorCode
-from actors.policy.document import (
-    Attachment,
-    DocumentDetails,
-    ExtractionMode,
-    OutlineEntry,
-    PageInfo,
-)
-from actors.policy.model import DocumentInfo, ExtractionResult, ResultWarning, WarningCode
+from actors.policy.document import ExtractionMode
+from actors.policy.model import ExtractionResult, ResultWarning, WarningCode
 from actors.policy.results import ResultLimits, make_storable
+from actors.policy.sealed import SealedResult, seal
 
 __all__ = [
     "MAX_DETAIL_CHARS",
@@ -61,9 +58,9 @@ Processor = Callable[..., ExtractionResult]
 
 @dataclass(frozen=True, slots=True)
 class WorkerSucceeded:
-    """The processor returned a result."""
+    """The processor returned a result, made storable and sealed in the worker."""
 
-    result: ExtractionResult
+    result: SealedResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,112 +82,87 @@ class WorkerFailed:
 
 WorkerReply = WorkerSucceeded | WorkerFailed
 
+# Made once: json.dumps with any argument of its own builds a new encoder per call.
+# UTF-8 rather than ASCII escapes: three bytes for a CJK character, not six.
+_REPLY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 def encode_reply(reply: WorkerReply) -> bytes:
-    """Serialize ``reply`` for the pipe.
+    """Serialize ``reply`` for the pipe: a result as its sealed values, which the service
+    hands to its store as they are.
 
     Raises:
-        UnicodeEncodeError: A text holds a surrogate: a result must pass through
-            :func:`actors.policy.results.make_storable` first.
+        UnicodeEncodeError: A text holds a surrogate, which a sealed result cannot.
     """
     if isinstance(reply, WorkerSucceeded):
-        payload: dict[str, Any] = {"ok": asdict(reply.result)}
+        sealed = reply.result
+        payload: dict[str, Any] = {
+            "ok": {
+                "page_count": sealed.page_count,
+                "encrypted": sealed.encrypted,
+                "warnings": [[w.code.value, w.place, w.count, w.total] for w in sealed.warnings],
+                "info": sealed.info_json,
+                "details": sealed.details_json,
+                "pages": sealed.pages,
+                "stored_bytes": sealed.stored_bytes,
+            }
+        }
     else:
         payload = {"failed": asdict(reply)}
-    # UTF-8 rather than ASCII escapes: three bytes for a CJK character, not six.
-    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    return _REPLY_ENCODER.encode(payload).encode("utf-8")
 
 
 def decode_reply(data: bytes) -> WorkerReply:
     """Parse a reply written by :func:`encode_reply`.
 
+    A result is not decoded: its sealed values are checked as
+    :class:`~actors.policy.sealed.SealedResult` checks them, bytes that are not UTF-8
+    included (they reach it as surrogates). One that fails its checks is a
+    ``RESULT_UNSTORABLE`` failure of the attempt, not of the worker.
+
     Raises:
         ValueError: ``data`` is not a well-formed reply.
     """
     try:
-        payload = json.loads(data)
-        if "ok" in payload:
-            fields = payload["ok"]
-            result = ExtractionResult(
-                page_count=_typed(fields["page_count"], int),
-                encrypted=_typed(fields["encrypted"], bool),
-                info=DocumentInfo(**{k: _optional_str(v) for k, v in fields["info"].items()}),
-                pages=tuple(_typed(page, str) for page in fields["pages"]),
-                warnings=tuple(
-                    ResultWarning(
-                        WarningCode(warning["code"]),
-                        _typed(warning["place"], str),
-                        _typed(warning["count"], int),
-                        _typed(warning["total"], int),
-                    )
-                    for warning in fields["warnings"]
-                ),
-                details=_details(fields["details"]),
+        payload = json.loads(data.decode("utf-8", "surrogateescape"))
+        fields = payload.get("ok")
+        if fields is None:
+            fields = payload["failed"]
+            return WorkerFailed(
+                code=ErrorCode(fields["code"]),
+                exception_type=_typed(fields["exception_type"], str),
+                detail=_typed(fields["detail"], str),
+                worker_exiting=_typed(fields["worker_exiting"], bool),
             )
-            return WorkerSucceeded(result)
-        fields = payload["failed"]
-        return WorkerFailed(
-            code=ErrorCode(fields["code"]),
-            exception_type=_typed(fields["exception_type"], str),
-            detail=_typed(fields["detail"], str),
-            worker_exiting=_typed(fields["worker_exiting"], bool),
-        )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed worker reply: {type(exc).__name__}") from exc
+    try:
+        return WorkerSucceeded(_sealed(fields))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        return WorkerFailed(ErrorCode.RESULT_UNSTORABLE, type(exc).__name__, _describe(exc))
 
 
-def _details(fields: dict[str, Any]) -> DocumentDetails:
-    return DocumentDetails(
-        pdf_version=_optional_str(fields["pdf_version"]),
-        pages=tuple(
-            PageInfo(
-                width=_optional_float(page["width"]),
-                height=_optional_float(page["height"]),
-                rotation=_typed(page["rotation"], int),
-                characters=_typed(page["characters"], int),
+def _sealed(fields: dict[str, Any]) -> SealedResult:
+    return SealedResult(
+        page_count=fields["page_count"],
+        encrypted=fields["encrypted"],
+        warnings=tuple(
+            ResultWarning(
+                WarningCode(code), _typed(place, str), _typed(count, int), _typed(total, int)
             )
-            for page in fields["pages"]
+            for code, place, count, total in _typed(fields["warnings"], list)
         ),
-        outline=tuple(
-            OutlineEntry(
-                title=_typed(entry["title"], str),
-                page_number=_optional_int(entry["page_number"]),
-                depth=_typed(entry["depth"], int),
-            )
-            for entry in fields["outline"]
-        ),
-        attachments=tuple(
-            Attachment(
-                name=_typed(attachment["name"], str),
-                size_bytes=_optional_int(attachment["size_bytes"]),
-            )
-            for attachment in fields["attachments"]
-        ),
-        has_xmp=_typed(fields["has_xmp"], bool),
+        info_json=fields["info"],
+        details_json=fields["details"],
+        pages=tuple(tuple(_typed(page, list)) for page in _typed(fields["pages"], list)),
+        stored_bytes=fields["stored_bytes"],
     )
-
-
-def _optional_float(value: object) -> float | None:
-    if value is None:
-        return None
-    # A whole number of points may come as a JSON integer.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else _typed(value, int)
 
 
 def _typed(value: object, kind: type[_T]) -> _T:
     if not isinstance(value, kind):
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
     return value
-
-
-def _optional_str(value: object) -> str | None:
-    return None if value is None else _typed(value, str)
 
 
 def load_processor(path: str) -> Processor:
@@ -212,7 +184,8 @@ def load_processor(path: str) -> Processor:
 
 
 def storable_reply(result: object, limits: ResultLimits) -> WorkerSucceeded:
-    """The reply for what a processor returned: its result, made fit to store and send.
+    """The reply for what a processor returned: its result, made fit to store and send,
+    and sealed as the store writes it.
 
     Shared by the local and the Ray worker, so that both report a result the same way.
 
@@ -220,7 +193,7 @@ def storable_reply(result: object, limits: ResultLimits) -> WorkerSucceeded:
         ResultTooLargeError: The text is over the limit.
         TypeError: The processor returned something else than a result.
     """
-    return WorkerSucceeded(make_storable(result, limits))  # type: ignore[arg-type]
+    return WorkerSucceeded(seal(make_storable(result, limits)))  # type: ignore[arg-type]
 
 
 def run_processor(

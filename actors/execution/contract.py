@@ -18,6 +18,7 @@ import structlog
 from actors.policy.catalogue import ErrorCode
 from actors.policy.document import ExtractionMode
 from actors.policy.model import ExtractionResult
+from actors.policy.sealed import SealedResult
 
 log = structlog.get_logger(__name__)
 
@@ -104,9 +105,19 @@ def file_ends(path: str | os.PathLike[str], size: int) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class AttemptSuccess:
-    """The attempt produced a result."""
+    """The attempt produced a result.
 
-    result: ExtractionResult
+    Attributes:
+        result: Sealed by the worker that made it, as executors whose workers are other
+            processes (the local pool, Ray) hand it over: the service stores it without
+            decoding it. An executor that runs its processor in the service's own
+            process may hand over the result as it is, to be made storable and sealed
+            by the batch supervisor. Either way the supervisor checks it before it
+            joins a commit.
+        worker_pid: The process that ran the attempt, if one did.
+    """
+
+    result: SealedResult | ExtractionResult
     worker_pid: int | None
 
 

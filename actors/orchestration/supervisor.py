@@ -54,7 +54,6 @@ from actors.policy.model import (
     AttemptOutcome,
     BatchState,
     BatchSummary,
-    ExtractionResult,
     FileError,
     FileRecord,
     FileState,
@@ -70,6 +69,7 @@ from actors.policy.rules import (
     decide_after_failure,
     password_guesses_exhausted,
 )
+from actors.policy.sealed import SealedResult, seal
 from actors.storage.blobs import BlobStore
 from actors.storage.store import Store
 
@@ -141,7 +141,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         self._children: dict[str, pykka.ActorRef[Any]] = {}
         self._backoffs: dict[str, Timer] = {}
         self._restarts = RestartWindow()
-        self._results: dict[str, ExtractionResult] = {}
+        self._results: dict[str, SealedResult] = {}
         # Cancels waiting for the batch to be stored as terminal.
         self._settle_waiters: list[pykka.Future[BatchSummary]] = []
         # Set on shutdown: stopped children leave their files RUNNING, to resume later.
@@ -242,14 +242,15 @@ class BatchSupervisor(pykka.ThreadingActor):
             case AttemptFinished(file_id=file_id, attempt=attempt, report=report):
                 if self._is_current(file_id, attempt):
                     self._children.pop(file_id, None)
-                    if isinstance(report, AttemptSuccess):
-                        report = self._storable(report)
-                    if isinstance(report, AttemptSuccess):
-                        self._succeed(file_id, report)
+                    outcome = (
+                        self._storable(report) if isinstance(report, AttemptSuccess) else report
+                    )
+                    if isinstance(outcome, SealedResult):
+                        self._succeed(file_id, outcome, report.worker_pid)
                     elif self._book.batch.state is BatchState.CANCELLING:
                         self._interrupt(file_id, report.worker_pid)
                     else:
-                        self._fail(file_id, report)
+                        self._fail(file_id, outcome)
             case FileActorStopped(file_id=file_id, attempt=attempt, worker_pid=pid):
                 if not self._stopping and self._is_current(file_id, attempt):
                     self._children.pop(file_id, None)
@@ -294,14 +295,22 @@ class BatchSupervisor(pykka.ThreadingActor):
 
     # Outcomes ----------------------------------------------------------------------
 
-    def _storable(self, report: AttemptSuccess) -> AttemptSuccess | AttemptFailure:
-        """The report with its result fit to store, or the failure of a result that is not.
+    def _storable(self, report: AttemptSuccess) -> SealedResult | AttemptFailure:
+        """The report's result sealed and fit to store, or the failure of a result that is
+        not.
 
         Whatever the executor hands over, only such a result joins a group commit: one
-        file's data can then fail that file only, never the commit of the others.
+        file's data can then fail that file only, never the commit of the others. A
+        sealed result was made storable in its worker and is only checked against the
+        limits here; any other is made storable and sealed here.
         """
+        limits = self._deps.result_limits
         try:
-            result = make_storable(report.result, self._deps.result_limits)
+            result = report.result
+            if isinstance(result, SealedResult):
+                result.check_within(limits)
+                return result
+            return seal(make_storable(result, limits))
         except ResultTooLargeError as exc:
             return AttemptFailure(
                 ErrorCode.PDF_LIMIT_EXCEEDED, report.worker_pid, type(exc).__name__, str(exc)
@@ -313,22 +322,19 @@ class BatchSupervisor(pykka.ThreadingActor):
                 type(exc).__name__,
                 "".join(traceback.format_exception(exc)),
             )
-        return dataclasses.replace(report, result=result)
 
-    def _succeed(self, file_id: str, report: AttemptSuccess) -> None:
+    def _succeed(self, file_id: str, result: SealedResult, worker_pid: int | None) -> None:
         now = self._now()
         record = self._book.file(file_id)
-        self._results[file_id] = report.result
+        self._results[file_id] = result
         self._book.set_file(
             file_id,
             FileState.SUCCEEDED,
             now,
             f"attempt {len(record.attempts)} succeeded",
-            attempts=self._end_last(
-                record.attempts, now, AttemptOutcome.SUCCEEDED, pid=report.worker_pid
-            ),
+            attempts=self._end_last(record.attempts, now, AttemptOutcome.SUCCEEDED, pid=worker_pid),
             error=None,
-            warnings=report.result.warnings,
+            warnings=result.warnings,
         )
         # No line per success: on small files it was the service's biggest log cost. The
         # batch's summary says how it went (INFO), each failure keeps its WARNING line, and

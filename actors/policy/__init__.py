@@ -5,7 +5,8 @@ Retry and restart rules (:mod:`~actors.policy.rules`), the failure catalogue
 (:mod:`~actors.policy.model`), a batch's book (:mod:`~actors.policy.book`), whether a change
 by state moved a file (:mod:`~actors.policy.bulk`), refusals
 (:mod:`~actors.policy.refusals`), what a result may hold
-(:mod:`~actors.policy.results`) and the digest of a batch's files
+(:mod:`~actors.policy.results`), a result sealed as a store writes it
+(:mod:`~actors.policy.sealed`) and the digest of a batch's files
 (:mod:`~actors.policy.contents`).
 
 The rule of this layer: no I/O, no threads, no clock or randomness of its own (they are
@@ -27,6 +28,7 @@ from actors.policy.model import (
 )
 from actors.policy.results import ResultLimits, make_storable
 from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.policy.sealed import SealedResult, seal
 
 __all__ = [
     "CATALOGUE",
@@ -46,7 +48,9 @@ __all__ = [
     "RestartIntensity",
     "ResultLimits",
     "RetryPolicy",
+    "SealedResult",
     "make_storable",
     "moved_by_state",
+    "seal",
     "spec_for",
 ]

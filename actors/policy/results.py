@@ -6,9 +6,11 @@ ends C strings and is refused by many databases' text columns), other control
 characters, a document title of megabytes, tens of millions of characters from a file
 of a few kilobytes. :func:`make_storable` turns any result into one that stores and
 encodes without fail, or refuses it for its size. It runs in the worker (so that an
-oversized result never crosses to the service) and again in the batch supervisor
-before the result joins a group commit (so that no executor, local, Ray or one written
-later, can hand it a result that fails the commit of other files).
+oversized result never crosses to the service), which then seals the result as the
+store writes it (:mod:`actors.policy.sealed`); the batch supervisor checks a sealed
+result against the limits, and runs :func:`make_storable` itself on any result handed
+over unsealed, before it joins a group commit (so that no executor, local, Ray or one
+written later, can hand it a result that fails the commit of other files).
 
 What is kept, and what is not:
 
@@ -139,14 +141,17 @@ class ResultLimits:
         """The most bytes a worker's JSON reply of a result within these limits can take.
 
         JSON doubles at worst the characters :func:`make_storable` keeps (a quote or a
-        backslash becomes two bytes); each outline entry and attachment adds its name
-        and a few numbers, each page its details; 1 MiB covers the rest of the reply.
+        backslash becomes two bytes). The metadata fields, outline titles and attachment
+        names travel as JSON texts inside the reply's JSON (sealed, see
+        :mod:`actors.policy.sealed`): four bytes at worst. Each outline entry and
+        attachment adds a few numbers, each page its details; 1 MiB covers the rest.
         """
         fields = len(DOCUMENT_INFO_FIELDS)
         names = self.max_outline_entries + self.max_attachments
         return (
-            2 * (self.max_text_bytes + fields * self.max_metadata_field_bytes)
-            + names * (2 * self.max_name_bytes + _PAGE_DETAIL_REPLY_BYTES)
+            2 * self.max_text_bytes
+            + 4 * fields * self.max_metadata_field_bytes
+            + names * (4 * self.max_name_bytes + _PAGE_DETAIL_REPLY_BYTES)
             + self.max_page_details * _PAGE_DETAIL_REPLY_BYTES
             + (1 << 20)
         )

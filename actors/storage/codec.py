@@ -7,7 +7,9 @@ a ``StrEnum``, a ``str`` whose text is its value, which JSON and SQLite write as
 text, and ``.value`` is a Python call (eleven of them an event, in every commit).
 Each ``*_from_*`` rebuilds the frozen record exactly (floats survive JSON unchanged).
 The batch policy is a pydantic model and travels as its own JSON
-(``model_dump_json``), validated again when read.
+(``model_dump_json``), validated again when read. A result's document information
+and structure are encoded where it is sealed (:mod:`actors.policy.sealed`, often in a
+worker) and decoded here by the same functions.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from actors.policy.catalogue import ErrorCode
-from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
 from actors.policy.model import (
     Attempt,
     AttemptOutcome,
@@ -26,7 +27,6 @@ from actors.policy.model import (
     BatchRecord,
     BatchState,
     BulkChange,
-    DocumentInfo,
     FileError,
     FileRecord,
     FileState,
@@ -34,6 +34,7 @@ from actors.policy.model import (
     WarningCode,
 )
 from actors.policy.rules import BatchPolicy
+from actors.policy.sealed import details_from_json, details_to_json, info_from_json, info_to_json
 
 __all__ = [
     "ATTEMPT_COLUMNS",
@@ -74,8 +75,6 @@ Json = dict[str, Any]
 # Encoders made once: json.dumps with any argument of its own builds a new encoder per
 # call, a fifth of an event's encoding.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
-_UNICODE = json.JSONEncoder(ensure_ascii=False)
-_UNICODE_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 # Rows: the column layout of a relational store. A store adds its own key columns
@@ -394,28 +393,6 @@ def event_from_json(text: str) -> BatchEvent:
     )
 
 
-_INFO_FIELDS = (
-    "title",
-    "author",
-    "subject",
-    "creator",
-    "producer",
-    "creation_date",
-    "modification_date",
-)
-
-
-def info_to_json(info: DocumentInfo) -> str:
-    """A result's document information as JSON text."""
-    return _UNICODE.encode({name: getattr(info, name) for name in _INFO_FIELDS})
-
-
-def info_from_json(text: str) -> DocumentInfo:
-    """The document information :func:`info_to_json` made."""
-    data = json.loads(text)
-    return DocumentInfo(**{name: data.get(name) for name in _INFO_FIELDS})
-
-
 def warnings_to_json(warnings: Sequence[ResultWarning]) -> str:
     """A result's or a file's warnings as JSON text."""
     # Most files have none.
@@ -437,33 +414,6 @@ def _warnings_from_lists(lists: Sequence[Sequence[Any]]) -> tuple[ResultWarning,
     return tuple(
         ResultWarning(WarningCode(code), place, count, *total)
         for code, place, count, *total in lists
-    )
-
-
-def details_to_json(details: DocumentDetails) -> str:
-    """A result's document structure as JSON text; pages as ``[width, height, rotation,
-    characters]``, outline entries as ``[title, page, depth]``, attachments as ``[name,
-    size]``: a document of many pages stays a small row."""
-    return _UNICODE_COMPACT.encode(
-        {
-            "pdf_version": details.pdf_version,
-            "pages": [[p.width, p.height, p.rotation, p.characters] for p in details.pages],
-            "outline": [[e.title, e.page_number, e.depth] for e in details.outline],
-            "attachments": [[a.name, a.size_bytes] for a in details.attachments],
-            "has_xmp": details.has_xmp,
-        }
-    )
-
-
-def details_from_json(text: str) -> DocumentDetails:
-    """The structure :func:`details_to_json` made; empty for results stored before."""
-    data = json.loads(text)
-    return DocumentDetails(
-        pdf_version=data.get("pdf_version"),
-        pages=tuple(PageInfo(*page) for page in data.get("pages", ())),
-        outline=tuple(OutlineEntry(*entry) for entry in data.get("outline", ())),
-        attachments=tuple(Attachment(*item) for item in data.get("attachments", ())),
-        has_xmp=bool(data.get("has_xmp", False)),
     )
 
 

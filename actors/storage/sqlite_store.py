@@ -38,7 +38,7 @@ from actors.policy.model import (
     FileState,
     ResultSummary,
 )
-from actors.policy.results import result_size, text_pieces
+from actors.policy.sealed import SealedResult, as_sealed
 from actors.storage import codec, sqlite_uploads
 from actors.storage.moves import (
     MoveWriter,
@@ -272,8 +272,13 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
-    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
         """Store ``changes``, their events and ``results`` in one transaction.
+
+        A sealed result's values are written as they came; a plain one (from tests and
+        tools) is sealed first, inside the transaction.
 
         Raises:
             KeyError: No such batch.
@@ -345,27 +350,36 @@ class SQLiteStore:
 
     @staticmethod
     def _insert_result(
-        db: sqlite3.Connection, batch_id: str, file_id: str, result: ExtractionResult
+        db: sqlite3.Connection,
+        batch_id: str,
+        file_id: str,
+        result: SealedResult | ExtractionResult,
     ) -> None:
-        db.execute("DELETE FROM results WHERE batch_id = ? AND file_id = ?", (batch_id, file_id))
+        sealed = as_sealed(result)
+        # One statement: a result stored before for the file (none is, as a succeeded
+        # file never runs again) would be deleted with its text, by the foreign key.
         db.execute(
-            "INSERT INTO results (batch_id, file_id, page_count, encrypted, info, warnings, "
-            "stored_bytes, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO results (batch_id, file_id, page_count, encrypted, info, "
+            "warnings, stored_bytes, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 batch_id,
                 file_id,
-                result.page_count,
-                int(result.encrypted),
-                codec.info_to_json(result.info),
-                codec.warnings_to_json(result.warnings),
-                result_size(result),
-                codec.details_to_json(result.details),
+                sealed.page_count,
+                int(sealed.encrypted),
+                sealed.info_json,
+                codec.warnings_to_json(sealed.warnings),
+                sealed.stored_bytes,
+                sealed.details_json,
             ),
         )
         db.executemany(
             "INSERT INTO result_text (batch_id, file_id, page_number, part, text) "
             "VALUES (?, ?, ?, ?, ?)",
-            ((batch_id, file_id, *piece) for piece in text_pieces(result.pages)),
+            (
+                (batch_id, file_id, number, part, piece)
+                for number, pieces in enumerate(sealed.pages, start=1)
+                for part, piece in enumerate(pieces)
+            ),
         )
 
     def delete_batch(self, batch_id: str) -> None:

@@ -29,7 +29,7 @@ from actors.policy.model import (
     FileState,
     ResultSummary,
 )
-from actors.policy.results import result_size, text_pieces
+from actors.policy.sealed import SealedResult, as_sealed, details_from_json, info_from_json, unseal
 
 __all__ = ["EventListener", "FileHistoryPage", "MemoryStore", "Store", "concerns_file"]
 
@@ -127,8 +127,14 @@ class Store(Protocol):
         stored otherwise (:meth:`create_batch`), or no such batch."""
         ...
 
-    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
-        """Store ``changes`` and the ``results`` (by file id) together, all or nothing."""
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
+        """Store ``changes`` and the ``results`` (by file id) together, all or nothing.
+
+        A sealed result is stored as it came; a plain one (from tests and tools) is
+        sealed first, in the same transaction.
+        """
         ...
 
     def load(self, batch_id: str) -> BatchView | None:
@@ -355,7 +361,7 @@ class MemoryStore:
         self._batches: dict[str, BatchRecord] = {}
         self._files: dict[str, dict[str, FileRecord]] = {}
         self._events: dict[str, list[BatchEvent]] = {}
-        self._results: dict[tuple[str, str], ExtractionResult] = {}
+        self._results: dict[tuple[str, str], SealedResult] = {}
         self._listeners: list[EventListener] = []
         self._audit: list[AuditEntry] = []
         # Uploads in progress, apart from the batches every reader sees: their record
@@ -427,8 +433,11 @@ class MemoryStore:
         with self._lock:
             return self._contents.get(batch_id)
 
-    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
         batch_id = changes.batch.batch_id
+        sealed = {file_id: as_sealed(result) for file_id, result in results.items()}
         with self._lock:
             upload = self._uploading.get(batch_id)
             if upload is not None:
@@ -453,7 +462,7 @@ class MemoryStore:
             events.extend(changes.events)
             if self._max_events is not None and len(events) > self._max_events:
                 del events[: len(events) - self._max_events]
-            for file_id, result in results.items():
+            for file_id, result in sealed.items():
                 self._results[(batch_id, file_id)] = result
             listeners = list(self._listeners)
         for event in changes.events:
@@ -573,25 +582,29 @@ class MemoryStore:
 
     def load_result(self, batch_id: str, file_id: str) -> ExtractionResult | None:
         with self._lock:
-            return self._results.get((batch_id, file_id))
+            result = self._results.get((batch_id, file_id))
+        return None if result is None else unseal(result)
 
     def result_summary(self, batch_id: str, file_id: str) -> ResultSummary | None:
-        result = self.load_result(batch_id, file_id)
+        with self._lock:
+            result = self._results.get((batch_id, file_id))
         if result is None:
             return None
         return ResultSummary(
             result.page_count,
             result.encrypted,
-            result.info,
+            info_from_json(result.info_json),
             result.warnings,
-            result_size(result),
-            result.details,
+            result.stored_bytes,
+            details_from_json(result.details_json),
         )
 
     def result_text(self, batch_id: str, file_id: str) -> Iterator[tuple[int, str]]:
-        result = self.load_result(batch_id, file_id)
-        for number, _, piece in text_pieces(result.pages if result is not None else ()):
-            yield number, piece
+        with self._lock:
+            result = self._results.get((batch_id, file_id))
+        for number, pieces in enumerate(result.pages if result is not None else (), start=1):
+            for piece in pieces:
+                yield number, piece
 
     def delete_batch(self, batch_id: str) -> None:
         with self._lock:
@@ -669,7 +682,7 @@ class MemoryStore:
                 if batch.bytes_released_at is None:
                     stored += sum(f.size for f in self._files[batch_id].values())
                 stored += sum(
-                    result_size(result)
+                    result.stored_bytes
                     for (owner_batch, _), result in self._results.items()
                     if owner_batch == batch_id
                 )

@@ -26,6 +26,7 @@ from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import AttemptOutcome, BatchView, FileRecord, FileState
+from actors.policy.sealed import unseal
 from actors.storage.blobs import BlobStore
 from actors.storage.store import MemoryStore
 from tests.helpers import hostile_pdfs
@@ -136,7 +137,7 @@ def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes]
     outcome = recorder.done("a")
     assert not isinstance(outcome, AttemptFailure), outcome
 
-    report = json.loads(outcome.result.pages[0])
+    report = json.loads(unseal(outcome.result).pages[0])
     assert report["umask"] == 0o077
     assert report["core"] == [0, 0]
     assert report["nofile"] == [48, 48]

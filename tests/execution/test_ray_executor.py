@@ -28,6 +28,7 @@ from actors.execution.local.pool import WorkerPool
 from actors.execution.ray.executor import RayExecutor
 from actors.execution.ray.processes import BUSY_MARKER, WorkerLocation, reap_on_nodes
 from actors.policy.catalogue import ErrorCode
+from actors.policy.sealed import unseal
 from bench.samples import not_a_pdf, text_pdf
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.helpers.pool_fixtures import Recorder
@@ -202,7 +203,7 @@ def test_make_executor_picks_ray_only_when_asked_or_addressed(
 
 def _pages(outcome: object) -> tuple[str, ...]:
     assert isinstance(outcome, AttemptSuccess), outcome
-    return outcome.result.pages
+    return unseal(outcome.result).pages
 
 
 def _start_ticks(pid: int) -> int:

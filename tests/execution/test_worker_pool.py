@@ -22,6 +22,7 @@ from actors.execution.contract import AttemptFailure, AttemptHandle, AttemptJob,
 from actors.execution.extract import PdfLimits
 from actors.execution.local.pool import WorkerPool
 from actors.policy.catalogue import ErrorCode
+from actors.policy.sealed import seal, unseal
 from tests.helpers.pool_fixtures import CALLBACK_TIMEOUT, PoolFactory, Recorder
 from tests.helpers.processors import PLAIN, result
 from tests.helpers.writer_pdfs import aes, make_pdf
@@ -54,7 +55,7 @@ def test_runs_a_job_and_reports_start_then_outcome(pool_factory: PoolFactory, bl
 
     pid = outcome.worker_pid
     assert pid in pool.pids()
-    assert outcome.result == result(str(pid))
+    assert unseal(outcome.result) == result(str(pid))
     assert recorder.events["a"] == [("started", pid), ("done", outcome)]
     monitors = [t for t in threading.enumerate() if t.name == "pdfbatch-worker-pool-monitor"]
     assert [t.daemon for t in monitors] == [False]
@@ -68,7 +69,7 @@ def test_processor_without_attempt_parameter_gets_data_and_password(
 
     recorder.submit(pool, "a", blob(b"content"), password="pw")
 
-    assert success(recorder.done("a")).result == result("content", "'pw'")
+    assert unseal(success(recorder.done("a")).result) == result("content", "'pw'")
 
 
 def test_attempt_number_reaches_the_processor(pool_factory: PoolFactory, blob: Blob) -> None:
@@ -81,7 +82,7 @@ def test_attempt_number_reaches_the_processor(pool_factory: PoolFactory, blob: B
 
     assert failure(recorder.done("try-1")).code is ErrorCode.PDF_MALFORMED
     assert failure(recorder.done("try-2")).code is ErrorCode.PDF_MALFORMED
-    assert success(recorder.done("try-3")).result == result("attempt 3")
+    assert unseal(success(recorder.done("try-3")).result) == result("attempt 3")
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ def test_worker_runs_with_its_limits_and_private_temp_dir(
     recorder.submit(pool, "a", blob(b"environment"))
     outcome = success(recorder.done("a"))
 
-    environment = json.loads(outcome.result.pages[0])
+    environment = json.loads(unseal(outcome.result).pages[0])
     temp_dir = pool.worker_temp_dirs()[outcome.worker_pid or 0]
     assert environment == {
         "rlimit_as": 768 * 1024**2,
@@ -147,7 +148,7 @@ def test_temp_files_are_removed_after_each_attempt(pool_factory: PoolFactory, bl
     recorder.submit(pool, "a", blob(b"tempfile"))
     outcome = success(recorder.done("a"))
 
-    left, tmpdir = outcome.result.pages
+    left, tmpdir = unseal(outcome.result).pages
     assert Path(left).parent == Path(tmpdir) == pool.worker_temp_dirs()[outcome.worker_pid or 0]
     assert not Path(left).exists()
     assert Path(tmpdir).is_dir()
@@ -180,7 +181,9 @@ def test_crash_fails_only_its_own_job_and_the_worker_is_replaced(
     assert not victim_dir.exists()
     assert pool.wait_for_pids(has_workers(2, without=victim_pid), REPLACE_TIMEOUT)
     gate.write_text("let through")
-    assert success(recorder.done("survivor")) == AttemptSuccess(result("let through"), survivor_pid)
+    assert success(recorder.done("survivor")) == AttemptSuccess(
+        seal(result("let through")), survivor_pid
+    )
     assert survivor_pid in pool.pids()
 
 
@@ -203,7 +206,7 @@ def test_memory_cap_fails_the_job_and_replaces_the_worker(
     recorder.submit(pool, "huge", blob(b"alloc:1073741824"))
     recorder.submit(pool, "after", blob(b"pid"))
 
-    assert success(recorder.done("small")).result == result("10000000")
+    assert unseal(success(recorder.done("small")).result) == result("10000000")
     huge = failure(recorder.done("huge"))
     assert (huge.code, huge.exception_type) == (ErrorCode.MEMORY_LIMIT_EXCEEDED, "MemoryError")
     after = success(recorder.done("after"))
@@ -403,9 +406,9 @@ def test_real_extraction_through_the_pool(pool_factory: PoolFactory, blob: Blob)
     recorder.submit(pool, "password", locked, password="pw")
     recorder.submit(pool, "junk", blob(b"not a pdf at all"))
 
-    assert success(recorder.done("plain")).result.pages == ("one", "two")
+    assert unseal(success(recorder.done("plain")).result).pages == ("one", "two")
     assert failure(recorder.done("no-password")).code is ErrorCode.PDF_ENCRYPTED
-    assert success(recorder.done("password")).result.pages == ("locked",)
+    assert unseal(success(recorder.done("password")).result).pages == ("locked",)
     assert failure(recorder.done("junk")).code is ErrorCode.NOT_A_PDF
 
 
@@ -439,7 +442,7 @@ def test_a_worker_process_loads_no_runtime_store_or_wire(
     recorder = Recorder()
 
     recorder.submit(pool, "a", blob(b"modules"))
-    loaded = json.loads(success(recorder.done("a")).result.pages[0])
+    loaded = json.loads(unseal(success(recorder.done("a")).result).pages[0])
 
     assert "actors.execution.local.worker" in loaded
     assert _heavy(loaded) == []

@@ -19,8 +19,10 @@ from pathlib import Path
 import pypdf
 from pypdf.errors import PdfReadError
 
+from actors.execution import attempt
 from actors.policy.document import DocumentDetails, PageInfo
 from actors.policy.model import DocumentInfo, ExtractionResult
+from actors.policy.sealed import details_to_json, info_to_json
 
 SCRIPTED = "tests.helpers.processors:scripted"
 PLAIN = "tests.helpers.processors:plain"
@@ -48,7 +50,8 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
     ``gate:FIFO`` (waits until the test writes to the FIFO); ``tempfile`` (leaves a
     file in the temporary directory); ``environment`` (reports the worker's limits);
     ``modules`` (what the worker loaded);
-    ``password``; ``not-a-result``; ``echo:JSON`` (returns what the JSON says).
+    ``password``; ``not-a-result``; ``echo:JSON`` (returns what the JSON says);
+    ``forge:KIND`` (the worker replies with the forged result :data:`FORGED` names).
     """
     command, _, argument = data.decode().partition(":")
     match command:
@@ -108,7 +111,60 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
             return ExtractionResult(
                 len(given["pages"]), False, DocumentInfo(**given["info"]), tuple(given["pages"])
             )
+        case "forge":
+            _forge_next_reply(FORGED[argument])
+            return result("forged")
     raise ValueError(f"unknown script {command!r}")
+
+
+def _sealed_reply(**changes: object) -> bytes:
+    """A worker's reply of a sealed result "forged", with ``changes`` to its fields."""
+    fields: dict[str, object] = {
+        "page_count": 1,
+        "encrypted": False,
+        "warnings": [],
+        "info": info_to_json(DocumentInfo(title="forged")),
+        "details": details_to_json(DocumentDetails(pages=(PageInfo(characters=6),))),
+        "pages": [["forged"]],
+        "stored_bytes": len("forged") * 2,
+    }
+    fields.update(changes)
+    # ASCII escapes: a lone surrogate is written as one, which is what a hostile worker
+    # would send, since UTF-8 cannot carry it.
+    return json.dumps({"ok": fields}).encode()
+
+
+# What a broken or hostile worker could send instead of a sealed result, by name.
+FORGED = {
+    # Fit to store: an escaped pair is the character it encodes.
+    "valid": _sealed_reply(pages=[["smile \ud83d\ude00"]], stored_bytes=20),
+    "surrogate-text": _sealed_reply(pages=[["a\ud800b"]]),
+    "surrogate-info": _sealed_reply(
+        info=info_to_json(DocumentInfo(title="forged")).replace("forged", "\\udfff")
+    ),
+    "bad-utf8": _sealed_reply().replace(b'[["forged"]]', b'[["forg\xffd"]]'),
+    "wrong-types": _sealed_reply(page_count="1"),
+    "page-not-pieces": _sealed_reply(pages=["forged"]),
+    "details-not-numbers": _sealed_reply(
+        details='{"pdf_version":null,"pages":[["wide",null,0,6]],"outline":[],'
+        '"attachments":[],"has_xmp":false}'
+    ),
+    "size-understated": _sealed_reply(stored_bytes=1),
+    "over-the-limit": _sealed_reply(pages=[["x" * 5_000]], stored_bytes=5_012),
+}
+
+
+def _forge_next_reply(payload: bytes) -> None:
+    """Make this worker send ``payload`` as the reply of the attempt running: the worker
+    encodes its reply once the processor has returned, by this module-level name."""
+    original = attempt.encode_reply
+
+    def forged(reply: attempt.WorkerReply) -> bytes:
+        del reply
+        attempt.encode_reply = original
+        return payload
+
+    attempt.encode_reply = forged
 
 
 def plain(data: bytes, password: str | None) -> ExtractionResult:

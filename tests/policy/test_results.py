@@ -46,6 +46,7 @@ from actors.policy.results import (
     result_size,
     text_pieces,
 )
+from actors.policy.sealed import unseal
 from actors.storage.blobs import BlobStore
 from actors.storage.sqlite_schema import migrate
 from actors.storage.sqlite_store import SQLiteStore
@@ -403,4 +404,4 @@ def test_a_reply_carries_the_details_and_warnings_whole() -> None:
     reply = storable_reply(result, ResultLimits())
 
     assert decode_reply(encode_reply(reply)) == reply
-    assert reply.result.details.pages[0] == PageInfo(10.5, 20.0, 90, 1)
+    assert unseal(reply.result).details.pages[0] == PageInfo(10.5, 20.0, 90, 1)

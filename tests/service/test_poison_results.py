@@ -28,6 +28,7 @@ from tests.helpers.poison_pdfs import (
     poison_files,
     text_amplifier,
 )
+from tests.helpers.processors import FORGED
 from tests.helpers.server_fixtures import RunningServer, ServerFactory, make_pdf
 
 TEXT_LIMIT = 10_000_000
@@ -180,3 +181,48 @@ def test_any_text_and_metadata_go_through_storage_and_the_wire(
 
 def _cut(text: str, limit: int) -> str:
     return text.encode()[:limit].decode(errors="ignore")
+
+
+def test_a_forged_sealed_result_fails_its_file_only(echo_server: RunningServer) -> None:
+    # Workers seal their results and the service stores them without decoding them; what
+    # a broken or hostile worker sends instead fails its own file, with the right code.
+    unstorable = [kind for kind in FORGED if kind not in ("valid", "over-the-limit")]
+    files = [
+        ("ordinary.pdf", script(b"ok")),
+        ("valid.pdf", script(b"forge:valid")),
+        ("over-the-limit.pdf", script(b"forge:over-the-limit")),
+        *((f"{kind}.pdf", script(b"forge:" + kind.encode())) for kind in unstorable),
+        ("after.pdf", script(b"ok")),
+    ]
+
+    batch = echo_server.submit(*files, display_name="forged")
+    by_name = _files_by_name(echo_server, batch.batch_id)
+
+    final = echo_server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id))
+    assert final.state == pb.BATCH_STATE_PARTIALLY_SUCCEEDED
+    for kind in unstorable:
+        file = by_name[f"{kind}.pdf"]
+        assert (file.state, file.error.code, file.attempt_count) == (
+            pb.FILE_STATE_FAILED,
+            "RESULT_UNSTORABLE",
+            1,
+        ), kind
+    over = by_name["over-the-limit.pdf"]
+    assert (over.state, over.error.code) == (pb.FILE_STATE_FAILED, "PDF_LIMIT_EXCEEDED")
+    assert "200 bytes" in over.error.message
+    for name in ("ordinary.pdf", "valid.pdf", "after.pdf"):
+        assert (by_name[name].state, by_name[name].attempt_count) == (pb.FILE_STATE_SUCCEEDED, 1)
+    valid = echo_server.client.result(batch.batch_id, by_name["valid.pdf"].file_id)
+    assert valid.pages == ["smile \U0001f600"]
+    assert valid.metadata.info.title == "forged"
+    assert valid.metadata.page_count == 1
+    ordinary = echo_server.client.result(batch.batch_id, by_name["ordinary.pdf"].file_id)
+    assert ordinary.pages == ["ok"]
+
+    # A batch whose forged results are all fit to store succeeds whole.
+    again = echo_server.submit(
+        ("valid.pdf", script(b"forge:valid")), ("ok.pdf", script(b"ok")), display_name="valid"
+    )
+    _files_by_name(echo_server, again.batch_id)
+    state = echo_server.stub.GetBatch(pb.GetBatchRequest(batch_id=again.batch_id)).state
+    assert state == pb.BATCH_STATE_SUCCEEDED
