@@ -70,7 +70,9 @@ def _naturals_below(bound: int) -> str:
 # A JSON string as the encoders write it: no raw control character or surrogate, and
 # no escaped surrogate (which would decode to one, that neither SQLite's readers nor
 # protobuf can encode).
-_STRING = r'"(?:[^"\\\x00-\x1f\ud800-\udfff]|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*+"'
+_PLAIN = r"[^\"\\\x00-\x1f\ud800-\udfff]*+"
+_ESCAPE = r"\\(?:[\"\\/bfnrt]|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})"
+_STRING = rf'"{_PLAIN}(?:{_ESCAPE}{_PLAIN})*+"'
 _OPTIONAL_STRING = rf"(?:null|{_STRING})"
 _NUMBER = r"(?:null|-?(?:0|[1-9]\d*+)(?:\.\d++)?(?:[eE][-+]?\d++)?)"
 _INT32 = rf"-?{_naturals_below(2**31)}"
