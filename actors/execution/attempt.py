@@ -143,18 +143,24 @@ def decode_reply(data: bytes) -> WorkerReply:
 
 
 def _sealed(fields: dict[str, Any]) -> SealedResult:
+    warnings = _typed(fields["warnings"], list)
     return SealedResult(
         page_count=fields["page_count"],
         encrypted=fields["encrypted"],
+        # Most results have none.
         warnings=tuple(
-            ResultWarning(
-                WarningCode(code), _typed(place, str), _typed(count, int), _typed(total, int)
-            )
-            for code, place, count, total in _typed(fields["warnings"], list)
-        ),
+            [
+                ResultWarning(
+                    WarningCode(code), _typed(place, str), _typed(count, int), _typed(total, int)
+                )
+                for code, place, count, total in warnings
+            ]
+        )
+        if warnings
+        else (),
         info_json=fields["info"],
         details_json=fields["details"],
-        pages=tuple(tuple(_typed(page, list)) for page in _typed(fields["pages"], list)),
+        pages=tuple([tuple(_typed(page, list)) for page in _typed(fields["pages"], list)]),
         stored_bytes=fields["stored_bytes"],
     )
 

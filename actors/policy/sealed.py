@@ -139,8 +139,9 @@ class SealedResult:
             raise ValueError(f"page_count must be a natural number below 2**31, not {count!r}")
         if type(self.encrypted) is not bool:
             raise TypeError(f"encrypted must be a bool, not {type(self.encrypted).__name__}")
-        if type(self.warnings) is not tuple or any(
-            type(w) is not ResultWarning for w in self.warnings
+        warnings = self.warnings
+        if type(warnings) is not tuple or (
+            warnings and any(type(w) is not ResultWarning for w in warnings)
         ):
             raise TypeError("warnings must be a tuple of ResultWarning")
         if type(self.info_json) is not str or not _INFO_FORM.fullmatch(self.info_json):
