@@ -21,6 +21,7 @@ from actors.policy.model import AttemptOutcome, BatchState, BatchView, FileState
 from actors.policy.rules import BatchPolicy, RetryPolicy
 from tests.helpers.harness import Harness, build_harness
 from tests.helpers.processes import eventually, process_gone
+from tests.helpers.processors import FORGED
 
 EXECUTORS = ["local", "ray"]
 
@@ -87,6 +88,27 @@ def test_the_same_files_end_the_same_way(h: Harness) -> None:
     ]
     assert all(len(f.attempts) == 1 for f in view.files), "none was retried"
     assert h.runtime.result(batch_id, view.files[0].file_id).pages == ("ok",)
+
+
+def test_a_forged_result_fails_its_file_only(h: Harness) -> None:
+    # Workers seal their results and the service stores them undecoded: what a broken
+    # or hostile worker sends instead must fail its own file, the same on every executor.
+    unstorable = [kind for kind in FORGED if kind not in ("valid", "over-the-limit")]
+    scripts = [b"ok", b"forge:valid", *(b"forge:" + kind.encode() for kind in unstorable), b"ok"]
+    batch_id = h.runtime.submit(h.files(*scripts), policy=_policy()).batch.batch_id
+
+    view = h.settled(batch_id)
+
+    assert view.batch.state is BatchState.PARTIALLY_SUCCEEDED
+    assert [f.error.code if f.error else None for f in view.files] == [
+        None,
+        None,
+        *(ErrorCode.RESULT_UNSTORABLE for _ in unstorable),
+        None,
+    ]
+    assert all(len(f.attempts) == 1 for f in view.files), "none was retried"
+    assert h.runtime.result(batch_id, view.files[1].file_id).pages == ("smile \U0001f600",)
+    assert h.runtime.result(batch_id, view.files[-1].file_id).pages == ("ok",)
 
 
 def test_a_worker_killed_mid_attempt_is_retried_with_backoff(h: Harness) -> None:
