@@ -100,6 +100,8 @@ _DETAILS = (
         ({"info_json": _INFO.replace('"t"', '"\\uDC00x"')}, ValueError),
         ({"info_json": _INFO.replace('"t"', '"\ud800"')}, ValueError),
         ({"info_json": _INFO.replace('"t"', '"a\nb"')}, ValueError),
+        ({"info_json": _INFO.replace('"t"', '"a\x85b"')}, ValueError),
+        ({"info_json": _INFO.replace('"t"', '"\\u0041"')}, ValueError),
         ({"info_json": _INFO.replace('"t"', "7")}, ValueError),
         ({"info_json": _INFO.replace(", ", ",")}, ValueError),
         ({"info_json": _INFO + " "}, ValueError),
