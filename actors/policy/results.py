@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_MAX_OUTLINE_ENTRIES",
     "DEFAULT_MAX_PAGE_DETAILS",
     "DEFAULT_MAX_TEXT_BYTES",
+    "MAX_VERSION_BYTES",
     "REPLACEMENT",
     "TEXT_PIECE_CHARS",
     "ResultLimits",
@@ -80,6 +81,8 @@ DEFAULT_MAX_PAGE_DETAILS = 100_000
 # What one page's details take in a worker's JSON reply, at most.
 _PAGE_DETAIL_REPLY_BYTES = 128
 REPLACEMENT = "\ufffd"
+# A header's version is a few characters ("1.7"); a longer one is cut to this.
+MAX_VERSION_BYTES = 16
 # A piece of text for one message: at most 2 MiB of UTF-8, inside gRPC's 4 MiB limit.
 TEXT_PIECE_CHARS = 512 * 1024
 
@@ -259,7 +262,7 @@ def _storable_details(
     _truncated(warnings, "attachments", len(details.attachments) - len(attachments))
     version = details.pdf_version
     if version is not None:
-        version = _clean_field("version", version, 16, warnings)
+        version = _clean_field("version", version, MAX_VERSION_BYTES, warnings)
     return DocumentDetails(
         pdf_version=version,
         pages=tuple(page_infos),

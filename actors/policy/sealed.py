@@ -38,7 +38,13 @@ from actors.policy.model import (
     ExtractionResult,
     ResultWarning,
 )
-from actors.policy.results import TEXT_PIECE_CHARS, ResultLimits, result_size, utf8_size
+from actors.policy.results import (
+    MAX_VERSION_BYTES,
+    TEXT_PIECE_CHARS,
+    ResultLimits,
+    result_size,
+    utf8_size,
+)
 
 __all__ = [
     "SealedResult",
@@ -93,12 +99,14 @@ _PAGE = rf"\[{_NUMBER},{_NUMBER},{_INT32},{_INT64}\]"
 _OUTLINE_ENTRY = rf"\[{_STRING},(?:null|{_INT32}),{_INT32}\]"
 _ATTACHMENT = rf"\[{_STRING},(?:null|{_INT64})\]"
 _DETAILS_FORM = re.compile(
-    rf'\{{"pdf_version":{_OPTIONAL_STRING},"pages":{_array(_PAGE)}'
+    rf'\{{"pdf_version":(?P<version>{_OPTIONAL_STRING}),"pages":{_array(_PAGE)}'
     rf',"outline":(?P<outline>{_array(_OUTLINE_ENTRY)})'
     rf',"attachments":(?P<attachments>{_array(_ATTACHMENT)})'
     r',"has_xmp":(?:true|false)\}'
 )
 _PAGE_COUNT_BOUND = 2**31  # page counts travel as protobuf int32
+# Quoted, each of its bytes escaped at worst.
+_MAX_VERSION_CHARS = 2 + 2 * MAX_VERSION_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +160,8 @@ class SealedResult:
         details = (
             _DETAILS_FORM.fullmatch(self.details_json) if type(self.details_json) is str else None
         )
-        if details is None:
+        # A version of any length would make the metadata too big for one message.
+        if details is None or len(details["version"]) > _MAX_VERSION_CHARS:
             raise ValueError("the document's structure is not in its stored form")
         object.__setattr__(
             self, "_has_names", details["outline"] != "[]" or details["attachments"] != "[]"

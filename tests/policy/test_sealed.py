@@ -109,6 +109,7 @@ _DETAILS = (
         ({"details_json": _DETAILS % '[["x",1,"0"]]'}, ValueError),
         ({"details_json": _DETAILS % '[["\\udbff\\udfff",1,0]]'}, ValueError),
         ({"details_json": "{}"}, ValueError),
+        ({"details_json": (_DETAILS % "[]").replace("null", '"' + "1" * 33 + '"', 1)}, ValueError),
         ({"pages": (("te\udc80t",),)}, ValueError),
         ({"pages": (("x" * (TEXT_PIECE_CHARS + 1),),), "stored_bytes": 0}, ValueError),
         ({"pages": ("text",)}, TypeError),
