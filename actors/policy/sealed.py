@@ -34,9 +34,11 @@ from actors.policy.catalogue import ResultTooLargeError
 from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
 from actors.policy.model import (
     DOCUMENT_INFO_FIELDS,
+    DOCUMENT_PARTS,
     DocumentInfo,
     ExtractionResult,
     ResultWarning,
+    WarningCode,
 )
 from actors.policy.results import (
     MAX_VERSION_BYTES,
@@ -105,6 +107,9 @@ _DETAILS_FORM = re.compile(
     r',"has_xmp":(?:true|false)\}'
 )
 _PAGE_COUNT_BOUND = 2**31  # page counts travel as protobuf int32
+# A storable result's warnings are a few per code and place (the text, a metadata field,
+# a part): more would only swell every event about the file.
+_MAX_WARNINGS = 2 * len(WarningCode) * (1 + len(DOCUMENT_INFO_FIELDS) + len(DOCUMENT_PARTS))
 # Quoted, each of its bytes escaped at worst.
 _MAX_VERSION_CHARS = 2 + 2 * MAX_VERSION_BYTES
 
@@ -155,6 +160,8 @@ class SealedResult:
             warnings and any(type(w) is not ResultWarning for w in warnings)
         ):
             raise TypeError("warnings must be a tuple of ResultWarning")
+        if len(warnings) > _MAX_WARNINGS:
+            raise ValueError(f"more than {_MAX_WARNINGS} warnings")
         if type(self.info_json) is not str or not _INFO_FORM.fullmatch(self.info_json):
             raise ValueError("the document information is not in its stored form")
         details = (

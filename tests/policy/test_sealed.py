@@ -21,7 +21,13 @@ from actors.execution.attempt import WorkerFailed, decode_reply, encode_reply, s
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode, ResultTooLargeError
 from actors.policy.document import Attachment, DocumentDetails, OutlineEntry, PageInfo
-from actors.policy.model import BatchState, DocumentInfo, ExtractionResult
+from actors.policy.model import (
+    BatchState,
+    DocumentInfo,
+    ExtractionResult,
+    ResultWarning,
+    WarningCode,
+)
 from actors.policy.results import TEXT_PIECE_CHARS, ResultLimits, make_storable, result_size
 from actors.policy.sealed import SealedResult, _naturals_below, seal, unseal
 from actors.storage.sqlite_store import SQLiteStore
@@ -120,6 +126,7 @@ _DETAILS = (
         ({"page_count": 2**31}, ValueError),
         ({"encrypted": 0}, TypeError),
         ({"warnings": ["CHARACTERS_REPLACED"]}, TypeError),
+        ({"warnings": (ResultWarning(WarningCode.NO_TEXT_LAYER, "text", 1),) * 1000}, ValueError),
         ({"stored_bytes": 3}, ValueError),
         ({"stored_bytes": 10_000}, ValueError),
         ({"stored_bytes": 5.0}, ValueError),
