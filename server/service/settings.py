@@ -197,10 +197,11 @@ class ServerSettings(BaseSettings):
         max_uploads_per_tenant: Concurrent uploads of one tenant; more are refused with
             ``RESOURCE_EXHAUSTED`` ``TOO_MANY_TENANT_UPLOADS``. Default: a quarter of
             ``max_uploads`` when tenants are configured; none without tokens.
-        watch_queue_size: Events buffered per watcher before it falls back to reading
-            the store. Default 4,096: the events are shared by every watcher of the
-            batch, so a watcher's queue costs a pointer per event, while a fallback
-            costs reading and converting every missed event again for that watcher.
+        watch_queue_size: Events a watched batch keeps for its watchers; a watcher
+            further behind falls back to reading the store. Default 4,096: the events
+            are kept once for every watcher of the batch, and forgotten once all have
+            taken them, while a fallback costs reading and converting every missed
+            event again for that watcher.
         watch_max_events_per_message: Most events one ``WatchBatch`` message carries,
             whatever the watch asks for (``max_events_per_message``). Default 256: a
             watch that is behind catches up in few messages, each well below gRPC's

@@ -1,19 +1,22 @@
 """``WatchBatch``: every committed event to every watcher, never slowing the store down.
 
-The hub listens to the store. Its listener only appends to each watcher's bounded queue
-and returns; when a watcher's queue is full the watcher is flagged as overflowed and its
-queue dropped, and it catches up by re-reading the store's events after the last one it
-sent. So a slow or stalled watcher costs the batch nothing, and still misses nothing.
+The hub listens to the store. Its listener appends each event once to its batch's feed
+(:class:`_Feed`), shared by the batch's watchers, wakes the watchers that wait, and
+returns: it runs on the committing thread (the batch supervisor's), so its work per
+event does not grow with the watchers. Each watcher takes what lies after its own place
+in the feed. A watcher further behind than the feed keeps (``queue_size`` events)
+catches up by re-reading the store's events after the last one it sent. So a slow or
+stalled watcher costs the batch nothing, and still misses nothing.
 
 A watcher registers before it reads the store, so an event committed while it reads is
-either in what it read or in its queue (or both: duplicates are dropped by sequence).
+either in what it read or in its feed (or both: duplicates are dropped by sequence).
 
 Every watcher of a batch is handed the same :class:`_Shared` event, which is converted to
 protobuf and serialized once, by the first watcher that sends it: with many watchers,
 converting each event again for each of them cost more than sending it.
 
 A watch that asks for several events per message (``max_events_per_message``) sends
-whatever its queue holds when it wakes in one message, the frames joined as they are
+whatever waits for it when it wakes in one message, the frames joined as they are
 (:func:`~server.wire.convert.coalesced_event_frame`). Sending a message costs the
 threaded server about 60 µs of CPU whatever it holds, so a watcher that falls behind
 catches up in a few messages instead of one per event, and the cost of a batch's events
@@ -24,6 +27,7 @@ merged away: every event goes out once, in sequence order.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator
@@ -76,70 +80,131 @@ class _Shared:
         return frame
 
 
-class _Watcher:
-    """One watcher's queue; filled by the store's listener, drained by the watch."""
+class _Feed:
+    """One batch's latest events, shared by its watchers.
 
-    def __init__(self, batch_id: str, capacity: int, slot: Slot | None = None) -> None:
+    The store's listener appends each event once, whatever the number of watchers, and
+    wakes those that wait; each watcher keeps its own place (a count of the events
+    appended before it) and takes what lies after it. So the committing thread (the
+    batch supervisor's) does the same small work per event for one watcher or fifty,
+    and waking the watchers costs one release each per commit, not one per event. The
+    feed keeps at most ``capacity`` events, and forgets them all once every watcher has
+    taken them; a watcher further behind than the feed reaches falls back to the store.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.changed = threading.Condition(threading.Lock())
+        self.watchers: set[_Watcher] = set()
+        self._events: deque[_Shared] = deque(maxlen=capacity)
+        # Events appended since the feed was made; a watcher's place counts the same way.
+        self.end = 0
+        # Watchers whose place is the end: when they are all, nothing kept is needed.
+        self._current = 0
+
+    def append(self, event: _Shared) -> None:
+        """Keep ``event`` for the watchers and wake those that wait; never waits for them."""
+        with self.changed:
+            self._events.append(event)
+            self.end += 1
+            self._current = 0
+            self.changed.notify_all()
+
+    def join(self, watcher: _Watcher) -> int:
+        """Add ``watcher``; its place, from which it sees every later event."""
+        with self.changed:
+            self.watchers.add(watcher)
+            self._current += 1
+            return self.end
+
+    def leave(self, watcher: _Watcher) -> None:
+        """Remove ``watcher`` (the caller holds ``changed``)."""
+        self.watchers.discard(watcher)
+        if watcher.place == self.end:
+            self._current -= 1
+        self._forget_taken()
+
+    def after(self, place: int) -> list[_Shared] | None:
+        """The events after ``place``, or ``None`` if some of them are no longer kept
+        (the caller holds ``changed`` and moves the watcher's place to the end)."""
+        behind = self.end - place
+        if behind > len(self._events):
+            return None
+        taken = list(itertools.islice(reversed(self._events), behind))
+        taken.reverse()
+        return taken
+
+    def caught_up(self) -> None:
+        """One more watcher's place is the end (the caller holds ``changed``)."""
+        self._current += 1
+        self._forget_taken()
+
+    def _forget_taken(self) -> None:
+        if self._current >= len(self.watchers):
+            self._events.clear()
+
+
+class _Watcher:
+    """One watcher's place in its batch's feed; the watch takes what lies after it."""
+
+    def __init__(self, batch_id: str, slot: Slot | None = None) -> None:
         self.batch_id = batch_id
         # The tenant's place among its watches, given back when the hub lets go of it.
         self.slot = slot
-        self._capacity = capacity
-        self._changed = threading.Condition(threading.Lock())
-        self._queue: deque[_Shared] = deque()
-        self._overflowed = False
+        self.feed: _Feed | None = None
+        self.place = 0
         self._stopped = False
         self._stop_error: BaseException | None = None
 
-    def offer(self, event: _Shared) -> None:
-        """Queue ``event``, or flag the overflow; never waits for the watcher."""
-        with self._changed:
-            if self._stopped or self._overflowed:
-                return
-            # The watch waits only while nothing is queued: only the first event wakes it.
-            waiting = not self._queue
-            if len(self._queue) >= self._capacity:
-                self._overflowed = True
-                self._queue.clear()
-            else:
-                self._queue.append(event)
-            if waiting:
-                self._changed.notify()
+    def joined(self, feed: _Feed) -> None:
+        """Follow ``feed`` from its end."""
+        self.place = feed.join(self)
+        self.feed = feed
+
+    def _feed(self) -> _Feed:
+        if self.feed is None:
+            raise RuntimeError("the watcher is not registered")
+        return self.feed
 
     def stop(self, error: BaseException | None) -> None:
         """End the watch: quietly (``None``), or with ``error``. The first call wins."""
-        with self._changed:
+        feed = self._feed()
+        with feed.changed:
             if self._stopped:
                 return
             self._stopped = True
             self._stop_error = error
-            self._changed.notify()
+            # The batch's other watchers wake too, see nothing new and wait again.
+            feed.changed.notify_all()
 
     def idle(self) -> bool:
-        """Whether nothing is queued."""
-        with self._changed:
-            return not self._queue and not self._overflowed
+        """Whether nothing waits to be taken."""
+        feed = self._feed()
+        with feed.changed:
+            return self.place == feed.end
 
     def take(self, timeout: float) -> tuple[list[_Shared], bool] | None:
         """Wait up to ``timeout`` for events; ``None`` once stopped.
 
         Returns:
-            The queued events and whether some were dropped since the last take.
+            The events after the watcher's place, and whether some were dropped (it
+            fell further behind than the feed keeps: read them from the store).
 
         Raises:
             BaseException: The error the watch was stopped with.
         """
-        with self._changed:
-            self._changed.wait_for(
-                lambda: self._stopped or self._overflowed or bool(self._queue), timeout
-            )
+        feed = self._feed()
+        with feed.changed:
+            feed.changed.wait_for(lambda: self._stopped or self.place != feed.end, timeout)
             if self._stopped:
                 if self._stop_error is not None:
                     raise self._stop_error
                 return None
-            events = list(self._queue)
-            self._queue.clear()
-            overflowed, self._overflowed = self._overflowed, False
-            return events, overflowed
+            if self.place == feed.end:
+                return [], False
+            events = feed.after(self.place)
+            self.place = feed.end
+            feed.caught_up()
+            return (events, False) if events is not None else ([], True)
 
 
 class WatchHub:
@@ -147,7 +212,8 @@ class WatchHub:
 
     Args:
         store: The events' source; subscribed to at once, until :meth:`close`.
-        queue_size: Events buffered per watcher before it falls back to the store.
+        queue_size: Events a batch's feed keeps for its watchers; a watcher further
+            behind falls back to the store.
         max_watchers: Open watches allowed; more are refused with ``RESOURCE_EXHAUSTED``.
         liveness_interval: Seconds an idle watch waits before checking that its batch
             still exists. Default 2.
@@ -178,7 +244,7 @@ class WatchHub:
         self.liveness_interval = liveness_interval
         self._per_tenant = per_tenant
         self._lock = threading.Lock()
-        self._watchers: dict[str, set[_Watcher]] = {}
+        self._feeds: dict[str, _Feed] = {}
         self._count = 0
         self._closed = False
         self._unsubscribe = store.subscribe(self._on_event)
@@ -213,7 +279,7 @@ class WatchHub:
                 "max_events_per_message cannot be negative; 0 or 1 sends one event per message.",
             )
         per_message = min(max(events_per_message, 1), self.max_events_per_message)
-        watcher = _Watcher(batch_id, self._queue_size, self._admit_tenant(tenant))
+        watcher = _Watcher(batch_id, self._admit_tenant(tenant))
         try:
             self._register(watcher)
         except BaseException:
@@ -238,14 +304,15 @@ class WatchHub:
                     "Too many watches are open on this server; try again shortly.",
                     retry_after=5.0,
                 )
-            self._watchers.setdefault(batch_id, set()).add(watcher)
+            feed = self._feeds.get(batch_id)
+            if feed is None:
+                feed = self._feeds[batch_id] = _Feed(self._queue_size)
+            watcher.joined(feed)
             self._count += 1
 
     def batch_deleted(self, batch_id: str) -> None:
         """End every watch of the batch with ``NOT_FOUND``."""
-        with self._lock:
-            watchers = list(self._watchers.get(batch_id, ()))
-        for watcher in watchers:
+        for watcher in self._watching(batch_id):
             watcher.stop(BatchNotFound("The batch was deleted."))
 
     def close(self) -> None:
@@ -255,8 +322,9 @@ class WatchHub:
         """
         with self._lock:
             self._closed = True
-            watchers = [w for group in self._watchers.values() for w in group]
+            feeds = list(self._feeds)
         self._unsubscribe()
+        watchers = [watcher for batch_id in feeds for watcher in self._watching(batch_id)]
         for watcher in watchers:
             watcher.stop(service_closing())
 
@@ -266,26 +334,35 @@ class WatchHub:
         with self._lock:
             return self._count
 
+    def _watching(self, batch_id: str) -> list[_Watcher]:
+        with self._lock:
+            feed = self._feeds.get(batch_id)
+        if feed is None:
+            return []
+        with feed.changed:
+            return list(feed.watchers)
+
     def _remove(self, watcher: _Watcher) -> None:
         with self._lock:
-            group = self._watchers.get(watcher.batch_id)
-            if group is None or watcher not in group:
+            feed = self._feeds.get(watcher.batch_id)
+            if feed is None:
                 return
-            group.discard(watcher)
+            with feed.changed:
+                if watcher not in feed.watchers:
+                    return
+                feed.leave(watcher)
+                if not feed.watchers:
+                    del self._feeds[watcher.batch_id]
             self._count -= 1
-            if not group:
-                del self._watchers[watcher.batch_id]
         if watcher.slot is not None:
             watcher.slot.release()
 
     def _on_event(self, event: BatchEvent) -> None:
+        # The same work for any number of watchers: on the thread that committed.
         with self._lock:
-            watchers = tuple(self._watchers.get(event.batch_id, ()))
-        if not watchers:
-            return
-        shared = _Shared(event)
-        for watcher in watchers:
-            watcher.offer(shared)
+            feed = self._feeds.get(event.batch_id)
+        if feed is not None:
+            feed.append(_Shared(event))
 
 
 class WatchSession:
