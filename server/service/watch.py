@@ -87,9 +87,10 @@ class _Feed:
     wakes those that wait; each watcher keeps its own place (a count of the events
     appended before it) and takes what lies after it. So the committing thread (the
     batch supervisor's) does the same small work per event for one watcher or fifty,
-    and waking the watchers costs one release each per commit, not one per event. The
-    feed keeps at most ``capacity`` events, and forgets them all once every watcher has
-    taken them; a watcher further behind than the feed reaches falls back to the store.
+    besides one release per watcher that waits (a woken watcher waits again only once
+    it has taken and sent what it found, so mostly once per commit). The feed keeps at
+    most ``capacity`` events, and forgets them all once every watcher has taken them; a
+    watcher further behind than the feed reaches falls back to the store.
     """
 
     def __init__(self, capacity: int) -> None:
