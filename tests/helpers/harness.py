@@ -13,6 +13,7 @@ from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import Changes
 from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.model import BatchEvent, BatchView, ExtractionResult
+from actors.policy.sealed import SealedResult
 from actors.storage.blobs import BlobStore
 from actors.storage.retention import RetentionPolicy
 from actors.storage.store import MemoryStore, Store
@@ -128,7 +129,9 @@ class FlakyStore(MemoryStore):
         self._error = error
         self.commits = 0
 
-    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
         self.commits += 1
         if self._fail(self.commits):
             raise self._error(f"injected failure of commit {self.commits}")

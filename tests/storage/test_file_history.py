@@ -5,7 +5,6 @@ over the memory store and the SQLite store, whose queries run on indexes."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,8 @@ from actors.policy.catalogue import ErrorCode
 from actors.policy.model import AuditEntry, BatchState, FileError, FileState
 from actors.storage.sqlite_schema import SCHEMA_VERSION, migrate
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import Store
 from tests.helpers.records import new_batch, succeed
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    opened = SQLiteStore(tmp_path / "db.sqlite3")
-    yield opened
-    opened.close()
 
 
 def _audit(store: Store, at: float, action: str, detail: str = "", caller: str = "alice") -> None:

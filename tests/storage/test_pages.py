@@ -4,10 +4,7 @@ listed by keyset, the same over the memory store and the SQLite store."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
@@ -23,18 +20,8 @@ from actors.policy.model import (
 from actors.policy.rules import BatchPolicy
 from actors.storage.sqlite_schema import migrate
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import Store
 from tests.helpers.records import new_batch, started, succeed
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    opened = SQLiteStore(tmp_path / "db.sqlite3")
-    yield opened
-    opened.close()
 
 
 def _batch(batch_id: str, owner: str, created_at: float, files: int = 1) -> BatchView:

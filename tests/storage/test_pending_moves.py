@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +57,7 @@ def sqlite_path(tmp_path: Path) -> Path:
     return tmp_path / "db.sqlite3"
 
 
-def _apply(step: tuple, memory: MemoryStore, store: SQLiteStore, now: float) -> None:
+def _apply(step: tuple[Any, ...], memory: MemoryStore, store: SQLiteStore, now: float) -> None:
     kind = step[0]
     if kind == "write":
         store.write_pending_moves(rows=step[1])
@@ -156,7 +157,9 @@ def _same_files(memory: MemoryStore, store: SQLiteStore) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=st.lists(_steps, min_size=1, max_size=14))
-def test_pending_moves_read_as_if_every_row_had_moved(tmp_path: Path, steps: list) -> None:
+def test_pending_moves_read_as_if_every_row_had_moved(
+    tmp_path: Path, steps: list[tuple[Any, ...]]
+) -> None:
     path = tmp_path / f"{threading.get_ident()}-{len(list(tmp_path.iterdir()))}.sqlite3"
     memory = MemoryStore()
     store = SQLiteStore(path, write_moves=False)

@@ -21,6 +21,7 @@ import pytest
 from actors.policy.book import Changes
 from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.model import AttemptOutcome, ExtractionResult, FileState
+from actors.policy.sealed import SealedResult
 from actors.storage import blobs
 from actors.storage.sqlite_store import SQLiteStore
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
@@ -181,7 +182,9 @@ class _ObservedStore(SQLiteStore):
         super().__init__(path, busy_timeout=0.3)
         self.failed = threading.Event()
 
-    def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
         try:
             super().commit(changes, results)
         except StorageUnavailableError:

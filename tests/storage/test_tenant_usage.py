@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from actors.policy.book import BatchBook
 from actors.policy.model import BatchRecord, BatchState, BatchView, FileRecord, FileState
 from actors.policy.rules import BatchPolicy
-from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    sqlite = SQLiteStore(tmp_path / "usage.sqlite3")
-    yield sqlite
-    sqlite.close()
+from actors.storage.store import Store
 
 
 def _batch(store: Store, batch_id: str, owner: str, sizes: tuple[int, ...]) -> BatchView:

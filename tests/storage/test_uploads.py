@@ -5,7 +5,6 @@ same over the memory store and the SQLite store."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -17,20 +16,10 @@ from actors.policy.rules import BatchPolicy
 from actors.storage import codec
 from actors.storage.sqlite_schema import migrate
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import Store
 from tests.helpers.records import DIGEST, OTHER, new_batch
 
 THIRD = "ef" * 32
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    opened = SQLiteStore(tmp_path / "db.sqlite3")
-    yield opened
-    opened.close()
 
 
 def _uploading(batch_id: str = "up", key: str = "", owner: str = "alice") -> BatchRecord:

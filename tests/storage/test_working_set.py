@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-
-import pytest
 
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
@@ -26,18 +23,8 @@ from actors.policy.rules import MAX_WRONG_PASSWORDS
 from actors.storage.moves import state_conditions
 from actors.storage.sqlite_files import attempts_of, page_query
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import Store
 from tests.helpers.records import new_batch, started
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    opened = SQLiteStore(tmp_path / "db.sqlite3")
-    yield opened
-    opened.close()
 
 
 def _fail(book: BatchBook, file_id: str, now: float, code: ErrorCode, times: int = 1) -> None:
