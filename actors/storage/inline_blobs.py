@@ -5,15 +5,23 @@ one-page PDF; a row of a SQLite file in write-ahead-log mode costs a few tens of
 microseconds. So the blob store keeps uploads of at most ``inline_max_bytes`` here, in
 ``inline.sqlite`` beside the blob files, and the rest as files.
 
-The discipline is the files'. A blob being received is a row of ``incoming``, which
-nothing refers to; committing it moves it into ``blobs`` under its digest in one
-transaction (kept if the digest is there already); an abort deletes the row; a crash
-leaves rows of ``incoming`` that :meth:`InlineBlobs.sweep_incoming` removes at start.
-Commits use ``synchronous=NORMAL``, so they survive a killed process; the upload makes
-them survive a power cut with the file-system flush it does anyway before its batch
-is stored (:meth:`~actors.storage.blobs.BlobStore.sync`), as for blob files, so that a
-whole upload costs one flush. ``secure_delete`` overwrites a deleted blob's pages, and
+A blob being received is held in memory by its :class:`InlineBlobWriter`, which nothing
+refers to; committing it inserts it into ``blobs`` under its digest (kept if the digest
+is there already), and a group of writers is committed in one transaction
+(:meth:`InlineBlobs.place_all`); an abort drops the bytes; a crash loses nothing that
+was referred to. (Writers once wrote their bytes to a table ``incoming`` first: a
+statement and a commit more per small file. A database from then may still hold such
+rows, which :meth:`InlineBlobs.sweep_incoming` removes at start.) Commits use
+``synchronous=NORMAL``, so they survive a killed process; the upload makes them survive
+a power cut with the file-system flush it does anyway before its batch is stored
+(:meth:`~actors.storage.blobs.BlobStore.sync`), as for blob files, so that a whole
+upload costs one flush. ``secure_delete`` overwrites a deleted blob's pages, and
 :meth:`InlineBlobs.scrub` checkpoints and truncates the log, which still holds them.
+
+The blobs placed most recently are also kept in memory, up to :data:`RECENT_BYTES`, until
+read once: a batch starts its files as their group is stored, and the read of each
+file's bytes for its attempt was, inside the service, a few times what it costs alone
+(the connection's lock is held by the upload's transactions meanwhile).
 
 One connection, used under a lock by every thread: each use is a single short
 statement or transaction, so a pool of connections would buy nothing here. It opens
@@ -27,17 +35,23 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["DATABASE_NAME", "InlineBlobWriter", "InlineBlobs"]
+__all__ = ["DATABASE_NAME", "RECENT_BYTES", "InlineBlobWriter", "InlineBlobs"]
 
 DATABASE_NAME = "inline.sqlite"
 _FILE_MODE = 0o600
+# The bytes of blobs placed and not read yet that are kept in memory; the oldest go first.
+RECENT_BYTES = 8 * 1024 * 1024
+# Digests looked up in one statement (SQLite allows 32,766 parameters).
+_LOOKUP = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, content BLOB NOT NULL);
+-- Written by older versions only; swept at start.
 CREATE TABLE IF NOT EXISTS incoming (id INTEGER PRIMARY KEY, content BLOB NOT NULL);
 """
 
@@ -55,6 +69,11 @@ class InlineBlobs:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        # Placed and not read yet, oldest first; a lock of its own, so a read does not
+        # wait for the upload's transaction.
+        self._recent: dict[str, bytes] = {}
+        self._recent_bytes = 0
+        self._recent_lock = threading.Lock()
 
     def _connect(self, *, create: bool) -> sqlite3.Connection | None:
         """The connection; ``None`` if the file does not exist and ``create`` is false."""
@@ -84,6 +103,11 @@ class InlineBlobs:
 
     def content(self, digest: str) -> bytes | None:
         """The blob's bytes, or ``None`` if it is not stored here."""
+        with self._recent_lock:
+            data = self._recent.pop(digest, None)
+            if data is not None:
+                self._recent_bytes -= len(data)
+                return data
         with self._lock, _translated():
             db = self._connect(create=False)
             if db is None:
@@ -112,6 +136,7 @@ class InlineBlobs:
 
     def delete(self, digest: str) -> bool:
         """Remove the blob, if stored here; whether it was."""
+        self._forget((digest,))
         with self._lock, _translated():
             db = self._connect(create=False)
             if db is None:
@@ -120,6 +145,8 @@ class InlineBlobs:
 
     def delete_many(self, digests: Iterable[str]) -> int:
         """Remove those of ``digests`` stored here, in one transaction; how many were."""
+        digests = list(digests)
+        self._forget(digests)
         with self._lock, _translated():
             db = self._connect(create=False)
             if db is None:
@@ -170,51 +197,55 @@ class InlineBlobs:
 
     def close(self) -> None:
         """Close the database. Idempotent."""
+        with self._recent_lock:
+            self._recent.clear()
+            self._recent_bytes = 0
         with self._lock:
             self._closed = True
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
+    def _remember(self, placed: Iterable[tuple[str, bytes]]) -> None:
+        """Keep the bytes of blobs just placed for their first read."""
+        with self._recent_lock:
+            recent = self._recent
+            for digest, data in placed:
+                if len(data) > RECENT_BYTES:
+                    continue
+                if digest not in recent:
+                    recent[digest] = data
+                    self._recent_bytes += len(data)
+            while self._recent_bytes > RECENT_BYTES:
+                oldest = next(iter(recent))
+                self._recent_bytes -= len(recent.pop(oldest))
+
+    def _forget(self, digests: Iterable[str]) -> None:
+        with self._recent_lock:
+            for digest in digests:
+                data = self._recent.pop(digest, None)
+                if data is not None:
+                    self._recent_bytes -= len(data)
+
     # For InlineBlobWriter ------------------------------------------------------------
-
-    def _receive(self, data: bytes) -> int:
-        with self._lock, _translated():
-            db = self._connect(create=True)
-            assert db is not None
-            row = db.execute("INSERT INTO incoming (content) VALUES (?)", (data,)).lastrowid
-            assert row is not None
-            return row
-
-    def _place(self, incoming: int, digest: str) -> bool:
-        with self._lock, _translated():
-            db = self._connect(create=True)
-            assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                added = self._place_row(db, incoming, digest)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return added
 
     def place_all(self, writers: Sequence[InlineBlobWriter]) -> list[bool]:
         """Commit every writer, all their rows in one transaction (a transaction each
         cost an upload of small files most of its time storing them); whether each
-        created its blob. Nothing is placed if it fails.
+        created its blob (of two writers with the same bytes, the first). Nothing is
+        placed if it fails.
 
         Raises:
             ValueError: A writer was aborted or committed already.
             OSError: The database refused the bytes.
         """
-        placing = []
+        placing: dict[str, bytes] = {}
         for writer in writers:
             if writer._settled:
                 raise ValueError("blob writer was already committed or aborted")
             digest = writer.finish()
-            assert writer._incoming is not None
-            placing.append((writer._incoming, digest))
+            assert writer._data is not None
+            placing.setdefault(digest, writer._data)
         if not placing:
             return []
         with self._lock, _translated():
@@ -222,32 +253,38 @@ class InlineBlobs:
             assert db is not None
             db.execute("BEGIN IMMEDIATE")
             try:
-                created = [self._place_row(db, incoming, digest) for incoming, digest in placing]
+                stored = self._stored_among(db, list(placing))
+                db.executemany(
+                    "INSERT INTO blobs (digest, content) VALUES (?, ?)",
+                    ((d, data) for d, data in placing.items() if d not in stored),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        created = []
         for writer in writers:
-            writer._settled = True
+            digest = writer.finish()
+            created.append(digest not in stored)
+            stored.add(digest)
+            writer._settle()
+        self._remember(placing.items())
         return created
 
     @staticmethod
-    def _place_row(db: sqlite3.Connection, incoming: int, digest: str) -> bool:
-        """Move an incoming row under ``digest``; whether that created the blob. In a
-        transaction."""
-        added = db.execute(
-            "INSERT OR IGNORE INTO blobs (digest, content) SELECT ?, content FROM incoming "
-            "WHERE id = ?",
-            (digest, incoming),
-        ).rowcount
-        db.execute("DELETE FROM incoming WHERE id = ?", (incoming,))
-        return added == 1
-
-    def _drop(self, incoming: int) -> None:
-        with self._lock, _translated():
-            db = self._connect(create=False)
-            if db is not None:
-                db.execute("DELETE FROM incoming WHERE id = ?", (incoming,))
+    def _stored_among(db: sqlite3.Connection, digests: list[str]) -> set[str]:
+        """Which of ``digests`` are stored already; in a transaction."""
+        found: set[str] = set()
+        it = iter(digests)
+        while some := list(islice(it, _LOOKUP)):
+            marks = ", ".join("?" * len(some))
+            found.update(
+                digest
+                for (digest,) in db.execute(
+                    f"SELECT digest FROM blobs WHERE digest IN ({marks})", some
+                )
+            )
+        return found
 
 
 class _translated:
@@ -267,15 +304,17 @@ class _translated:
 
 
 class InlineBlobWriter:
-    """A small blob being written: held in memory until finished, then a row.
+    """A small blob being written, held in memory until committed.
 
-    The same protocol as :class:`~actors.storage.blobs.BlobWriter`. At most ``limit``
-    bytes are held in memory; :meth:`finish` moves them to a row of ``incoming``, so
-    an upload of many small files holds one file's bytes at a time. Not thread-safe.
+    The same protocol as :class:`~actors.storage.blobs.BlobWriter`. It takes at most
+    ``limit`` bytes; nothing of it is on disk before :meth:`commit` (or
+    :meth:`InlineBlobs.place_all`), so an abort or a crash leaves nothing behind. An
+    upload holds the writers of a group of files until the group is stored. Not
+    thread-safe.
     """
 
-    # Kept small: an upload holds one writer per file until its batch is stored.
-    __slots__ = ("_blobs", "_buffer", "_digest", "_hash", "_incoming", "_limit", "_settled", "size")
+    # Kept small: an upload holds one writer per file until its group is stored.
+    __slots__ = ("_blobs", "_buffer", "_data", "_digest", "_hash", "_limit", "_settled", "size")
 
     def __init__(self, blobs: InlineBlobs, limit: int) -> None:
         self._blobs = blobs
@@ -283,7 +322,7 @@ class InlineBlobWriter:
         self._buffer: bytearray | None = bytearray()
         self._hash: hashlib._Hash | None = hashlib.sha256()
         self._digest: str | None = None
-        self._incoming: int | None = None
+        self._data: bytes | None = None
         self._settled = False
         self.size = 0
 
@@ -314,21 +353,20 @@ class InlineBlobWriter:
         self.size += len(data)
 
     def finish(self, *, durable: bool = True) -> str:
-        """Store the bytes as an incoming row and return their digest; no more writes.
+        """Return the bytes' digest; no more writes. Idempotent.
 
-        Idempotent. ``durable`` changes nothing: an incoming row is never worth
-        keeping through a crash; :meth:`commit` is what makes the blob durable.
+        ``durable`` changes nothing: the bytes are held in memory until :meth:`commit`,
+        which is what stores them.
 
         Raises:
             ValueError: The writer was aborted.
-            OSError: The database refused the bytes.
         """
         del durable
         if self._digest is not None:
             return self._digest
         if self._buffer is None or self._hash is None:
             raise ValueError("blob writer was aborted")
-        self._incoming = self._blobs._receive(bytes(self._buffer))
+        self._data = bytes(self._buffer)
         self._buffer = None
         self._digest = self._hash.hexdigest()
         self._hash = None  # its state is no longer needed
@@ -351,26 +389,19 @@ class InlineBlobWriter:
         if self._settled:
             raise ValueError("blob writer was already committed or aborted")
         digest = self.finish()
-        assert self._incoming is not None
-        if stored_elsewhere:
-            self._blobs._drop(self._incoming)
-            created = False
-        else:
-            created = self._blobs._place(self._incoming, digest)
-        self._settled = True
+        assert self._data is not None
+        created = False if stored_elsewhere else self._blobs.put(digest, self._data)
+        self._settle()
         if created and durable:
             self._blobs.flush()
         return created
 
     def abort(self) -> None:
-        """Drop the bytes, in memory or in their incoming row, unless committed. Idempotent.
-
-        Raises:
-            OSError: The incoming row could not be deleted (a restart sweeps it).
-        """
-        if self._settled:
-            return
-        self._settled = True
+        """Drop the bytes, unless committed. Idempotent."""
+        if not self._settled:
+            self._settle()
         self._buffer = None
-        if self._incoming is not None:
-            self._blobs._drop(self._incoming)
+
+    def _settle(self) -> None:
+        self._settled = True
+        self._data = None

@@ -61,9 +61,11 @@ __all__ = ["GROUP_FILES", "GROUP_SECONDS", "Uploads"]
 log = structlog.get_logger(__name__)
 
 # An upload stores its files a group at a time, one transaction each: this many files,
-# or those received within this many seconds, whichever comes first. A group is what
-# the upload holds in memory; a transaction costs an fsync.
+# this many bytes, or those received within this many seconds, whichever comes first. A
+# group is what the upload holds (small files' bytes in memory, until their group is
+# stored); a transaction costs an fsync.
 GROUP_FILES = 500
+GROUP_BYTES = 8 * 1024 * 1024
 GROUP_SECONDS = 0.05
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -81,12 +83,17 @@ class _Received:
     # Files whose header arrived, and the bytes their headers declare in all.
     count: int = 0
     declared: int = 0
-    # When the files not stored yet began to gather.
+    # When the files not stored yet began to gather, and the bytes they declare.
     group_began: float = field(default_factory=time.monotonic)
+    group_bytes: int = 0
 
     def group_is_full(self, pending: list[_Staged]) -> bool:
         """Whether the files received and not stored yet are to be stored now."""
-        return len(pending) >= GROUP_FILES or time.monotonic() - self.group_began >= GROUP_SECONDS
+        return (
+            len(pending) >= GROUP_FILES
+            or self.group_bytes >= GROUP_BYTES
+            or time.monotonic() - self.group_began >= GROUP_SECONDS
+        )
 
 
 @dataclass(slots=True)
@@ -230,6 +237,7 @@ class Uploads:
                 self._check_header(request.file, received.count, total)
                 received.admission.reserve(total)
                 received.declared = total
+                received.group_bytes += request.file.size_bytes
                 pending.append(self._open(request.file))
                 received.count += 1
                 if request.file.content:
@@ -399,6 +407,7 @@ class Uploads:
                 raise
         pending.clear()
         received.group_began = time.monotonic()
+        received.group_bytes = 0
         # Outside the lock, and without waiting for the supervisor, busy with reports:
         # the end waits until every file is counted.
         received.upload.announce(wait=False)

@@ -672,6 +672,29 @@ def test_an_upload_is_stored_and_processed_as_it_arrives_and_seen_only_once_it_e
     server.settle(batch.batch_id)
 
 
+def test_an_upload_holds_no_more_than_a_group_of_bytes_before_storing_them(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [(f"{n}.pdf", make_pdf(f"file {n}")) for n in range(5)]
+    size = len(files[0][1])
+    assert {len(data) for _, data in files} == {size}
+    monkeypatch.setattr(upload_module, "GROUP_FILES", 1_000)
+    monkeypatch.setattr(upload_module, "GROUP_SECONDS", 3600.0)
+    monkeypatch.setattr(upload_module, "GROUP_BYTES", 2 * size)
+    sent, go = threading.Event(), threading.Event()
+    future = server.stub.SubmitBatch.future(
+        _held_before_end(pb.BatchSpec(), files, sent, go), timeout=WAIT
+    )
+    assert sent.wait(WAIT)
+
+    # Two groups of two files' bytes are stored; the fifth waits for `end`.
+    digests = [hashlib.sha256(data).hexdigest() for _, data in files]
+    eventually(lambda: all(server.store.blob_in_use(d) for d in digests[:4]))
+    assert not server.store.blob_in_use(digests[4])
+    go.set()
+    server.settle(future.result(WAIT).batch_id)
+
+
 @pytest.mark.parametrize("same", [True, False], ids=["same-files", "other-files"])
 def test_an_upload_whose_key_another_upload_took_meanwhile_keeps_nothing(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch, same: bool

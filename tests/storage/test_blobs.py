@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from actors.storage.blobs import BlobStore, BlobWriter
-from actors.storage.inline_blobs import InlineBlobWriter
+from actors.storage.inline_blobs import DATABASE_NAME, RECENT_BYTES, InlineBlobWriter
 from tests.helpers.blob_checks import stored_blobs
 
 
@@ -78,7 +80,7 @@ def test_a_small_blob_is_a_row_invisible_until_committed_and_stored_once(tmp_pat
         digest = writer.finish(durable=False)
         assert digest == hashlib.sha256(data).hexdigest()
         assert not blobs.exists(digest)
-        assert [p.name for p in stored_blobs(tmp_path)] == [".incoming-row-1"]
+        assert stored_blobs(tmp_path) == [], "held in memory until committed"
         assert writer.commit(durable=False) is True
     with blobs.writer(len(data)) as again:
         again.write(data)
@@ -94,22 +96,65 @@ def test_a_small_blob_is_a_row_invisible_until_committed_and_stored_once(tmp_pat
 
 def test_a_small_blob_abandoned_or_cut_by_a_crash_leaves_no_row(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path, inline_max_bytes=64)
+    blobs.put(b"kept")  # the database exists
     with blobs.writer(4) as unfinished:
         unfinished.write(b"half")
     with blobs.writer(4) as finished:
         finished.write(b"full")
         finished.finish()
-        assert len(_inline_rows(tmp_path)) == 1
-    assert _inline_rows(tmp_path) == []
     crashed = blobs.writer(4)
     crashed.write(b"lost")
     crashed.finish()
-    blobs.close()  # the service dies with the row in `incoming`
+    blobs.close()  # the service dies holding it
+    assert [p.name for p in _inline_rows(tmp_path)] == [hashlib.sha256(b"kept").hexdigest()]
+    # A version before wrote a blob being received as a row of `incoming` first.
+    with closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db, db:
+        db.execute("INSERT INTO incoming (content) VALUES (?)", (b"older",))
 
     restarted = BlobStore(tmp_path, inline_max_bytes=64)
     assert restarted.sweep_temp() == 1
-    assert stored_blobs(tmp_path) == []
+    assert [p.name for p in stored_blobs(tmp_path)] == [hashlib.sha256(b"kept").hexdigest()]
     restarted.close()
+
+
+def test_a_blob_just_placed_is_read_from_memory_once_and_never_after_its_delete(
+    tmp_path: Path,
+) -> None:
+    blobs = BlobStore(tmp_path, inline_max_bytes=64)
+    first, second, third = (_writing(blobs, b"%PDF-" + bytes([n]) * 8) for n in range(3))
+    blobs.commit_all([first, second, third])
+    on_disk = tmp_path / DATABASE_NAME
+    # Rows changed behind the store's back show which reads come from memory.
+    with closing(sqlite3.connect(on_disk)) as db, db:
+        db.execute("UPDATE blobs SET content = X'00'")
+
+    assert blobs.content(first.finish()) == b"%PDF-" + bytes([0]) * 8, "remembered"
+    assert blobs.content(first.finish()) == b"\x00", "read once from memory, then the row"
+    blobs.delete(second.finish())
+    blobs.delete_many([third.finish()])
+    assert blobs.content(second.finish()) is None
+    assert blobs.content(third.finish()) is None
+    blobs.close()
+
+
+def test_blobs_remembered_are_bounded_in_bytes_oldest_forgotten_first(tmp_path: Path) -> None:
+    size = RECENT_BYTES // 4
+    blobs = BlobStore(tmp_path, inline_max_bytes=size)
+    writers = [_writing(blobs, bytes([n]) * size) for n in range(5)]
+    blobs.commit_all(writers)
+    with closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db, db:
+        db.execute("UPDATE blobs SET content = X'00'")
+
+    read = [blobs.content(writer.finish()) for writer in writers]
+
+    assert [data == bytes([n]) * size for n, data in enumerate(read)] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    blobs.close()
 
 
 def test_a_small_blob_takes_no_more_bytes_than_announced(tmp_path: Path) -> None:
