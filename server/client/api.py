@@ -39,6 +39,7 @@ from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 
 __all__ = [
+    "BUNDLE_FILES",
     "CHUNK_BYTES",
     "SERVICE_CONFIG",
     "Client",
@@ -54,6 +55,9 @@ __all__ = [
 
 SERVICE = "pdfbatch.v1.BatchService"
 CHUNK_BYTES = 1024 * 1024
+# Small files sent whole in one message at most (and CHUNK_BYTES in all): a message
+# costs the service about as much as storing a small file.
+BUNDLE_FILES = 256
 # Events per WatchBatch message the client asks for; the service may cap it lower.
 WATCH_EVENTS_PER_MESSAGE = 256
 MAX_ATTEMPTS = 5
@@ -203,16 +207,37 @@ def _upload_requests(
     files: list[UploadFile],
     spec: pb.BatchSpec,
     chunk_bytes: int,
+    bundle_files: int,
     progress: Callable[[UploadProgress], None] | None,
 ) -> Iterator[pb.SubmitBatchRequest]:
-    """The upload's messages, each file read a chunk at a time as gRPC asks for the next
-    message: at most one chunk of one file is in memory, whatever the batch's size."""
+    """The upload's messages, read as gRPC asks for the next one: at most a message's
+    worth of bytes is in memory, whatever the batch's size.
+
+    A file of at most ``chunk_bytes`` travels whole in its header, and such files go
+    together in a bundle of at most ``bundle_files`` files and ``chunk_bytes`` bytes;
+    a bigger one is a header, then its chunks.
+    """
     total = sum(f.path.stat().st_size for f in files)
     sent = 0
+    bundle: list[pb.FileHeader] = []
+    bundled = 0
 
     def report(done: int) -> None:
         if progress is not None:
             progress(UploadProgress(done, len(files), sent, total))
+
+    def flush(done: int) -> Iterator[pb.SubmitBatchRequest]:
+        nonlocal sent, bundled
+        if not bundle:
+            return
+        if len(bundle) == 1:
+            yield pb.SubmitBatchRequest(file=bundle[0])
+        else:
+            yield pb.SubmitBatchRequest(bundle=pb.FileBundle(files=bundle))
+        sent += bundled
+        bundle.clear()
+        bundled = 0
+        report(done)
 
     yield pb.SubmitBatchRequest(spec=spec)
     for done, file in enumerate(files, start=1):
@@ -223,18 +248,21 @@ def _upload_requests(
             if file.password is not None:
                 header.password = file.password
             if size <= chunk_bytes:
-                # Small enough to travel with its header: one message instead of two.
+                # Small enough to travel with its header, and with other small files.
+                if bundled + size > chunk_bytes or len(bundle) >= bundle_files:
+                    yield from flush(done - 1)
                 header.content = handle.read()
-                sent += size
-                yield pb.SubmitBatchRequest(file=header)
-                report(done)
+                bundle.append(header)
+                bundled += size
                 continue
+            yield from flush(done - 1)
             yield pb.SubmitBatchRequest(file=header)
             while chunk := handle.read(chunk_bytes):
                 yield pb.SubmitBatchRequest(chunk=chunk)
                 sent += len(chunk)
                 report(done - 1)
         report(done)
+    yield from flush(len(files))
     # Without it the service stores nothing: a cancel can look like a closed stream.
     yield pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=len(files)))
 
@@ -316,6 +344,7 @@ class Client:
         policy: pb.BatchPolicy | None = None,
         idempotency_key: str | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        bundle_files: int = BUNDLE_FILES,
         timeout: float | None = None,
         progress: Callable[[UploadProgress], None] | None = None,
     ) -> pb.Batch:
@@ -329,9 +358,12 @@ class Client:
             idempotency_key: Names this submit; default a new random key. ``""`` sends
                 none, and then a failed upload is not retried.
             chunk_bytes: Bytes per message. Default 1 MiB.
+            bundle_files: Files of at most ``chunk_bytes`` go whole, this many to a
+                message at most (a ``FileBundle``). Default 256; 1 sends each in a
+                message of its own, as services before December 2026 need.
             timeout: Deadline of the whole upload. Default none.
             progress: Called with the files and bytes sent so far as the upload goes
-                (after each file, and each chunk of a big one).
+                (after each bundle, each big file, and each chunk of a big one).
 
         Returns:
             The batch with its counts and the first page of its files (the service's
@@ -341,7 +373,10 @@ class Client:
             grpc.RpcError: The server refused the batch, or could not be reached in
                 5 attempts.
             FileNotFoundError: A path does not exist.
+            ValueError: ``chunk_bytes`` or ``bundle_files`` is below 1.
         """
+        if chunk_bytes < 1 or bundle_files < 1:
+            raise ValueError("chunk_bytes and bundle_files must be at least 1")
         uploads: list[UploadFile] = []
         for item in files:
             uploads += [item] if isinstance(item, UploadFile) else collect_files([item])
@@ -351,7 +386,7 @@ class Client:
         )
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                requests = _upload_requests(uploads, spec, chunk_bytes, progress)
+                requests = _upload_requests(uploads, spec, chunk_bytes, bundle_files, progress)
                 return self._stub.SubmitBatch(requests, timeout=timeout)
             except grpc.RpcError as error:
                 transient = describe_error(error).code is grpc.StatusCode.UNAVAILABLE

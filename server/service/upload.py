@@ -227,22 +227,12 @@ class Uploads:
                     )
                 received = self._begin(convert.spec_from_proto(request.spec), stack, owner)
             elif kind == "file":
-                if pending:
-                    self._finish(pending[-1], received.count - 1)
-                    if received.group_is_full(pending):
-                        self._store_group(received, pending)
-                total = received.declared + request.file.size_bytes
-                # The file's own limits first: they are what such a header breaks, and
-                # they keep the total within reach of any quota.
-                self._check_header(request.file, received.count, total)
-                received.admission.reserve(total)
-                received.declared = total
-                received.group_bytes += request.file.size_bytes
-                pending.append(self._open(request.file))
-                received.count += 1
-                if request.file.content:
-                    self._write(pending[-1], received.count - 1, request.file.content)
-                    pending[-1].inline = True
+                self._take_header(received, pending, request.file)
+            elif kind == "bundle":
+                if not request.bundle.files:
+                    raise _bad("EMPTY_BUNDLE", "A bundle needs at least one file.", "bundle.files")
+                for header in request.bundle.files:
+                    self._take_header(received, pending, header, whole=True)
             elif kind == "chunk":
                 if not pending:
                     raise _bad(
@@ -263,7 +253,8 @@ class Uploads:
             else:
                 raise _bad(
                     "UNEXPECTED_MESSAGE",
-                    "After the spec, send a file header, then its bytes in chunks; then `end`.",
+                    "After the spec, send a file header, then its bytes in chunks (or files "
+                    "whole in their headers or bundles); then `end`.",
                     kind or "item",
                 )
         if received is None:
@@ -276,6 +267,36 @@ class Uploads:
                 "end",
             )
         return received
+
+    def _take_header(
+        self,
+        received: _Received,
+        pending: list[_Staged],
+        header: pb.FileHeader,
+        *,
+        whole: bool = False,
+    ) -> None:
+        """A file's header: the file before it is complete; this one opens.
+
+        ``whole``: the header came in a bundle, so no chunk may follow it, whatever its
+        ``content`` holds (a shortfall is a size mismatch, found with the next header).
+        """
+        if pending:
+            self._finish(pending[-1], received.count - 1)
+            if received.group_is_full(pending):
+                self._store_group(received, pending)
+        total = received.declared + header.size_bytes
+        # The file's own limits first: they are what such a header breaks, and they keep
+        # the total within reach of any quota.
+        self._check_header(header, received.count, total)
+        received.admission.reserve(total)
+        received.declared = total
+        received.group_bytes += header.size_bytes
+        pending.append(self._open(header))
+        received.count += 1
+        if header.content:
+            self._write(pending[-1], received.count - 1, header.content)
+        pending[-1].inline = whole or bool(header.content)
 
     def _begin(self, spec: convert.BatchSpec, stack: contextlib.ExitStack, owner: str) -> _Received:
         """Admit the upload and store its (hidden) batch, dropped unless it ends well."""
@@ -491,4 +512,6 @@ def _storage_error(exc: OSError) -> WireError:
 def _payload_bytes(message: pb.SubmitBatchRequest) -> int:
     """What a message holds of file bytes: its measure for reading ahead (the rest of
     a message is small, and bounded by the header checks)."""
+    if message.HasField("bundle"):
+        return sum(len(header.content) + 64 for header in message.bundle.files)
     return len(message.chunk) + len(message.file.content) + 64

@@ -104,6 +104,10 @@ def _header(name: str = "a.pdf", size: int = 10, **extra: str) -> pb.SubmitBatch
     return pb.SubmitBatchRequest(file=pb.FileHeader(name=name, size_bytes=size, **extra))
 
 
+def _whole(name: str, size: int, content: bytes) -> pb.FileHeader:
+    return pb.FileHeader(name=name, size_bytes=size, content=content)
+
+
 def _end(file_count: int) -> pb.SubmitBatchRequest:
     return pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=file_count))
 
@@ -530,17 +534,84 @@ def test_a_message_after_end_is_refused_with_what_to_do(server: RunningServer) -
     _nothing_left(server)
 
 
-def test_the_python_client_ends_its_upload_with_the_file_count(tmp_path: Path) -> None:
-    small, big = tmp_path / "small.pdf", tmp_path / "big.pdf"
-    small.write_bytes(b"%PDF-small")
-    big.write_bytes(b"%PDF-" + b"x" * 100)
-    files = [UploadFile(small, "small.pdf"), UploadFile(big, "big.pdf")]
+def test_the_python_client_bundles_small_files_and_ends_with_the_file_count(
+    tmp_path: Path,
+) -> None:
+    files = []
+    for name, data in [
+        ("a.pdf", b"%PDF-a"),
+        ("b.pdf", b"%PDF-b"),
+        ("c.pdf", b"%PDF-c"),
+        ("big.pdf", b"%PDF-" + b"x" * 100),
+        ("d.pdf", b"%PDF-d" + b"y" * 50),
+        ("e.pdf", b"%PDF-e" + b"z" * 50),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        files.append(UploadFile(tmp_path / name, name))
 
-    messages = list(_upload_requests(files, pb.BatchSpec(), 64, None))
+    messages = list(_upload_requests(files, pb.BatchSpec(), 64, 2, None))
 
     kinds = [m.WhichOneof("item") for m in messages]
-    assert kinds == ["spec", "file", "file", "chunk", "chunk", "end"]
-    assert messages[-1].end.file_count == 2
+    # Two files a bundle at most, 64 bytes a message: a lone small file goes as `file`.
+    assert kinds == ["spec", "bundle", "file", "file", "chunk", "chunk", "file", "file", "end"]
+    assert [h.name for h in messages[1].bundle.files] == ["a.pdf", "b.pdf"]
+    assert [h.content for h in messages[1].bundle.files] == [b"%PDF-a", b"%PDF-b"]
+    assert messages[2].file.content == b"%PDF-c"
+    assert (messages[3].file.name, messages[3].file.content) == ("big.pdf", b"")
+    assert [m.file.name for m in messages[6:8]] == ["d.pdf", "e.pdf"], "64 bytes a message"
+    assert messages[-1].end.file_count == 6
+
+
+def test_files_bundled_are_stored_and_numbered_as_if_sent_one_by_one(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    paths = []
+    for n in range(7):
+        path = tmp_path / f"{n}.pdf"
+        path.write_bytes(make_pdf(f"bundled {n}"))
+        paths.append(path)
+
+    batch = server.client.submit(paths, bundle_files=3)
+
+    stored = list(server.client.files(batch.batch_id))
+    assert [(f.file_id, f.name) for f in stored] == [
+        (f"f{n + 1:05d}", f"{n}.pdf") for n in range(7)
+    ]
+    assert {f.sha256 for f in stored} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    server.settle(batch.batch_id)
+
+
+@pytest.mark.parametrize(
+    ("after", "reason", "field"),
+    [
+        (
+            [pb.SubmitBatchRequest(bundle=pb.FileBundle(files=[_whole("short.pdf", 9, b"%PDF")]))],
+            "SIZE_MISMATCH",
+            "file[1].size_bytes",
+        ),
+        (
+            [
+                pb.SubmitBatchRequest(bundle=pb.FileBundle(files=[_whole("x.pdf", 4, b"")])),
+                pb.SubmitBatchRequest(chunk=b"%PDF"),
+            ],
+            "CHUNK_AFTER_CONTENT",
+            "file[1].content",
+        ),
+        ([pb.SubmitBatchRequest(bundle=pb.FileBundle())], "EMPTY_BUNDLE", "bundle.files"),
+    ],
+    ids=["short-content", "chunk-after-bundle", "empty"],
+)
+def test_a_bundle_with_a_file_not_whole_is_refused_and_nothing_is_kept(
+    server: RunningServer, after: list[pb.SubmitBatchRequest], reason: str, field: str
+) -> None:
+    first = pb.SubmitBatchRequest(bundle=pb.FileBundle(files=[_whole("ok.pdf", 4, b"%PDF")]))
+    end = pb.SubmitBatchRequest(end=pb.UploadEnd(file_count=2))
+
+    error = refused(lambda: server.stub.SubmitBatch(iter([SPEC, first, *after, end])))
+
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    assert [name for name, _ in error.violations] == [field]
+    _nothing_left(server)
 
 
 def _spec_and_header_then_wait(

@@ -902,6 +902,37 @@ class UploadEnd(_message.Message):
 Global___UploadEnd: _TypeAlias = UploadEnd  # noqa: Y015
 
 @_typing.final
+class FileBundle(_message.Message):
+    """Several whole files in one upload message. An upload of many small files then costs
+    the service a message per bundle instead of one per file (each message costs about
+    as much as storing a small file). Files in a bundle count, are checked and are
+    numbered as if each came in a `file` message of its own, in the bundle's order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileHeader]:
+        """Each header carries its file whole: `content` of exactly `size_bytes` bytes (else
+        SIZE_MISMATCH). No `chunk` may follow a bundle (CHUNK_AFTER_CONTENT). As many as
+        fit in a message below the 4 MiB limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___FileHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileBundle: _TypeAlias = FileBundle  # noqa: Y015
+
+@_typing.final
 class SubmitBatchRequest(_message.Message):
     """One message of an upload stream; see SubmitBatch for their order."""
 
@@ -911,6 +942,7 @@ class SubmitBatchRequest(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     """The next bytes of the last file announced."""
     @_builtins.property
@@ -927,6 +959,13 @@ class SubmitBatchRequest(_message.Message):
         (MESSAGE_AFTER_END) but the end of the stream.
         """
 
+    @_builtins.property
+    def bundle(self) -> Global___FileBundle:
+        """Whole files, as many `file` messages carrying their `content` would be. Sent by
+        the Python client and the CLI for files of at most 1 MiB; services before
+        December 2026 refuse it (UNEXPECTED_MESSAGE).
+        """
+
     def __init__(
         self,
         *,
@@ -934,12 +973,13 @@ class SubmitBatchRequest(_message.Message):
         file: Global___FileHeader | None = ...,
         chunk: _builtins.bytes = ...,
         end: Global___UploadEnd | None = ...,
+        bundle: Global___FileBundle | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "chunk", b"chunk", "end", b"end", "file", b"file", "item", b"item", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["spec", "file", "chunk", "end"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["spec", "file", "chunk", "end", "bundle"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

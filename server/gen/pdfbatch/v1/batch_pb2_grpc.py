@@ -103,9 +103,10 @@ class BatchServiceServicer:
         and settles, only once the upload is complete.
 
         The first message is a `spec`; then, for each file, a `file` header followed by
-        its bytes in `chunk` messages (any number, each below the 4 MiB message limit);
-        the last message is `end`, with the number of files sent; then the client closes
-        the stream. The batch is created only once `end` arrived and the stream closed.
+        its bytes in `chunk` messages (any number, each below the 4 MiB message limit), or
+        the file whole in its header's `content`, alone or with others in a `bundle`; the
+        last message is `end`, with the number of files sent; then the client closes the
+        stream. The batch is created only once `end` arrived and the stream closed.
         A stream that breaks off or ends without `end` (cancelled, deadline, a client
         that stopped early) leaves no batch and no stored bytes behind; one that closes
         without `end` is refused with UPLOAD_INCOMPLETE. A cancel sent after `end` may
