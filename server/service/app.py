@@ -32,7 +32,7 @@ from actors.execution.local.pool import DEFAULT_PROCESSOR, WorkerPool
 from actors.execution.screening import ScreenedExecutor
 from actors.orchestration.clock import ThreadScheduler
 from actors.orchestration.runtime import Runtime
-from actors.policy.model import FileState
+from actors.policy.model import BatchState, FileState
 from actors.storage.blobs import BlobStore
 from actors.storage.private import private_directory
 from actors.storage.sqlite_store import SQLiteStore
@@ -57,6 +57,10 @@ from server.wire.paging import KEY_BYTES, PageTokens
 __all__ = ["DATABASE_NAME", "PAGE_TOKEN_KEY_NAME", "SERVICE_NAME", "Service", "serve"]
 
 log = structlog.get_logger(__name__)
+
+_UNSETTLED = tuple(state for state in BatchState if not state.terminal)
+# Running files read at a time while the grace period waits for them.
+_RUNNING_PAGE = 1_000
 
 SERVICE_NAME: str = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 # The batch database, in the data directory.
@@ -357,15 +361,26 @@ class Service:
         return self._stopped.wait(timeout)
 
     def _running(self) -> set[tuple[str, str, int]]:
-        """(batch, file, attempt) of every attempt running now."""
+        """(batch, file, attempt) of every attempt running now: the running files of the
+        batches not settled, a page at a time from an index (asked again at every event
+        of the grace period, so never a whole batch)."""
         running = set()
-        for record in self.store.list_batches():
-            if record.state.terminal:
-                continue
-            view = self.store.load(record.batch_id)
-            for file in view.files if view is not None else ():
-                if file.state is FileState.RUNNING:
+        for record in self.store.batches_in(_UNSETTLED):
+            after = -1
+            while True:
+                page = self.store.file_page(
+                    record.batch_id,
+                    states=(FileState.RUNNING,),
+                    after_position=after,
+                    limit=_RUNNING_PAGE,
+                )
+                if page is None:
+                    break
+                for position, file in page.files:
                     running.add((record.batch_id, file.file_id, len(file.attempts)))
+                    after = position
+                if len(page.files) < _RUNNING_PAGE:
+                    break
         return running
 
     def _let_running_attempts_finish(self, deadline: float) -> None:
