@@ -31,12 +31,14 @@ from actors.policy.model import (
     FileState,
 )
 from actors.policy.rules import BatchPolicy
+from actors.policy.sealed import seal
 from actors.storage.sqlite_store import SQLiteStore
 
 __all__ = ["main"]
 
 DIGEST = "ab" * 32
-RESULT = ExtractionResult(1, False, DocumentInfo(title="t"), ("page text " * 50,))
+# Sealed, as results reach the store from a worker.
+RESULT = seal(ExtractionResult(1, False, DocumentInfo(title="t"), ("page text " * 50,)))
 
 
 def _batch(batch_id: str, files: int) -> BatchView:
@@ -112,16 +114,17 @@ def lifecycle_cpu(
     what a supervisor's group commits cost whatever else it does."""
     store = SQLiteStore(root / f"lifecycle-{group}-{synchronous}.sqlite3", synchronous=synchronous)
     try:
-        store.create_batch(_batch("life", files))
-        view = store.load("life")
-        assert view is not None
-        book = BatchBook(view)
+        view = _batch("life", files)
+        store.create_batch(view)
+        summary = store.batch_summary("life")
+        assert summary is not None
+        # Holding only the files it works on, as a supervisor does.
+        book = BatchBook(summary)
         book.set_batch(BatchState.RUNNING, 1.0)
         store.commit(book.take_changes(), {})
-        ids = [f"f{n:05d}" for n in range(1, files + 1)]
         started, commits = time.thread_time(), 0
         for first in range(0, files, group):
-            chosen = ids[first : first + group]
+            chosen = [book.hold(record).file_id for record in view.files[first : first + group]]
             for file_id in chosen:
                 book.set_file(file_id, FileState.RUNNING, 2.0, attempts=(Attempt(1, 2.0),))
             store.commit(book.take_changes(), {})

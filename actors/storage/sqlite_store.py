@@ -105,6 +105,56 @@ def _summary_from_row(row: Sequence[Any]) -> BatchSummary:
     )
 
 
+_INSERT_RESULT = (
+    "INSERT OR REPLACE INTO results (batch_id, file_id, page_count, encrypted, info, "
+    "warnings, stored_bytes, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_RESULT_TEXT = (
+    "INSERT INTO result_text (batch_id, file_id, page_number, part, text) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _insert_results(
+    db: sqlite3.Connection,
+    batch_id: str,
+    results: Mapping[str, SealedResult | ExtractionResult],
+) -> None:
+    """Write a commit's results: every row of ``results``, then every piece of text, in
+    two statements whatever the number of files (one pair a file cost 2 calls into
+    SQLite per file of a group commit).
+
+    A result stored before for a file (none is, as a succeeded file never runs again)
+    is replaced with its text: the replaced row's text goes with it, by the foreign key,
+    before the new text is inserted.
+    """
+    sealed = {file_id: as_sealed(result) for file_id, result in results.items()}
+    db.executemany(
+        _INSERT_RESULT,
+        [
+            (
+                batch_id,
+                file_id,
+                result.page_count,
+                int(result.encrypted),
+                result.info_json,
+                codec.warnings_to_json(result.warnings),
+                result.stored_bytes,
+                result.details_json,
+            )
+            for file_id, result in sealed.items()
+        ],
+    )
+    db.executemany(
+        _INSERT_RESULT_TEXT,
+        (
+            (batch_id, file_id, number, part, piece)
+            for file_id, result in sealed.items()
+            for number, pieces in enumerate(result.pages, start=1)
+            for part, piece in enumerate(pieces)
+        ),
+    )
+
+
 class SQLiteStore:
     """A :class:`~actors.storage.store.Store` in a SQLite database file; safe from any thread.
 
@@ -328,8 +378,8 @@ class SQLiteStore:
                     "DELETE FROM events WHERE batch_id = ? AND sequence <= ?",
                     (batch_id, batch.sequence - self._max_events),
                 )
-            for file_id, result in results.items():
-                self._insert_result(db, batch_id, file_id, result)
+            if results:
+                _insert_results(db, batch_id, results)
         if more:
             self._wake_mover()
         with self._listeners_lock:
@@ -346,40 +396,6 @@ class SQLiteStore:
         raise ValueError(
             f"batch {batch_id}: the changes follow event {previous}, but event {row[0]} "
             "is the last one stored"
-        )
-
-    @staticmethod
-    def _insert_result(
-        db: sqlite3.Connection,
-        batch_id: str,
-        file_id: str,
-        result: SealedResult | ExtractionResult,
-    ) -> None:
-        sealed = as_sealed(result)
-        # One statement: a result stored before for the file (none is, as a succeeded
-        # file never runs again) would be deleted with its text, by the foreign key.
-        db.execute(
-            "INSERT OR REPLACE INTO results (batch_id, file_id, page_count, encrypted, info, "
-            "warnings, stored_bytes, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch_id,
-                file_id,
-                sealed.page_count,
-                int(sealed.encrypted),
-                sealed.info_json,
-                codec.warnings_to_json(sealed.warnings),
-                sealed.stored_bytes,
-                sealed.details_json,
-            ),
-        )
-        db.executemany(
-            "INSERT INTO result_text (batch_id, file_id, page_number, part, text) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                (batch_id, file_id, number, part, piece)
-                for number, pieces in enumerate(sealed.pages, start=1)
-                for part, piece in enumerate(pieces)
-            ),
         )
 
     def delete_batch(self, batch_id: str) -> None:

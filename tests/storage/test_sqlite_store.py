@@ -21,6 +21,7 @@ from actors.policy.model import (
     FileError,
     FileState,
 )
+from actors.policy.results import TEXT_PIECE_CHARS
 from actors.policy.rules import BatchPolicy
 from actors.storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError, migrate
 from actors.storage.sqlite_store import SQLiteStore
@@ -121,6 +122,50 @@ def test_a_commit_that_runs_out_of_room_stores_nothing(store: SQLiteStore) -> No
     assert store.load("b1") == before
     assert store.events_after("b1", 0) == []
     _assert_intact(store.path)
+
+
+def _three_succeeded(store: SQLiteStore) -> BatchBook:
+    """A book of batch b1 whose three files ran to success, not stored yet."""
+    store.create_batch(new_batch(files=3))
+    book = BatchBook(store.load("b1"))  # type: ignore[arg-type]
+    book.set_batch(BatchState.RUNNING, 101.0)
+    for file_id in ("f00001", "f00002", "f00003"):
+        book.set_file(file_id, FileState.RUNNING, 102.0, attempts=started(book, file_id, 102.0))
+        book.set_file(file_id, FileState.SUCCEEDED, 103.0)
+    return book
+
+
+def test_a_group_commit_stores_each_files_result_with_its_own_text(store: SQLiteStore) -> None:
+    book = _three_succeeded(store)
+    results = {
+        "f00001": result("one"),
+        # A page longer than a piece is stored in two.
+        "f00002": result("a" * TEXT_PIECE_CHARS + "b", "two"),
+        "f00003": result("", "three", "3"),
+    }
+
+    store.commit(book.take_changes(), results)
+
+    for file_id, expected in results.items():
+        assert store.load_result("b1", file_id) == expected
+    assert [number for number, _ in store.result_text("b1", "f00002")] == [1, 1, 2]
+
+
+def test_a_group_commit_that_runs_out_of_room_stores_no_result(store: SQLiteStore) -> None:
+    book = _three_succeeded(store)
+    before = store.load("b1")
+    with store._db.write() as writer:
+        (pages,) = writer.execute("PRAGMA page_count").fetchone()
+        writer.execute(f"PRAGMA max_page_count = {pages + 4}")
+    # The results' rows fit, the last file's text does not.
+    results = {"f00001": result("a"), "f00002": result("b"), "f00003": result("x" * 100_000)}
+
+    with pytest.raises(StorageUnavailableError, match="full"):
+        store.commit(book.take_changes(), results)
+
+    assert all(store.result_summary("b1", file_id) is None for file_id in results)
+    assert store.load("b1") == before
+    assert store.events_after("b1", 0) == []
 
 
 def test_a_locked_database_fails_writes_retryably_and_keeps_serving_reads(
