@@ -896,15 +896,7 @@ class BatchSupervisor(pykka.ThreadingActor):
         pid: int | None = None,
         retry_delay: float | None = None,
     ) -> tuple[Attempt, ...]:
-        last = attempts[-1]
-        ended = dataclasses.replace(
-            last,
-            ended_at=now,
-            outcome=outcome,
-            code=code,
-            worker_pid=last.worker_pid if pid is None else pid,
-            retry_delay=retry_delay,
-        )
+        ended = attempts[-1].ended(now, outcome, code=code, worker_pid=pid, retry_delay=retry_delay)
         return (*attempts[:-1], ended)
 
     def _stop_children(self, *, forget: bool = True) -> list[pykka.Future[Any]]:

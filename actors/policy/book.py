@@ -11,7 +11,6 @@ changed since the last call, to be stored in one transaction.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,6 @@ from actors.policy.model import (
     all_counts,
     check_batch_transition,
     check_file_transition,
-    warned_files,
 )
 from actors.policy.rules import password_guesses_exhausted
 
@@ -104,10 +102,14 @@ class BatchBook:
     def __init__(self, view: BatchView | BatchSummary, files: Iterable[FileRecord] = ()) -> None:
         self._batch = view.batch
         held = view.files if isinstance(view, BatchView) else tuple(files)
-        self._files: dict[str, FileRecord] = {f.file_id: f for f in held}
-        self._counts: Counter[FileState] = Counter(
-            {state: n for state, n in view.counts.items() if n}
-        )
+        self._files: dict[str, FileRecord] = {}
+        # The held files in a terminal state: what forget_settled looks at, instead of
+        # every held file at every commit.
+        self._settled: set[str] = set()
+        for record in held:
+            self._put(record)
+        # Every state present, in FileState's order: an event's counts are a copy.
+        self._counts: dict[FileState, int] = all_counts(view.counts)
         self._warned = (view.summary() if isinstance(view, BatchView) else view).files_with_warnings
         self._dirty: dict[str, FileRecord] = {}
         self._events: list[BatchEvent] = []
@@ -137,16 +139,21 @@ class BatchBook:
         Returns:
             The record held for the file now.
         """
-        return self._files.setdefault(record.file_id, record)
+        held = self._files.get(record.file_id)
+        if held is not None:
+            return held
+        self._put(record)
+        return record
 
     def forget_settled(self) -> None:
         """Stop holding files in a terminal state whose changes were handed over."""
-        for file_id in [
-            f.file_id
-            for f in self._files.values()
-            if f.state.terminal and f.file_id not in self._dirty
-        ]:
-            del self._files[file_id]
+        kept: set[str] = set()
+        for file_id in self._settled:
+            if file_id in self._dirty:
+                kept.add(file_id)
+            else:
+                del self._files[file_id]
+        self._settled = kept
 
     @property
     def held(self) -> int:
@@ -170,7 +177,8 @@ class BatchBook:
     @property
     def unsettled(self) -> int:
         """Files not in a terminal state."""
-        return sum(n for state, n in self._counts.items() if not state.terminal)
+        counts = self._counts
+        return sum([counts[state] for state in _UNSETTLED_STATES])
 
     @property
     def pending_events(self) -> int:
@@ -193,7 +201,7 @@ class BatchBook:
 
     def summary(self) -> BatchSummary:
         """The batch and its counts as they are now."""
-        return BatchSummary(self._batch, all_counts(self._counts), self._warned)
+        return BatchSummary(self._batch, self._counts.copy(), self._warned)
 
     def view(self) -> BatchView:
         """The batch and its held files (every file for a book made from a whole view)."""
@@ -209,14 +217,15 @@ class BatchBook:
             KeyError: The file is not held.
         """
         current = self._files[file_id]
-        check_file_transition(current.state, state)
-        updated = dataclasses.replace(current, state=state, **changes)
-        self._files[file_id] = updated
+        previous = current.state
+        check_file_transition(previous, state)
+        updated = current.moved(state, **changes)
+        self._put(updated)
         self._dirty[file_id] = updated
-        self._counts[current.state] -= 1
+        self._counts[previous] -= 1
         self._counts[state] += 1
-        self._warned += warned_files((updated,)) - warned_files((current,))
-        self._announce(now, file=updated, reason=reason, previous=current.state)
+        self._warned += _warned(updated) - _warned(current)
+        self._announce(now, file=updated, reason=reason, previous=previous)
         return updated
 
     def set_files(
@@ -310,8 +319,8 @@ class BatchBook:
 
     def _replace(self, updated: FileRecord) -> None:
         current = self._files[updated.file_id]
-        self._warned += warned_files((updated,)) - warned_files((current,))
-        self._files[updated.file_id] = updated
+        self._warned += _warned(updated) - _warned(current)
+        self._put(updated)
         # A change of the same file held back for this commit is now out of date; the
         # bulk change carries the rest.
         if updated.file_id in self._dirty:
@@ -334,7 +343,7 @@ class BatchBook:
             self._batch,
             tuple(self._dirty.values()),
             tuple(self._events),
-            all_counts(self._counts),
+            self._counts.copy(),
             self._warned,
             self._arrived,
         )
@@ -353,7 +362,7 @@ class BatchBook:
         bulk: BulkChange | None = None,
     ) -> None:
         sequence = self._batch.sequence + 1
-        self._batch = dataclasses.replace(self._batch, sequence=sequence, updated_at=now)
+        self._batch = self._batch.announced(sequence, now)
         self._events.append(
             BatchEvent(
                 sequence=sequence,
@@ -364,6 +373,25 @@ class BatchBook:
                 reason=reason,
                 previous_state=previous,
                 bulk=bulk,
-                counts=all_counts(self._counts),
+                counts=self._counts.copy(),
             )
         )
+
+    def _put(self, record: FileRecord) -> None:
+        """Hold ``record`` as the file's record now."""
+        file_id = record.file_id
+        self._files[file_id] = record
+        if record.state in _TERMINAL_STATES:
+            self._settled.add(file_id)
+        else:
+            self._settled.discard(file_id)
+
+
+_TERMINAL_STATES = frozenset(state for state in FileState if state.terminal)
+_UNSETTLED_STATES = tuple(state for state in FileState if not state.terminal)
+
+
+def _warned(record: FileRecord) -> int:
+    """1 for a succeeded file whose result carries warnings (see
+    :func:`~actors.policy.model.warned_files`), else 0."""
+    return 1 if record.warnings and record.state is FileState.SUCCEEDED else 0

@@ -12,6 +12,7 @@ from actors.policy.model import (
     FILE_TRANSITIONS,
     BatchRecord,
     BatchState,
+    BatchSummary,
     BatchView,
     BulkChange,
     FileError,
@@ -176,3 +177,54 @@ def test_a_change_by_state_moves_held_files_and_counts_the_others() -> None:
     partial.forget_settled()
     assert [f.file_id for f in partial.files()] == ["f0"]
     assert not partial.holds("f1")
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(list(FileState)), st.booleans()),
+        max_size=40,
+    )
+)
+def test_only_settled_files_whose_changes_were_handed_over_are_let_go(
+    steps: list[tuple[int, FileState, bool]],
+) -> None:
+    stored = {f.file_id: f for f in _book(4).files()}
+    book = BatchBook(_book(4).summary(), stored.values())
+    changed: set[str] = set()
+    for index, target, hand_over in steps:
+        file_id = f"f{index}"
+        # A file let go is read from the store again, as a supervisor does.
+        book.hold(stored[file_id])
+        if target in FILE_TRANSITIONS[book.file(file_id).state]:
+            stored[file_id] = book.set_file(file_id, target, 1.0)
+            changed.add(file_id)
+        if hand_over:
+            book.take_changes()
+            changed.clear()
+        expected = [f.file_id for f in book.files() if not f.state.terminal or f.file_id in changed]
+
+        book.forget_settled()
+
+        assert [f.file_id for f in book.files()] == expected
+
+
+def test_events_count_every_state_in_order_whatever_the_stored_counts() -> None:
+    batch = BatchRecord("b1", "demo", BatchPolicy(), BatchState.PENDING, 0.0, 0.0)
+    # Stored counts leave out empty states, in any order.
+    summary = BatchSummary(batch, {FileState.FAILED: 1, FileState.PENDING: 2})
+    book = BatchBook(summary, [FileRecord("f0", "0.pdf", "0" * 64, 1)])
+
+    book.set_batch(BatchState.RUNNING, 1.0)
+    book.set_file("f0", FileState.RUNNING, 2.0)
+    changes = book.take_changes()
+
+    def in_order(**counts: int) -> list[tuple[FileState, int]]:
+        return [(state, counts.get(state.name.lower(), 0)) for state in FileState]
+
+    # The order is stored too (in an event's JSON), so it is checked with the numbers.
+    started, moved = changes.events
+    assert list(started.counts.items()) == in_order(pending=2, failed=1)
+    now = in_order(pending=1, running=1, failed=1)
+    assert list(moved.counts.items()) == now
+    assert list(changes.counts.items()) == now
+    assert list(book.summary().counts.items()) == now
