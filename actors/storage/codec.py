@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from actors.policy.catalogue import ErrorCode
@@ -75,6 +76,8 @@ Json = dict[str, Any]
 # Encoders made once: json.dumps with any argument of its own builds a new encoder per
 # call, a fifth of an event's encoding.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+# A string as the encoder above writes it, quotes included.
+_quoted = encode_basestring_ascii
 
 
 # Rows: the column layout of a relational store. A store adds its own key columns
@@ -314,21 +317,63 @@ def file_from_dict(data: Mapping[str, Any]) -> FileRecord:
 
 
 def event_to_json(event: BatchEvent) -> str:
-    """An event, with the file record it carries, as JSON text."""
-    previous = event.previous_state
-    return _COMPACT.encode(
-        {
-            "sequence": event.sequence,
-            "batch_id": event.batch_id,
-            "at": event.at,
-            "batch_state": event.batch_state,
-            "file": None if event.file is None else file_to_dict(event.file),
-            "reason": event.reason,
-            "previous_state": None if previous is None else previous,
-            "bulk": None if event.bulk is None else _bulk_to_dict(event.bulk),
-            "counts": {state: n for state, n in event.counts.items()},
-        }
+    """An event, with the file record it carries, as JSON text.
+
+    The text is what ``json`` writes, compact and ASCII-only, for the event as plain
+    values: the keys of :func:`file_to_dict` and :func:`attempt_to_dict`, in their
+    order. It is written here directly rather than through dicts and the encoder: a
+    batch's supervisor stores two events a file, and this takes a third of the time
+    (issue 16). The tests check it byte for byte against ``json``'s.
+    """
+    file, previous, bulk = event.file, event.previous_state, event.bulk
+    counts = ",".join([f"{_quoted(state)}:{n!r}" for state, n in event.counts.items()])
+    return (
+        f'{{"sequence":{event.sequence!r},"batch_id":{_quoted(event.batch_id)},'
+        f'"at":{_float(event.at)},"batch_state":{_quoted(event.batch_state)},'
+        f'"file":{"null" if file is None else _file_json(file)},'
+        f'"reason":{_quoted(event.reason)},'
+        f'"previous_state":{"null" if previous is None else _quoted(previous)},'
+        f'"bulk":{"null" if bulk is None else _COMPACT.encode(_bulk_to_dict(bulk))},'
+        f'"counts":{{{counts}}}}}'
     )
+
+
+def _file_json(record: FileRecord) -> str:
+    """:func:`file_to_dict` as compact JSON text."""
+    error, warnings = record.error, record.warnings
+    return (
+        f'{{"file_id":{_quoted(record.file_id)},"name":{_quoted(record.name)},'
+        f'"blob":{_quoted(record.blob)},"size":{record.size!r},'
+        f'"state":{_quoted(record.state)},'
+        f'"attempts":[{",".join([_attempt_json(a) for a in record.attempts])}],'
+        f'"round_failures":{record.round_failures!r},'
+        f'"manual_retries":{record.manual_retries!r},'
+        f'"next_attempt_at":{_float(record.next_attempt_at)},'
+        f'"error":{"null" if error is None else _COMPACT.encode(error_to_dict(error))},'
+        f'"encrypted_with_password":{"true" if record.encrypted_with_password else "false"},'
+        f'"warnings":{_COMPACT.encode(_warnings_to_lists(warnings)) if warnings else "[]"}}}'
+    )
+
+
+def _attempt_json(attempt: Attempt) -> str:
+    """:func:`attempt_to_dict` as compact JSON text."""
+    outcome, code, pid = attempt.outcome, attempt.code, attempt.worker_pid
+    return (
+        f'{{"number":{attempt.number!r},"started_at":{_float(attempt.started_at)},'
+        f'"ended_at":{_float(attempt.ended_at)},'
+        f'"outcome":{"null" if outcome is None else _quoted(outcome)},'
+        f'"code":{"null" if code is None else _quoted(code)},'
+        f'"worker_pid":{"null" if pid is None else repr(pid)},'
+        f'"retry_delay":{_float(attempt.retry_delay)}}}'
+    )
+
+
+def _float(number: float | None) -> str:
+    """A number as ``json`` writes it: ``repr`` when finite (an int's too), else as
+    ``json`` spells infinities and NaN."""
+    if number is None:
+        return "null"
+    return repr(number) if number - number == 0 else _COMPACT.encode(number)
 
 
 def _bulk_to_dict(bulk: BulkChange) -> Json:

@@ -150,15 +150,28 @@ batches = st.builds(
 
 
 @st.composite
+def bulk_changes(draw: st.DrawFn) -> BulkChange:
+    state = draw(st.sampled_from(FileState))
+    error = draw(st.none() | errors)
+    if draw(st.booleans()):
+        return BulkChange(tuple(draw(st.lists(texts, max_size=5))), state, error)
+    return BulkChange(
+        (),
+        state,
+        error,
+        from_state=draw(st.sampled_from(FileState)),
+        count=draw(counts),
+        manual_retry=draw(st.booleans()),
+        max_manual_retries=draw(counts),
+    )
+
+
+@st.composite
 def events(draw: st.DrawFn) -> BatchEvent:
     file = draw(st.none() | files())
     bulk = None
     if file is None and draw(st.booleans()):
-        bulk = BulkChange(
-            file_ids=tuple(draw(st.lists(texts, max_size=5))),
-            state=draw(st.sampled_from(FileState)),
-            error=draw(st.none() | errors),
-        )
+        bulk = draw(bulk_changes())
     # A file event's previous state is the file's, a batch event's the batch's; a bulk
     # change has none.
     states = st.sampled_from(BatchState) if file is None else st.sampled_from(FileState)
@@ -171,6 +184,7 @@ def events(draw: st.DrawFn) -> BatchEvent:
         reason=draw(texts),
         previous_state=None if bulk else draw(st.none() | states),
         bulk=bulk,
+        counts=draw(st.dictionaries(st.sampled_from(FileState), counts)),
     )
 
 
@@ -220,6 +234,112 @@ def test_an_attempt_survives_its_row_and_its_json(attempt: Attempt) -> None:
 @given(events())
 def test_an_event_survives_its_json_with_the_file_it_carries(event: BatchEvent) -> None:
     assert codec.event_from_json(codec.event_to_json(event)) == event
+
+
+def _as_json_writes(event: BatchEvent) -> str:
+    """The event's stored form, by definition: its plain values as ``json`` writes them."""
+    bulk = event.bulk
+    return json.dumps(
+        {
+            "sequence": event.sequence,
+            "batch_id": event.batch_id,
+            "at": event.at,
+            "batch_state": event.batch_state,
+            "file": None if event.file is None else codec.file_to_dict(event.file),
+            "reason": event.reason,
+            "previous_state": event.previous_state,
+            "bulk": None
+            if bulk is None
+            else {
+                "file_ids": list(bulk.file_ids),
+                "state": bulk.state,
+                "error": None if bulk.error is None else codec.error_to_dict(bulk.error),
+                **(
+                    {}
+                    if bulk.from_state is None
+                    else {
+                        "from_state": bulk.from_state,
+                        "count": bulk.count,
+                        "manual_retry": bulk.manual_retry,
+                        "max_manual_retries": bulk.max_manual_retries,
+                    }
+                ),
+            },
+            "counts": dict(event.counts),
+        },
+        separators=(",", ":"),
+    )
+
+
+@given(events())
+def test_an_event_is_stored_as_json_writes_its_values(event: BatchEvent) -> None:
+    # Written as text directly, for speed: byte for byte what json writes.
+    assert codec.event_to_json(event) == _as_json_writes(event)
+
+
+@pytest.mark.parametrize(
+    "moment", [float("inf"), float("-inf"), float("nan"), -0.0, 1e16, 1e-7, 0.1 + 0.2, 5]
+)
+def test_an_events_numbers_are_written_as_json_writes_them(moment: float) -> None:
+    attempt = Attempt(1, moment, moment, AttemptOutcome.FAILED, None, None, moment)
+    record = FileRecord("f", "f.pdf", "0" * 64, 1, attempts=(attempt,), next_attempt_at=moment)
+    event = BatchEvent(1, "b", moment, BatchState.RUNNING, record)
+
+    assert codec.event_to_json(event) == _as_json_writes(event)
+
+
+def test_the_stored_form_of_events_does_not_change() -> None:
+    # Events stored by earlier versions are read back and compared by their text (the
+    # file history's queries read into it): the form is fixed, down to the byte.
+    error = FileError(ErrorCode.PDF_MALFORMED, 7.25, 'Bad "xref"\ttable', True)
+    record = FileRecord(
+        "f-1",
+        "Résumé 履歴書.pdf",
+        "0" * 64,
+        2048,
+        FileState.BACKOFF,
+        (
+            Attempt(1, 5.0, 7.25, AttemptOutcome.FAILED, ErrorCode.PDF_MALFORMED, 321, 1.5),
+            Attempt(2, 9),
+        ),
+        1,
+        0,
+        8.75,
+        error,
+        True,
+        (ResultWarning(WarningCode.NO_TEXT_LAYER, "text", 2, 2),),
+    )
+    counts = dict.fromkeys(FileState, 0) | {FileState.PENDING: 3, FileState.BACKOFF: 1}
+    event = BatchEvent(
+        12, "b-ü", 1e16, BatchState.RUNNING, record, "attempt 1 failed", FileState.RUNNING,
+        counts=counts,
+    )  # fmt: skip
+    cancel = BulkChange(
+        (), FileState.CANCELLED, FileError(ErrorCode.CANCELLED, 3.0), FileState.PENDING, 3
+    )
+    bulk = BatchEvent(13, "b", -0.0, BatchState.CANCELLING, None, "stop", bulk=cancel)
+
+    assert codec.event_to_json(event) == (
+        '{"sequence":12,"batch_id":"b-\\u00fc","at":1e+16,"batch_state":"RUNNING","file":'
+        '{"file_id":"f-1","name":"R\\u00e9sum\\u00e9 \\u5c65\\u6b74\\u66f8.pdf","blob":'
+        '"0000000000000000000000000000000000000000000000000000000000000000","size":2048,'
+        '"state":"BACKOFF","attempts":[{"number":1,"started_at":5.0,"ended_at":7.25,'
+        '"outcome":"FAILED","code":"PDF_MALFORMED","worker_pid":321,"retry_delay":1.5},'
+        '{"number":2,"started_at":9,"ended_at":null,"outcome":null,"code":null,'
+        '"worker_pid":null,"retry_delay":null}],"round_failures":1,"manual_retries":0,'
+        '"next_attempt_at":8.75,"error":{"code":"PDF_MALFORMED","at":7.25,'
+        '"message":"Bad \\"xref\\"\\ttable","retryable":true},"encrypted_with_password":true,'
+        '"warnings":[["NO_TEXT_LAYER","text",2,2]]},"reason":"attempt 1 failed",'
+        '"previous_state":"RUNNING","bulk":null,"counts":{"PENDING":3,"RUNNING":0,'
+        '"BACKOFF":1,"SUCCEEDED":0,"FAILED":0,"CANCELLED":0}}'
+    )
+    assert codec.event_to_json(bulk) == (
+        '{"sequence":13,"batch_id":"b","at":-0.0,"batch_state":"CANCELLING","file":null,'
+        '"reason":"stop","previous_state":null,"bulk":{"file_ids":[],"state":"CANCELLED",'
+        '"error":{"code":"CANCELLED","at":3.0,"message":"","retryable":false},'
+        '"from_state":"PENDING","count":3,"manual_retry":false,"max_manual_retries":0},'
+        '"counts":{}}'
+    )
 
 
 @given(infos)
