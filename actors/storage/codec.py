@@ -40,6 +40,7 @@ from actors.policy.sealed import details_from_json, details_to_json, info_from_j
 __all__ = [
     "ATTEMPT_COLUMNS",
     "BATCH_COLUMNS",
+    "FILE_CHANGE_COLUMNS",
     "FILE_COLUMNS",
     "attempt_from_dict",
     "attempt_from_row",
@@ -56,6 +57,7 @@ __all__ = [
     "error_to_json",
     "event_from_json",
     "event_to_json",
+    "file_change_to_row",
     "file_from_dict",
     "file_from_row",
     "file_to_dict",
@@ -110,6 +112,9 @@ FILE_COLUMNS = (
     "encrypted_with_password",
     "warnings",
 )
+# What a file's change writes: every column but the four its upload wrote, which no
+# change alters (and one of which, the blob, is indexed).
+FILE_CHANGE_COLUMNS = FILE_COLUMNS[4:]
 ATTEMPT_COLUMNS = (
     "number",
     "started_at",
@@ -184,6 +189,20 @@ def file_to_row(record: FileRecord) -> Row:
         record.name,
         record.blob,
         record.size,
+        record.state,
+        record.round_failures,
+        record.manual_retries,
+        record.next_attempt_at,
+        error_to_json(record.error),
+        int(record.encrypted_with_password),
+        warnings_to_json(record.warnings),
+    )
+
+
+def file_change_to_row(record: FileRecord) -> Row:
+    """A file record's values for :data:`FILE_CHANGE_COLUMNS`: what :func:`file_to_row`
+    gives, less its first four."""
+    return (
         record.state,
         record.round_failures,
         record.manual_retries,

@@ -359,7 +359,7 @@ class SQLiteStore:
             moved, more = record_bulk(db, batch_id, bulks)
             db.executemany(
                 UPDATE_FILE,
-                ((*codec.file_to_row(f)[1:], moved, batch_id, f.file_id) for f in changes.files),
+                ((*codec.file_change_to_row(f), moved, batch_id, f.file_id) for f in changes.files),
             )
             db.executemany(
                 UPSERT_ATTEMPT,

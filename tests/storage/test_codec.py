@@ -224,6 +224,16 @@ def test_a_file_survives_its_row_with_its_attempts_beside_it(record: FileRecord)
     assert rebuilt == record
 
 
+@given(files())
+def test_a_files_change_writes_its_columns_as_its_whole_row_does(record: FileRecord) -> None:
+    whole = dict(zip(codec.FILE_COLUMNS, codec.file_to_row(record), strict=True))
+    change = dict(zip(codec.FILE_CHANGE_COLUMNS, codec.file_change_to_row(record), strict=True))
+
+    assert change == {name: whole[name] for name in codec.FILE_CHANGE_COLUMNS}
+    # The columns left out are the upload's, which no change alters.
+    assert set(whole) - set(change) == {"file_id", "name", "blob", "size"}
+
+
 @given(attempts)
 def test_an_attempt_survives_its_row_and_its_json(attempt: Attempt) -> None:
     assert codec.attempt_from_row(codec.attempt_to_row(attempt)) == attempt
