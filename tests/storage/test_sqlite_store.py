@@ -13,6 +13,7 @@ import pytest
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode, StorageUnavailableError
 from actors.policy.model import (
+    AttemptOutcome,
     BatchEvent,
     BatchState,
     BulkChange,
@@ -130,8 +131,11 @@ def _three_succeeded(store: SQLiteStore) -> BatchBook:
     book = BatchBook(store.load("b1"))  # type: ignore[arg-type]
     book.set_batch(BatchState.RUNNING, 101.0)
     for file_id in ("f00001", "f00002", "f00003"):
-        book.set_file(file_id, FileState.RUNNING, 102.0, attempts=started(book, file_id, 102.0))
-        book.set_file(file_id, FileState.SUCCEEDED, 103.0)
+        (attempt,) = book.set_file(
+            file_id, FileState.RUNNING, 102.0, attempts=started(book, file_id, 102.0)
+        ).attempts
+        ended = attempt.ended(103.0, AttemptOutcome.SUCCEEDED, worker_pid=7)
+        book.set_file(file_id, FileState.SUCCEEDED, 103.0, attempts=(ended,))
     return book
 
 
@@ -149,6 +153,30 @@ def test_a_group_commit_stores_each_files_result_with_its_own_text(store: SQLite
     for file_id, expected in results.items():
         assert store.load_result("b1", file_id) == expected
     assert [number for number, _ in store.result_text("b1", "f00002")] == [1, 1, 2]
+
+
+def test_unset_values_are_null_and_states_and_codes_their_text(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    book = _three_succeeded(store)
+    book.set_batch(BatchState.SUCCEEDED, 104.0)
+    store.commit(book.take_changes(), {})
+
+    # Read as another program would, with types.
+    with sqlite3.connect(tmp_path / "db.sqlite3") as other:
+        file = other.execute(
+            "SELECT state, typeof(state), next_attempt_at, error FROM files WHERE file_id = ?",
+            ("f00001",),
+        ).fetchone()
+        attempt = other.execute(
+            "SELECT outcome, code, typeof(code), worker_pid, retry_delay FROM attempts"
+        ).fetchone()
+        (batch_state,) = other.execute("SELECT state FROM batches").fetchone()
+    other.close()
+
+    assert file == ("SUCCEEDED", "text", None, None)
+    assert attempt == ("SUCCEEDED", None, "null", 7, None)
+    assert batch_state == "SUCCEEDED"
 
 
 def test_a_group_commit_that_runs_out_of_room_stores_no_result(store: SQLiteStore) -> None:
