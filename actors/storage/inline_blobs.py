@@ -136,8 +136,10 @@ class InlineBlobs:
 
     def delete(self, digest: str) -> bool:
         """Remove the blob, if stored here; whether it was."""
-        self._forget((digest,))
         with self._lock, _translated():
+            # Under the lock a placing holds too, so that its bytes are not remembered
+            # after they were forgotten here.
+            self._forget((digest,))
             db = self._connect(create=False)
             if db is None:
                 return False
@@ -146,8 +148,8 @@ class InlineBlobs:
     def delete_many(self, digests: Iterable[str]) -> int:
         """Remove those of ``digests`` stored here, in one transaction; how many were."""
         digests = list(digests)
-        self._forget(digests)
         with self._lock, _translated():
+            self._forget(digests)
             db = self._connect(create=False)
             if db is None:
                 return 0
@@ -262,13 +264,13 @@ class InlineBlobs:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._remember(placing.items())
         created = []
         for writer in writers:
             digest = writer.finish()
             created.append(digest not in stored)
             stored.add(digest)
             writer._settle()
-        self._remember(placing.items())
         return created
 
     @staticmethod
