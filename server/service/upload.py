@@ -56,7 +56,7 @@ from server.service.settings import UploadLimits
 from server.wire import convert
 from server.wire.errors import FieldViolation, WireError
 
-__all__ = ["GROUP_FILES", "GROUP_SECONDS", "Uploads"]
+__all__ = ["GROUP_BYTES", "GROUP_FILES", "GROUP_SECONDS", "Uploads"]
 
 log = structlog.get_logger(__name__)
 
