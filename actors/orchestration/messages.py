@@ -13,6 +13,7 @@ __all__ = [
     "BackoffElapsed",
     "CancelBatch",
     "CancelStarted",
+    "CommitDue",
     "DeadlineReached",
     "FileActorStopped",
     "FilesArrived",
@@ -58,6 +59,12 @@ class BackoffElapsed:
 
     file_id: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitDue:
+    """The changes held back since the last group commit are to be stored now
+    (``commit_interval``)."""
 
 
 # Callers -> batch supervisor (ask).

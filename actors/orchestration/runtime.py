@@ -103,6 +103,8 @@ class Runtime:
             everything until ``delete``.
         result_limits: How big one file's result may be; give the executor's workers
             the same. Default ``ResultLimits()``.
+        commit_interval: Seconds a batch's group commit waits after the one before
+            when no report is queued, to store more with it. Default 0: at once.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Runtime:
         stop_timeout: float = 10.0,
         retention: RetentionPolicy | None = None,
         result_limits: ResultLimits | None = None,
+        commit_interval: float = 0.0,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -140,6 +143,7 @@ class Runtime:
             passwords=self._passwords,
             rand=rand,
             result_limits=result_limits or ResultLimits(),
+            commit_interval=commit_interval,
         )
         intensity = supervisor_intensity or RestartIntensity(max_restarts=3, within_seconds=60)
         backoff = supervisor_backoff or RetryPolicy(

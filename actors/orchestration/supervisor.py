@@ -37,6 +37,7 @@ from actors.orchestration.messages import (
     BackoffElapsed,
     CancelBatch,
     CancelStarted,
+    CommitDue,
     FileActorStopped,
     FilesArrived,
     GetView,
@@ -107,6 +108,9 @@ class SupervisorDeps:
     passwords: PasswordVault
     rand: Callable[[], float]
     result_limits: ResultLimits = field(default_factory=ResultLimits)
+    # Seconds a group commit waits after the one before when the inbox runs dry, for
+    # more reports to store with it; 0 commits at once. See _commit_unless_more_coming.
+    commit_interval: float = 0.0
 
 
 class BatchSupervisor(pykka.ThreadingActor):
@@ -151,6 +155,10 @@ class BatchSupervisor(pykka.ThreadingActor):
         # Set when it failed: what it holds may be ahead of the store, so it takes no
         # more messages and the manager starts a fresh one from the store.
         self._failed = False
+        # When the last group commit was (the scheduler's clock), and the timer of the
+        # next one while changes are held back for it.
+        self._committed_at = float("-inf")
+        self._commit_timer: Timer | None = None
         self._log = log.bind(batch_id=summary.batch.batch_id)
 
     # Lifecycle ---------------------------------------------------------------------
@@ -257,6 +265,9 @@ class BatchSupervisor(pykka.ThreadingActor):
                     self._interrupt(file_id, pid)
             case BackoffElapsed(file_id=file_id, attempt=attempt):
                 self._backoff_over(file_id, attempt)
+            case CommitDue():
+                self._commit_timer = None
+                self._commit()
             case GetView():
                 # A reply never shows what is not stored yet.
                 self._commit()
@@ -914,19 +925,39 @@ class BatchSupervisor(pykka.ThreadingActor):
         return {state: self._book.count(state) for state in FileState}
 
     def _commit_unless_more_coming(self) -> None:
-        """Commit now, or hold the changes back while more reports wait in the inbox.
+        """Commit now, or hold the changes back while more reports wait in the inbox,
+        or until ``commit_interval`` has passed since the last commit.
 
         A report is followed by another one already queued when workers finish faster
         than one commit (and its fsync) takes: storing them together is a group commit,
-        which keeps the supervisor ahead of its workers. Nothing held back has been
-        shown to anyone: events reach watchers and replies only once stored. A crash
-        before the commit loses only work that is then done again.
+        which keeps the supervisor ahead of its workers. When the reports come one at a
+        time instead (a millisecond apart from two workers on one-page files), the
+        inbox runs dry after each, and a commit each cost more than the rest of the
+        file's way through the supervisor: the interval groups them, at the price of
+        holding an event back that long at most. Nothing held back has been shown to
+        anyone: events reach watchers and replies only once stored. A crash before the
+        commit loses only work that is then done again.
         """
-        if self._book.pending_events < _GROUP_COMMIT_EVENTS and not self.actor_inbox.empty():
+        if self._book.pending_events >= _GROUP_COMMIT_EVENTS:
+            self._commit()
             return
-        self._commit()
+        if not self.actor_inbox.empty() or self._commit_timer is not None:
+            return
+        interval = self._deps.commit_interval
+        # At most the interval, should the clock have gone back.
+        wait = min(interval, self._committed_at + interval - self._now())
+        if wait <= 0:
+            self._commit()
+            return
+        me = self.actor_ref
+        self._commit_timer = self._deps.scheduler.call_later(
+            wait, lambda: tell_if_alive(me, CommitDue())
+        )
 
     def _commit(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         try:
             self._store_changes()
         except Exception:
@@ -935,6 +966,7 @@ class BatchSupervisor(pykka.ThreadingActor):
             self.on_failure(*sys.exc_info())
             self.stop()
             raise
+        self._committed_at = self._now()
 
     def _store_changes(self) -> None:
         changes = self._book.take_changes()

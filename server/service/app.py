@@ -161,6 +161,7 @@ class Service:
                 stop_timeout=settings.stop_timeout,
                 retention=settings.retention,
                 result_limits=settings.result_limits,
+                commit_interval=settings.commit_interval_seconds,
             )
             undo.callback(self.runtime.close)
             self.hub = WatchHub(

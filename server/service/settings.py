@@ -238,6 +238,11 @@ class ServerSettings(BaseSettings):
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
             are stopped. Default 10.
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
+        commit_interval_seconds: Seconds a batch's group commit waits after the one
+            before when no other report is queued, so that reports arriving one at a
+            time are stored together: fewer commits (each about 0.2 ms of the server's
+            CPU) and fewer watch messages, for events held back that long at most.
+            Default 0.005; 0 commits after every report that finds the inbox empty.
         metrics_port: Serve Prometheus metrics over HTTP on this port. Default ``None``:
             no metrics endpoint.
         metrics_address: The host the metrics endpoint listens on. Default
@@ -295,6 +300,7 @@ class ServerSettings(BaseSettings):
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
+    commit_interval_seconds: float = Field(default=0.005, ge=0, le=1.0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
     metrics_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -87,6 +87,7 @@ def build_harness(
     store: Store | None = None,
     processor: str = SCRIPTED,
     retention: RetentionPolicy | None = None,
+    commit_interval: float = 0.0,
 ) -> Iterator[Harness]:
     """Yield a harness; on exit close everything and check no temp file is left."""
     clock = FakeScheduler()
@@ -101,7 +102,13 @@ def build_harness(
         temp_root=temp_root,
     )
     runtime = Runtime(
-        store=store, blobs=blobs, executor=pool, scheduler=clock, rand=rand, retention=retention
+        store=store,
+        blobs=blobs,
+        executor=pool,
+        scheduler=clock,
+        rand=rand,
+        retention=retention,
+        commit_interval=commit_interval,
     )
     waiter = Waiter(store)
     try:

@@ -235,6 +235,28 @@ class _GatedStore(MemoryStore):
         self.committed.append(states)
 
 
+def test_a_report_that_finds_the_inbox_empty_waits_for_the_commit_interval(
+    tmp_path: Path,
+) -> None:
+    for h in build_harness(tmp_path, commit_interval=5.0):
+        files = h.files(b"ok", b"hang")
+        policy = BatchPolicy(max_concurrency=1)
+        batch_id = h.runtime.submit(files, policy=policy).batch.batch_id
+        # The first file's outcome came alone, just after the commit that started it:
+        # its commit waits for the interval (the clock is the test's).
+        h.clock.wait_for_timer(5.0, timeout=30)
+        view = h.store.load(batch_id)
+        assert view is not None
+        assert [f.state for f in view.files] == [FileState.RUNNING, FileState.PENDING]
+
+        h.clock.advance(5.0)
+
+        running = h.waiter.until(batch_id, lambda v: v.files[0].state is FileState.SUCCEEDED)
+        assert [f.state for f in running.files] == [FileState.SUCCEEDED, FileState.RUNNING]
+        h.runtime.cancel(batch_id)
+        assert h.settled(batch_id).batch.state is BatchState.CANCELLED
+
+
 def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
     tmp_path: Path,
 ) -> None:
