@@ -199,6 +199,9 @@ class BatchSupervisor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._stop_children()
         self._drop_backoffs()
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         if not self._failed:
             # Changes held back for a group commit are stored before the actor goes.
             try:
