@@ -184,19 +184,7 @@ def batch_from_row(row: Sequence[Any]) -> BatchRecord:
 
 def file_to_row(record: FileRecord) -> Row:
     """A file record, without its attempts, as values for :data:`FILE_COLUMNS`."""
-    return (
-        record.file_id,
-        record.name,
-        record.blob,
-        record.size,
-        record.state,
-        record.round_failures,
-        record.manual_retries,
-        record.next_attempt_at,
-        error_to_json(record.error),
-        int(record.encrypted_with_password),
-        warnings_to_json(record.warnings),
-    )
+    return (record.file_id, record.name, record.blob, record.size, *file_change_to_row(record))
 
 
 def file_change_to_row(record: FileRecord) -> Row:
