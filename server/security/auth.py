@@ -296,8 +296,9 @@ def _bounded(
 class AuthInterceptor(grpc.ServerInterceptor):
     """Refuses every call without a valid token, except to :data:`OPEN_SERVICES`.
 
-    Runs on gRPC's polling thread before a handler thread is taken, so it only hashes
-    and compares; the refusal itself runs as a handler that never reads the request.
+    Runs on the server's event loop when a call arrives, before a handler thread is
+    taken, so it only hashes and compares; the refusal itself runs as a handler that
+    never reads the request.
 
     Args:
         authenticator: Knows the tokens.

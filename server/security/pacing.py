@@ -1,8 +1,8 @@
 """Uploads that stall: an idle timeout between messages and a deadline for the whole.
 
-grpcio's threaded server hands a streaming handler an iterator whose ``next()`` waits,
-on the handler's thread, until the client sends a message or ends the call, with no
-timeout of its own: a client that sends a header and stops holds that thread for as
+A streaming handler gets an iterator whose ``next()`` waits, on the handler's thread,
+until the client sends a message or ends the call, with no timeout of its own (see
+:mod:`server.service.serving`): a client that sends a header and stops holds that thread for as
 long as it keeps its connection, and a few dozen such uploads held every thread.
 
 :func:`paced` reads the client's messages on a thread of its own and hands them over

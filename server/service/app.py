@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import grpc
 import structlog
@@ -47,6 +48,7 @@ from server.service.caps import settings_caps
 from server.service.metrics import ServiceMetrics
 from server.service.metrics_http import MetricsServer
 from server.service.servicer import BatchServicer, watch_handler
+from server.service.serving import AsyncioServer
 from server.service.settings import ServerSettings
 from server.service.tracing import Tracing, tracing_from_environment
 from server.service.upload import Uploads
@@ -173,12 +175,16 @@ class Service:
                 max_message_bytes=settings.watch_max_message_bytes,
             )
             undo.callback(self.hub.close)
+            self._rpc_threads = futures.ThreadPoolExecutor(
+                max_workers=settings.threads, thread_name_prefix="pdfbatch-rpc"
+            )
+            undo.callback(self._rpc_threads.shutdown)
             self.servicer = self._build_servicer(clock)
             self.metrics_address = self._start_observers(undo)
             self.health = health.HealthServicer()
             self.server = self._build_server()
-            undo.callback(self._rpc_threads.shutdown)
-            undo.callback(self.server.stop, None)
+            undo.callback(self.server.close)
+            undo.callback(lambda: self.server.stop(None).wait())
             if credentials is None:
                 self.port = self.server.add_insecure_port(settings.address)
             else:
@@ -211,6 +217,7 @@ class Service:
             self.store,
             uploads,
             self.hub,
+            threads=self._rpc_threads,
             auth=self.authenticator,
             submissions=RateLimiter(
                 "submissions",
@@ -261,11 +268,8 @@ class Service:
             self._metrics_http.close()
             self._metrics_http = None
 
-    def _build_server(self) -> grpc.Server:
-        self._rpc_threads = futures.ThreadPoolExecutor(
-            max_workers=self.settings.threads, thread_name_prefix="pdfbatch-rpc"
-        )
-        server = grpc.server(
+    def _build_server(self) -> AsyncioServer:
+        server = AsyncioServer(
             self._rpc_threads,
             # Two servers must never share a port by accident.
             options=[("grpc.so_reuseport", 0)],
@@ -284,12 +288,13 @@ class Service:
                 DecodingInterceptor(),
             ],
         )
-        batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, server)
+        # Only its two registration methods are called: AsyncioServer has them.
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(self.servicer, cast(grpc.Server, server))
         # Replaces the generated one, which would serialize the serialized events again.
         server.add_registered_method_handlers(
             SERVICE_NAME, {"WatchBatch": watch_handler(self.servicer)}
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, cast(grpc.Server, server))
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
@@ -350,6 +355,8 @@ class Service:
             # After the runtime: the attempts it interrupts are traced too.
             steps.callback(self._stop_tracing)
             steps.callback(self.runtime.close)
+            # The loop outlives the handler threads, which may still ask it for a message.
+            steps.callback(self.server.close)
             steps.callback(self._rpc_threads.shutdown, wait=True)
             steps.callback(lambda: self.server.stop(max(0.0, deadline - time.monotonic())).wait())
             self.health.enter_graceful_shutdown()

@@ -15,8 +15,9 @@ names come from the caller, and a label per made-up name would grow without boun
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,6 +140,32 @@ def _stepwise(call: _Call, responses: Iterator[Any]) -> Iterator[Any]:
         yield response
 
 
+async def _stepwise_from_loop(call: _Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """:func:`_stepwise` for a stream sent from the server's event loop."""
+    async with contextlib.aclosing(responses) as stream:  # type: ignore[type-var]
+        while True:
+            with call.scope.running():
+                try:
+                    response = await anext(stream)
+                except StopAsyncIteration:
+                    call.outcome = "finished"
+                    return
+                except asyncio.CancelledError:
+                    # The call ended elsewhere (its client left, its deadline passed).
+                    raise
+                except BaseException:
+                    call.outcome = "raised"
+                    raise
+            yield response
+
+
+def _steps(call: _Call, responses: Any) -> Any:
+    """The responses of a stream, observed step by step, whichever way they come."""
+    if hasattr(responses, "__anext__"):
+        return _stepwise_from_loop(call, responses)
+    return _stepwise(call, iter(responses))
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any], observer: CallObserver, method_path: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -161,11 +188,11 @@ def _wrap(
         unary_stream = handler.unary_stream
         method = Method(service, name, "server_stream")
 
-        def one_to_many(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def one_to_many(request: Any, context: grpc.ServicerContext) -> Any:
             call = _begin(observer, method, context, request)
             with call.scope.running(), _outcome(call):
-                responses = iter(unary_stream(request, context))
-            return _stepwise(call, responses)
+                responses = unary_stream(request, context)
+            return _steps(call, responses)
 
         return grpc.unary_stream_rpc_method_handler(one_to_many, decode, encode)
     if handler.stream_unary is not None:
@@ -185,11 +212,11 @@ def _wrap(
     stream_stream = handler.stream_stream
     method = Method(service, name, "bidi_stream")
 
-    def many_to_many(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    def many_to_many(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         call = _begin(observer, method, context, None)
         with call.scope.running(), _outcome(call):
-            responses = iter(stream_stream(requests, context))
-        return _stepwise(call, responses)
+            responses = stream_stream(requests, context)
+        return _steps(call, responses)
 
     return grpc.stream_stream_rpc_method_handler(many_to_many, decode, encode)
 

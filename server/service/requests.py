@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,7 +22,7 @@ from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.model import AuditEntry
 from actors.storage.store import Store
 
-__all__ = ["RequestContext", "request_scope"]
+__all__ = ["RequestContext", "begin_request", "bound", "end_request", "request_scope"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,39 +50,58 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-@contextmanager
-def request_scope(
-    store: Store, context: grpc.ServicerContext, action: str, caller: str
-) -> Iterator[RequestContext]:
-    """Bind the call's id and caller to the log; audit it when it ends.
+def begin_request(context: grpc.ServicerContext, action: str, caller: str) -> RequestContext:
+    """The call's id and caller; the id goes back to the caller in the initial metadata."""
+    call = RequestContext(_request_id(context), caller, action)
+    context.send_initial_metadata(((_HEADER, call.request_id),))
+    return call
+
+
+def end_request(store: Store, call: RequestContext) -> None:
+    """Log how the call ended and audit it.
 
     An audit entry that cannot be stored (the store is down) is logged and does not
     fail the call: the call's own outcome is what the caller must get.
     """
-    call = RequestContext(_request_id(context), caller, action)
-    context.send_initial_metadata(((_HEADER, call.request_id),))
-    with structlog.contextvars.bound_contextvars(
-        request_id=call.request_id, caller=call.caller, rpc=action
-    ):
+    log.info(
+        "rpc",
+        request_id=call.request_id,
+        caller=call.caller,
+        rpc=call.action,
+        batch_id=call.batch_id,
+        outcome=call.outcome,
+        duration=time.monotonic() - call.started,
+    )
+    entry = AuditEntry(
+        at=time.time(),
+        request_id=call.request_id,
+        caller=call.caller,
+        action=call.action,
+        batch_id=call.batch_id,
+        outcome=call.outcome,
+        detail=call.detail,
+    )
+    try:
+        store.append_audit(entry)
+    except StorageUnavailableError:
+        log.exception("audit_not_stored", request_id=call.request_id)
+
+
+@contextmanager
+def request_scope(
+    store: Store, context: grpc.ServicerContext, action: str, caller: str
+) -> Iterator[RequestContext]:
+    """Bind the call's id and caller to the log; audit it when it ends."""
+    call = begin_request(context, action, caller)
+    with bound(call):
         try:
             yield call
         finally:
-            log.info(
-                "rpc",
-                batch_id=call.batch_id,
-                outcome=call.outcome,
-                duration=time.monotonic() - call.started,
-            )
-            entry = AuditEntry(
-                at=time.time(),
-                request_id=call.request_id,
-                caller=call.caller,
-                action=action,
-                batch_id=call.batch_id,
-                outcome=call.outcome,
-                detail=call.detail,
-            )
-            try:
-                store.append_audit(entry)
-            except StorageUnavailableError:
-                log.exception("audit_not_stored")
+            end_request(store, call)
+
+
+def bound(call: RequestContext) -> AbstractContextManager[None]:
+    """The call's id, caller and method bound to every log line written inside."""
+    return structlog.contextvars.bound_contextvars(
+        request_id=call.request_id, caller=call.caller, rpc=call.action
+    )

@@ -11,11 +11,13 @@ batch that does not exist (same status, reason and message), so ids leak nothing
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from typing import NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -30,7 +32,7 @@ from server.security.auth import Authenticator
 from server.security.concurrency import TenantCaps
 from server.security.ratelimit import RateLimiter
 from server.service.caps import tenant_caps
-from server.service.requests import RequestContext, request_scope
+from server.service.requests import RequestContext, begin_request, bound, end_request
 from server.service.upload import Uploads
 from server.service.watch import WatchHub
 from server.wire import convert
@@ -63,7 +65,7 @@ def _recorded(caller_id: str) -> str:
 
 
 def _current_request_id() -> str:
-    """The running call's id, bound by :func:`server.service.requests.request_scope`."""
+    """The running call's id, bound by :func:`server.service.requests.bound`."""
     return str(structlog.contextvars.get_contextvars().get("request_id", ""))
 
 
@@ -81,6 +83,7 @@ def _require(value: str, field: str) -> str:
 _S = TypeVar("_S", bound="BatchServicer")
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+_Result = TypeVar("_Result")
 _Unary = Callable[[_S, _Request, grpc.ServicerContext], _Response]
 _Streaming = Callable[[_S, _Request, grpc.ServicerContext], Iterator[_Response]]
 
@@ -131,6 +134,61 @@ def _streaming(
     return answer
 
 
+def _streaming_from_loop(
+    method: Callable[[_S, _Request, grpc.ServicerContext], AsyncIterator[_Response]],
+) -> Callable[[_S, _Request, grpc.ServicerContext], AsyncIterator[_Response]]:
+    """A method whose stream is sent from the server's event loop (see
+    :mod:`server.service.serving`): opened on a call thread like :func:`_streaming`'s,
+    its failures while streaming turned into a status the same way, and its end logged
+    and audited on a call thread."""
+
+    @functools.wraps(method)
+    def answer(
+        self: _S, request: _Request, context: grpc.ServicerContext
+    ) -> AsyncIterator[_Response]:
+        if self.closing:
+            abort(context, service_closing())
+        call = self.begin(context, method.__name__, request)
+        try:
+            with bound(call):
+                stream = method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+            _refuse(context, call, exc, self._store)
+        return _sent(self, stream, call, context)
+
+    return answer
+
+
+async def _sent(
+    servicer: BatchServicer,
+    stream: AsyncIterator[_Response],
+    call: RequestContext,
+    context: grpc.ServicerContext,
+) -> AsyncIterator[_Response]:
+    error = None
+    try:
+        async with contextlib.aclosing(stream) as messages:  # type: ignore[type-var]
+            async for message in messages:
+                yield message
+    except Exception as exc:  # noqa: BLE001 - every failure leaves as a status
+        error = wire_error(exc)
+        call.outcome = f"{error.code.name} {error.reason}"
+    finally:
+        # Also when the client left: the generator is closed, or its task cancelled.
+        await servicer.blocking(lambda: end_request(servicer._store, call))
+    if error is not None:
+        abort(context, error)
+
+
+def _refuse(
+    context: grpc.ServicerContext, call: RequestContext, exc: Exception, store: Store
+) -> NoReturn:
+    error = wire_error(exc)
+    call.outcome = f"{error.code.name} {error.reason}"
+    end_request(store, call)
+    abort(context, error)
+
+
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     """Serves ``BatchService`` from a runtime.
 
@@ -148,6 +206,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         tokens: Signs and checks page tokens. Default a random key of this process's.
         full_view_files: Files in the first page of a ``BATCH_VIEW_FULL`` reply.
             Default 100.
+        threads: Runs what streams sent from the event loop must not run there (see
+            :meth:`blocking`). Default: the loop's own executor.
     """
 
     def __init__(
@@ -163,7 +223,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         exports: TenantCaps | None = None,
         tokens: PageTokens | None = None,
         full_view_files: int = 100,
+        threads: Executor | None = None,
     ) -> None:
+        self._threads = threads
         self._runtime = runtime
         self._store = store
         self._uploads = uploads
@@ -192,17 +254,31 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         self, context: grpc.ServicerContext, action: str, request: object
     ) -> Iterator[RequestContext]:
         """The call's id, log context and audit entry (see :mod:`server.service.requests`)."""
+        call = self.begin(context, action, request)
+        with bound(call):
+            try:
+                yield call
+            finally:
+                end_request(self._store, call)
+
+    def begin(self, context: grpc.ServicerContext, action: str, request: object) -> RequestContext:
+        """The call's id and what it asks about; :func:`end_request` logs and audits it."""
         try:
             caller = self._auth.caller(context)
         except WireError:
             caller = "<unauthenticated>"  # the interceptor refuses such calls earlier
-        with request_scope(self._store, context, action, caller) as call:
-            # What the caller sent goes into every log line and the audit trail: ids that
-            # cannot be real are cut short, so a 4 MB id is not written out again per call.
-            call.batch_id = _recorded(str(getattr(request, "batch_id", "")))
-            file_ids = (_recorded(file_id) for file_id in getattr(request, "file_ids", ()))
-            call.detail = ",".join(file_ids)[:_MAX_RECORDED_DETAIL]
-            yield call
+        call = begin_request(context, action, caller)
+        # What the caller sent goes into every log line and the audit trail: ids that
+        # cannot be real are cut short, so a 4 MB id is not written out again per call.
+        call.batch_id = _recorded(str(getattr(request, "batch_id", "")))
+        file_ids = (_recorded(file_id) for file_id in getattr(request, "file_ids", ()))
+        call.detail = ",".join(file_ids)[:_MAX_RECORDED_DETAIL]
+        return call
+
+    async def blocking(self, function: Callable[[], _Result]) -> _Result:
+        """``function``'s result, run on a call thread: for what a stream sent from the
+        event loop must not do there (read or write the store)."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, function)
 
     def _check_owner(self, batch_id: str, caller: str) -> None:
         """Refuse a batch that is not the caller's as a missing one, reading only its
@@ -318,10 +394,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             sequence=page.sequence,
         )
 
-    @_streaming
+    @_streaming_from_loop
     def WatchBatch(  # type: ignore[override]  # serialized events: see watch_handler
         self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
+    ) -> AsyncIterator[bytes]:
         caller = self._auth.caller(context)
         self._check_owner(request.batch_id, caller)
         session = self._hub.open(
@@ -333,7 +409,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         )
         if not context.add_callback(session.cancel):
             session.cancel()
-        yield from session.frames()
+        return session.stream(self.blocking)
 
     @_unary
     def RetryFiles(self, request: pb.RetryFilesRequest, context: grpc.ServicerContext) -> pb.Batch:

@@ -229,12 +229,14 @@ class ServerSettings(BaseSettings):
             1,000; the rest is read with ``ListFiles`` from its ``next_page_token``.
             Default 100: a full reply stays far below gRPC's 4 MiB message limit
             whatever the batch's size.
-        rpc_threads: Threads serving calls; more than ``max_watchers + max_uploads +
+        rpc_threads: Threads running the calls' handlers; more than ``max_uploads +
             max_exports + max_open_streams`` (the calls that hold a thread for long), so
             that a full house of them never starves other calls. Default that sum + 32.
-        max_concurrent_rpcs: Calls the server takes at once, running or waiting for a
-            thread; more are refused with ``RESOURCE_EXHAUSTED`` at once instead of
-            queueing without end. Default twice the threads.
+            Watches hold none: they are sent from the server's event loop.
+        max_concurrent_rpcs: Calls the server takes at once, watches included, running
+            or waiting for a thread; more are refused with ``RESOURCE_EXHAUSTED`` at once
+            instead of queueing without end. Default twice the threads plus
+            ``max_watchers``.
         shutdown_grace: Seconds running attempts get to finish on SIGTERM before they
             are stopped. Default 10.
         stop_timeout: Seconds to wait for a batch's attempts to stop. Default 10.
@@ -314,8 +316,7 @@ class ServerSettings(BaseSettings):
     def _threads_beyond_long_calls(self) -> Self:
         if self.rpc_threads is not None and self.rpc_threads <= self._long_calls:
             raise ValueError(
-                "rpc_threads must be more than max_watchers + max_uploads + max_exports + "
-                "max_open_streams"
+                "rpc_threads must be more than max_uploads + max_exports + max_open_streams"
             )
         return self
 
@@ -334,9 +335,7 @@ class ServerSettings(BaseSettings):
     @property
     def _long_calls(self) -> int:
         """Calls that may hold a thread for long, at most, all kinds together."""
-        return (
-            self.max_watchers + self.max_uploads + self.max_exports + self.security.max_open_streams
-        )
+        return self.max_uploads + self.max_exports + self.security.max_open_streams
 
     @property
     def threads(self) -> int:
@@ -346,7 +345,7 @@ class ServerSettings(BaseSettings):
     @property
     def concurrent_rpcs(self) -> int:
         """Calls taken at once, running or queued for a thread."""
-        return self.max_concurrent_rpcs or 2 * self.threads
+        return self.max_concurrent_rpcs or 2 * self.threads + self.max_watchers
 
     def watchers_per_tenant(self, *, tenants: bool) -> int | None:
         """One tenant's cap on watches (``tenants``: whether tenants are configured)."""

@@ -17,20 +17,27 @@ converting each event again for each of them cost more than sending it.
 
 A watch that asks for several events per message (``max_events_per_message``) sends
 whatever waits for it when it wakes in one message, the frames joined as they are
-(:func:`~server.wire.convert.coalesced_event_frame`). Sending a message costs the
-threaded server about 60 µs of CPU whatever it holds, so a watcher that falls behind
-catches up in a few messages instead of one per event, and the cost of a batch's events
-grows with its watchers rather than with its watchers times its events. Nothing is
-merged away: every event goes out once, in sequence order.
+(:func:`~server.wire.convert.coalesced_event_frame`). Sending a message costs tens of
+µs of CPU whatever it holds, so a watcher that falls behind catches up in a few
+messages instead of one per event, and the cost of a batch's events grows with its
+watchers rather than with its watchers times its events. Nothing is merged away: every
+event goes out once, in sequence order.
+
+The service sends watches from its event loop (:meth:`WatchSession.stream`, see
+:mod:`server.service.serving`): a watch waiting for events holds no thread, and the
+committing thread wakes all of a loop's waiting watches with one call into it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import itertools
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import Any
 
 import grpc
 
@@ -41,7 +48,10 @@ from server.security.concurrency import Slot, TenantCaps
 from server.wire import convert
 from server.wire.errors import WireError, service_closing
 
-__all__ = ["WatchHub", "WatchItem", "WatchSession"]
+__all__ = ["Blocking", "WatchHub", "WatchItem", "WatchSession"]
+
+Blocking = Callable[[Callable[[], Any]], Awaitable[Any]]
+"""Runs a function that may block off the event loop; awaited for its result."""
 
 WatchItem = BatchSummary | BatchEvent
 """What a watch yields: a snapshot of the batch (its record and counts), or one event."""
@@ -101,6 +111,8 @@ class _Feed:
         self.end = 0
         # Watchers whose place is the end: when they are all, nothing kept is needed.
         self._current = 0
+        # Watchers waiting on an event loop (the caller holds ``changed``).
+        self.sleepers: set[_Watcher] = set()
 
     def append(self, event: _Shared) -> None:
         """Keep ``event`` for the watchers and wake those that wait; never waits for them."""
@@ -108,7 +120,28 @@ class _Feed:
             self._events.append(event)
             self.end += 1
             self._current = 0
-            self.changed.notify_all()
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake every waiting watcher (the caller holds ``changed``).
+
+        Those waiting on an event loop are woken with one call into each loop, however
+        many they are; they are waiting no more until they have taken what is new, so
+        the further events of the same commit cost the committing thread nothing.
+        """
+        self.changed.notify_all()
+        if not self.sleepers:
+            return
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for sleeper in self.sleepers:
+            if sleeper.waiting is not None:
+                loop = sleeper.waiting.get_loop()
+                loops.setdefault(loop, []).append(sleeper.waiting)
+        self.sleepers.clear()
+        for loop, waiting in loops.items():
+            # A closed loop has no watch left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake_all, waiting)
 
     def join(self, watcher: _Watcher) -> int:
         """Add ``watcher``; its place, from which it sees every later event."""
@@ -144,6 +177,17 @@ class _Feed:
             self._events.clear()
 
 
+def _wake_all(waiting: list[asyncio.Future[None]]) -> None:
+    for future in waiting:
+        if not future.done():
+            future.set_result(None)
+
+
+def _time_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _Watcher:
     """One watcher's place in its batch's feed; the watch takes what lies after it."""
 
@@ -155,6 +199,8 @@ class _Watcher:
         self.place = 0
         self._stopped = False
         self._stop_error: BaseException | None = None
+        # What a watch on an event loop awaits while it waits for events.
+        self.waiting: asyncio.Future[None] | None = None
 
     def joined(self, feed: _Feed) -> None:
         """Follow ``feed`` from its end."""
@@ -175,7 +221,7 @@ class _Watcher:
             self._stopped = True
             self._stop_error = error
             # The batch's other watchers wake too, see nothing new and wait again.
-            feed.changed.notify_all()
+            feed.wake()
 
     def idle(self) -> bool:
         """Whether nothing waits to be taken."""
@@ -196,16 +242,40 @@ class _Watcher:
         feed = self._feed()
         with feed.changed:
             feed.changed.wait_for(lambda: self._stopped or self.place != feed.end, timeout)
-            if self._stopped:
-                if self._stop_error is not None:
-                    raise self._stop_error
-                return None
-            if self.place == feed.end:
-                return [], False
-            events = feed.after(self.place)
-            self.place = feed.end
-            feed.caught_up()
-            return (events, False) if events is not None else ([], True)
+            return self._take(feed)
+
+    async def take_soon(self, timeout: float) -> tuple[list[_Shared], bool] | None:
+        """:meth:`take`, waiting on the running event loop instead of a thread."""
+        feed = self._feed()
+        with feed.changed:
+            if self._stopped or self.place != feed.end:
+                return self._take(feed)
+            loop = asyncio.get_running_loop()
+            self.waiting = waiting = loop.create_future()
+            feed.sleepers.add(self)
+        timer = loop.call_later(timeout, _time_up, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            with feed.changed:
+                feed.sleepers.discard(self)
+                self.waiting = None
+        with feed.changed:
+            return self._take(feed)
+
+    def _take(self, feed: _Feed) -> tuple[list[_Shared], bool] | None:
+        """What :meth:`take` returns once done waiting (the caller holds ``changed``)."""
+        if self._stopped:
+            if self._stop_error is not None:
+                raise self._stop_error
+            return None
+        if self.place == feed.end:
+            return [], False
+        events = feed.after(self.place)
+        self.place = feed.end
+        feed.caught_up()
+        return (events, False) if events is not None else ([], True)
 
 
 class WatchHub:
@@ -410,6 +480,45 @@ class WatchSession:
                 else:
                     yield from self._messages(item)
 
+    async def stream(self, blocking: Blocking) -> AsyncIterator[bytes]:
+        """:meth:`frames` on an event loop, which it never blocks.
+
+        It waits for events on the loop; what reads the store (the snapshot or the
+        events after ``after_sequence``, a catch-up, the check that the batch still
+        exists) it runs through ``blocking``, which calls a function elsewhere and
+        returns its result. Many watches then cost no thread each, and a commit wakes
+        them all with one call into the loop.
+        """
+        async with contextlib.aclosing(self._items_soon(blocking)) as items:
+            async for item in items:
+                if isinstance(item, BatchSummary):
+                    yield convert.snapshot_to_proto(item).SerializeToString()
+                else:
+                    for message in self._messages(item):
+                        yield message
+
+    async def _items_soon(
+        self, blocking: Blocking
+    ) -> AsyncGenerator[BatchSummary | list[_Shared], None]:
+        try:
+            for first in await blocking(lambda: list(self._start())):
+                yield first
+            while not self._done():
+                taken = await self._watcher.take_soon(self._hub.liveness_interval)
+                if taken is None:
+                    return
+                events, overflowed = taken
+                if not events and not overflowed:
+                    await blocking(self._check_exists)
+                    continue
+                fresh = None if overflowed else self._fresh(events)
+                if fresh is None:
+                    fresh = await blocking(functools.partial(self._read, self._last))
+                for item in self._send(fresh):
+                    yield item
+        finally:
+            self.cancel()
+
     def _messages(self, events: list[_Shared]) -> Iterator[bytes]:
         """``events`` cut into messages of at most the allowed count and bytes."""
         if self._per_message == 1:
@@ -494,11 +603,15 @@ class WatchSession:
 
     def _catch_up(self, queued: list[_Shared], overflowed: bool) -> list[_Shared]:
         """The events after the last one sent, without gaps or repeats."""
+        fresh = None if overflowed else self._fresh(queued)
+        return self._read(self._last) if fresh is None else fresh
+
+    def _fresh(self, queued: list[_Shared]) -> list[_Shared] | None:
+        """The queued events after the last one sent; ``None`` if some between are
+        missing (then they are read from the store)."""
         fresh = [e for e in queued if e.sequence > self._last]
         contiguous = all(e.sequence == self._last + i for i, e in enumerate(fresh, start=1))
-        if overflowed or not contiguous:
-            return self._read(self._last)
-        return fresh
+        return fresh if contiguous else None
 
     def _read(self, after: int) -> list[_Shared]:
         events = self._hub.store.events_after(self._watcher.batch_id, after)

@@ -309,15 +309,16 @@ def test_a_tenant_holding_its_exports_leaves_the_others_theirs(
 
 def test_the_thread_budget_leaves_room_beyond_every_long_call() -> None:
     settings = ServerSettings(max_watchers=64, max_uploads=32)
-    long_calls = 64 + 32 + settings.max_exports + settings.security.max_open_streams
+    # Watches hold no thread: they are sent from the server's event loop.
+    long_calls = 32 + settings.max_exports + settings.security.max_open_streams
     assert settings.threads == long_calls + 32
-    assert settings.concurrent_rpcs == 2 * settings.threads
+    assert settings.concurrent_rpcs == 2 * settings.threads + 64
     assert settings.watchers_per_tenant(tenants=True) == 16
     assert settings.uploads_per_tenant(tenants=True) == 8
     assert settings.watchers_per_tenant(tenants=False) is None
     assert settings.exports_per_tenant(tenants=True) == 2
     with pytest.raises(ValueError, match="max_uploads \\+ max_exports \\+ max_open_streams"):
-        ServerSettings(max_watchers=8, max_uploads=8, rpc_threads=24)
+        ServerSettings(max_watchers=8, max_uploads=16, rpc_threads=32)
 
 
 @given(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -247,6 +250,34 @@ def test_too_many_watches_are_refused(serve: ServerFactory) -> None:
     first.cancel()
 
 
+def test_open_watches_hold_no_call_thread(serve: ServerFactory) -> None:
+    # 12 threads of the call pool are free beyond the long calls (2 + 1 + 8 + 12 = 23),
+    # 30 watches are open: each held a thread of its own in the threaded server, and
+    # then the calls below waited behind them for good.
+    server = serve(rpc_threads=23, max_watchers=40, max_uploads=2, max_exports=1)
+    batch = server.submit(("a.pdf", make_pdf("a")))
+    server.settle(batch.batch_id)
+    watches = [
+        server.stub.WatchBatch(
+            pb.WatchBatchRequest(batch_id=batch.batch_id, follow=True), timeout=WAIT
+        )
+        for _ in range(30)
+    ]
+    try:
+        assert all(next(watch).HasField("snapshot") for watch in watches)
+
+        another = server.submit(("b.pdf", make_pdf("b")))
+        server.settle(another.batch_id)
+        got = server.stub.GetBatch(pb.GetBatchRequest(batch_id=batch.batch_id), timeout=WAIT)
+        assert got.batch_id == batch.batch_id
+    except grpc.RpcError as error:
+        raise AssertionError(f"a call waited behind the watches: {error}") from error
+    finally:
+        for watch in watches:
+            watch.cancel()
+    eventually(lambda: server.service.hub.open_watches == 0)
+
+
 # Coalescing: several events per message ---------------------------------------------
 
 # A client that reads nothing lets at most this many bytes of the stream wait for it:
@@ -366,14 +397,8 @@ def _new_batch(store: MemoryStore, files: int, batch_id: str = "b1") -> BatchBoo
 
 def _run_batch(store: MemoryStore, book: BatchBook) -> None:
     """Commit a whole run, one change per commit: 2 events per file, 2 for the batch."""
-    book.set_batch(BatchState.RUNNING, 1.0)
-    store.commit(book.take_changes(), {})
-    for record in book.files():
-        for state in (FileState.RUNNING, FileState.SUCCEEDED):
-            book.set_file(record.file_id, state, 2.0)
-            store.commit(book.take_changes(), {})
-    book.set_batch(BatchState.SUCCEEDED, 3.0)
-    store.commit(book.take_changes(), {})
+    for commit in _commits(store, book):
+        commit()
 
 
 def _drain(items: Iterator[object]) -> list[int]:
@@ -446,6 +471,92 @@ def test_deletion_and_shutdown_end_open_watches() -> None:
     assert isinstance(results["closing"], ServiceClosing)
     with pytest.raises(ServiceClosing):
         hub.open("b1", 0, follow=False)
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """Counts the calls made into it from other threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls_from_threads = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls_from_threads += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_watches_on_an_event_loop_are_woken_once_per_commit_whatever_their_number() -> None:
+    store = MemoryStore()
+    hub = WatchHub(store)
+    book = _new_batch(store, files=5)
+    loop = _CountingLoop()
+    reads = ThreadPoolExecutor(max_workers=1)
+
+    async def blocking(function: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(reads, function)
+
+    async def watch_all() -> tuple[list[list[bytes]], list[int]]:
+        streams = [hub.open("b1", 0, follow=False).stream(blocking) for _ in range(10)]
+        snapshots = [await anext(stream) for stream in streams]
+        assert all(_events([s])[0].WhichOneof("change") == "snapshot" for s in snapshots)
+        sending = asyncio.gather(*(_rest(stream) for stream in streams))
+        calls = []
+        for commit in _commits(store, book):
+            # Each commit, made on another thread, finds all ten waiting on this loop.
+            while _waiting(hub, "b1") < 10:
+                await asyncio.sleep(0.001)
+            before = loop.calls_from_threads
+            await asyncio.get_running_loop().run_in_executor(None, commit)
+            calls.append(loop.calls_from_threads - before)
+        return await sending, calls
+
+    try:
+        sent, calls = loop.run_until_complete(watch_all())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+        reads.shutdown()
+    hub.close()
+
+    stored = [convert.event_to_proto(e).SerializeToString() for e in store.events_after("b1", 0)]
+    assert all(frames == stored for frames in sent)
+    assert hub.open_watches == 0
+    # One call wakes the ten, one more says the commit's thread is done.
+    assert calls == [2] * 12
+
+
+def _waiting(hub: WatchHub, batch_id: str) -> int:
+    feed = hub._feeds[batch_id]
+    with feed.changed:
+        return len(feed.sleepers)
+
+
+def _commits(store: MemoryStore, book: BatchBook) -> Iterator[Callable[[], None]]:
+    """The commits of :func:`_run_batch`, each to be made when the caller wants."""
+
+    def batch(state: BatchState, at: float) -> Callable[[], None]:
+        def commit() -> None:
+            book.set_batch(state, at)
+            store.commit(book.take_changes(), {})
+
+        return commit
+
+    def file(file_id: str, state: FileState) -> Callable[[], None]:
+        def commit() -> None:
+            book.set_file(file_id, state, 2.0)
+            store.commit(book.take_changes(), {})
+
+        return commit
+
+    yield batch(BatchState.RUNNING, 1.0)
+    for record in book.files():
+        for state in (FileState.RUNNING, FileState.SUCCEEDED):
+            yield file(record.file_id, state)
+    yield batch(BatchState.SUCCEEDED, 3.0)
+
+
+async def _rest(stream: AsyncIterator[bytes]) -> list[bytes]:
+    return [frame async for frame in stream]
 
 
 def _events(frames: list[bytes]) -> list[pb.WatchBatchResponse]:

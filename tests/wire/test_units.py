@@ -399,7 +399,8 @@ def test_settings_come_from_the_environment_and_flags_win(
         1234,
     )
     assert ServerSettings(address="127.0.0.1:1").address == "127.0.0.1:1"
-    long_calls = settings.max_watchers + settings.max_uploads + settings.max_exports + 8
+    long_calls = settings.max_uploads + settings.max_exports + 8
     assert settings.threads == long_calls + 32
-    with pytest.raises(ValueError, match="rpc_threads must be more than max_watchers"):
-        ServerSettings(rpc_threads=8, max_watchers=8)
+    assert settings.concurrent_rpcs == 2 * settings.threads + settings.max_watchers
+    with pytest.raises(ValueError, match="rpc_threads must be more than max_uploads"):
+        ServerSettings(rpc_threads=8, max_uploads=8)

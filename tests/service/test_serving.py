@@ -1,0 +1,138 @@
+"""The asyncio server carrying threaded-style handlers: what a handler can count on."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from server.service.serving import AsyncioServer
+from tests.helpers.processes import eventually
+
+_WAIT = 30.0
+_SERVICE = "test.Echo"
+_call_name: contextvars.ContextVar[str] = contextvars.ContextVar("call_name", default="")
+
+
+class _Echo:
+    """Handlers that note what happened to them, for the tests to read."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.closed_in: list[str] = []
+        self.broke_off = threading.Event()
+        self.read: list[bytes] = []
+
+    def ticks(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        _call_name.set(request.decode())
+        context.add_callback(self.ended.set)
+        try:
+            while context.is_active():
+                yield b"tick"
+        finally:
+            self.closed_in.append(_call_name.get())
+
+    def collect(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        try:
+            for request in requests:
+                self.read.append(request)
+        except grpc.RpcError:
+            self.broke_off.set()
+            raise
+        return b"%d" % len(self.read)
+
+    def refuse(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.send_initial_metadata((("x-seen", request.decode()),))
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
+        raise AssertionError("abort returned")
+
+
+@pytest.fixture
+def echo() -> Iterator[tuple[_Echo, grpc.Channel]]:
+    handlers = _Echo()
+    threads = ThreadPoolExecutor(max_workers=4)
+    server = AsyncioServer(threads)
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                _SERVICE,
+                {
+                    "Ticks": grpc.unary_stream_rpc_method_handler(handlers.ticks),
+                    "Collect": grpc.stream_unary_rpc_method_handler(handlers.collect),
+                    "Refuse": grpc.unary_unary_rpc_method_handler(handlers.refuse),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield handlers, channel
+    finally:
+        channel.close()
+        server.stop(None).wait(_WAIT)
+        threads.shutdown(wait=True)
+        server.close()
+
+
+def _method(channel: grpc.Channel, kind: str, name: str) -> Any:
+    return getattr(channel, kind)(f"/{_SERVICE}/{name}")
+
+
+def test_a_stream_whose_client_left_runs_its_callbacks_and_closes_in_its_own_context(
+    echo: tuple[_Echo, grpc.Channel],
+) -> None:
+    handlers, channel = echo
+    stream = _method(channel, "unary_stream", "Ticks")(b"first", timeout=_WAIT)
+    assert next(stream) == b"tick"
+
+    stream.cancel()
+
+    assert handlers.ended.wait(_WAIT)
+    # The generator's finally ran, with the context variables its call set.
+    eventually(lambda: handlers.closed_in == ["first"])
+
+
+def test_a_client_stream_that_breaks_off_raises_in_the_handler(
+    echo: tuple[_Echo, grpc.Channel],
+) -> None:
+    handlers, channel = echo
+    sent, cancelled = threading.Event(), threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b"a"
+        yield b"b"
+        sent.set()
+        cancelled.wait(_WAIT)  # no end: the client cancels instead
+
+    call = _method(channel, "stream_unary", "Collect").future(requests(), timeout=_WAIT)
+    assert sent.wait(_WAIT)
+    eventually(lambda: len(handlers.read) == 2)
+    call.cancel()
+    cancelled.set()
+
+    assert handlers.broke_off.wait(_WAIT)
+    assert handlers.read == [b"a", b"b"]
+
+
+def test_a_client_stream_read_to_its_end(echo: tuple[_Echo, grpc.Channel]) -> None:
+    _, channel = echo
+    answer = _method(channel, "stream_unary", "Collect")(iter([b"x", b"y", b"z"]), timeout=_WAIT)
+    assert answer == b"3"
+
+
+def test_an_abort_on_a_handler_thread_reaches_the_client_with_the_initial_metadata(
+    echo: tuple[_Echo, grpc.Channel],
+) -> None:
+    _, channel = echo
+    with pytest.raises(grpc.RpcError) as refused:
+        _method(channel, "unary_unary", "Refuse").with_call(b"42", timeout=_WAIT)
+    error: Any = refused.value
+    assert (error.code(), error.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "not now")
+    assert ("x-seen", "42") in error.initial_metadata()
