@@ -23,12 +23,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import grpc
 import structlog
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no stubs: see _keep_grpc_aio
 
 __all__ = ["AsyncioServer"]
 
@@ -239,6 +241,7 @@ class AsyncioServer:
     async def _make(
         self, options: tuple[tuple[str, Any], ...], maximum_concurrent_rpcs: int | None
     ) -> grpc.aio.Server:
+        _keep_grpc_aio()
         return grpc.aio.server(
             handlers=[_Bridge(self)],
             options=options,
@@ -413,6 +416,17 @@ class AsyncioServer:
             await self._stream(call, many_to_many, None, True)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, decode, encode)
+
+
+@functools.cache
+def _keep_grpc_aio() -> None:
+    """Keep grpc.aio's process-wide state from the first server to the process's end.
+
+    Its completion queue is one per process, polled by a thread of its own, and torn
+    down when the last grpc.aio object is garbage collected: the thread would come and
+    go with the collector's timing. Called on a server's loop, which it binds.
+    """
+    cygrpc.init_grpc_aio()
 
 
 class _Bridge(grpc.GenericRpcHandler):
