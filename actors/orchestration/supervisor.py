@@ -939,8 +939,12 @@ class BatchSupervisor(pykka.ThreadingActor):
         file's way through the supervisor: the interval groups them, at the price of
         holding an event back that long at most. Nothing held back has been shown to
         anyone: events reach watchers and replies only once stored. A crash before the
-        commit loses only work that is then done again.
+        commit loses only work that is then done again. With nothing to store, no timer
+        is armed: the commit it fired would arm the next, every interval, for as long
+        as the batch runs.
         """
+        if not self._book.changed:
+            return
         if self._book.pending_events >= _GROUP_COMMIT_EVENTS:
             self._commit()
             return

@@ -185,6 +185,11 @@ class BatchBook:
         """Events since the last :meth:`take_changes`."""
         return len(self._events)
 
+    @property
+    def changed(self) -> bool:
+        """Whether :meth:`take_changes` has anything to hand over."""
+        return bool(self._events or self._dirty or self._arrived)
+
     def files_arrived(self, total: int) -> int:
         """An upload's batch has ``total`` files now: count those not counted yet as
         PENDING (no event; the counts are stored with the next changes).

@@ -15,6 +15,8 @@ import pykka
 import pytest
 
 from actors.orchestration.file_actor import FileActor
+from actors.orchestration.messages import BackoffElapsed
+from actors.orchestration.supervisor import BatchSupervisor
 from actors.policy.book import Changes
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
@@ -253,6 +255,32 @@ def test_a_report_that_finds_the_inbox_empty_waits_for_the_commit_interval(
 
         running = h.waiter.until(batch_id, lambda v: v.files[0].state is FileState.SUCCEEDED)
         assert [f.state for f in running.files] == [FileState.SUCCEEDED, FileState.RUNNING]
+        h.runtime.cancel(batch_id)
+        assert h.settled(batch_id).batch.state is BatchState.CANCELLED
+
+
+def test_a_commit_leaves_no_timer_behind_when_nothing_waits_to_be_stored(
+    tmp_path: Path,
+) -> None:
+    for h in build_harness(tmp_path, commit_interval=5.0):
+        policy = BatchPolicy(max_concurrency=1)
+        batch_id = h.runtime.submit(h.files(b"ok", b"hang"), policy=policy).batch.batch_id
+        # The first outcome waits for the interval; its commit starts the second file.
+        h.clock.wait_for_timer(5.0, timeout=30)
+        h.clock.advance(5.0)
+        h.waiter.until(batch_id, lambda v: v.files[1].state is FileState.RUNNING)
+        (supervisor,) = pykka.ActorRegistry.get_by_class(BatchSupervisor)
+        for _ in range(3):
+            # Whatever commit waited is due. A stale timer's message (a file that
+            # left its backoff long ago) changes nothing, stores nothing, and is
+            # answered once the supervisor has handled what came before it.
+            h.clock.advance(5.0)
+            supervisor.ask(BackoffElapsed("gone", 1), timeout=30)
+
+        # A timer armed after a commit that stored everything would tick every
+        # interval for as long as the file runs.
+        soon = h.clock.now() + 5.0
+        assert [due for due in h.clock.pending() if due <= soon] == []
         h.runtime.cancel(batch_id)
         assert h.settled(batch_id).batch.state is BatchState.CANCELLED
 
