@@ -2,8 +2,10 @@
 
 The id comes from the caller's ``x-request-id`` metadata when it is a sane token, else
 it is made here; it is sent back in the initial metadata, bound to every log line of the
-call (structlog context variables: the call runs on one gRPC thread) and written, with
-who asked what about which batch and how it ended, to the store's append-only audit.
+call (structlog context variables: every step of a call runs in the same copy of them,
+see :mod:`server.service.serving`) and written, with who asked what about which batch
+and how it ended, to the store's append-only audit (:func:`end_request`, which names
+the call itself, for a watch whose end is logged from another thread).
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,7 +23,7 @@ from actors.policy.catalogue import StorageUnavailableError
 from actors.policy.model import AuditEntry
 from actors.storage.store import Store
 
-__all__ = ["RequestContext", "begin_request", "bound", "end_request", "request_scope"]
+__all__ = ["RequestContext", "begin_request", "bound", "end_request"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,19 +86,6 @@ def end_request(store: Store, call: RequestContext) -> None:
         store.append_audit(entry)
     except StorageUnavailableError:
         log.exception("audit_not_stored", request_id=call.request_id)
-
-
-@contextmanager
-def request_scope(
-    store: Store, context: grpc.ServicerContext, action: str, caller: str
-) -> Iterator[RequestContext]:
-    """Bind the call's id and caller to the log; audit it when it ends."""
-    call = begin_request(context, action, caller)
-    with bound(call):
-        try:
-            yield call
-        finally:
-            end_request(store, call)
 
 
 def bound(call: RequestContext) -> AbstractContextManager[None]:

@@ -183,11 +183,6 @@ def _wake_all(waiting: list[asyncio.Future[None]]) -> None:
             future.set_result(None)
 
 
-def _time_up(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class _Watcher:
     """One watcher's place in its batch's feed; the watch takes what lies after it."""
 
@@ -253,7 +248,7 @@ class _Watcher:
             loop = asyncio.get_running_loop()
             self.waiting = waiting = loop.create_future()
             feed.sleepers.add(self)
-        timer = loop.call_later(timeout, _time_up, waiting)
+        timer = loop.call_later(timeout, _wake_all, [waiting])
         try:
             await waiting
         finally:
