@@ -328,35 +328,35 @@ class AsyncioServer:
     async def _run(self, context: contextvars.Context, function: Any, *args: Any) -> Any:
         return await self._loop.run_in_executor(self._threads, context.run, function, *args)
 
-    async def _answer(self, call: Any, behavior: Any, request: Any, from_stream: bool) -> Any:
+    async def _answer(
+        self, call: Any, behavior: Any, request: Any, *, from_stream: bool, to_stream: bool
+    ) -> Any:
+        """Run ``behavior`` on a call thread; send what a stream of it yields, or return
+        its one response. An abort on the thread becomes the call's status here."""
         context = _Context(call, self._loop)
         variables = contextvars.copy_context()
         argument = _requests(context) if from_stream else request
         try:
             response = await self._run(variables, behavior, argument, context)
+            if to_stream:
+                await self._send(call, context, variables, response)
+                response = None
         except _Aborted:
             await context._send_abort()
             raise
         await context._flush()
         return response
 
-    async def _stream(self, call: Any, behavior: Any, request: Any, from_stream: bool) -> None:
-        context = _Context(call, self._loop)
-        variables = contextvars.copy_context()
-        argument = _requests(context) if from_stream else request
-        try:
-            responses = await self._run(variables, behavior, argument, context)
-            if hasattr(responses, "__anext__"):
-                async with contextlib.aclosing(responses):
-                    async for response in responses:
-                        await context._flush()
-                        await call.write(response)
-            else:
-                await self._send_steps(call, context, variables, iter(responses))
-        except _Aborted:
-            await context._send_abort()
-            raise
-        await context._flush()
+    async def _send(
+        self, call: Any, context: _Context, variables: contextvars.Context, responses: Any
+    ) -> None:
+        if not hasattr(responses, "__anext__"):
+            await self._send_steps(call, context, variables, iter(responses))
+            return
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                await context._flush()
+                await call.write(response)
 
     async def _send_steps(
         self, call: Any, context: _Context, variables: contextvars.Context, steps: Iterator[Any]
@@ -393,28 +393,32 @@ class AsyncioServer:
             one_to_one = handler.unary_unary
 
             async def unary_unary(request: Any, call: Any) -> Any:
-                return await self._answer(call, one_to_one, request, False)
+                return await self._answer(
+                    call, one_to_one, request, from_stream=False, to_stream=False
+                )
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, decode, encode)
         if handler.stream_unary is not None:
             many_to_one = handler.stream_unary
 
             async def stream_unary(_: Any, call: Any) -> Any:
-                return await self._answer(call, many_to_one, None, True)
+                return await self._answer(
+                    call, many_to_one, None, from_stream=True, to_stream=False
+                )
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, decode, encode)
         if handler.unary_stream is not None:
             one_to_many = handler.unary_stream
 
             async def unary_stream(request: Any, call: Any) -> None:
-                await self._stream(call, one_to_many, request, False)
+                await self._answer(call, one_to_many, request, from_stream=False, to_stream=True)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, decode, encode)
         many_to_many = handler.stream_stream
         assert many_to_many is not None
 
         async def stream_stream(_: Any, call: Any) -> None:
-            await self._stream(call, many_to_many, None, True)
+            await self._answer(call, many_to_many, None, from_stream=True, to_stream=True)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, decode, encode)
 
