@@ -5,8 +5,11 @@ job up, reports the outcome to its batch supervisor and stops itself. Stopped ea
 cancel, a fail-fast, a shutdown) it kills its worker before it goes.
 
 A file costs the actor one message in (the outcome) and its supervisor one (the
-report). A worker's start is no message: the executor's callback arms the deadline
-itself (the scheduler is thread-safe), and the pid travels with the outcome.
+report). The outcome is handled on the executor's thread that brings it, unless the
+actor is busy (:meth:`~actors.orchestration.dispatch.DispatchedActor.tell_here`): no
+dispatcher thread wakes for it. A worker's start is no message: the executor's callback
+arms the deadline itself (the scheduler is thread-safe), and the pid travels with the
+outcome.
 """
 
 from __future__ import annotations
@@ -88,11 +91,10 @@ class FileActor(DispatchedActor):
         self._reported = False
 
     def on_start(self) -> None:
-        me = self.actor_ref
         self._handle = self._executor.submit(
             self._job,
             on_started=self._worker_started,
-            on_done=lambda report: tell_if_alive(me, WorkerDone(report)),
+            on_done=lambda report: self.tell_here(WorkerDone(report)),
         )
 
     def _worker_started(self, pid: int | None) -> None:

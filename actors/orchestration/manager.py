@@ -16,6 +16,7 @@ import pykka
 import structlog
 
 from actors.orchestration.clock import Timer
+from actors.orchestration.dispatch import ThreadActor
 from actors.orchestration.file_actor import tell_if_alive
 from actors.orchestration.messages import SupervisorFailed, SupervisorRetiring
 from actors.orchestration.supervisor import BatchSupervisor, SupervisorDeps
@@ -77,7 +78,7 @@ class SweepRetention:
 _STORAGE_OUTAGE = StorageUnavailableError.__name__
 
 
-class BatchManager(pykka.ThreadingActor):
+class BatchManager(ThreadActor):
     """Creates, finds and restarts batch supervisors.
 
     Args:

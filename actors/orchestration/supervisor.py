@@ -30,7 +30,7 @@ import structlog
 
 from actors.execution.contract import AttemptFailure, AttemptJob, AttemptSuccess, Executor
 from actors.orchestration.clock import Scheduler, Timer
-from actors.orchestration.dispatch import Dispatcher
+from actors.orchestration.dispatch import Dispatcher, ThreadActor
 from actors.orchestration.file_actor import FileActor, tell_if_alive
 from actors.orchestration.messages import (
     AttemptFinished,
@@ -113,7 +113,7 @@ class SupervisorDeps:
     commit_interval: float = 0.0
 
 
-class BatchSupervisor(pykka.ThreadingActor):
+class BatchSupervisor(ThreadActor):
     """Runs one batch: starts file actors, applies the policy to their outcomes.
 
     Args:

@@ -35,6 +35,10 @@ class Recorder(DispatchedActor):
                     raise ValueError(text)
                 case ("echo", value):
                     return (value, threading.current_thread().name)
+                case "yourself":
+                    return self
+                case ("where", name):
+                    self.log.append((name, threading.current_thread().name))
                 case name:
                     self.log.append(name)
             return None
@@ -142,3 +146,56 @@ def test_close_stops_the_actors_still_running_and_refuses_new_ones() -> None:
     with pytest.raises(pykka.ActorDeadError):
         Recorder.start(dispatcher, log, threading.Event())
     dispatcher.close()
+
+
+def test_told_here_an_idle_actor_handles_the_message_on_the_callers_thread(
+    dispatcher: Dispatcher,
+) -> None:
+    log: list[Any] = []
+    ref = Recorder.start(dispatcher, log, threading.Event())
+    actor = ref.ask("yourself")  # its turns are over: it is idle
+    caller = threading.Thread(target=lambda: actor.tell_here(("where", "here")), name="executor")
+    caller.start()
+    caller.join()
+    assert log == [("here", "executor")]
+
+
+def test_told_here_a_busy_actor_gets_the_message_after_the_others_on_its_dispatcher(
+    dispatcher: Dispatcher,
+) -> None:
+    log: list[Any] = []
+    gate = threading.Event()
+    ref = Recorder.start(dispatcher, log, gate)
+    actor = ref.ask("yourself")
+    ref.tell(("wait", "first"))
+    ref.tell(("where", "second"))
+    returned = threading.Event()
+
+    def tell() -> None:
+        actor.tell_here(("where", "third"))
+        returned.set()
+
+    caller = threading.Thread(target=tell, name="executor")
+    caller.start()
+    # It returns while the actor still waits: the message was queued, not handled.
+    assert returned.wait(10)
+    assert log == []
+    gate.set()
+    caller.join()
+    ref.ask(("echo", None))
+    assert [entry[0] if isinstance(entry, tuple) else entry for entry in log] == [
+        "first",
+        "second",
+        "third",
+    ]
+    assert {entry[1] for entry in log[1:]} <= {"test-dispatch-0", "test-dispatch-1"}
+
+
+def test_told_here_a_stopped_actor_drops_the_message(dispatcher: Dispatcher) -> None:
+    log: list[Any] = []
+    ref = Recorder.start(dispatcher, log, threading.Event())
+    actor = ref.ask("yourself")
+    ref.stop()
+    actor.tell_here(("where", "late"))
+    assert log == [("stopped", ref.actor_urn)]
+    assert dispatcher.running() == 0
