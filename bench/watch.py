@@ -19,6 +19,7 @@ processing and fan-out) and of the watchers' is kept in the detail.
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import subprocess
@@ -36,7 +37,7 @@ from bench.options import Options
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
 from server.client.api import Client
-from server.service.app import DATABASE_NAME, Service
+from server.service.app import DATABASE_NAME, Service, freeze_startup_heap
 from server.service.settings import ServerSettings, UploadLimits
 
 __all__ = ["watch_latency"]
@@ -79,6 +80,8 @@ def watch_latency(options: Options) -> list[Figure]:
             service = Service(settings, store=store)
             try:
                 service.start()
+                # As `pdfbatch serve` does once it serves; undone when the scenario ends.
+                freeze_startup_heap()
                 for index in range(options.repeat or 1):
                     for mode, per_message in MODES.items():
                         cpu_before = _cpu_seconds()
@@ -93,6 +96,7 @@ def watch_latency(options: Options) -> list[Figure]:
                         )
             finally:
                 service.stop(grace=0)
+                gc.unfreeze()
         finally:
             unsubscribe()
             store.close()

@@ -245,11 +245,21 @@ class AttemptCallbacks:
                 _call_safely(self._on_started, pid)
 
     def deliver_done(self, outcome: AttemptOutcomeReport) -> None:
-        """Report the attempt's outcome."""
+        """Report the attempt's outcome, and let go of both callbacks.
+
+        They are no longer called, and they typically hold the actor that holds this
+        handle: kept, each ended attempt would be freed by the garbage collector's
+        cycle search instead of as soon as its actor is dropped.
+        """
         self.finished.set()
         with self._delivery:
             self._done_delivered = True
-            _call_safely(self._on_done, outcome)
+            on_done, self._on_done, self._on_started = self._on_done, _ignore, _ignore
+            _call_safely(on_done, outcome)
+
+
+def _ignore(_: object) -> None:
+    pass
 
 
 def _call_safely(callback: Callable[[_A], None], arg: _A) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +201,20 @@ def test_told_here_a_stopped_actor_drops_the_message(dispatcher: Dispatcher) -> 
     actor.tell_here(("where", "late"))
     assert log == [("stopped", ref.actor_urn)]
     assert dispatcher.running() == 0
+
+
+def test_a_stopped_actor_is_freed_as_soon_as_it_is_dropped() -> None:
+    dispatcher = Dispatcher(threads=1, name="test-dispatch")
+    gc.disable()  # freed by reference counting, or not at all
+    try:
+        ref = Recorder.start(dispatcher, [], threading.Event())
+        actor = weakref.ref(ref.ask("yourself"))
+        ref.tell("once")
+        ref.stop()
+        del ref
+    finally:
+        dispatcher.close()  # its last turn has ended
+        try:
+            assert actor() is None, "a stopped actor waited for the cycle collector"
+        finally:
+            gc.enable()

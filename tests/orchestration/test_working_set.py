@@ -5,6 +5,7 @@ that batches of tens of thousands of files run in seconds."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.file_actor import FileActor
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
@@ -259,3 +261,21 @@ def test_resume_reads_the_working_set_not_the_batch(tmp_path: Path) -> None:
     finally:
         second.close()
         store.close()
+
+
+def test_file_actors_are_freed_as_they_stop_without_the_cycle_collector(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite3", synchronous="NORMAL")
+    rig = Rig(store, BlobStore(tmp_path / "blobs"))
+    gc.collect()
+    gc.disable()  # freed by reference counting, or not at all
+    try:
+        try:
+            batch_id = rig.submit(300)
+            assert rig.settled(batch_id).counts[FileState.SUCCEEDED] == 300
+        finally:
+            rig.close()  # every actor's last turn has ended
+            store.close()
+        alive = sum(isinstance(thing, FileActor) for thing in gc.get_objects())
+        assert alive == 0, f"{alive} stopped file actors wait for the cycle collector"
+    finally:
+        gc.enable()
