@@ -460,7 +460,7 @@ def freeze_startup_heap() -> None:
     every full collection went through all of it again, about 70,000 objects, 45 to
     140 ms holding the interpreter and so pausing every thread (watches, commits,
     cancels alike). With it, and with stopped file actors freed as soon as they are
-    dropped, the collector spent 80 ms instead of 575 to 770 ms while 15,000 files
+    dropped, the collector spent 80 ms instead of 575 to 815 ms while 15,000 files
     went through the ``feed`` scenario, its longest pause 2 ms instead of 135 to 143.
     """
     gc.collect()
