@@ -12,6 +12,7 @@ import pykka
 import pytest
 
 from actors.orchestration.dispatch import DispatchedActor, Dispatcher
+from tests.helpers.processes import eventually
 
 
 class Recorder(DispatchedActor):
@@ -155,7 +156,9 @@ def test_told_here_an_idle_actor_handles_the_message_on_the_callers_thread(
 ) -> None:
     log: list[Any] = []
     ref = Recorder.start(dispatcher, log, threading.Event())
-    actor = ref.ask("yourself")  # its turns are over: it is idle
+    actor = ref.ask("yourself")
+    # The reply comes before the turn ends: wait until the actor has given its turn back.
+    eventually(lambda: not actor.actor_inbox._scheduled)
     caller = threading.Thread(target=lambda: actor.tell_here(("where", "here")), name="executor")
     caller.start()
     caller.join()
