@@ -78,10 +78,10 @@ def watch_latency(options: Options) -> list[Figure]:
         unsubscribe = store.subscribe(note)
         try:
             service = Service(settings, store=store)
+            # As `pdfbatch serve` does before it starts; undone when the scenario ends.
+            freeze_startup_heap()
             try:
                 service.start()
-                # As `pdfbatch serve` does once it serves; undone when the scenario ends.
-                freeze_startup_heap()
                 for index in range(options.repeat or 1):
                     for mode, per_message in MODES.items():
                         cpu_before = _cpu_seconds()
