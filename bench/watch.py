@@ -32,6 +32,7 @@ from pathlib import Path
 
 from actors.policy.model import BatchEvent
 from actors.storage.sqlite_store import SQLiteStore
+from actors.storage.store import each_event
 from bench.corpus import CorpusFile, one_page_corpus
 from bench.options import Options
 from bench.report import Figure, at_most, judged, percentile
@@ -75,7 +76,7 @@ def watch_latency(options: Options) -> list[Figure]:
         store = SQLiteStore(
             settings.data_dir / DATABASE_NAME, max_events_per_batch=settings.max_events_per_batch
         )
-        unsubscribe = store.subscribe(note)
+        unsubscribe = store.subscribe(each_event(note))
         try:
             service = Service(settings, store=store)
             # As `pdfbatch serve` does before it starts; undone when the scenario ends.

@@ -382,11 +382,11 @@ class SQLiteStore:
                 _insert_results(db, batch_id, results)
         if more:
             self._wake_mover()
-        with self._listeners_lock:
-            listeners = list(self._listeners)
-        for event in changes.events:
+        if changes.events:
+            with self._listeners_lock:
+                listeners = list(self._listeners)
             for listener in listeners:
-                listener(event)
+                listener(changes.events)
 
     @staticmethod
     def _refuse_commit(db: sqlite3.Connection, batch_id: str, previous: int) -> None:

@@ -31,9 +31,27 @@ from actors.policy.model import (
 )
 from actors.policy.sealed import SealedResult, as_sealed, details_from_json, info_from_json, unseal
 
-__all__ = ["EventListener", "FileHistoryPage", "MemoryStore", "Store", "concerns_file"]
+__all__ = [
+    "EventListener",
+    "FileHistoryPage",
+    "MemoryStore",
+    "Store",
+    "concerns_file",
+    "each_event",
+]
 
-EventListener = Callable[[BatchEvent], None]
+EventListener = Callable[[Sequence[BatchEvent]], None]
+"""Hears each commit's events: once per commit, all of them, in sequence order."""
+
+
+def each_event(observe: Callable[[BatchEvent], None]) -> EventListener:
+    """A listener that calls ``observe`` with each event of a commit in turn."""
+
+    def listener(events: Sequence[BatchEvent]) -> None:
+        for event in events:
+            observe(event)
+
+    return listener
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +272,12 @@ class Store(Protocol):
         ...
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
-        """Call ``listener`` with every event after it is committed; returns unsubscribe."""
+        """Call ``listener`` after each commit that has events, with all of them in
+        sequence order (one batch's), on the committing thread; returns unsubscribe.
+
+        One call per commit, not per event: a listener that wakes someone (a watch)
+        wakes them once for the commit's events, which they then take together.
+        """
         ...
 
     def append_audit(self, entry: AuditEntry) -> None:
@@ -465,9 +488,9 @@ class MemoryStore:
             for file_id, result in sealed.items():
                 self._results[(batch_id, file_id)] = result
             listeners = list(self._listeners)
-        for event in changes.events:
+        if changes.events:
             for listener in listeners:
-                listener(event)
+                listener(changes.events)
 
     def load(self, batch_id: str) -> BatchView | None:
         with self._lock:

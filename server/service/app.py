@@ -38,7 +38,7 @@ from actors.policy.model import BatchState, FileState
 from actors.storage.blobs import BlobStore
 from actors.storage.private import private_directory
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import Store
+from actors.storage.store import Store, each_event
 from server.gen.pdfbatch.v1 import batch_pb2, batch_pb2_grpc
 from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, check_listen_address
 from server.security.quotas import TenantQuotas
@@ -242,13 +242,13 @@ class Service:
     def _start_observers(self, undo: contextlib.ExitStack) -> str | None:
         """Trace and serve Prometheus metrics if asked to; returns ``host:port`` or ``None``."""
         if self._tracing is not None:
-            undo.callback(self.store.subscribe(self._tracing.observe))
+            undo.callback(self.store.subscribe(each_event(self._tracing.observe)))
         port = self.settings.metrics_port
         if port is None:
             return None
         pool = self.pool if isinstance(self.pool, WorkerPool) else None
         metrics = self._metrics = ServiceMetrics(self.store, pool, lambda: self.hub.open_watches)
-        undo.callback(self.store.subscribe(metrics.observe))
+        undo.callback(self.store.subscribe(each_event(metrics.observe)))
         host = self.settings.metrics_address
         self._metrics_http = MetricsServer(
             metrics.registry,

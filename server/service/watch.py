@@ -1,10 +1,12 @@
 """``WatchBatch``: every committed event to every watcher, never slowing the store down.
 
-The hub listens to the store. Its listener appends each event once to its batch's feed
-(:class:`_Feed`), shared by the batch's watchers, wakes the watchers that wait, and
-returns: it runs on the committing thread (the batch supervisor's), so its work per
-event does not grow with the watchers. Each watcher takes what lies after its own place
-in the feed. A watcher further behind than the feed keeps (``queue_size`` events)
+The hub listens to the store. After each commit its listener appends the commit's events
+once to their batch's feed (:class:`_Feed`), shared by the batch's watchers, wakes the
+watchers that wait, and returns: it runs on the committing thread (the batch
+supervisor's), so its work per event does not grow with the watchers. Each watcher takes
+what lies after its own place in the feed: a woken watcher finds the whole commit there,
+so a watch that allows several events per message sends about one message per commit,
+not one per event. A watcher further behind than the feed keeps (``queue_size`` events)
 catches up by re-reading the store's events after the last one it sent. So a slow or
 stalled watcher costs the batch nothing, and still misses nothing.
 
@@ -36,7 +38,15 @@ import functools
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Sequence,
+)
 from typing import Any
 
 import grpc
@@ -93,12 +103,11 @@ class _Shared:
 class _Feed:
     """One batch's latest events, shared by its watchers.
 
-    The store's listener appends each event once, whatever the number of watchers, and
-    wakes those that wait; each watcher keeps its own place (a count of the events
-    appended before it) and takes what lies after it. So the committing thread (the
-    batch supervisor's) does the same small work per event for one watcher or fifty,
-    besides one release per watcher that waits (a woken watcher waits again only once
-    it has taken and sent what it found, so mostly once per commit). The feed keeps at
+    The store's listener appends each commit's events once, whatever the number of
+    watchers, and wakes those that wait; each watcher keeps its own place (a count of
+    the events appended before it) and takes what lies after it. So the committing
+    thread (the batch supervisor's) does the same small work per event for one watcher
+    or fifty, besides one release per watcher that waits, once per commit. The feed keeps at
     most ``capacity`` events, and forgets them all once every watcher has taken them; a
     watcher further behind than the feed reaches falls back to the store.
     """
@@ -114,11 +123,12 @@ class _Feed:
         # Watchers waiting on an event loop (the caller holds ``changed``).
         self.sleepers: set[_Watcher] = set()
 
-    def append(self, event: _Shared) -> None:
-        """Keep ``event`` for the watchers and wake those that wait; never waits for them."""
+    def extend(self, events: list[_Shared]) -> None:
+        """Keep one commit's ``events`` for the watchers and wake those that wait, once
+        for all of them, so that each takes the commit whole; never waits for them."""
         with self.changed:
-            self._events.append(event)
-            self.end += 1
+            self._events.extend(events)
+            self.end += len(events)
             self._current = 0
             self.wake()
 
@@ -313,7 +323,7 @@ class WatchHub:
         self._feeds: dict[str, _Feed] = {}
         self._count = 0
         self._closed = False
-        self._unsubscribe = store.subscribe(self._on_event)
+        self._unsubscribe = store.subscribe(self._on_commit)
 
     def open(
         self,
@@ -423,12 +433,12 @@ class WatchHub:
         if watcher.slot is not None:
             watcher.slot.release()
 
-    def _on_event(self, event: BatchEvent) -> None:
+    def _on_commit(self, events: Sequence[BatchEvent]) -> None:
         # The same work for any number of watchers: on the thread that committed.
         with self._lock:
-            feed = self._feeds.get(event.batch_id)
+            feed = self._feeds.get(events[0].batch_id)
         if feed is not None:
-            feed.append(_Shared(event))
+            feed.extend([_Shared(event) for event in events])
 
 
 class WatchSession:

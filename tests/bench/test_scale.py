@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ def test_ten_thousand_files_run_with_a_bounded_thread_count(h: Harness) -> None:
     baseline = threading.active_count()
     peak = baseline
 
-    def sample(_: BatchEvent) -> None:
+    def sample(_: Sequence[BatchEvent]) -> None:
         nonlocal peak
         peak = max(peak, threading.active_count())
 

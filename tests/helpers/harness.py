@@ -16,7 +16,7 @@ from actors.policy.model import BatchEvent, BatchView, ExtractionResult
 from actors.policy.sealed import SealedResult
 from actors.storage.blobs import BlobStore
 from actors.storage.retention import RetentionPolicy
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import MemoryStore, Store, each_event
 
 SCRIPTED = "tests.helpers.processors:scripted"
 
@@ -28,7 +28,7 @@ class Waiter:
         self._store = store
         self._changed = threading.Condition()
         self.events: list[BatchEvent] = []
-        self._unsubscribe = store.subscribe(self._on_event)
+        self._unsubscribe = store.subscribe(each_event(self._on_event))
 
     def _on_event(self, event: BatchEvent) -> None:
         with self._changed:

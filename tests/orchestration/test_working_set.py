@@ -23,7 +23,7 @@ from actors.policy.refusals import RetryRefused
 from actors.policy.rules import BatchPolicy
 from actors.storage.blobs import BlobStore
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import MemoryStore, Store, each_event
 from tests.helpers.instant_execution import InstantExecutor, failing, succeeding
 
 WAIT = 120.0
@@ -44,7 +44,7 @@ class Rig:
         self._changed = threading.Condition()
         # The last event of each batch: its state and counts, as committed.
         self._last: dict[str, tuple[BatchState, Mapping[FileState, int]]] = {}
-        self._unsubscribe = store.subscribe(self._on_event)
+        self._unsubscribe = store.subscribe(each_event(self._on_event))
 
     def _on_event(self, event: BatchEvent) -> None:
         with self._changed:

@@ -71,7 +71,7 @@ from actors.policy.rules import (
 )
 from actors.storage.blobs import BlobStore
 from actors.storage.sqlite_store import SQLiteStore
-from actors.storage.store import MemoryStore, Store
+from actors.storage.store import MemoryStore, Store, each_event
 from tests.helpers.reliability import REPORT
 from tests.helpers.scripted_execution import (
     AttemptKey,
@@ -321,7 +321,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.heard: dict[str, list[BatchEvent]] = {}
         self._heard_lock = threading.Lock()
         self.store = self._open_store()
-        self._unsubscribe = self.store.subscribe(self._hear)
+        self._unsubscribe = self.store.subscribe(each_event(self._hear))
         self.batches: list[str] = []
         self.files_of: dict[str, tuple[str, ...]] = {}
         self.policy_of: dict[str, BatchPolicy] = {}
@@ -710,7 +710,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert isinstance(self.store, SQLiteStore)
             self.store.close()
             self.store = self._open_store()
-            self._unsubscribe = self.store.subscribe(self._hear)
+            self._unsubscribe = self.store.subscribe(each_event(self._hear))
         self.executor = ScriptedExecutor(self.quiet.changed)
         self.runtime = self._new_runtime()
         resumed = self.runtime.resume()

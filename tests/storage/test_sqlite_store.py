@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -57,28 +57,31 @@ def test_a_batch_commits_and_loads_with_its_events_and_results(store: SQLiteStor
         assert mode == 0o600, "the documents' text is for the service's user only"
 
 
-def test_listeners_hear_of_an_event_only_once_it_is_committed(
+def test_listeners_hear_of_a_commits_events_together_once_they_are_committed(
     store: SQLiteStore, tmp_path: Path
 ) -> None:
     store.create_batch(new_batch())
-    seen: list[tuple[int, int]] = []
+    heard: list[tuple[list[int], int]] = []
 
-    def on_event(event: BatchEvent) -> None:
+    def on_commit(events: Sequence[BatchEvent]) -> None:
         # Another connection, as another process would read: the change is there.
         with sqlite3.connect(tmp_path / "db.sqlite3") as other:
             (stored,) = other.execute("SELECT sequence FROM batches").fetchone()
         other.close()
-        seen.append((event.sequence, stored))
+        heard.append(([event.sequence for event in events], stored))
 
-    unsubscribe = store.subscribe(on_event)
+    unsubscribe = store.subscribe(on_commit)
     book = BatchBook(store.load("b1"))  # type: ignore[arg-type]
     book.set_batch(BatchState.RUNNING, 101.0)
+    book.set_file("f00001", FileState.RUNNING, 101.5)
+    book.set_file("f00002", FileState.RUNNING, 101.5)
     store.commit(book.take_changes(), {})
+    store.commit(book.take_changes(), {})  # no events: nothing to hear
     unsubscribe()
     book.set_batch(BatchState.CANCELLING, 102.0)
     store.commit(book.take_changes(), {})
 
-    assert seen == [(1, 1)]
+    assert heard == [([1, 2, 3], 3)]
 
 
 class _PagesThatBreak(tuple[str, ...]):
