@@ -168,6 +168,12 @@ class Executor(Protocol):
         """
         ...
 
+    def queued_seconds(self) -> float:
+        """About how long the attempts queued now, and not yet running, would keep the
+        workers busy; 0 when the executor cannot tell. A supervisor lets reports wait
+        for its group commit only while this covers the wait."""
+        ...
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """Cancel every queued and running attempt of the batch at once.
 

@@ -80,6 +80,10 @@ class ScreenedExecutor:
             return _Refused()
         return self._inner.submit(job, on_started, on_done)
 
+    def queued_seconds(self) -> float:
+        """See :meth:`actors.execution.contract.Executor.queued_seconds`."""
+        return self._inner.queued_seconds()
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
         self._inner.cancel_batch(batch_id, code)

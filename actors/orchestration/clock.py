@@ -1,9 +1,12 @@
-"""Time for the actors: the current time and timers that fire later.
+"""Time for the actors: the current time, timers that fire later, and waits for a moment.
 
-Actors never sleep. A backoff or a deadline is a timer whose callback ``tell``s an actor.
-:class:`ThreadScheduler` runs every timer of the process on one thread (a 10,000-file
-batch in backoff holds 10,000 heap entries, not 10,000 threads); :class:`FakeScheduler`
-fires timers only when a test advances it.
+Actors never sleep in a handler. A backoff or a deadline is a timer whose callback
+``tell``s an actor. :class:`ThreadScheduler` runs every timer of the process on one
+thread (a 10,000-file batch in backoff holds 10,000 heap entries, not 10,000 threads);
+:class:`FakeScheduler` fires timers only when a test advances it. An actor that owns its
+thread may also wait in its inbox for a moment (:meth:`Scheduler.wait`, as a batch
+supervisor waits for its next group commit), woken early by a message: no timer thread
+then takes part.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Protocol
 
 import structlog
 
-__all__ = ["FakeScheduler", "Scheduler", "ThreadScheduler", "Timer"]
+__all__ = ["FakeScheduler", "Scheduler", "ThreadScheduler", "Timer", "wait_by_timer"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +49,21 @@ class Scheduler(Protocol):
         The callback must be quick and must not raise; it typically ``tell``s an actor.
         """
         ...
+
+    def wait(self, wake: threading.Event, until: float) -> None:
+        """Block the calling thread until ``wake`` is set or the clock reaches ``until``
+        (seconds since the epoch), whichever comes first."""
+        ...
+
+
+def wait_by_timer(scheduler: Scheduler, wake: threading.Event, until: float) -> None:
+    """:meth:`Scheduler.wait` for a clock whose time only moves by its timers (a test's):
+    a timer due at ``until`` sets ``wake``, and is cancelled if something else did."""
+    timer = scheduler.call_later(until - scheduler.now(), wake.set)
+    try:
+        wake.wait()
+    finally:
+        timer.cancel()
 
 
 @dataclass(order=True, slots=True)
@@ -103,6 +121,10 @@ class ThreadScheduler:
                 self._cond.notify()
         return entry
 
+    def wait(self, wake: threading.Event, until: float) -> None:
+        # On the caller's thread alone: the timers' thread is not woken.
+        wake.wait(max(0.0, until - self.now()))
+
     def close(self) -> None:
         """Drop every pending timer and stop the thread. Idempotent."""
         with self._cond:
@@ -147,6 +169,9 @@ class FakeScheduler:
             heapq.heappush(self._heap, entry)
             self._armed.notify_all()
         return entry
+
+    def wait(self, wake: threading.Event, until: float) -> None:
+        wait_by_timer(self, wake, until)
 
     def pending(self) -> list[float]:
         """Due times of the timers not yet fired or cancelled, soonest first."""

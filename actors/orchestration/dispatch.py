@@ -31,7 +31,7 @@ import pykka
 import structlog
 from pykka._envelope import Envelope
 
-__all__ = ["DispatchedActor", "Dispatcher", "ThreadActor"]
+__all__ = ["DispatchedActor", "Dispatcher", "HoldingInbox", "ThreadActor"]
 
 log = structlog.get_logger(__name__)
 
@@ -282,16 +282,72 @@ class DispatchedActor(pykka.ThreadingActor):
             pykka.ActorRegistry.stop_all(block=False)
 
 
-class ThreadActor(pykka.ThreadingActor):
-    """A pykka :class:`~pykka.ThreadingActor` (a thread of its own) with a cheaper inbox.
+class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
+    """A :class:`ThreadActor`'s inbox, which its actor can tell to hold until a moment.
 
-    pykka's inbox is a :class:`queue.Queue`, written in Python over a
-    :class:`threading.Condition` that makes a lock for every wait, and a batch
-    supervisor takes a message per file and waits for most of them. A
-    :class:`queue.SimpleQueue` does what an inbox must (``put``, ``get``, ``empty``,
-    first in first out) in C.
+    What an inbox must do (``put``, ``get``, ``empty``, first in first out) is a
+    :class:`queue.SimpleQueue`'s, in C: pykka's own inbox is a :class:`queue.Queue`,
+    written in Python over a :class:`threading.Condition` that makes a lock for every
+    wait, and a batch supervisor takes a message per file.
+
+    :meth:`hold` asks the next ``get`` to wait until a moment (the supervisor's next
+    group commit) and then hand over a given message if nothing came: the actor waits
+    in its inbox, between two messages, and an ``ask`` it answered is not kept waiting.
+    Messages of the types the actor names may arrive meanwhile without waking it: they
+    wait for the moment, and are handled together then (see
+    :meth:`~actors.orchestration.supervisor.BatchSupervisor._commit_unless_more_coming`).
+    Any other message ends the wait at once.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake = threading.Event()
+        self._quiet: tuple[type, ...] = ()
+        # While a hold is set: (its scheduler, its moment, what to hand over then).
+        self._hold: tuple[Any, float, Any] | None = None
+
+    def put(self, item: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
+        super().put(item)
+        # After the item is in: an actor that saw the inbox empty is woken by this.
+        if self._hold is not None and not isinstance(item.message, self._quiet):
+            self._wake.set()
+
+    def hold(self, scheduler: Any, until: float, message: Any, quiet: tuple[type, ...]) -> bool:
+        """On the actor's thread, its inbox empty: make the next ``get`` wait until
+        ``until`` by ``scheduler``'s clock, then return ``message`` if nothing is in.
+
+        Messages of the ``quiet`` types that arrive meanwhile do not end the wait.
+        Returns ``False`` (and holds nothing) if a message is in already.
+        """
+        self._quiet = quiet
+        self._wake.clear()
+        self._hold = (scheduler, until, message)
+        if not self.empty():
+            self._hold = None
+            return False
+        return True
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Envelope[Any]:
+        hold = self._hold
+        if hold is None:
+            return super().get(block, timeout)
+        scheduler, until, message = hold
+        try:
+            scheduler.wait(self._wake, until)
+        finally:
+            self._hold = None
+            self._quiet = ()
+        if self.empty():
+            return Envelope(message)
+        return super().get(block, timeout)
+
+
+class ThreadActor(pykka.ThreadingActor):
+    """A pykka :class:`~pykka.ThreadingActor` (a thread of its own) with a
+    :class:`HoldingInbox`."""
+
+    actor_inbox: HoldingInbox
 
     @staticmethod
     def _create_actor_inbox() -> Any:
-        return queue.SimpleQueue()
+        return HoldingInbox()

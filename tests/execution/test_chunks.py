@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from actors.execution.contract import AttemptFailure, AttemptSuccess
 from actors.execution.local.pool import MAX_CHUNK, WorkerPool, chunk_size
 from actors.policy.catalogue import ErrorCode
@@ -122,6 +124,40 @@ def test_a_cancel_drops_an_attempt_waiting_in_a_chunk_and_keeps_the_worker(
     assert after.worker_pid == worker_pid
     assert recorder.events["dropped"] == [("done", AttemptFailure(ErrorCode.CANCELLED, None))]
     assert worker_pid in pool.pids()
+
+
+def test_queued_seconds_count_the_attempts_waiting_behind_the_running_one(
+    pool_factory: PoolFactory, blob: Blob, tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    pool = pool_factory(workers=1, chunk_seconds=ALWAYS_CHUNK)
+    first = Gate(tmp_path, "first", blob)
+    recorder.submit(pool, "first", first.blob)
+    recorder.started("first")
+    recorder.submit(pool, "waiting", blob(b"pid"))
+    # No attempt has ended: how long one takes is not known yet.
+    assert pool.queued_seconds() == 0.0
+    first.open()
+    recorder.done("waiting")
+    second = Gate(tmp_path, "second", blob)
+    recorder.submit(pool, "second", second.blob)
+    recorder.started("second")
+    # What runs is not queued.
+    assert pool.queued_seconds() == 0.0
+
+    keys = [f"file-{index}" for index in range(6)]
+    for key in keys[:4]:
+        recorder.submit(pool, key, blob(b"pid"))
+    four = pool.queued_seconds()
+    for key in keys[4:]:
+        recorder.submit(pool, key, blob(b"pid"))
+
+    assert four > 0
+    assert pool.queued_seconds() == pytest.approx(four * 6 / 4)
+    second.open()
+    for key in keys:
+        recorder.done(key)
+    assert pool.queued_seconds() == 0.0
 
 
 def test_cancel_batch_drops_its_attempts_from_chunks_and_queue_and_spares_others(

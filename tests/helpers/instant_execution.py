@@ -96,6 +96,9 @@ class InstantExecutor:
             if outcome is not None and self.forget(attempt):
                 attempt.deliver_done(outcome)
 
+    def queued_seconds(self) -> float:
+        return 0.0
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         with self._lock:
             doomed = [a for a in self._running if a.job.batch_id == batch_id]

@@ -25,7 +25,7 @@ from actors.execution.contract import (
     OnDone,
     OnStarted,
 )
-from actors.orchestration.clock import FakeScheduler, Timer
+from actors.orchestration.clock import FakeScheduler, Timer, wait_by_timer
 from actors.policy.catalogue import ErrorCode
 
 __all__ = ["AttemptKey", "ObservedClock", "Quiet", "ScriptedAttempt", "ScriptedExecutor"]
@@ -114,6 +114,8 @@ class ScriptedExecutor:
         self.submitted: list[AttemptKey] = []
         self.ended: list[tuple[AttemptKey, AttemptOutcomeReport]] = []
         self.closed = False
+        # What queued_seconds answers: workers' worth of queued work, as a test sets it.
+        self.queued = 0.0
 
     # The Executor protocol ------------------------------------------------------------
 
@@ -126,6 +128,9 @@ class ScriptedExecutor:
             self.submitted.append(attempt.key)
         self._changed()
         return attempt
+
+    def queued_seconds(self) -> float:
+        return self.queued
 
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         with self._lock:
@@ -216,6 +221,9 @@ class ObservedClock:
         timer.inner = self.fake.call_later(delay, fire)
         self._changed()
         return timer
+
+    def wait(self, wake: threading.Event, until: float) -> None:
+        wait_by_timer(self, wake, until)
 
     def forget(self, timer: _ObservedTimer) -> None:
         with self._lock:

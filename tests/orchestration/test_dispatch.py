@@ -10,8 +10,10 @@ from typing import Any
 
 import pykka
 import pytest
+from pykka._envelope import Envelope
 
-from actors.orchestration.dispatch import DispatchedActor, Dispatcher
+from actors.orchestration.clock import FakeScheduler
+from actors.orchestration.dispatch import DispatchedActor, Dispatcher, HoldingInbox
 from tests.helpers.processes import eventually
 
 
@@ -221,3 +223,90 @@ def test_a_stopped_actor_is_freed_as_soon_as_it_is_dropped() -> None:
             assert actor() is None, "a stopped actor waited for the cycle collector"
         finally:
             gc.enable()
+
+
+# A thread actor's holding inbox --------------------------------------------------------
+
+
+class _Report:
+    """A message the inbox's owner lets wait for the held moment."""
+
+
+class _Due:
+    """What the inbox hands over when the moment comes and nothing is in."""
+
+
+class _Moment:
+    """A scheduler whose every wait finds the moment already come; it notes, for each
+    wait, whether a message had ended it (``wake`` set) and until when it was."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[bool, float]] = []
+
+    def now(self) -> float:
+        return 100.0
+
+    def wait(self, wake: threading.Event, until: float) -> None:
+        self.waits.append((wake.is_set(), until))
+
+
+def _message(envelope: Any) -> Any:
+    return envelope.message
+
+
+def test_a_held_inbox_is_woken_by_a_message_but_not_by_one_its_owner_lets_wait() -> None:
+    inbox = HoldingInbox()
+    moment = _Moment()
+    due = _Due()
+
+    assert inbox.hold(moment, 105.0, due, (_Report,))
+    report = _Report()
+    inbox.put(Envelope(report))
+    # The wait was not ended by the report: it waits for the moment with the rest.
+    assert _message(inbox.get()) is report
+    assert moment.waits == [(False, 105.0)]
+
+    assert inbox.hold(moment, 106.0, due, (_Report,))
+    inbox.put(Envelope("cancel"))
+    assert _message(inbox.get()) == "cancel"
+    assert moment.waits[-1] == (True, 106.0)
+
+    # Nothing came: the moment brings the held message.
+    assert inbox.hold(moment, 107.0, due, (_Report,))
+    assert _message(inbox.get()) is due
+    # Without a hold, nothing waits and nothing is made up.
+    inbox.put(Envelope(report))
+    assert _message(inbox.get()) is report
+    assert len(moment.waits) == 3
+
+
+def test_a_hold_is_refused_while_a_message_waits_in_the_inbox() -> None:
+    inbox = HoldingInbox()
+    moment = _Moment()
+    inbox.put(Envelope("first"))
+
+    assert not inbox.hold(moment, 105.0, _Due(), ())
+    assert _message(inbox.get()) == "first"
+    assert moment.waits == []
+
+
+def test_a_held_inbox_waits_for_the_schedulers_moment() -> None:
+    clock = FakeScheduler()
+    inbox = HoldingInbox()
+    due = _Due()
+    got: list[Any] = []
+    assert inbox.hold(clock, clock.now() + 5.0, due, (_Report,))
+    reader = threading.Thread(target=lambda: got.append(_message(inbox.get())))
+    reader.start()
+    try:
+        clock.wait_pending(1, timeout=10)
+        inbox.put(Envelope(_Report()))
+        assert clock.pending() == [clock.now() + 5.0]
+        clock.advance(5.0)
+    finally:
+        reader.join(10)
+    assert not reader.is_alive()
+    # The report came first; the moment found it in, so nothing was made up.
+    assert len(got) == 1
+    assert isinstance(got[0], _Report)
+    assert clock.pending() == []

@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pykka
 import pytest
 
+from actors.execution.contract import AttemptSuccess
+from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.file_actor import FileActor
 from actors.orchestration.messages import BackoffElapsed
+from actors.orchestration.runtime import NewFile, Runtime
 from actors.orchestration.supervisor import BatchSupervisor
 from actors.policy.book import Changes
 from actors.policy.catalogue import ErrorCode
-from actors.policy.model import AttemptOutcome, BatchState, BatchView, ExtractionResult, FileState
+from actors.policy.document import DocumentDetails, PageInfo
+from actors.policy.model import (
+    AttemptOutcome,
+    BatchEvent,
+    BatchState,
+    BatchView,
+    DocumentInfo,
+    ExtractionResult,
+    FileState,
+)
 from actors.policy.refusals import FileNotFound, RetryRefused
 from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity, RetryPolicy
+from actors.storage.blobs import BlobStore
 from actors.storage.store import MemoryStore
 from tests.helpers.harness import Harness, build_harness
+from tests.helpers.scripted_execution import Quiet, ScriptedExecutor
 
 
 @pytest.fixture
@@ -283,6 +297,78 @@ def test_a_commit_leaves_no_timer_behind_when_nothing_waits_to_be_stored(
         assert [due for due in h.clock.pending() if due <= soon] == []
         h.runtime.cancel(batch_id)
         assert h.settled(batch_id).batch.state is BatchState.CANCELLED
+
+
+def test_reports_wait_for_the_group_commit_while_the_executor_has_work_queued(
+    tmp_path: Path,
+) -> None:
+    quiet = Quiet()
+    clock = FakeScheduler()
+    store = MemoryStore()
+    executor = ScriptedExecutor(quiet.changed)
+    # Queued work for far longer than the interval: the workers stay busy meanwhile.
+    executor.queued = 60.0
+    runtime = Runtime(
+        store=store,
+        blobs=BlobStore(tmp_path / "blobs"),
+        executor=executor,
+        scheduler=clock,
+        commit_interval=5.0,
+    )
+    commits: list[list[tuple[str, FileState]]] = []
+
+    def heard(events: Sequence[BatchEvent]) -> None:
+        commits.append([(e.file.file_id, e.file.state) for e in events if e.file is not None])
+        quiet.changed()
+
+    unsubscribe = store.subscribe(heard)
+    try:
+        files = [NewFile(name=f"{i}.pdf", blob="ab" * 32, size=1) for i in range(4)]
+        batch_id = runtime.submit(files, policy=BatchPolicy(max_concurrency=2)).batch.batch_id
+        quiet.wait(lambda: None if len(executor.live()) == 2 else "two attempts to queue", 30)
+        first, second = sorted(executor.live())
+        # Handled at once: the supervisor waited for nothing. It starts the third file,
+        # then holds what changed for the interval, in its inbox.
+        assert executor.end(first, AttemptSuccess(_one_page(first.file_id), 4242))
+        clock.wait_pending(1, timeout=30)
+        assert len(executor.submitted) == 3
+        assert executor.end(second, AttemptSuccess(_one_page(second.file_id), 4242))
+        (supervisor,) = pykka.ActorRegistry.get_by_class(BatchSupervisor)
+
+        # The report waits in the inbox, unread: the fourth file waits for it (a woken
+        # supervisor would start it within microseconds; this waits far longer).
+        with pytest.raises(AssertionError, match="still waits"):
+            quiet.wait(lambda: None if len(executor.submitted) > 3 else "still waits", 0.5)
+        assert supervisor.actor_inbox.qsize() == 1
+        clock.advance(5.0)
+
+        fourth = ("f00004", FileState.RUNNING)
+        quiet.wait(lambda: None if any(fourth in c for c in commits) else "its commit", 30)
+        # Handled at the commit's moment, and stored with what was held.
+        (together,) = [c for c in commits if ("f00002", FileState.SUCCEEDED) in c]
+        assert together == [
+            ("f00001", FileState.SUCCEEDED),
+            ("f00003", FileState.RUNNING),
+            ("f00002", FileState.SUCCEEDED),
+            fourth,
+        ]
+        runtime.cancel(batch_id)
+    finally:
+        unsubscribe()
+        runtime.close()
+        executor.close()
+        clock.close()
+
+
+def _one_page(file_id: str) -> ExtractionResult:
+    text = f"the text of {file_id}"
+    return ExtractionResult(
+        page_count=1,
+        encrypted=False,
+        info=DocumentInfo(),
+        pages=(text,),
+        details=DocumentDetails(pages=(PageInfo(characters=len(text)),)),
+    )
 
 
 def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(

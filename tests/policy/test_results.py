@@ -197,6 +197,9 @@ class _ResultsAsGiven:
         on_done(AttemptSuccess(result, None))  # type: ignore[arg-type]
         return _Handed()
 
+    def queued_seconds(self) -> float:
+        return 0.0
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         del batch_id, code
 

@@ -352,6 +352,17 @@ class WorkerPool:
         for attempt, pid in unfinished:
             attempt.deliver_done(AttemptFailure(ErrorCode.CANCELLED, pid))
 
+    def queued_seconds(self) -> float:
+        """See :meth:`actors.execution.contract.Executor.queued_seconds`: the attempts
+        queued, and those handed to a worker behind the one it runs, at the mean
+        attempt's seconds, shared by the workers."""
+        with self._lock:
+            mean = self._mean_seconds
+            if mean is None or not self._workers:
+                return 0.0
+            behind = sum(max(0, len(worker.chunk) - 1) for worker in self._workers)
+            return (len(self._queue) + behind) * mean / len(self._workers)
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
         with self._lock:

@@ -284,6 +284,11 @@ class RayExecutor:
         for chosen in admitted:
             self._hand_over(chosen)
 
+    def queued_seconds(self) -> float:
+        """See :meth:`actors.execution.contract.Executor.queued_seconds`: not known here
+        (the cluster queues tasks out of sight), so reports never wait for a commit."""
+        return 0.0
+
     def cancel_batch(self, batch_id: str, code: ErrorCode) -> None:
         """See :meth:`actors.execution.contract.Executor.cancel_batch`."""
         with self._lock:
