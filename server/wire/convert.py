@@ -20,6 +20,7 @@ from actors.policy.catalogue import has_hidden_characters
 from actors.policy.document import DocumentDetails, ExtractionMode, PageInfo
 from actors.policy.model import (
     Attempt,
+    AttemptOutcome,
     AuditEntry,
     BatchEvent,
     BatchState,
@@ -69,13 +70,23 @@ _JITTER = {pb.JITTER_FULL: "full", pb.JITTER_NONE: "none"}
 _FIELD_NAMES = {"within_seconds": "within"}
 
 
+_NANOS = 1_000_000_000
+_BATCH_STATES = {state: pb.BatchState.Value(f"BATCH_STATE_{state.value}") for state in BatchState}
+_FILE_STATES = {state: pb.FileState.Value(f"FILE_STATE_{state.value}") for state in FileState}
+_OUTCOMES = {
+    outcome: pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{outcome.value}")
+    for outcome in AttemptOutcome
+}
+
+
 # Scalars -----------------------------------------------------------------------------
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
-    return stamp
+    # What Timestamp.FromNanoseconds sets, without its Python-level method: a watch
+    # converts three or four times an event.
+    nanos = round(seconds * 1e9)
+    return timestamp_pb2.Timestamp(seconds=nanos // _NANOS, nanos=nanos % _NANOS)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -90,7 +101,7 @@ def _seconds(duration: duration_pb2.Duration) -> float:
 
 def batch_state_to_proto(state: BatchState) -> pb.BatchState.ValueType:
     """``BatchState.RUNNING`` -> ``BATCH_STATE_RUNNING``."""
-    return pb.BatchState.Value(f"BATCH_STATE_{state.value}")
+    return _BATCH_STATES[state]
 
 
 def batch_state_from_proto(value: pb.BatchState.ValueType, field_path: str) -> BatchState:
@@ -118,46 +129,50 @@ def file_state_from_proto(value: pb.FileState.ValueType, field_path: str) -> Fil
 
 
 def _file_state(state: FileState) -> pb.FileState.ValueType:
-    return pb.FileState.Value(f"FILE_STATE_{state.value}")
+    return _FILE_STATES[state]
 
 
 # Records -----------------------------------------------------------------------------
 
 
 def _attempt_to_proto(attempt: Attempt) -> pb.Attempt:
-    message = pb.Attempt(number=attempt.number, start_time=_timestamp(attempt.started_at))
+    # One constructor call with every field set: each CopyFrom or assignment after it
+    # is a call of its own into the protobuf runtime.
+    fields: dict[str, Any] = {
+        "number": attempt.number,
+        "start_time": _timestamp(attempt.started_at),
+    }
     if attempt.ended_at is not None:
-        message.end_time.CopyFrom(_timestamp(attempt.ended_at))
+        fields["end_time"] = _timestamp(attempt.ended_at)
     if attempt.outcome is not None:
-        message.outcome = pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{attempt.outcome.value}")
+        fields["outcome"] = _OUTCOMES[attempt.outcome]
     if attempt.code is not None:
-        message.code = attempt.code.value
+        fields["code"] = attempt.code.value
     if attempt.worker_pid is not None:
-        message.worker_pid = attempt.worker_pid
+        fields["worker_pid"] = attempt.worker_pid
     if attempt.retry_delay is not None:
-        message.retry_delay.CopyFrom(_duration(attempt.retry_delay))
-    return message
+        fields["retry_delay"] = _duration(attempt.retry_delay)
+    return pb.Attempt(**fields)
 
 
 def file_to_proto(record: FileRecord) -> pb.FileStatus:
     """A file's status, every attempt included."""
-    message = pb.FileStatus(
+    return pb.FileStatus(
         file_id=record.file_id,
         name=record.name,
-        state=_file_state(record.state),
+        state=_FILE_STATES[record.state],
         attempt_count=len(record.attempts),
         attempts=[_attempt_to_proto(a) for a in record.attempts],
         size_bytes=record.size,
         sha256=record.blob,
         manual_retries=record.manual_retries,
         password_supplied=record.encrypted_with_password,
-        warnings=[warning_to_proto(w) for w in record.warnings],
+        warnings=[warning_to_proto(w) for w in record.warnings] if record.warnings else None,
+        error=None if record.error is None else _error_to_proto(record.error),
+        next_attempt_time=(
+            None if record.next_attempt_at is None else _timestamp(record.next_attempt_at)
+        ),
     )
-    if record.error is not None:
-        message.error.CopyFrom(_error_to_proto(record.error))
-    if record.next_attempt_at is not None:
-        message.next_attempt_time.CopyFrom(_timestamp(record.next_attempt_at))
-    return message
 
 
 def warning_to_proto(warning: ResultWarning) -> pb.ResultWarning:
@@ -318,13 +333,13 @@ def event_to_proto(event: BatchEvent) -> pb.WatchBatchResponse:
         sequence=event.sequence,
         batch_id=event.batch_id,
         event_time=_timestamp(event.at),
-        batch_state=batch_state_to_proto(event.batch_state),
+        batch_state=_BATCH_STATES[event.batch_state],
+        counts=_counts_to_proto(event.counts) if event.counts else None,
+        file=None if event.file is None else file_to_proto(event.file),
     )
-    if event.counts:
-        message.counts.CopyFrom(_counts_to_proto(event.counts))
     if event.file is not None:
-        message.file.CopyFrom(file_to_proto(event.file))
-    elif event.bulk is not None:
+        return message
+    if event.bulk is not None:
         bulk = event.bulk
         change = message.files
         change.file_ids.extend(bulk.file_ids)
