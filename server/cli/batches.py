@@ -23,6 +23,7 @@ from server.cli.progress import (
     failure_line,
     summary,
     terminal_safe,
+    warning_lines,
 )
 from server.cli.terminal import human_bytes
 from server.client.api import Client, UploadFile, UploadProgress, collect_files
@@ -32,6 +33,8 @@ __all__ = ["add_batch_actions", "add_list", "add_retry", "add_submit"]
 
 # Files not succeeded that a settled batch's summary lists before saying how many more.
 _SUMMARY_FILES = 100
+# Succeeded files a watch looks through for those that had warnings before it started.
+_WARNING_SCAN_FILES = 10_000
 _BATCH_STATES = [
     v.name.removeprefix("BATCH_STATE_") for v in pb.BatchState.DESCRIPTOR.values if v.number
 ]
@@ -41,6 +44,26 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
+
+
+def _warned_before(client: Client, batch_id: str, warned: int) -> list[str]:
+    """The warning lines of the first of the ``warned`` succeeded files with warnings,
+    looked for among the first :data:`_WARNING_SCAN_FILES` succeeded files."""
+    shown: list[str] = []
+    found = 0
+    succeeded = client.files(batch_id, states=[pb.FILE_STATE_SUCCEEDED])
+    for file in itertools.islice(succeeded, _WARNING_SCAN_FILES):
+        if file.warnings:
+            found += 1
+            shown += warning_lines(file)
+            if found == min(warned, _SUMMARY_FILES):
+                break
+    if warned > found:
+        shown.append(
+            f"... and {warned - found} more succeeded with warnings before this watch "
+            f"(`status {batch_id} --state SUCCEEDED --json --all` lists them)"
+        )
+    return shown
 
 
 def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
@@ -64,6 +87,9 @@ def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
                 if event.snapshot.counts.failed > _SUMMARY_FILES:
                     more = event.snapshot.counts.failed - _SUMMARY_FILES
                     notes.append(f"... and {more} more failed before this watch")
+            if event.HasField("snapshot") and event.snapshot.files_with_warnings:
+                # So are the warnings of files that succeeded while the upload ran.
+                notes += _warned_before(client, batch_id, event.snapshot.files_with_warnings)
             display.update(tracker, notes)
     finally:
         display.close()

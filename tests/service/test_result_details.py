@@ -74,6 +74,27 @@ def test_an_image_only_file_succeeds_with_no_text_layer_in_status_watch_and_coun
     assert summary.files_with_warnings == 1
 
 
+def test_a_watch_shows_the_warnings_of_files_that_succeeded_before_it_started(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = server.submit(
+        ("plain.pdf", make_pdf("plain")),
+        ("scan.pdf", document_pdfs.image_only(pages=1)),
+        ("mixed.pdf", document_pdfs.mixed_text_and_images()),
+    )
+    server.settle(batch.batch_id)
+    ids = {f.name: f.file_id for f in batch.files}
+
+    code, _, watched = _run(capsys, "watch", batch.batch_id, "--address", server.address)
+
+    assert code == 0
+    warned = [line.split()[1:4] for line in watched.splitlines() if line.startswith("WARNING")]
+    assert warned == [
+        ["scan.pdf", f"[{ids['scan.pdf']}]", "NO_TEXT_LAYER:"],
+        ["mixed.pdf", f"[{ids['mixed.pdf']}]", "PARTIAL_TEXT_LAYER:"],
+    ]
+
+
 def test_a_result_carries_the_documents_structure_and_each_page_its_details(
     server: RunningServer,
 ) -> None:
