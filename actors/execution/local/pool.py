@@ -96,6 +96,9 @@ MAX_CHUNK = 16
 CHUNK_SECONDS = 0.05
 # Weight of the newest attempt in the running mean of attempt durations.
 _MEAN_WEIGHT = 0.2
+# The longest the monitor leaves replies unread while every worker has work handed over
+# (see WorkerPool._linger_seconds): what an outcome may wait on top of its own time.
+_MAX_LINGER = 0.002
 
 
 def chunk_size(
@@ -609,6 +612,11 @@ class WorkerPool:
         with self._lock:
             everyone = list(self._workers)
             busy = [worker for worker in everyone if worker.chunk]
+            linger = self._linger_seconds()
+        if linger > 0:
+            # Replies are read a few at a time: waking this thread for each one cost
+            # about as much as handling it. The pool's close ends the wait.
+            self._stopping.wait(linger)
         timeout = _TICK
         if len(everyone) < self._size:
             timeout = min(_TICK, max(0.0, self._restart_not_before - time.monotonic()))
@@ -622,17 +630,50 @@ class WorkerPool:
         # Replies first: a worker that answered and then exited did finish its attempt.
         for fd, worker in replies.items():
             if fd in ready:
-                self._on_readable(worker)
+                self._read_replies(worker)
         for sentinel, worker in sentinels.items():
             if sentinel in ready:
                 self._on_lost(worker)
 
-    def _on_readable(self, worker: _Worker) -> None:
+    def _linger_seconds(self) -> float:
+        """How long the monitor may leave replies unread (the caller holds the lock):
+        while every worker has attempts handed over behind the one it runs, none needs
+        anything from it before the shortest of those runs out, of which half is taken,
+        up to :data:`_MAX_LINGER`."""
+        mean = self._mean_seconds
+        if mean is None or len(self._workers) < self._size:
+            return 0.0
+        behind = min((len(worker.chunk) - 1 for worker in self._workers), default=0)
+        if behind < 1:
+            return 0.0
+        return min(_MAX_LINGER, behind * mean / 2)
+
+    def _read_replies(self, worker: _Worker) -> None:
+        """Handle every reply ``worker`` has sent so far, in order. Those that came
+        while the monitor lingered share the time since the one read before them, which
+        is how long each took, for the running mean."""
+        began = worker.started_at
+        handled = 0
+        while self._on_readable(worker):
+            handled += 1
+            try:
+                if not (worker.chunk and worker.conn.poll(0)):
+                    break
+            except (EOFError, OSError, ValueError):
+                break  # retired meanwhile: its sentinel or the retiring path tells
+        if handled:
+            now = time.monotonic()
+            for _ in range(handled):
+                self._observe((now - began) / handled)
+            worker.started_at = now
+
+    def _on_readable(self, worker: _Worker) -> bool:
+        """Handle one reply of ``worker``; whether there was one to handle."""
         try:
             data = worker.conn.recv_bytes(self._max_reply_bytes)
         except (EOFError, OSError):
             self._on_lost(worker)
-            return
+            return False
         try:
             done_seq, next_seq = decode_outcome_header(data)
             reply = decode_reply(data[OUTCOME_HEADER_BYTES:])
@@ -644,7 +685,7 @@ class WorkerPool:
         started: _Attempt | None = None
         with self._lock:
             if worker not in self._workers or not worker.chunk:
-                return  # cancelled or closed meanwhile; that path reports it
+                return False  # cancelled or closed meanwhile; that path reports it
             attempt = worker.chunk.popleft()
             attempt.state = _State.DONE
             worker.replies += 1
@@ -672,9 +713,6 @@ class WorkerPool:
         if retire:
             self._dispose(worker)  # it exits by itself after a MemoryError; make sure
             self._wake()
-        now = time.monotonic()
-        self._observe(now - worker.started_at)
-        worker.started_at = now
         if started is not None:
             started.deliver_started(worker.pid)
         if isinstance(reply, WorkerFailed):
@@ -683,6 +721,7 @@ class WorkerPool:
             )
         else:
             attempt.deliver_done(AttemptSuccess(reply.result, worker.pid))
+        return True
 
     def _observe(self, seconds: float) -> None:
         mean = self._mean_seconds
