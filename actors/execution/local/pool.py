@@ -657,9 +657,10 @@ class WorkerPool:
         while self._on_readable(worker):
             handled += 1
             try:
-                if not (worker.chunk and worker.conn.poll(0)):
+                # Not conn.poll, which builds a selector each call (see _ready).
+                if not (worker.chunk and _ready([worker.conn.fileno()], 0)):
                     break
-            except (EOFError, OSError, ValueError):
+            except (OSError, ValueError):
                 break  # retired meanwhile: its sentinel or the retiring path tells
         if handled:
             now = time.monotonic()
