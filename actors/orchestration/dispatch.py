@@ -31,6 +31,8 @@ import pykka
 import structlog
 from pykka._envelope import Envelope
 
+from actors.orchestration.clock import Scheduler
+
 __all__ = ["DispatchedActor", "Dispatcher", "HoldingInbox", "ThreadActor"]
 
 log = structlog.get_logger(__name__)
@@ -304,7 +306,7 @@ class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
         self._wake = threading.Event()
         self._quiet: tuple[type, ...] = ()
         # While a hold is set: (its scheduler, its moment, what to hand over then).
-        self._hold: tuple[Any, float, Any] | None = None
+        self._hold: tuple[Scheduler, float, Any] | None = None
 
     def put(self, item: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
         super().put(item)
@@ -312,7 +314,9 @@ class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
         if self._hold is not None and not isinstance(item.message, self._quiet):
             self._wake.set()
 
-    def hold(self, scheduler: Any, until: float, message: Any, quiet: tuple[type, ...]) -> bool:
+    def hold(
+        self, scheduler: Scheduler, until: float, message: Any, quiet: tuple[type, ...]
+    ) -> bool:
         """On the actor's thread, its inbox empty: make the next ``get`` wait until
         ``until`` by ``scheduler``'s clock, then return ``message`` if nothing is in.
 
