@@ -107,9 +107,9 @@ class _Feed:
     watchers, and wakes those that wait; each watcher keeps its own place (a count of
     the events appended before it) and takes what lies after it. So the committing
     thread (the batch supervisor's) does the same small work per event for one watcher
-    or fifty, besides one release per watcher that waits, once per commit. The feed keeps at
-    most ``capacity`` events, and forgets them all once every watcher has taken them; a
-    watcher further behind than the feed reaches falls back to the store.
+    or fifty, besides one release per watcher that waits, once per commit. The feed
+    keeps at most ``capacity`` events, and forgets them all once every watcher has taken
+    them; a watcher further behind than the feed reaches falls back to the store.
     """
 
     def __init__(self, capacity: int) -> None:
