@@ -304,14 +304,15 @@ class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
     def __init__(self) -> None:
         super().__init__()
         self._wake = threading.Event()
-        self._quiet: tuple[type, ...] = ()
-        # While a hold is set: (its scheduler, its moment, what to hand over then).
-        self._hold: tuple[Scheduler, float, Any] | None = None
+        # While a hold is set: its scheduler, its moment, what to hand over then, and
+        # the types of the messages that do not end it. One value, read at once by put.
+        self._hold: tuple[Scheduler, float, Any, tuple[type, ...]] | None = None
 
     def put(self, item: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
         super().put(item)
         # After the item is in: an actor that saw the inbox empty is woken by this.
-        if self._hold is not None and not isinstance(item.message, self._quiet):
+        hold = self._hold
+        if hold is not None and not isinstance(item.message, hold[3]):
             self._wake.set()
 
     def hold(
@@ -323,9 +324,8 @@ class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
         Messages of the ``quiet`` types that arrive meanwhile do not end the wait.
         Returns ``False`` (and holds nothing) if a message is in already.
         """
-        self._quiet = quiet
         self._wake.clear()
-        self._hold = (scheduler, until, message)
+        self._hold = (scheduler, until, message, quiet)
         if not self.empty():
             self._hold = None
             return False
@@ -335,12 +335,11 @@ class HoldingInbox(queue.SimpleQueue[Envelope[Any]]):
         hold = self._hold
         if hold is None:
             return super().get(block, timeout)
-        scheduler, until, message = hold
+        scheduler, until, message, _ = hold
         try:
             scheduler.wait(self._wake, until)
         finally:
             self._hold = None
-            self._quiet = ()
         if self.empty():
             return Envelope(message)
         return super().get(block, timeout)
