@@ -610,13 +610,15 @@ class WorkerPool:
 
     def _wait_and_handle(self) -> None:
         with self._lock:
-            everyone = list(self._workers)
-            busy = [worker for worker in everyone if worker.chunk]
             linger = self._linger_seconds()
         if linger > 0:
             # Replies are read a few at a time: waking this thread for each one cost
             # about as much as handling it. The pool's close ends the wait.
             self._stopping.wait(linger)
+        # The workers as they are after the wait: one may have gone meanwhile.
+        with self._lock:
+            everyone = list(self._workers)
+            busy = [worker for worker in everyone if worker.chunk]
         timeout = _TICK
         if len(everyone) < self._size:
             timeout = min(_TICK, max(0.0, self._restart_not_before - time.monotonic()))
