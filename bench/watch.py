@@ -10,7 +10,9 @@ latency splits into deciding and committing (``event_time`` to commit) and fanni
 and sending (commit to arrival).
 
 The batch is 1,000 one-page PDFs through the real extractor, whose events come as fast
-as the service makes them. It runs twice per repeat, side by side on the same service:
+as the service makes them. Its files wait in the workers until every watcher has its
+snapshot (:data:`bench.processors.GATED`), so that every event is live whatever the
+batch's size and the machine's speed. It runs twice per repeat, side by side on the same service:
 with one event per message (``max_events_per_message`` 1, what a client that does not
 ask gets) and coalesced (256, what the Python client and the CLI ask for), so that the
 difference is the message shape alone. The CPU time of the service's process (upload,
@@ -35,6 +37,7 @@ from actors.storage.sqlite_store import SQLiteStore
 from actors.storage.store import each_event
 from bench.corpus import CorpusFile, one_page_corpus
 from bench.options import Options
+from bench.processors import GATED, gate_path
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
 from server.client.api import Client
@@ -78,7 +81,8 @@ def watch_latency(options: Options) -> list[Figure]:
         )
         unsubscribe = store.subscribe(each_event(note))
         try:
-            service = Service(settings, store=store)
+            service = Service(settings, store=store, processor=GATED)
+            gate = gate_path(settings.data_dir / "work")
             # As `pdfbatch serve` does before it starts; undone when the scenario ends.
             freeze_startup_heap()
             try:
@@ -87,7 +91,9 @@ def watch_latency(options: Options) -> list[Figure]:
                     for mode, per_message in MODES.items():
                         cpu_before = _cpu_seconds()
                         output = root / f"received-{index}-{per_message}"
-                        run = _watch(service.address, files, workers, per_message, output)
+                        run = _watch(
+                            service.address, files, workers, per_message, output, gate=gate
+                        )
                         with lock:
                             to_commit = [
                                 ms for (b, _), ms in committed.items() if b == run.batch_id
@@ -130,10 +136,7 @@ class _Run:
 def _figure(mode: str, files: int, runs: list[_Run]) -> Figure:
     latencies = [ms for run in runs for ms in run.latencies]
     if not latencies:
-        raise RuntimeError(
-            "no event arrived live: the batch settled before the watchers were connected; "
-            "give it more files (--files)"
-        )
+        raise RuntimeError("no event reached a watcher after its snapshot")
     events = sum(run.events for run in runs)
     messages = sum(run.messages for run in runs)
     server_cpu = sum(run.server_cpu for run in runs)
@@ -176,9 +179,16 @@ def _cpu_seconds() -> float:
 
 
 def _watch(
-    address: str, files: list[CorpusFile], workers: int, per_message: int, output: Path
+    address: str,
+    files: list[CorpusFile],
+    workers: int,
+    per_message: int,
+    output: Path,
+    *,
+    gate: Path,
 ) -> _Run:
-    """Start the watchers, submit the batch, wait for every watcher to see it settle."""
+    """Start the watchers, submit the batch, let its files run once every watcher has
+    its snapshot (by creating ``gate``), wait for every watcher to see it settle."""
     shares = [WATCHERS // WATCHER_PROCESSES] * WATCHER_PROCESSES
     shares[0] += WATCHERS - sum(shares)
     outputs = [output.with_suffix(f".{n}.json") for n in range(len(shares))]
@@ -198,12 +208,18 @@ def _watch(
             assert process.stdout is not None
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError("the watchers did not connect")
+        gate.unlink(missing_ok=True)
         with Client(address) as client:
             batch_id = submit(client, files, 2 * workers)
         for process in processes:
             assert process.stdin is not None
             process.stdin.write(batch_id + "\n")
             process.stdin.flush()
+        for process in processes:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "watching":
+                raise RuntimeError("the watchers did not receive their snapshots")
+        gate.touch()
         for process in processes:
             if process.wait(_WAIT) != 0:
                 raise RuntimeError("the watchers failed")

@@ -5,9 +5,10 @@ Run by :mod:`bench.watch` as ``python -m bench.watchers ADDRESS COUNT OUTPUT PER
 gets its own channel (and connection), as separate clients would; all of them share one
 asyncio loop, so that the harness spends as little CPU as a client can and the latency
 measured is the service's. Once every channel is connected it prints ``ready``; then it
-reads the batch id from standard input, opens every stream at once and notes, for each
-event after the stream's snapshot, the wall-clock time it arrived minus its
-``event_time`` (one clock for every process of the machine). When every stream has
+reads the batch id from standard input, opens every stream at once, prints ``watching``
+once every stream has its snapshot, and notes, for each event after the stream's
+snapshot, the wall-clock time it arrived minus its ``event_time`` (one clock for every
+process of the machine). When every stream has
 ended with the settled batch, it writes ``{"received": [[[sequence, seconds], ...],
 ...], "messages": n, "cpu_seconds": s}`` (``n`` the messages received by all the
 streams, ``s`` its own CPU time) to OUTPUT.
@@ -20,6 +21,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -36,7 +38,11 @@ _OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 async def _watch(
-    channel: grpc.aio.Channel, batch_id: str, per_message: int, out: list[list[float]]
+    channel: grpc.aio.Channel,
+    batch_id: str,
+    per_message: int,
+    out: list[list[float]],
+    snapshot_arrived: Callable[[], None],
 ) -> int:
     """Follow the batch to its end; the number of messages received."""
     stub = batch_pb2_grpc.BatchServiceStub(channel)
@@ -46,6 +52,7 @@ async def _watch(
         arrived = time.time()
         messages += 1
         if message.WhichOneof("change") == "snapshot":
+            snapshot_arrived()
             continue
         for event in events_of(message):
             out.append([event.sequence, arrived - event.event_time.ToNanoseconds() / 1e9])
@@ -61,9 +68,17 @@ async def _run(address: str, count: int, per_message: int) -> tuple[list[list[li
         print("ready", flush=True)
         batch_id = (await asyncio.to_thread(sys.stdin.readline)).strip()
         received: list[list[list[float]]] = [[] for _ in channels]
+        waiting = len(channels)
+
+        def snapshot_arrived() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0:
+                print("watching", flush=True)
+
         messages = await asyncio.gather(
             *(
-                _watch(c, batch_id, per_message, out)
+                _watch(c, batch_id, per_message, out, snapshot_arrived)
                 for c, out in zip(channels, received, strict=True)
             )
         )
