@@ -50,12 +50,15 @@ def extract_file(path: str) -> ExtractionResult | str:
 
 @dataclass(frozen=True, slots=True)
 class BareRun:
-    """One pass over the files: how long, what came out, the workers' CPU seconds."""
+    """One pass over the files: how long, what came out, the workers' CPU seconds, and
+    the CPU seconds of the process that ran the pool (handing the files out and taking
+    the results back: the bare pool's own control plane)."""
 
     seconds: float
     succeeded: int
     failed: int
     cpu_seconds: float
+    parent_cpu_seconds: float
 
 
 class BarePool:
@@ -75,6 +78,8 @@ class BarePool:
     def run(self, paths: Sequence[Path]) -> BareRun:
         """Extract every file, one per task as the service dispatches them; time it."""
         cpu = self.cpu_seconds()
+        # Every thread of this process: the caller's and the pool's own.
+        parent_cpu = time.process_time()
         started = time.perf_counter()
         succeeded = failed = 0
         for outcome in self._pool.imap_unordered(extract_file, map(str, paths), chunksize=1):
@@ -83,7 +88,8 @@ class BarePool:
             else:
                 failed += 1
         seconds = time.perf_counter() - started
-        return BareRun(seconds, succeeded, failed, self.cpu_seconds() - cpu)
+        parent_cpu = time.process_time() - parent_cpu
+        return BareRun(seconds, succeeded, failed, self.cpu_seconds() - cpu, parent_cpu)
 
     def cpu_seconds(self) -> float:
         """CPU time the pool's workers used so far."""

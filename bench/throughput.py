@@ -123,8 +123,17 @@ def compare(
     paths = [f.path for f in files]
     warm = files[: 2 * workers]
     bare_runs, peer_runs, service_runs, uploads, firsts = [], [], [], [], []
-    # CPU milliseconds per file: where the service's time goes, next to the bare pool's.
-    cpu: dict[str, list[float]] = {"bare_workers": [], "service_workers": [], "server": []}
+    # CPU milliseconds per file: where the service's time goes, next to the bare pool's
+    # (its workers, and the process that runs it) and the peer's (the process that
+    # submits its tasks and takes their results: Ray's driver).
+    cpu: dict[str, list[float]] = {
+        "bare_workers": [],
+        "bare_parent": [],
+        "service_workers": [],
+        "server": [],
+    }
+    if peer is not None:
+        cpu["peer_driver"] = []
     outcomes: dict[str, object] = {}
     with (
         BarePool(workers) as bare,
@@ -137,8 +146,11 @@ def compare(
         settle_timed(client, submit(client, warm, MAX_CONCURRENCY), time.time())
         for _ in range(pairs):
             bare_run = bare.run(paths)
+            per_file = 1000 / len(files)
             if peer is not None:
+                driver_cpu = time.process_time()
                 peer_runs.append(peer.run(files))
+                cpu["peer_driver"].append((time.process_time() - driver_cpu) * per_file)
             server_before, workers_before = server.cpu_seconds()
             wall_started = time.time()
             started = time.perf_counter()
@@ -151,8 +163,8 @@ def compare(
             # (opened once the upload returned the batch's id) can see them.
             seen = (first, first_success(client, batch_id, wall_started))
             first = min((f for f in seen if not math.isnan(f)), default=float("nan"))
-            per_file = 1000 / len(files)
             cpu["bare_workers"].append(bare_run.cpu_seconds * per_file)
+            cpu["bare_parent"].append(bare_run.parent_cpu_seconds * per_file)
             cpu["service_workers"].append((workers_after - workers_before) * per_file)
             cpu["server"].append((server_after - server_before) * per_file)
             if settled.unsettled:
@@ -254,8 +266,11 @@ def _figures(
     cpu_name = f"server CPU per file, {what}"
     cpu_note = (
         f"median of {pairs}; workers {median(cpu['service_workers']):.2f} ms, "
-        f"bare pool's {median(cpu['bare_workers']):.2f} ms"
+        f"bare pool's {median(cpu['bare_workers']):.2f} ms; bare pool's parent "
+        f"{median(cpu['bare_parent']):.2f} ms"
     )
+    if peer is not None:
+        cpu_note += f", {peer.name}'s driver {median(cpu['peer_driver']):.2f} ms"
     firsts = detail["first_result_seconds"]
     first_name = f"first file SUCCEEDED after the upload began, {what}"
     first_note = f"median of {pairs}; upload {median(detail['service_upload_seconds']):.2f} s"

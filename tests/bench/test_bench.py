@@ -42,6 +42,9 @@ def test_throughput_runs_the_same_files_through_the_bare_pool_and_the_service(
     # The server's own CPU time per file, and when the first file succeeded.
     assert cpu["name"].startswith("server CPU per file")
     assert cpu["value"] == figure["detail"]["cpu_ms_per_file"]["server"][0] > 0
+    # The bare pool's own control plane, measured in the same pair.
+    assert figure["detail"]["cpu_ms_per_file"]["bare_parent"][0] > 0
+    assert "bare pool's parent" in cpu["note"]
     assert first["name"].startswith("first file SUCCEEDED")
     assert 0 < first["value"] == figure["detail"]["first_result_seconds"][0] < 600
 
