@@ -125,7 +125,7 @@ def compare(
     bare_runs, peer_runs, service_runs, uploads, firsts = [], [], [], [], []
     # CPU milliseconds per file: where the service's time goes, next to the bare pool's
     # (its workers, and the process that runs it) and the peer's (the process that
-    # submits its tasks and takes their results: Ray's driver).
+    # reads the files, submits their tasks and takes their results: Ray's driver).
     cpu: dict[str, list[float]] = {
         "bare_workers": [],
         "bare_parent": [],

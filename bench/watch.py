@@ -12,11 +12,11 @@ and sending (commit to arrival).
 The batch is 1,000 one-page PDFs through the real extractor, whose events come as fast
 as the service makes them. Its files wait in the workers until every watcher has its
 snapshot (:data:`bench.processors.GATED`), so that every event is live whatever the
-batch's size and the machine's speed. It runs twice per repeat, side by side on the same service:
-with one event per message (``max_events_per_message`` 1, what a client that does not
-ask gets) and coalesced (256, what the Python client and the CLI ask for), so that the
-difference is the message shape alone. The CPU time of the service's process (upload,
-processing and fan-out) and of the watchers' is kept in the detail.
+batch's size and the machine's speed. It runs twice per repeat, side by side on the
+same service: with one event per message (``max_events_per_message`` 1, what a client
+that does not ask gets) and coalesced (256, what the Python client and the CLI ask
+for), so that the difference is the message shape alone. The CPU time of the service's
+process (upload, processing and fan-out) and of the watchers' is kept in the detail.
 """
 
 from __future__ import annotations

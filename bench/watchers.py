@@ -8,10 +8,9 @@ measured is the service's. Once every channel is connected it prints ``ready``; 
 reads the batch id from standard input, opens every stream at once, prints ``watching``
 once every stream has its snapshot, and notes, for each event after the stream's
 snapshot, the wall-clock time it arrived minus its ``event_time`` (one clock for every
-process of the machine). When every stream has
-ended with the settled batch, it writes ``{"received": [[[sequence, seconds], ...],
-...], "messages": n, "cpu_seconds": s}`` (``n`` the messages received by all the
-streams, ``s`` its own CPU time) to OUTPUT.
+process of the machine). When every stream has ended with the settled batch, it writes
+``{"received": [[[sequence, seconds], ...], ...], "messages": n, "cpu_seconds": s}``
+(``n`` the messages received by all the streams, ``s`` its own CPU time) to OUTPUT.
 """
 
 from __future__ import annotations
