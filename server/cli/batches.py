@@ -46,16 +46,34 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-def _warned_before(client: Client, batch_id: str, warned: int) -> list[str]:
+def _failed_before(client: Client, batch_id: str, failed: int, tracker: BatchTracker) -> list[str]:
+    """The failure lines of the first :data:`_SUMMARY_FILES` failed files, told to
+    ``tracker`` so that their events up to the listing are not told again."""
+    shown: list[str] = []
+    for page in client.file_pages(batch_id, states=[pb.FILE_STATE_FAILED], page_size=100):
+        files = page.files[: _SUMMARY_FILES - len(shown)]
+        shown += [failure_line(file) for file in files]
+        tracker.told([file.file_id for file in files], page.sequence)
+        if len(shown) == _SUMMARY_FILES:
+            break
+    if failed > len(shown):
+        shown.append(f"... and {failed - len(shown)} more failed before this watch")
+    return shown
+
+
+def _warned_before(client: Client, batch_id: str, warned: int, tracker: BatchTracker) -> list[str]:
     """The warning lines of the first of the ``warned`` succeeded files with warnings,
-    looked for among the first :data:`_WARNING_SCAN_FILES` succeeded files."""
+    looked for among the first :data:`_WARNING_SCAN_FILES` succeeded files; told to
+    ``tracker`` as :func:`_failed_before` does."""
     shown: list[str] = []
     found = 0
-    succeeded = client.files(batch_id, states=[pb.FILE_STATE_SUCCEEDED])
-    for file in itertools.islice(succeeded, _WARNING_SCAN_FILES):
+    pages = client.file_pages(batch_id, states=[pb.FILE_STATE_SUCCEEDED])
+    succeeded = ((file, page.sequence) for page in pages for file in page.files)
+    for file, sequence in itertools.islice(succeeded, _WARNING_SCAN_FILES):
         if file.warnings:
             found += 1
             shown += warning_lines(file)
+            tracker.told([file.file_id], sequence)
             if found == min(warned, _SUMMARY_FILES):
                 break
     if warned > found:
@@ -79,17 +97,16 @@ def _follow(client: Client, batch_id: str, args: argparse.Namespace) -> int:
         # progress line is redrawn once for them.
         for event in client.watch_messages(batch_id, follow=getattr(args, "follow", False)):
             notes = tracker.apply(event)
+            # Failures from before the watch started are news to whoever watches (the
+            # first hundred of them, not a screen scrolling for minutes), and so are the
+            # warnings of files that succeeded while the upload ran. A file listed here
+            # may have ended after the snapshot: its event then comes too, and is not
+            # told twice (the tracker knows what the listing showed).
             if event.HasField("snapshot") and event.snapshot.counts.failed:
-                # Failures from before the watch started are news to whoever watches;
-                # the first hundred of them, not a screen scrolling for minutes.
-                failed = client.files(batch_id, states=[pb.FILE_STATE_FAILED], page_size=100)
-                notes += [failure_line(file) for file in itertools.islice(failed, _SUMMARY_FILES)]
-                if event.snapshot.counts.failed > _SUMMARY_FILES:
-                    more = event.snapshot.counts.failed - _SUMMARY_FILES
-                    notes.append(f"... and {more} more failed before this watch")
+                notes += _failed_before(client, batch_id, event.snapshot.counts.failed, tracker)
             if event.HasField("snapshot") and event.snapshot.files_with_warnings:
-                # So are the warnings of files that succeeded while the upload ran.
-                notes += _warned_before(client, batch_id, event.snapshot.files_with_warnings)
+                warned = event.snapshot.files_with_warnings
+                notes += _warned_before(client, batch_id, warned, tracker)
             display.update(tracker, notes)
     finally:
         display.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from google.protobuf import timestamp_pb2
@@ -102,6 +102,16 @@ class BatchTracker:
         self.reason = ""
         self.file_count = 0
         self._counts = pb.FileCounts()
+        # Files already told about from a listing, each with the sequence its page was
+        # read at: their events up to it are old news (see :meth:`told`).
+        self._told: dict[str, int] = {}
+
+    def told(self, file_ids: Iterable[str], sequence: int) -> None:
+        """These files were told about as a listing read at ``sequence`` shows them
+        (its ``ListFilesResponse.sequence``): an event of one of them up to that
+        sequence says nothing new, and is not told again."""
+        for file_id in file_ids:
+            self._told[file_id] = sequence
 
     def apply(self, message: pb.WatchBatchResponse) -> list[str]:
         """Take a ``WatchBatch`` message in; return the lines worth telling a person.
@@ -127,6 +137,8 @@ class BatchTracker:
                     f"batch {event.batch_id} {batch_state_name(event.batch_state)}: "
                     f"{self.file_count} files"
                 )
+            case "file" if self._told.get(event.file.file_id, -1) >= event.sequence:
+                pass
             case "file":
                 file = event.file
                 if file.state == pb.FILE_STATE_FAILED:

@@ -442,3 +442,27 @@ def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> Non
     assert together.counts() == one_by_one.counts()
     assert together.state == pb.BATCH_STATE_FAILED
     assert events_of(message) == events
+
+
+def test_a_tracker_tells_no_event_a_listing_already_showed_but_a_later_one() -> None:
+    def failed(sequence: int, file_id: str) -> pb.WatchBatchResponse:
+        return pb.WatchBatchResponse(
+            sequence=sequence,
+            batch_id="b",
+            batch_state=pb.BATCH_STATE_RUNNING,
+            file=pb.FileStatus(
+                file_id=file_id,
+                name=f"{file_id}.pdf",
+                state=pb.FILE_STATE_FAILED,
+                error=pb.FileError(code="PDF_MALFORMED", message="Broken."),
+            ),
+        )
+
+    tracker = BatchTracker()
+    # A listing read at sequence 5 showed f1 failed.
+    tracker.told(["f1"], 5)
+
+    assert tracker.apply(failed(5, "f1")) == []
+    assert tracker.apply(failed(5, "f2")) == ["FAILED    f2.pdf [f2] PDF_MALFORMED: Broken."]
+    # Retried and failed again after the listing: news.
+    assert tracker.apply(failed(9, "f1")) == ["FAILED    f1.pdf [f1] PDF_MALFORMED: Broken."]

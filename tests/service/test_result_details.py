@@ -3,18 +3,29 @@ real worker processes and the CLI."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
 from actors.storage.sqlite_store import SQLiteStore
+from server.client.api import Client
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.main import main
 from server.service.app import DATABASE_NAME
 from tests.helpers import document_pdfs
-from tests.helpers.server_fixtures import RunningServer, make_pdf, refused, write_files
+from tests.helpers.crash_processors import SCREENED, script
+from tests.helpers.processes import eventually
+from tests.helpers.server_fixtures import (
+    RunningServer,
+    ServerFactory,
+    make_pdf,
+    refused,
+    write_files,
+)
 from tests.helpers.writer_pdfs import make_pdf as columns_pdf
 
 pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
@@ -181,4 +192,46 @@ def test_an_unknown_extraction_mode_is_refused_with_its_field(server: RunningSer
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert error.violations == [
         ("spec.policy.extraction_mode", "Use EXTRACTION_MODE_PLAIN or EXTRACTION_MODE_LAYOUT.")
+    ]
+
+
+def test_a_watch_tells_once_of_a_file_that_failed_between_its_snapshot_and_its_listing(
+    serve: ServerFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = serve(processor=SCREENED)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    # One at a time: the first fails, the gate holds the slot, the last waits behind it.
+    batch = server.submit(
+        ("early.pdf", script(b"pdf-error")),
+        ("gate.pdf", script(b"gate:" + str(gate).encode())),
+        ("late.pdf", script(b"pdf-error")),
+        policy=pb.BatchPolicy(max_concurrency=1),
+    )
+    ids = {f.name: f.file_id for f in batch.files}
+    eventually(lambda: server.client.get(batch.batch_id).counts.failed == 1)
+    listing = Client.file_pages
+    opened: list[bool] = []
+
+    def late_failure_first(client: Client, *args: Any, **kwargs: Any) -> Any:
+        # The watch has its snapshot (one failure); the late file fails before the
+        # listing of failures is read, so both the listing and an event show it.
+        if kwargs.get("states") == [pb.FILE_STATE_FAILED] and not opened:
+            opened.append(True)
+            gate.write_text("ok")
+            eventually(lambda: client.get(batch.batch_id).counts.failed == 2)
+        return listing(client, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "file_pages", late_failure_first)
+
+    code, _, watched = _run(capsys, "watch", batch.batch_id, "--address", server.address)
+
+    assert code == 2
+    failed = [line.split()[1:3] for line in watched.splitlines() if line.startswith("FAILED")]
+    assert failed == [
+        ["early.pdf", f"[{ids['early.pdf']}]"],
+        ["late.pdf", f"[{ids['late.pdf']}]"],
     ]
