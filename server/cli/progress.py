@@ -92,8 +92,9 @@ def warning_lines(file: pb.FileStatus) -> list[str]:
 class BatchTracker:
     """The batch as its events describe it: counts from the snapshot on, and the news.
 
-    It keeps no file: every event carries the batch's counts, so following a batch of a
-    million files costs what following one of ten does.
+    It keeps no file, but the ids of the few that a listing told about (at most two
+    hundred, see :meth:`told`): every event carries the batch's counts, so following a
+    batch of a million files costs what following one of ten does.
     """
 
     def __init__(self) -> None:
