@@ -70,7 +70,18 @@ from actors.storage.blobs import BlobStore
 from actors.storage.retention import RetentionPolicy, SweepReport, collect_garbage
 from actors.storage.store import Store
 
-__all__ = ["MAX_NAME_CHARS", "NewFile", "Runtime", "Upload", "UploadEnded", "validate_file_name"]
+__all__ = [
+    "DELETE_PAGE_FILES",
+    "MAX_NAME_CHARS",
+    "NewFile",
+    "Runtime",
+    "Upload",
+    "UploadEnded",
+    "validate_file_name",
+]
+
+# Files whose digests a deletion reads at once (see Runtime.delete).
+DELETE_PAGE_FILES = 1_000
 
 log = structlog.get_logger(__name__)
 
@@ -541,11 +552,22 @@ class Runtime:
         """
         return self.store.result_text(batch_id, file_id)
 
-    def delete(self, batch_id: str) -> None:
+    def delete(
+        self,
+        batch_id: str,
+        *,
+        release: Callable[[Iterator[list[str]]], None] | None = None,
+        page_files: int = DELETE_PAGE_FILES,
+    ) -> None:
         """Cancel the batch if needed, then remove it, its results and passwords.
 
-        Blobs are content-addressed and may be shared, so they stay; retention removes
-        those no batch refers to.
+        Blobs are content-addressed and may be shared, so the batch's stay unless
+        ``release`` is given: then the batch's bytes are marked released first (its
+        blobs no longer count as in use, as retention marks them), and ``release`` gets
+        the digests of its files a page of ``page_files`` at a time, to delete those no
+        other batch keeps, before the records go. A batch of a million files is never
+        read whole. If the bytes cannot be marked (a retry made the batch run again
+        meanwhile), ``release`` is not called and retention removes the blobs later.
 
         Raises:
             BatchNotFound: No such batch.
@@ -554,8 +576,20 @@ class Runtime:
         ref: pykka.ActorRef[Any] | None = self._manager.ask(ForgetSupervisor(batch_id), block=True)
         if ref is not None:
             ref.stop(block=True, timeout=self._stop_timeout)
+        if release is not None and self.store.release_bytes(batch_id, self._scheduler.now()):
+            release(self._digest_pages(batch_id, page_files))
         self.store.delete_batch(batch_id)
         self._passwords.forget_batch(batch_id)
+
+    def _digest_pages(self, batch_id: str, page_files: int) -> Iterator[list[str]]:
+        """The blob digests of the batch's files, a page of files at a time."""
+        after = -1
+        while True:
+            page = self.store.file_page(batch_id, states=(), after_position=after, limit=page_files)
+            if page is None or not page.files:
+                return
+            yield [record.blob for _, record in page.files]
+            after = page.files[-1][0]
 
     def sweep_retention(self) -> SweepReport | None:
         """Remove now what the retention policy no longer keeps (a timer does it too).

@@ -535,10 +535,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     ) -> pb.DeleteBatchResponse:
         batch_id = request.batch_id
         self._check_owner(batch_id, self._auth.caller(context))
-        digests = [f.blob for f in self._runtime.get(batch_id).files]
-        self._runtime.delete(batch_id)
+        self._runtime.delete(batch_id, release=self._uploads.release)
         self._hub.batch_deleted(batch_id)
-        self._uploads.release(digests)
         return pb.DeleteBatchResponse()
 
 

@@ -191,10 +191,16 @@ class Uploads:
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
-    def release(self, digests: Iterable[str]) -> None:
-        """Delete those of ``digests`` that no stored batch refers to any more."""
-        with self._lock:
-            self._release_unused(digests)
+    def release(self, pages: Iterable[Iterable[str]]) -> None:
+        """Delete those of the digests that no batch keeping its bytes refers to, a page
+        at a time: uploads wait for one page only, and what the deleted rows left in
+        the blob database's log is overwritten once, at the end."""
+        deleted = False
+        for digests in pages:
+            with self._lock:
+                deleted = self._delete_unused(digests) or deleted
+        if deleted:
+            self._blobs.scrub()
 
     # Receiving ---------------------------------------------------------------------
 
@@ -462,13 +468,17 @@ class Uploads:
         return ended.batch_id
 
     def _release_unused(self, digests: Iterable[str]) -> None:
+        if self._delete_unused(digests):
+            self._blobs.scrub()
+
+    def _delete_unused(self, digests: Iterable[str]) -> bool:
+        """Delete those of ``digests`` no stored batch refers to; whether any was."""
         deleted = False
         for digest in set(digests):
             if not self._store.blob_in_use(digest):
                 self._blobs.delete(digest)
                 deleted = True
-        if deleted:
-            self._blobs.scrub()
+        return deleted
 
 
 def _files(count: int) -> str:

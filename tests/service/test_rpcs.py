@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import grpc
 import pytest
 
+from actors.orchestration.runtime import DELETE_PAGE_FILES
+from actors.policy.model import BatchView
+from actors.storage.sqlite_store import SQLiteStore
 from server.cli.progress import BatchTracker
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
+from tests.helpers.crash_processors import SCREENED, script
 from tests.helpers.server_fixtures import (
     WAIT,
     RunningServer,
@@ -341,6 +346,39 @@ def test_delete_removes_the_batch_its_results_and_its_bytes(server: RunningServe
     assert server.client.result(kept.batch_id, "f00001").pages == ["shared"]
     again = refused(lambda: server.client.delete(doomed.batch_id))
     assert again.code == grpc.StatusCode.NOT_FOUND
+
+
+class _NoWholeBatches(SQLiteStore):
+    """The service's store, refusing to read a batch whole (``load``)."""
+
+    def load(self, batch_id: str) -> BatchView | None:
+        raise AssertionError(f"batch {batch_id} read whole")
+
+
+def test_delete_reads_a_big_batch_a_page_at_a_time(serve: ServerFactory, tmp_path: Path) -> None:
+    store = _NoWholeBatches(tmp_path / "pdfbatch.sqlite3")
+    try:
+        server = serve(store=store, processor=SCREENED, limits={"max_files_per_batch": 2_500})
+        try:
+            shared = script(b"ok:shared")
+            kept = server.submit(("shared.pdf", shared))
+            # More files than a page of the deletion, each a blob of its own, one shared.
+            own = [(f"{n}.pdf", script(b"ok:%d" % n)) for n in range(DELETE_PAGE_FILES + 500)]
+            doomed = server.submit(("shared.pdf", shared), *own)
+            server.settle(kept.batch_id)
+            server.settle(doomed.batch_id)
+            assert len(server.blob_files()) == len(own) + 1
+
+            server.client.delete(doomed.batch_id)
+
+            assert store.batch_summary(doomed.batch_id) is None
+            assert [p.name for p in server.blob_files()] == [hashlib.sha256(shared).hexdigest()]
+            assert server.client.get(kept.batch_id).counts.succeeded == 1
+        finally:
+            # Before the store it was given closes.
+            server.service.stop(grace=0)
+    finally:
+        store.close()
 
 
 def test_delete_cancels_a_running_batch_first(server: RunningServer) -> None:
