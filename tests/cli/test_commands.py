@@ -407,24 +407,28 @@ def test_history_shows_each_state_change_and_who_asked_for_what(
     assert sum(e.HasField("transition") for e in parsed) == len(moves)
 
 
-def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> None:
-    def failed(sequence: int, name: str, counts: pb.FileCounts) -> pb.WatchBatchResponse:
-        return pb.WatchBatchResponse(
-            sequence=sequence,
-            batch_id="b",
-            batch_state=pb.BATCH_STATE_RUNNING,
-            file=pb.FileStatus(
-                file_id=name,
-                name=name,
-                state=pb.FILE_STATE_FAILED,
-                error=pb.FileError(code="NOT_A_PDF", message="Not a PDF."),
-            ),
-            counts=counts,
-        )
+def _failed(
+    sequence: int, file_id: str, counts: pb.FileCounts | None = None
+) -> pb.WatchBatchResponse:
+    """The event of ``file_id`` (named ``<file_id>.pdf``) failing as not a PDF."""
+    return pb.WatchBatchResponse(
+        sequence=sequence,
+        batch_id="b",
+        batch_state=pb.BATCH_STATE_RUNNING,
+        file=pb.FileStatus(
+            file_id=file_id,
+            name=f"{file_id}.pdf",
+            state=pb.FILE_STATE_FAILED,
+            error=pb.FileError(code="NOT_A_PDF", message="Not a PDF."),
+        ),
+        counts=counts,
+    )
 
+
+def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> None:
     events = [
-        failed(2, "a.pdf", pb.FileCounts(failed=1, pending=2)),
-        failed(3, "b.pdf", pb.FileCounts(failed=2, pending=1)),
+        _failed(2, "a", pb.FileCounts(failed=1, pending=2)),
+        _failed(3, "b", pb.FileCounts(failed=2, pending=1)),
         pb.WatchBatchResponse(
             sequence=4,
             batch_id="b",
@@ -448,24 +452,11 @@ def test_a_message_of_several_events_is_tracked_as_each_of_them_in_turn() -> Non
 
 
 def test_a_tracker_tells_no_event_a_listing_already_showed_but_a_later_one() -> None:
-    def failed(sequence: int, file_id: str) -> pb.WatchBatchResponse:
-        return pb.WatchBatchResponse(
-            sequence=sequence,
-            batch_id="b",
-            batch_state=pb.BATCH_STATE_RUNNING,
-            file=pb.FileStatus(
-                file_id=file_id,
-                name=f"{file_id}.pdf",
-                state=pb.FILE_STATE_FAILED,
-                error=pb.FileError(code="PDF_MALFORMED", message="Broken."),
-            ),
-        )
-
     tracker = BatchTracker()
     # A listing read at sequence 5 showed f1 failed.
     tracker.told(["f1"], 5)
 
-    assert tracker.apply(failed(5, "f1")) == []
-    assert tracker.apply(failed(5, "f2")) == ["FAILED    f2.pdf [f2] PDF_MALFORMED: Broken."]
+    assert tracker.apply(_failed(5, "f1")) == []
+    assert tracker.apply(_failed(5, "f2")) == ["FAILED    f2.pdf [f2] NOT_A_PDF: Not a PDF."]
     # Retried and failed again after the listing: news.
-    assert tracker.apply(failed(9, "f1")) == ["FAILED    f1.pdf [f1] PDF_MALFORMED: Broken."]
+    assert tracker.apply(_failed(9, "f1")) == ["FAILED    f1.pdf [f1] NOT_A_PDF: Not a PDF."]
