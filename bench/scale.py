@@ -143,7 +143,7 @@ def _at_scale(
             batch_id = submit(client, files, concurrency)
             got["upload_s"] = time.perf_counter() - started
             got["upload_files_per_s"] = count / got["upload_s"]
-            _until_running(client, batch_id, concurrency)
+            _until_running(client, batch_id, workers)
             got["get_ms"] = _median_ms(lambda: client.get(batch_id, with_files=False), 21)
             pages = _page_times(client, batch_id, 20)
             got["page_ms"], got["page_p90_ms"] = (
@@ -163,7 +163,7 @@ def _at_scale(
         server = restarted
         sampler = ResourceSampler(server.pid).__enter__()
         with _client(server) as client:
-            _until_running(client, batch_id, concurrency, fresh=True)
+            _until_running(client, batch_id, workers, fresh=True)
             got["processing_s"] = time.perf_counter() - began
             began = time.perf_counter()
             cancelled = client.cancel(batch_id, with_files=False)
@@ -197,12 +197,13 @@ def _empty_start(data: Path, workers: int) -> float:
         return time.perf_counter() - began
 
 
-def _until_running(client: Client, batch_id: str, concurrency: int, *, fresh: bool = False) -> None:
-    """Wait until the batch runs ``concurrency`` files (after a restart: new attempts)."""
+def _until_running(client: Client, batch_id: str, workers: int, *, fresh: bool = False) -> None:
+    """Wait until each of the ``workers`` runs a file of the batch (after a restart: new
+    attempts); the other files handed over wait for a worker."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         batch = client.get(batch_id, with_files=False)
-        if batch.counts.running >= concurrency:
+        if batch.counts.running >= workers:
             if not fresh:
                 return
             page = next(client.file_pages(batch_id, states=[pb.FILE_STATE_RUNNING]))

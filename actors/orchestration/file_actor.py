@@ -8,12 +8,14 @@ A file costs the actor one message in (the outcome) and its supervisor one (the
 report). The outcome is handled on the executor's thread that brings it, unless the
 actor is busy (:meth:`~actors.orchestration.dispatch.DispatchedActor.tell_here`): no
 dispatcher thread wakes for it. A worker's start is no message: the executor's callback
-arms the deadline itself (the scheduler is thread-safe), and the pid travels with the
-outcome.
+arms the deadline itself (the scheduler is thread-safe) and notes the start for the
+supervisor (:class:`~actors.orchestration.starts.StartNotes`), and the pid travels with
+the outcome.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +67,8 @@ class FileActor(DispatchedActor):
         scheduler: Arms the attempt's deadline.
         job: The attempt.
         timeout: Wall-clock seconds the attempt may run once a worker has it.
+        on_worker_started: Called with the file's id and the attempt's number, on the
+            executor's thread, when a worker picks the attempt up.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class FileActor(DispatchedActor):
         scheduler: Scheduler,
         job: AttemptJob,
         timeout: float,
+        on_worker_started: Callable[[str, int], None] | None = None,
     ) -> None:
         super().__init__(dispatcher)
         self._supervisor = supervisor
@@ -83,6 +88,7 @@ class FileActor(DispatchedActor):
         self._scheduler = scheduler
         self._job = job
         self._timeout = timeout
+        self._on_worker_started = on_worker_started
         self._handle: AttemptHandle | None = None
         # Set by the executor's thread when a worker starts the attempt; read here only
         # once the executor can no longer call it (after the outcome, or a cancel).
@@ -108,6 +114,8 @@ class FileActor(DispatchedActor):
         self._deadline = self._scheduler.call_later(
             self._timeout, lambda: tell_if_alive(me, DeadlineReached())
         )
+        if self._on_worker_started is not None:
+            self._on_worker_started(self._job.file_id, self._job.attempt)
 
     def on_receive(self, message: Any) -> Any:
         match message:

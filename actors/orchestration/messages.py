@@ -24,11 +24,13 @@ __all__ = [
     "SupervisorRetiring",
     "UploadComplete",
     "WorkerDone",
+    "WorkersStarted",
 ]
 
 
-# File actor -> batch supervisor (tell). That a worker started the attempt is no message:
-# the file actor arms its deadline then, and the pid comes with the outcome.
+# File actor -> batch supervisor (tell). That a worker started the attempt is no message
+# of its own: the file actor arms its deadline then and notes the start for the
+# supervisor (WorkersStarted wakes it once for many), and the pid comes with the outcome.
 @dataclass(frozen=True, slots=True)
 class AttemptFinished:
     """The attempt ended with ``report``."""
@@ -59,6 +61,13 @@ class BackoffElapsed:
 
     file_id: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersStarted:
+    """Workers picked up attempts since the last group commit: the next commit stores
+    those still running (one message for many starts, see
+    :class:`~actors.orchestration.starts.StartNotes`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,13 @@ from typing import Any
 import pykka
 import structlog
 
-from actors.execution.contract import AttemptFailure, AttemptJob, AttemptSuccess, Executor
+from actors.execution.contract import (
+    AttemptFailure,
+    AttemptJob,
+    AttemptOutcomeReport,
+    AttemptSuccess,
+    Executor,
+)
 from actors.orchestration.clock import Scheduler, Timer
 from actors.orchestration.dispatch import Dispatcher, ThreadActor
 from actors.orchestration.file_actor import FileActor, tell_if_alive
@@ -46,7 +52,9 @@ from actors.orchestration.messages import (
     SupervisorFailed,
     SupervisorRetiring,
     UploadComplete,
+    WorkersStarted,
 )
+from actors.orchestration.starts import StartNotes
 from actors.orchestration.vault import PasswordVault
 from actors.policy.book import BatchBook, retryable
 from actors.policy.catalogue import ErrorCode, ResultTooLargeError
@@ -147,6 +155,17 @@ class BatchSupervisor(ThreadActor):
         # Files read in one page of waiting files: enough to fill every slot twice.
         self._window = max(2 * self._policy.max_concurrency, 64)
         self._children: dict[str, pykka.ActorRef[Any]] = {}
+        # Each child's attempt, and when it was handed over.
+        self._handed: dict[str, tuple[int, float]] = {}
+        # Children whose attempt no worker was known to have started: their files stay
+        # PENDING, in memory and in the store, until their start is stored.
+        self._unbegun: set[str] = set()
+        # Starts read from the notes and not stored yet (see _begin_ended, _begin_started).
+        self._starts_read: dict[str, tuple[int, float]] = {}
+        me = self.actor_ref
+        self._start_notes = StartNotes(
+            deps.scheduler.now, lambda: tell_if_alive(me, WorkersStarted())
+        )
         self._backoffs: dict[str, Timer] = {}
         self._restarts = RestartWindow()
         self._results: dict[str, SealedResult] = {}
@@ -250,25 +269,15 @@ class BatchSupervisor(ThreadActor):
     def _handle(self, message: Any) -> Any:
         match message:
             case AttemptFinished(file_id=file_id, attempt=attempt, report=report):
-                if self._is_current(file_id, attempt):
-                    self._children.pop(file_id, None)
-                    outcome = (
-                        self._storable(report) if isinstance(report, AttemptSuccess) else report
-                    )
-                    if isinstance(outcome, SealedResult):
-                        self._succeed(file_id, outcome, report.worker_pid)
-                    elif self._book.batch.state is BatchState.CANCELLING:
-                        self._interrupt(file_id, report.worker_pid)
-                    else:
-                        self._fail(file_id, outcome)
+                self._attempt_finished(file_id, attempt, report)
             case FileActorStopped(file_id=file_id, attempt=attempt, worker_pid=pid):
-                if not self._stopping and self._is_current(file_id, attempt):
-                    self._children.pop(file_id, None)
-                    self._interrupt(file_id, pid)
+                self._attempt_stopped(file_id, attempt, pid)
             case BackoffElapsed(file_id=file_id, attempt=attempt):
                 self._backoff_over(file_id, attempt)
             case CommitDue():
                 self._commit()
+            case WorkersStarted():
+                pass  # stored with the next group commit (_commit_unless_more_coming)
             case GetView():
                 # A reply never shows what is not stored yet.
                 self._commit()
@@ -306,6 +315,29 @@ class BatchSupervisor(ThreadActor):
         return None
 
     # Outcomes ----------------------------------------------------------------------
+
+    def _attempt_finished(self, file_id: str, attempt: int, report: AttemptOutcomeReport) -> None:
+        current = self._is_current(file_id, attempt)
+        if current:
+            self._begin_ended(file_id, attempt)
+        self._release_child(file_id, attempt)
+        if not current:
+            return
+        outcome = self._storable(report) if isinstance(report, AttemptSuccess) else report
+        if isinstance(outcome, SealedResult):
+            self._succeed(file_id, outcome, report.worker_pid)
+        elif self._book.batch.state is BatchState.CANCELLING:
+            self._interrupt(file_id, report.worker_pid)
+        else:
+            self._fail(file_id, outcome)
+
+    def _attempt_stopped(self, file_id: str, attempt: int, worker_pid: int | None) -> None:
+        current = not self._stopping and self._is_current(file_id, attempt)
+        if current:
+            self._begin_ended(file_id, attempt)
+        self._release_child(file_id, attempt)
+        if current:
+            self._interrupt(file_id, worker_pid)
 
     def _storable(self, report: AttemptSuccess) -> SealedResult | AttemptFailure:
         """The report's result sealed and fit to store, or the failure of a result that is
@@ -489,8 +521,11 @@ class BatchSupervisor(ThreadActor):
     def _abort(self, now: float, reason: str) -> None:
         """Fail fast: stop everything still running or waiting, then fail the batch."""
         self._log.warning("batch_failing_fast", reason=reason)
+        self._begin_started(now)
         for file_id in list(self._children):
-            self._interrupt(file_id)
+            # Those no worker started are cancelled with the waiting files below.
+            if file_id not in self._unbegun:
+                self._interrupt(file_id)
         self._stop_children()
         self._cancel_waiting(now)
         self._book.set_batch(BatchState.FAILED, now, reason)
@@ -530,16 +565,14 @@ class BatchSupervisor(ThreadActor):
         )
 
     def _start_attempt(self, file_id: str, now: float) -> None:
+        """Hand the (PENDING) file's next attempt to a new file actor.
+
+        The file stays PENDING until a worker picks the attempt up (see
+        :meth:`_begin_started`): handed-over attempts queue in the executor, and the
+        attempt's record counts from the worker's start.
+        """
         record = self._book.file(file_id)
         number = len(record.attempts) + 1
-        self._book.set_file(
-            file_id,
-            FileState.RUNNING,
-            now,
-            f"attempt {number} started",
-            attempts=(*record.attempts, Attempt(number=number, started_at=now)),
-            next_attempt_at=None,
-        )
         content = self._small_blob(record.blob)
         job = AttemptJob(
             batch_id=self._book.batch.batch_id,
@@ -558,7 +591,63 @@ class BatchSupervisor(ThreadActor):
             scheduler=self._deps.scheduler,
             job=job,
             timeout=self._policy.file_timeout,
+            on_worker_started=self._start_notes.note,
         )
+        self._handed[file_id] = (number, now)
+        self._unbegun.add(file_id)
+
+    def _begin(self, file_id: str, attempt: int, at: float, now: float, *, announce: bool) -> None:
+        """Store that a worker started the file's ``attempt`` at ``at``."""
+        record = self._book.file(file_id)
+        self._unbegun.discard(file_id)
+        self._book.set_file(
+            file_id,
+            FileState.RUNNING,
+            now,
+            f"attempt {attempt} started",
+            announce=announce,
+            attempts=(*record.attempts, Attempt(number=attempt, started_at=at)),
+            next_attempt_at=None,
+        )
+
+    def _begin_started(self, now: float) -> None:
+        """Store as ``RUNNING`` (each with its event) the files whose attempt a worker
+        started and that are still running: before a group commit, and before a cancel
+        or a fail-fast decides what to stop."""
+        self._read_starts(rearm=True)
+        for file_id, (attempt, at) in self._starts_read.items():
+            if file_id in self._unbegun and self._is_current(file_id, attempt):
+                self._begin(file_id, attempt, at, now, announce=True)
+        self._starts_read.clear()
+
+    def _begin_ended(self, file_id: str, attempt: int) -> None:
+        """Before storing how a current attempt ended: if its start is not stored yet,
+        record it with the end, in the same change and under the end's event. Its
+        start is when the worker picked it up; without a worker (the executor refused
+        it), when it was handed over."""
+        if file_id not in self._unbegun:
+            return
+        self._read_starts(rearm=False)
+        started = self._starts_read.pop(file_id, None)
+        at = (
+            started[1]
+            if started is not None and started[0] == attempt
+            else self._handed[file_id][1]
+        )
+        self._begin(file_id, attempt, at, self._now(), announce=False)
+
+    def _read_starts(self, *, rearm: bool) -> None:
+        for note in self._start_notes.take(rearm=rearm):
+            self._starts_read[note.file_id] = (note.attempt, note.at)
+
+    def _release_child(self, file_id: str, attempt: int) -> None:
+        """Forget the file's child if it ran ``attempt``: it reported its end."""
+        handed = self._handed.get(file_id)
+        if handed is None or handed[0] != attempt:
+            return
+        del self._handed[file_id]
+        self._children.pop(file_id, None)
+        self._unbegun.discard(file_id)
 
     def _small_blob(self, digest: str) -> bytes | None:
         """A small blob's bytes for the job to carry; ``None``: the worker reads the file.
@@ -586,7 +675,7 @@ class BatchSupervisor(ThreadActor):
         behind it (a retry) are found by starting over once the end is reached.
         Returns whether the queue has a file now.
         """
-        if self._book.count(FileState.PENDING) == 0:
+        if self._all_pending_handed():
             return False
         from_start = self._cursor == -1
         while not self._ready:
@@ -617,7 +706,21 @@ class BatchSupervisor(ThreadActor):
         return True
 
     def _waiting(self, file_id: str) -> bool:
-        return self._book.holds(file_id) and self._book.file(file_id).state is FileState.PENDING
+        return (
+            self._book.holds(file_id)
+            and self._book.file(file_id).state is FileState.PENDING
+            and file_id not in self._handed
+        )
+
+    def _all_pending_handed(self) -> bool:
+        """Whether every PENDING file is handed over already (nothing to read)."""
+        pending = self._book.count(FileState.PENDING)
+        if pending > len(self._unbegun):
+            return False
+        handed = sum(
+            1 for file_id in self._unbegun if self._book.file(file_id).state is FileState.PENDING
+        )
+        return handed == pending
 
     def _stored_files(self, states: set[FileState]) -> Iterator[FileRecord]:
         """Every stored file in ``states``, read a page at a time."""
@@ -647,6 +750,8 @@ class BatchSupervisor(ThreadActor):
         now = self._now()
         running = self._book.batch.state is BatchState.RUNNING
         if running and len(self._children) < self._policy.max_concurrency:
+            # Waiting for a worker, as every attempt handed over does.
+            self._book.set_file(file_id, FileState.PENDING, now, "backoff over")
             self._start_attempt(file_id, now)
         else:
             # It has waited its backoff already: first in line for the next slot.
@@ -665,6 +770,8 @@ class BatchSupervisor(ThreadActor):
         now = self._now()
         self._log.info("batch_cancelling", reason=reason, request_id=request_id)
         self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
+        # What a worker runs is stopped as running; what waits for one, as waiting.
+        self._begin_started(now)
         self._cancel_waiting(now)
         stops = self._stop_children(forget=False)
         self._advance(now)
@@ -896,7 +1003,14 @@ class BatchSupervisor(ThreadActor):
         if not self._book.holds(file_id):
             return False  # settled and forgotten: a late report
         record = self._book.file(file_id)
-        return record.state is FileState.RUNNING and len(record.attempts) == attempt
+        if record.state is FileState.RUNNING:
+            return len(record.attempts) == attempt
+        # Handed over, its start not stored yet, and not moved since (a cancel).
+        return (
+            file_id in self._unbegun
+            and self._handed[file_id][0] == attempt
+            and record.state is FileState.PENDING
+        )
 
     def _end_last(
         self,
@@ -915,6 +1029,9 @@ class BatchSupervisor(ThreadActor):
         stops = [child.stop(block=False) for child in self._children.values()]
         if forget:
             self._children.clear()
+            self._handed.clear()
+            self._unbegun.clear()
+            self._starts_read.clear()
         return stops
 
     def _drop_backoffs(self) -> None:
@@ -950,7 +1067,7 @@ class BatchSupervisor(ThreadActor):
         later, while the workers still run what was queued. With nothing to store,
         nothing is held.
         """
-        if not self._book.changed:
+        if not self._book.changed and not self._start_notes.due:
             return
         if self._book.pending_events >= _GROUP_COMMIT_EVENTS:
             self._commit()
@@ -967,7 +1084,7 @@ class BatchSupervisor(ThreadActor):
         # Reports may wait for the commit without waking this thread when the workers
         # have enough queued to stay busy meanwhile; then they are handled together.
         quiet = (
-            (AttemptFinished,)
+            (AttemptFinished, WorkersStarted)
             if self._deps.executor.queued_seconds() >= _QUEUED_FOR_QUIET_REPORTS * wait
             else ()
         )
@@ -985,6 +1102,7 @@ class BatchSupervisor(ThreadActor):
         self._committed_at = self._now()
 
     def _store_changes(self) -> None:
+        self._begin_started(self._now())
         changes = self._book.take_changes()
         if changes:
             results = {

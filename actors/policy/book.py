@@ -113,6 +113,8 @@ class BatchBook:
         self._warned = (view.summary() if isinstance(view, BatchView) else view).files_with_warnings
         self._dirty: dict[str, FileRecord] = {}
         self._events: list[BatchEvent] = []
+        # Files moved without an event, with the state last told of them.
+        self._untold: dict[str, FileState] = {}
         self._arrived = False
 
     @property
@@ -213,9 +215,21 @@ class BatchBook:
         return BatchView(self._batch, tuple(self._files.values()))
 
     def set_file(
-        self, file_id: str, state: FileState, now: float, reason: str = "", **changes: Any
+        self,
+        file_id: str,
+        state: FileState,
+        now: float,
+        reason: str = "",
+        *,
+        announce: bool = True,
+        **changes: Any,
     ) -> FileRecord:
         """Move a held file to ``state`` for ``reason``, applying ``changes``; log the event.
+
+        With ``announce`` false the move is stored but no event tells it: for a step
+        that the file's next move, in the same commit, tells with its own (a worker's
+        start of an attempt that ended before the commit). That event's previous state
+        is the last one told.
 
         Raises:
             IllegalTransitionError: The state machine does not allow the move.
@@ -230,7 +244,11 @@ class BatchBook:
         self._counts[previous] -= 1
         self._counts[state] += 1
         self._warned += _warned(updated) - _warned(current)
-        self._announce(now, file=updated, reason=reason, previous=previous)
+        if announce:
+            told = self._untold.pop(file_id, previous)
+            self._announce(now, file=updated, reason=reason, previous=told)
+        else:
+            self._untold.setdefault(file_id, previous)
         return updated
 
     def set_files(

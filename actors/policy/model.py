@@ -44,6 +44,7 @@ __all__ = [
     "all_counts",
     "check_batch_transition",
     "check_file_transition",
+    "ended_attempt",
     "settled_batch_state",
     "warned_files",
 ]
@@ -502,6 +503,21 @@ class BatchEvent:
     previous_state: FileState | BatchState | None = None
     bulk: BulkChange | None = None
     counts: Mapping[FileState, int] = field(default_factory=dict)
+
+
+def ended_attempt(event: BatchEvent) -> Attempt | None:
+    """The attempt whose end ``event`` tells, if it tells one: the file's last attempt,
+    when the file leaves RUNNING, or leaves PENDING by that attempt's end (an attempt a
+    worker started and ended between two group commits is told by its end alone)."""
+    file = event.file
+    if file is None or not file.attempts:
+        return None
+    last = file.attempts[-1]
+    if event.previous_state is FileState.RUNNING:
+        return last
+    if event.previous_state is FileState.PENDING and last.ended_at == event.at:
+        return last
+    return None
 
 
 @dataclass(frozen=True, slots=True)

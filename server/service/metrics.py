@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from actors.execution.local.pool import PoolStats
-from actors.policy.model import BatchEvent, FileState
+from actors.policy.model import BatchEvent, FileState, ended_attempt
 from actors.storage.store import Store
 from server.service.calls import CallScope, Method
 
@@ -99,8 +99,8 @@ class ServiceMetrics:
         file = event.file
         if file is None:
             return
-        if event.previous_state is FileState.RUNNING and file.attempts:
-            attempt = file.attempts[-1]
+        attempt = ended_attempt(event)
+        if attempt is not None:
             outcome = (attempt.outcome.value if attempt.outcome else "unknown").lower()
             self.attempts.labels(outcome).inc()
             if attempt.duration is not None:

@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from actors.policy.model import Attempt, AttemptOutcome, BatchEvent, FileState
+from actors.policy.model import Attempt, AttemptOutcome, BatchEvent, ended_attempt
 from server.service.calls import CallScope, Method
 
 __all__ = ["DEFAULT_SERVICE_NAME", "OtelTracing"]
@@ -215,13 +215,10 @@ class OtelTracing:
 
     def observe(self, event: BatchEvent) -> None:
         """Trace the attempt that ``event`` ends, if it ends one; a store listener."""
-        file = event.file
-        if file is None or event.previous_state is not FileState.RUNNING or not file.attempts:
+        attempt = ended_attempt(event)
+        if event.file is None or attempt is None or attempt.ended_at is None:
             return
-        attempt = file.attempts[-1]
-        if attempt.ended_at is None:
-            return
-        ended = _Ended(event.batch_id, file.file_id, attempt)
+        ended = _Ended(event.batch_id, event.file.file_id, attempt)
         with self._lock:
             cause = self._cause_of(ended)
             if cause is None and self._submissions and len(self._parked) < self._max_parked:

@@ -12,7 +12,7 @@ from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.policy.book import Changes
 from actors.policy.catalogue import StorageUnavailableError
-from actors.policy.model import BatchEvent, BatchView, ExtractionResult
+from actors.policy.model import BatchEvent, BatchView, ExtractionResult, FileState
 from actors.policy.sealed import SealedResult
 from actors.storage.blobs import BlobStore
 from actors.storage.retention import RetentionPolicy
@@ -142,4 +142,29 @@ class FlakyStore(MemoryStore):
         self.commits += 1
         if self._fail(self.commits):
             raise self._error(f"injected failure of commit {self.commits}")
+        super().commit(changes, results)
+
+
+class OutcomeFailingStore(MemoryStore):
+    """A memory store whose first ``times`` commits that store how an attempt ended fail,
+    with ``error``: as a bug in the supervisor's handling of outcomes would make them, or
+    a store that fails whenever it matters."""
+
+    def __init__(
+        self, times: int, error: Callable[[str], Exception] = StorageUnavailableError
+    ) -> None:
+        super().__init__()
+        self._times = times
+        self._error = error
+        self.failed = 0
+
+    def commit(
+        self, changes: Changes, results: Mapping[str, SealedResult | ExtractionResult]
+    ) -> None:
+        ends = any(
+            e.file is not None and e.file.state is not FileState.RUNNING for e in changes.events
+        )
+        if ends and self.failed < self._times:
+            self.failed += 1
+            raise self._error(f"injected failure of outcome commit {self.failed}")
         super().commit(changes, results)

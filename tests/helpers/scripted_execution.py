@@ -112,6 +112,8 @@ class ScriptedExecutor:
         self._lock = threading.Lock()
         self._live: dict[AttemptKey, ScriptedAttempt] = {}
         self.submitted: list[AttemptKey] = []
+        # Attempts a worker picked up, in order.
+        self.started: list[AttemptKey] = []
         self.ended: list[tuple[AttemptKey, AttemptOutcomeReport]] = []
         self.closed = False
         # What queued_seconds answers: workers' worth of queued work, as a test sets it.
@@ -158,6 +160,7 @@ class ScriptedExecutor:
             attempt = self._live[key]
             attempt.pid = pid
             attempt.started_at = now
+            self.started.append(key)
         attempt.deliver_started(pid)
         self._changed()
 

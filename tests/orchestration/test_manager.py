@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pykka
@@ -11,17 +12,29 @@ from actors.orchestration.manager import BatchManager
 from actors.orchestration.supervisor import BatchSupervisor
 from actors.policy.model import AttemptOutcome, BatchState, FileState
 from actors.policy.rules import BatchPolicy, RetryPolicy
-from tests.helpers.harness import FlakyStore, build_harness
+from tests.helpers.harness import FlakyStore, OutcomeFailingStore, build_harness
 from tests.helpers.processes import eventually
 
 
 def test_a_supervisor_that_dies_is_restarted_from_the_stored_state(tmp_path: Path) -> None:
-    # Commit 1 starts the attempt; commit 2 would record its success, and fails.
-    store = FlakyStore(fail=lambda n: n == 2)
+    # The attempt is stored as running while its worker waits on the gate; the commit of
+    # its success fails, and the supervisor with it.
+    store = OutcomeFailingStore(times=1)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     for h in build_harness(tmp_path, store=store):
-        batch_id = h.runtime.submit(h.files(b"ok")).batch.batch_id
+        batch_id = h.runtime.submit(h.files(b"gate:" + str(gate).encode())).batch.batch_id
+        for attempt in (1, 2):
+            h.waiter.until(
+                batch_id,
+                lambda v, n=attempt: (
+                    v.files[0].state is FileState.RUNNING and len(v.files[0].attempts) == n
+                ),
+            )
+            gate.write_text("open")
         view = h.settled(batch_id)
         assert view.batch.state is BatchState.SUCCEEDED
+        assert store.failed == 1
         outcomes = [a.outcome for a in view.files[0].attempts]
         assert outcomes == [AttemptOutcome.INTERRUPTED, AttemptOutcome.SUCCEEDED]
         assert view.files[0].round_failures == 0, "an interrupted attempt is not a failure"
@@ -30,9 +43,9 @@ def test_a_supervisor_that_dies_is_restarted_from_the_stored_state(tmp_path: Pat
 
 
 def test_a_supervisor_that_keeps_dying_fails_its_batch_with_a_reason(tmp_path: Path) -> None:
-    # Every restart's start commits; every attempt's outcome fails to commit, as a bug
-    # in the supervisor's own work would make it.
-    store = FlakyStore(fail=lambda n: n % 2 == 0 and n <= 8, error=RuntimeError)
+    # Every attempt's outcome fails to commit, as a bug in the supervisor's own work
+    # would make it.
+    store = OutcomeFailingStore(times=4, error=RuntimeError)
     for h in build_harness(tmp_path, store=store):
         batch_id = h.runtime.submit(h.files(b"ok")).batch.batch_id
         # The first restart is immediate; the next ones back off 0.5 s, then 1 s.
@@ -43,7 +56,7 @@ def test_a_supervisor_that_keeps_dying_fails_its_batch_with_a_reason(tmp_path: P
         assert view.batch.state is BatchState.FAILED
         assert "supervisor failed 4 times" in view.batch.reason
         assert view.files[0].state is FileState.FAILED
-        assert store.commits == 9
+        assert store.failed == 4
 
 
 def test_other_batches_are_untouched_by_a_dying_supervisor(tmp_path: Path) -> None:

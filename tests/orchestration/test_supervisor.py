@@ -37,6 +37,7 @@ from actors.policy.rules import BatchPolicy, FailureThreshold, RestartIntensity,
 from actors.storage.blobs import BlobStore
 from actors.storage.store import MemoryStore
 from tests.helpers.harness import Harness, build_harness
+from tests.helpers.processes import eventually
 from tests.helpers.scripted_execution import Quiet, ScriptedExecutor
 
 
@@ -214,15 +215,21 @@ def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
         for e in h.store.events_after(batch_id, 0)
         if e.file is not None
     ]
+    # A start is told if the attempt still ran at the next commit; otherwise its end
+    # tells both, from the state before the start.
+    for number in (1, 2):
+        started = (FileState.PENDING, FileState.RUNNING, f"attempt {number} started")
+        if started in history:
+            at = history.index(started)
+            history[at : at + 2] = [(FileState.PENDING, *history[at + 1][1:])]
     assert history == [
-        (FileState.PENDING, FileState.RUNNING, "attempt 1 started"),
         (
-            FileState.RUNNING,
+            FileState.PENDING,
             FileState.BACKOFF,
             "attempt 1 failed with WORKER_CRASHED; next attempt in 4 s",
         ),
-        (FileState.BACKOFF, FileState.RUNNING, "attempt 2 started"),
-        (FileState.RUNNING, FileState.SUCCEEDED, "attempt 2 succeeded"),
+        (FileState.BACKOFF, FileState.PENDING, "backoff over"),
+        (FileState.PENDING, FileState.SUCCEEDED, "attempt 2 succeeded"),
     ]
     batch_changes = [
         (e.previous_state, e.batch_state) for e in h.store.events_after(batch_id, 0) if not e.file
@@ -234,7 +241,7 @@ def test_every_file_transition_says_from_where_and_why(h: Harness) -> None:
 
 
 class _GatedStore(MemoryStore):
-    """Holds the commit that starts the batch's attempts until the test opens the gate."""
+    """Holds the batch's first commit until the test opens the gate."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,11 +251,27 @@ class _GatedStore(MemoryStore):
 
     def commit(self, changes: Changes, results: Mapping[str, ExtractionResult]) -> None:
         states = [e.file.state if e.file else None for e in changes.events]
-        if FileState.RUNNING in states and not self.held.is_set():
+        if not self.held.is_set():
             self.held.set()
             assert self.gate.wait(30)
         super().commit(changes, results)
         self.committed.append(states)
+
+
+def _first_outcome_handled(h: Harness) -> None:
+    """Wait until the supervisor handled the first of two files (one at a time) that
+    ended: it handed the second one to the pool then."""
+    eventually(lambda: h.pool.stats().handovers == 2)
+
+
+def _until_second_runs(h: Harness, batch_id: str, committed: BatchView) -> None:
+    """From the commit that stored the first file's outcome, advance the clock until
+    the second file is stored as running: its start was in that commit, or its own
+    waits for the interval."""
+    if committed.files[1].state is not FileState.RUNNING:
+        h.clock.wait_for_timer(5.0, timeout=30)
+        h.clock.advance(5.0)
+    h.waiter.until(batch_id, lambda v: v.files[1].state is FileState.RUNNING)
 
 
 def test_a_report_that_finds_the_inbox_empty_waits_for_the_commit_interval(
@@ -258,17 +281,21 @@ def test_a_report_that_finds_the_inbox_empty_waits_for_the_commit_interval(
         files = h.files(b"ok", b"hang")
         policy = BatchPolicy(max_concurrency=1)
         batch_id = h.runtime.submit(files, policy=policy).batch.batch_id
-        # The first file's outcome came alone, just after the commit that started it:
-        # its commit waits for the interval (the clock is the test's).
+        # The first file's start and outcome came alone, just after the commit that
+        # started the batch: their commit waits for the interval (the clock is the
+        # test's), while the second file is handed over.
+        _first_outcome_handled(h)
         h.clock.wait_for_timer(5.0, timeout=30)
         view = h.store.load(batch_id)
         assert view is not None
-        assert [f.state for f in view.files] == [FileState.RUNNING, FileState.PENDING]
+        assert [f.state for f in view.files] == [FileState.PENDING, FileState.PENDING]
 
         h.clock.advance(5.0)
 
-        running = h.waiter.until(batch_id, lambda v: v.files[0].state is FileState.SUCCEEDED)
-        assert [f.state for f in running.files] == [FileState.SUCCEEDED, FileState.RUNNING]
+        done = h.waiter.until(batch_id, lambda v: v.files[0].state is FileState.SUCCEEDED)
+        (attempt,) = done.files[0].attempts
+        assert attempt.outcome is AttemptOutcome.SUCCEEDED
+        _until_second_runs(h, batch_id, done)
         h.runtime.cancel(batch_id)
         assert h.settled(batch_id).batch.state is BatchState.CANCELLED
 
@@ -279,10 +306,13 @@ def test_a_commit_leaves_no_timer_behind_when_nothing_waits_to_be_stored(
     for h in build_harness(tmp_path, commit_interval=5.0):
         policy = BatchPolicy(max_concurrency=1)
         batch_id = h.runtime.submit(h.files(b"ok", b"hang"), policy=policy).batch.batch_id
-        # The first outcome waits for the interval; its commit starts the second file.
+        # The first outcome waits for the interval; the second file's start with it, or
+        # for the next one.
+        _first_outcome_handled(h)
         h.clock.wait_for_timer(5.0, timeout=30)
         h.clock.advance(5.0)
-        h.waiter.until(batch_id, lambda v: v.files[1].state is FileState.RUNNING)
+        done = h.waiter.until(batch_id, lambda v: v.files[0].state is FileState.SUCCEEDED)
+        _until_second_runs(h, batch_id, done)
         (supervisor,) = pykka.ActorRegistry.get_by_class(BatchSupervisor)
         for _ in range(3):
             # Whatever commit waited is due. A stale timer's message (a file that
@@ -342,16 +372,13 @@ def test_reports_wait_for_the_group_commit_while_the_executor_has_work_queued(
         assert supervisor.actor_inbox.qsize() == 1
         clock.advance(5.0)
 
-        fourth = ("f00004", FileState.RUNNING)
-        quiet.wait(lambda: None if any(fourth in c for c in commits) else "its commit", 30)
-        # Handled at the commit's moment, and stored with what was held.
-        (together,) = [c for c in commits if ("f00002", FileState.SUCCEEDED) in c]
-        assert together == [
-            ("f00001", FileState.SUCCEEDED),
-            ("f00003", FileState.RUNNING),
-            ("f00002", FileState.SUCCEEDED),
-            fourth,
-        ]
+        quiet.wait(lambda: None if len(executor.submitted) > 3 else "the fourth file", 30)
+        second_done = ("f00002", FileState.SUCCEEDED)
+        quiet.wait(lambda: None if any(second_done in c for c in commits) else "its commit", 30)
+        # Handled at the commit's moment, and stored with what was held. The third and
+        # fourth files wait for a worker: no start of theirs is stored.
+        (together,) = [c for c in commits if second_done in c]
+        assert together == [("f00001", FileState.SUCCEEDED), second_done]
         runtime.cancel(batch_id)
     finally:
         unsubscribe()
@@ -378,7 +405,7 @@ def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
     for h in build_harness(tmp_path, store=store):
         files = h.files(b"ok", b"ok", b"ok", b"ok")
         batch_id = h.runtime.submit(files, policy=BatchPolicy(max_concurrency=4)).batch.batch_id
-        # The attempts are handed to the workers before the commit that says they run.
+        # The attempts are handed to the workers before the commit that starts the batch.
         assert store.held.wait(30)
         # A file actor stops right after it told the supervisor its outcome: once none
         # is left, every outcome waits in the supervisor's inbox behind the held commit.
@@ -388,7 +415,7 @@ def test_reports_that_queue_up_during_a_commit_are_stored_in_one_commit(
             time.sleep(0.01)
         store.gate.set()
         assert h.settled(batch_id).batch.state is BatchState.SUCCEEDED
-        assert store.committed[-2][-4:] == [FileState.RUNNING] * 4
         assert store.committed[-1] == [FileState.SUCCEEDED] * 4 + [None], (
             "the four outcomes that queued up, and the batch's end, in one commit"
         )
+        assert len(store.committed) == 2, "the batch's start, then everything that queued"

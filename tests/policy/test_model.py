@@ -11,9 +11,12 @@ from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
     Attempt,
     AttemptOutcome,
+    BatchEvent,
     BatchRecord,
+    BatchState,
     FileRecord,
     FileState,
+    ended_attempt,
 )
 
 
@@ -86,3 +89,35 @@ def test_an_ended_attempt_keeps_its_number_start_and_known_worker(pid: int | Non
         worker_pid=attempt.worker_pid if pid is None else pid,
         retry_delay=2.0,
     )
+
+
+def _event(previous: FileState, state: FileState, at: float, *attempts: Attempt) -> BatchEvent:
+    record = FileRecord(file_id="f1", name="a.pdf", blob="b", size=1, state=state)
+    return BatchEvent(
+        sequence=2,
+        batch_id="b",
+        at=at,
+        batch_state=BatchState.RUNNING,
+        file=dataclasses.replace(record, attempts=attempts),
+        previous_state=previous,
+    )
+
+
+def test_an_event_tells_the_end_of_an_attempt_from_running_or_straight_from_pending() -> None:
+    first = Attempt(1, 1.0, 2.0, AttemptOutcome.FAILED)
+    second = Attempt(2, 5.0, 6.0, AttemptOutcome.SUCCEEDED)
+    interrupted = Attempt(2, 5.0, 6.0, AttemptOutcome.INTERRUPTED)
+    assert ended_attempt(_event(FileState.RUNNING, FileState.SUCCEEDED, 6.0, first, second)) == (
+        second
+    )
+    assert ended_attempt(_event(FileState.RUNNING, FileState.PENDING, 6.0, first, interrupted)) == (
+        interrupted
+    )
+    # Started and ended between two commits: told by its end, from PENDING.
+    assert ended_attempt(_event(FileState.PENDING, FileState.SUCCEEDED, 6.0, first, second)) == (
+        second
+    )
+    # Moves that end no attempt.
+    assert ended_attempt(_event(FileState.BACKOFF, FileState.PENDING, 4.0, first)) is None
+    assert ended_attempt(_event(FileState.PENDING, FileState.CANCELLED, 7.0, first)) is None
+    assert ended_attempt(_event(FileState.PENDING, FileState.SUCCEEDED, 6.0)) is None

@@ -328,7 +328,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.given: dict[AttemptKey, ExtractionResult] = {}
         self.kept: dict[tuple[str, str], ExtractionResult] = {}
         self.replayed: dict[str, tuple[int, BatchState, dict[str, FileState]]] = {}
-        self.earlier_attempts: list[AttemptKey] = []  # submitted before the last restart
+        self.earlier_attempts: list[AttemptKey] = []  # started before the last restart
         self.pids = itertools.count(40_000)
         self.executor = ScriptedExecutor(self.quiet.changed)
         self.runtime = self._new_runtime()
@@ -372,11 +372,12 @@ class RuntimeMachine(RuleBasedStateMachine):
 
     # Waiting -------------------------------------------------------------------------
 
-    def _settle(self) -> None:
-        """Wait until the orchestration has nothing left to do on its own."""
+    def _settle(self, ended: AttemptKey | None = None) -> None:
+        """Wait until the orchestration has nothing left to do on its own, ``ended``
+        (an attempt the test just ended) included."""
         self._views = None
-        self._wait(self._unquiet)
-        REPORT.invariant("the executor runs exactly the attempts stored as running")
+        self._wait(lambda: self._unstored(ended) or self._unquiet())
+        REPORT.invariant("workers run exactly the attempts stored as running")
         REPORT.invariant("armed timers are exactly the backoffs and the running deadlines")
 
     def _wait(self, problem: Callable[[], str | None]) -> None:
@@ -386,11 +387,23 @@ class RuntimeMachine(RuleBasedStateMachine):
             _timed_out.set()
             raise
 
+    def _unstored(self, ended: AttemptKey | None) -> str | None:
+        """Whether the end of ``ended`` is still to be stored: an attempt no worker
+        started leaves its file PENDING, as stored, until then."""
+        if ended is None:
+            return None
+        record = self._view(ended.batch_id).file(ended.file_id)
+        assert record is not None
+        if record.state is FileState.PENDING and len(record.attempts) < ended.attempt:
+            return f"the end of {ended} is not stored"
+        return None
+
     def _unquiet(self) -> str | None:
         """What the orchestration still has to do, or ``None`` when it is quiet."""
         live = self.executor.live()
         now = self.clock.now()
         running: set[AttemptKey] = set()
+        waiting: set[AttemptKey] = set()
         dues: list[float] = []
         for batch_id in self.batches:
             view = self.store.load(batch_id)
@@ -413,16 +426,31 @@ class RuntimeMachine(RuleBasedStateMachine):
                     if due <= now:
                         return f"{record.file_id} is still in BACKOFF, due at {due}"
                     dues.append(due)
+                if record.state in (FileState.PENDING, FileState.BACKOFF):
+                    # An attempt handed over that no worker took yet is not counted.
+                    waiting.add(AttemptKey(batch_id, record.file_id, len(record.attempts) + 1))
             if not view.batch.state.terminal and all(f.state.terminal for f in view.files):
                 return f"batch {self._name(batch_id)} is {view.batch.state}, its files settled"
+            if view.batch.state is BatchState.RUNNING:
+                # A waiting file is handed over as soon as a slot frees: nothing shows the
+                # supervisor still has to, as a file waits PENDING either way.
+                handed = {k.file_id for k in live if k.batch_id == batch_id}
+                if len(handed) < self.policy_of[batch_id].max_concurrency and any(
+                    f.state is FileState.PENDING and f.file_id not in handed for f in view.files
+                ):
+                    return f"batch {self._name(batch_id)} has a free slot and a waiting file"
         for key, attempt in live.items():
             if attempt.started_at is not None:
                 deadline = attempt.started_at + self.policy_of[key.batch_id].file_timeout
                 if deadline <= now:
                     return f"attempt {key} runs past its deadline"
                 dues.append(deadline)
-        if set(live) != running:
-            return f"the executor runs {sorted(live)}, the store says {sorted(running)}"
+        started = {key for key, attempt in live.items() if attempt.started_at is not None}
+        if started != running:
+            return f"the executor runs {sorted(started)}, the store says {sorted(running)}"
+        queued = set(live) - started
+        if not queued <= waiting:
+            return f"attempts {sorted(queued - waiting)} wait for a worker, their files do not"
         armed = self.clock.live_dues()
         if armed != sorted(dues):
             return f"timers armed at {armed}, expected {sorted(dues)}"
@@ -483,7 +511,10 @@ class RuntimeMachine(RuleBasedStateMachine):
         self._settle()
         after = self._view(batch_id)
         assert after.batch.state is BatchState.RUNNING
-        assert after.counts[FileState.RUNNING] == min(files, policy.max_concurrency)
+        # Handed over, and waiting for a worker: none runs until one starts it.
+        assert after.counts[FileState.RUNNING] == 0
+        handed = [key for key in self.executor.live() if key.batch_id == batch_id]
+        assert len(handed) == min(files, policy.max_concurrency)
 
     # Rules: the workers --------------------------------------------------------------
 
@@ -509,7 +540,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         result = _result(key)
         self.given[key] = result
         assert self.executor.end(key, AttemptSuccess(result, attempt.pid))
-        self._settle()
+        self._settle(ended=key)
         record = self._view(key.batch_id).file(key.file_id)
         assert record is not None
         assert record.state is FileState.SUCCEEDED
@@ -544,7 +575,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         now = self.clock.now()
         report = AttemptFailure(code, attempt.pid, "ScriptedFailure", "scripted")
         assert self.executor.end(key, report)
-        self._settle()
+        self._settle(ended=key)
         view = self._view(key.batch_id)
         record = view.file(key.file_id)
         assert record is not None
@@ -702,7 +733,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         # files, which the stopping supervisor then stops shortly after close returns.
         self._wait(lambda: "attempts run after close" if self.executor.live() else None)
         self.executor.close()
-        self.earlier_attempts.extend(self.executor.submitted)
+        self.earlier_attempts.extend(self.executor.started)
         for batch_id, view in before.items():
             _assert_close_kept(view, self._view(batch_id))
         if self.durable:
@@ -818,7 +849,13 @@ class RuntimeMachine(RuleBasedStateMachine):
                 else:
                     current = files[event.file.file_id]
                     assert event.previous_state is current
-                    assert event.file.state in FILE_TRANSITIONS[current], (
+                    # An attempt that started and ended between two commits is told by
+                    # its end alone: through RUNNING.
+                    through_running = (
+                        FileState.RUNNING in FILE_TRANSITIONS[current]
+                        and event.file.state in FILE_TRANSITIONS[FileState.RUNNING]
+                    )
+                    assert event.file.state in FILE_TRANSITIONS[current] or through_running, (
                         f"{event.file.file_id}: {current} -> {event.file.state} is not allowed"
                     )
                     files[event.file.file_id] = event.file.state
@@ -883,19 +920,26 @@ class RuntimeMachine(RuleBasedStateMachine):
                     assert open_attempts == [record.attempts[-1]]
                 else:
                     assert open_attempts == []
-        attempts = [*self.earlier_attempts, *self.executor.submitted]
+        # One not started when the service closed is handed over again, as the same
+        # attempt: none of it was stored.
+        attempts = [*self.earlier_attempts, *self.executor.started]
         assert len(set(attempts)) == len(attempts), "an attempt was handed to a worker twice"
         REPORT.invariant("attempts stay within the policy's budget")
 
     @invariant()
     def concurrency_respected(self) -> None:
-        live = Counter(k.batch_id for k in self.executor.live())
+        live = self.executor.live()
         for batch_id, view in self._all_views().items():
             limit = self.policy_of[batch_id].max_concurrency
-            running = view.counts[FileState.RUNNING]
-            assert live[batch_id] == running <= limit
-            if view.batch.state is BatchState.RUNNING and view.counts[FileState.PENDING]:
-                assert running == limit, "a file waits while a slot is free"
+            handed = {k.file_id: a for k, a in live.items() if k.batch_id == batch_id}
+            started = sum(1 for attempt in handed.values() if attempt.started_at is not None)
+            assert view.counts[FileState.RUNNING] == started
+            assert len(handed) <= limit
+            not_handed = [
+                f for f in view.files if f.state is FileState.PENDING and f.file_id not in handed
+            ]
+            if view.batch.state is BatchState.RUNNING and not_handed:
+                assert len(handed) == limit, "a file waits while a slot is free"
         REPORT.invariant("at most max_concurrency attempts run, and no slot idles")
 
 

@@ -90,9 +90,15 @@ class _FileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileState.V
     a FileTransition's `from_state` it means the earlier state is no longer known.
     """
     FILE_STATE_PENDING: _FileState.ValueType  # 1
-    """Waiting for a worker."""
+    """Waiting for a worker, including while the attempt is handed over and queued for
+    one.
+    """
     FILE_STATE_RUNNING: _FileState.ValueType  # 2
-    """An attempt is running."""
+    """A worker runs an attempt. Stored, with its event, at the first group commit after
+    the worker picked the attempt up: an attempt that ended before that commit goes
+    from PENDING to its outcome in one event, whose file record still holds the
+    attempt's start.
+    """
     FILE_STATE_BACKOFF: _FileState.ValueType  # 3
     """An attempt failed; the next one starts at `next_attempt_time`."""
     FILE_STATE_SUCCEEDED: _FileState.ValueType  # 4
@@ -112,9 +118,15 @@ FILE_STATE_UNSPECIFIED: FileState.ValueType  # 0
 a FileTransition's `from_state` it means the earlier state is no longer known.
 """
 FILE_STATE_PENDING: FileState.ValueType  # 1
-"""Waiting for a worker."""
+"""Waiting for a worker, including while the attempt is handed over and queued for
+one.
+"""
 FILE_STATE_RUNNING: FileState.ValueType  # 2
-"""An attempt is running."""
+"""A worker runs an attempt. Stored, with its event, at the first group commit after
+the worker picked the attempt up: an attempt that ended before that commit goes
+from PENDING to its outcome in one event, whose file record still holds the
+attempt's start.
+"""
 FILE_STATE_BACKOFF: FileState.ValueType  # 3
 """An attempt failed; the next one starts at `next_attempt_time`."""
 FILE_STATE_SUCCEEDED: FileState.ValueType  # 4
