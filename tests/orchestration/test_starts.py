@@ -69,6 +69,13 @@ class Rig:
         self.quiet.wait(problem, 30)
         return self.view(batch_id)
 
+    def first_end_stored(self, batch_id: str, since_commit: float) -> BatchView:
+        """Let the group commit held since the last one (``since_commit`` seconds ago)
+        happen; the view once it stored the first file's end."""
+        self.clock.wait_for_timer(INTERVAL - since_commit, timeout=30)
+        self.clock.advance(INTERVAL - since_commit)
+        return self.until(batch_id, "stored", lambda v: v.counts[FileState.SUCCEEDED] == 1)
+
     def keys(self) -> list[AttemptKey]:
         return sorted(self.executor.live())
 
@@ -152,9 +159,7 @@ def test_an_attempt_that_ends_before_the_next_commit_is_stored_once(rig: Rig) ->
     rig.executor.start(key, 4242, rig.clock.now())
     rig.clock.advance(1.0)
     assert rig.executor.end(key, AttemptSuccess(_result(), 4242))
-    rig.clock.wait_for_timer(INTERVAL - 2.0, timeout=30)
-    rig.clock.advance(INTERVAL - 2.0)
-    view = rig.until(batch_id, "stored", lambda v: v.counts[FileState.SUCCEEDED] == 1)
+    view = rig.first_end_stored(batch_id, since_commit=2.0)
     (attempt,) = view.files[0].attempts
     assert (attempt.started_at, attempt.ended_at) == (began + 1.0, began + 2.0)
     assert attempt.outcome is AttemptOutcome.SUCCEEDED
@@ -171,9 +176,7 @@ def test_an_attempt_no_worker_took_is_stored_from_its_hand_over(rig: Rig) -> Non
     rig.clock.advance(1.0)
     # Refused before any worker had it (as screening refuses a file that is no PDF).
     assert rig.executor.end(key, AttemptSuccess(_result(), None))
-    rig.clock.wait_for_timer(INTERVAL - 1.0, timeout=30)
-    rig.clock.advance(INTERVAL - 1.0)
-    view = rig.until(batch_id, "stored", lambda v: v.counts[FileState.SUCCEEDED] == 1)
+    view = rig.first_end_stored(batch_id, since_commit=1.0)
     (attempt,) = view.files[0].attempts
     assert (attempt.started_at, attempt.ended_at) == (began, began + 1.0)
     rig.runtime.cancel(batch_id)
