@@ -426,7 +426,7 @@ class RuntimeMachine(RuleBasedStateMachine):
                     if due <= now:
                         return f"{record.file_id} is still in BACKOFF, due at {due}"
                     dues.append(due)
-                if record.state in (FileState.PENDING, FileState.BACKOFF):
+                if record.state is FileState.PENDING:
                     # An attempt handed over that no worker took yet is not counted.
                     waiting.add(AttemptKey(batch_id, record.file_id, len(record.attempts) + 1))
             if not view.batch.state.terminal and all(f.state.terminal for f in view.files):
@@ -850,9 +850,9 @@ class RuntimeMachine(RuleBasedStateMachine):
                     current = files[event.file.file_id]
                     assert event.previous_state is current
                     # An attempt that started and ended between two commits is told by
-                    # its end alone: through RUNNING.
+                    # its end alone, from PENDING: through RUNNING.
                     through_running = (
-                        FileState.RUNNING in FILE_TRANSITIONS[current]
+                        current is FileState.PENDING
                         and event.file.state in FILE_TRANSITIONS[FileState.RUNNING]
                     )
                     assert event.file.state in FILE_TRANSITIONS[current] or through_running, (
