@@ -155,11 +155,9 @@ class BatchSupervisor(ThreadActor):
         # Files read in one page of waiting files: enough to fill every slot twice.
         self._window = max(2 * self._policy.max_concurrency, 64)
         self._children: dict[str, pykka.ActorRef[Any]] = {}
-        # Each child's attempt, and when it was handed over.
+        # Each child's attempt, and when it was handed over. Until its start is stored
+        # the child's file stays PENDING, in memory and in the store.
         self._handed: dict[str, tuple[int, float]] = {}
-        # Children whose attempt no worker was known to have started: their files stay
-        # PENDING, in memory and in the store, until their start is stored.
-        self._unbegun: set[str] = set()
         # Starts read from the notes and not stored yet (see _begin_ended, _begin_started).
         self._starts_read: dict[str, tuple[int, float]] = {}
         me = self.actor_ref
@@ -524,7 +522,7 @@ class BatchSupervisor(ThreadActor):
         self._begin_started(now)
         for file_id in list(self._children):
             # Those no worker started are cancelled with the waiting files below.
-            if file_id not in self._unbegun:
+            if self._book.file(file_id).state is FileState.RUNNING:
                 self._interrupt(file_id)
         self._stop_children()
         self._cancel_waiting(now)
@@ -594,12 +592,10 @@ class BatchSupervisor(ThreadActor):
             on_worker_started=self._start_notes.note,
         )
         self._handed[file_id] = (number, now)
-        self._unbegun.add(file_id)
 
     def _begin(self, file_id: str, attempt: int, at: float, now: float, *, announce: bool) -> None:
         """Store that a worker started the file's ``attempt`` at ``at``."""
         record = self._book.file(file_id)
-        self._unbegun.discard(file_id)
         self._book.set_file(
             file_id,
             FileState.RUNNING,
@@ -616,7 +612,7 @@ class BatchSupervisor(ThreadActor):
         or a fail-fast decides what to stop."""
         self._read_starts(rearm=True)
         for file_id, (attempt, at) in self._starts_read.items():
-            if file_id in self._unbegun and self._is_current(file_id, attempt):
+            if self._is_current(file_id, attempt) and not self._begun(file_id):
                 self._begin(file_id, attempt, at, now, announce=True)
         self._starts_read.clear()
 
@@ -625,7 +621,7 @@ class BatchSupervisor(ThreadActor):
         record it with the end, in the same change and under the end's event. Its
         start is when the worker picked it up; without a worker (the executor refused
         it), when it was handed over."""
-        if file_id not in self._unbegun:
+        if self._begun(file_id):
             return
         self._read_starts(rearm=False)
         started = self._starts_read.pop(file_id, None)
@@ -647,7 +643,6 @@ class BatchSupervisor(ThreadActor):
             return
         del self._handed[file_id]
         self._children.pop(file_id, None)
-        self._unbegun.discard(file_id)
 
     def _small_blob(self, digest: str) -> bytes | None:
         """A small blob's bytes for the job to carry; ``None``: the worker reads the file.
@@ -715,10 +710,10 @@ class BatchSupervisor(ThreadActor):
     def _all_pending_handed(self) -> bool:
         """Whether every PENDING file is handed over already (nothing to read)."""
         pending = self._book.count(FileState.PENDING)
-        if pending > len(self._unbegun):
+        if pending > len(self._handed):
             return False
         handed = sum(
-            1 for file_id in self._unbegun if self._book.file(file_id).state is FileState.PENDING
+            1 for file_id in self._handed if self._book.file(file_id).state is FileState.PENDING
         )
         return handed == pending
 
@@ -1006,11 +1001,12 @@ class BatchSupervisor(ThreadActor):
         if record.state is FileState.RUNNING:
             return len(record.attempts) == attempt
         # Handed over, its start not stored yet, and not moved since (a cancel).
-        return (
-            file_id in self._unbegun
-            and self._handed[file_id][0] == attempt
-            and record.state is FileState.PENDING
-        )
+        handed = self._handed.get(file_id)
+        return handed is not None and handed[0] == attempt and record.state is FileState.PENDING
+
+    def _begun(self, file_id: str) -> bool:
+        """Whether the start of the file's attempt is stored (its child's, if it has one)."""
+        return self._book.file(file_id).state is FileState.RUNNING
 
     def _end_last(
         self,
@@ -1030,7 +1026,6 @@ class BatchSupervisor(ThreadActor):
         if forget:
             self._children.clear()
             self._handed.clear()
-            self._unbegun.clear()
             self._starts_read.clear()
         return stops
 
