@@ -89,6 +89,8 @@ TEXT_PIECE_CHARS = 512 * 1024
 # Surrogates, and the controls but tab, line feed, form feed and carriage return.
 _UNSTORABLE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The bytes of _UNSTORABLE's characters below U+0080.
+_C0_CONTROLS = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F])
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,11 +347,26 @@ def _clean(text: object) -> tuple[str, int]:
         raise TypeError(f"text must be a string, not {type(text).__name__}")
     # pypdf hands back str subclasses; a plain str is what gets stored.
     plain = str(text)
+    if _storable(plain):
+        return plain, 0
     if _SURROGATE.search(plain):
         # UTF-16 read one unit at a time: a high surrogate then a low one are the
         # character they encode together; the lone ones remain, to be replaced.
         plain = plain.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
     return _UNSTORABLE.subn(REPLACEMENT, plain)
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` has nothing :data:`_UNSTORABLE`, found at C speed: what has a
+    surrogate does not encode, and the other characters are C0 controls (bytes) or C1
+    controls (U+0080 to U+009F, which all begin with 0xC2 in UTF-8, as do some
+    characters that are storable: those texts take the regular expression). A page of
+    text takes about a tenth of the expression's time this way."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return b"\xc2" not in data and len(data.translate(None, _C0_CONTROLS)) == len(data)
 
 
 def _clean_field(name: str, value: object, max_bytes: int, warnings: list[ResultWarning]) -> str:

@@ -84,6 +84,28 @@ def test_any_text_becomes_storable_and_every_change_is_counted(
     assert make_storable(stored, limits) == stored
 
 
+# Every code point of one or two bytes in UTF-8 (the C0 and C1 controls among them),
+# every surrogate, and the ends of the planes above.
+_CODE_POINTS = [*range(0x800), *range(0xD800, 0xE000), *range(0xFFF0, 0x10010), 0x10FFFF]
+
+
+@pytest.mark.parametrize("before", ["", "a page of text " * 200])
+@pytest.mark.parametrize("lead", ["", "é"])
+def test_each_code_point_is_cleaned_as_the_oracle_says(before: str, lead: str) -> None:
+    # Text that needs no change skips the regular expression: each character must
+    # still be found, alone and inside a long page, ASCII or not.
+    for point in _CODE_POINTS:
+        page = f"{before}{lead}{chr(point)}\nmore text\n"
+
+        stored = make_storable(_result(page), ResultLimits())
+
+        assert (stored.pages[0], _replaced(stored, "text")) == expected_text(page)
+
+
+def _replaced(result: ExtractionResult, place: str) -> int:
+    return sum(w.count for w in result.warnings if w.place == place)
+
+
 _STORABLE = st.characters(codec="utf-8", exclude_categories=("Cc",))
 
 
