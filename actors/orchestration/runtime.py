@@ -116,6 +116,9 @@ class Runtime:
             the same. Default ``ResultLimits()``.
         commit_interval: Seconds a batch's group commit waits after the one before
             when no report is queued, to store more with it. Default 0: at once.
+        show_running_after: Seconds a worker has run an attempt before its file is
+            stored as ``RUNNING``; an attempt that ends sooner is stored by its end
+            alone. Default 0: at the next group commit.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Runtime:
         retention: RetentionPolicy | None = None,
         result_limits: ResultLimits | None = None,
         commit_interval: float = 0.0,
+        show_running_after: float = 0.0,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -155,6 +159,7 @@ class Runtime:
             rand=rand,
             result_limits=result_limits or ResultLimits(),
             commit_interval=commit_interval,
+            show_running_after=show_running_after,
         )
         intensity = supervisor_intensity or RestartIntensity(max_restarts=3, within_seconds=60)
         backoff = supervisor_backoff or RetryPolicy(

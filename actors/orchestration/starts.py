@@ -1,11 +1,12 @@
 """Workers' starts of attempts, noted by the executor's thread for a batch supervisor.
 
-A start is no message of its own: most attempts on small files end before the next group
-commit, and their end stores the whole attempt (when a worker started it, when it ended)
-in one change and one event. Only attempts still running at a commit are stored as
-``RUNNING`` then, with an event each. The first start noted after the supervisor last
-took the notes wakes it with one :class:`~actors.orchestration.messages.WorkersStarted`,
-so that a long attempt shows as running within a commit interval of its start.
+A start is no message of its own: most attempts end before their start is due to be
+stored (``show_running_after``), and their end stores the whole attempt (when a worker
+started it, when it ended) in one change and one event. Only attempts still running by
+then are stored as ``RUNNING``, with an event each. The first start noted after the
+supervisor last took the notes wakes it with one
+:class:`~actors.orchestration.messages.WorkersStarted`, so that it can wait for the
+oldest start to come due.
 """
 
 from __future__ import annotations

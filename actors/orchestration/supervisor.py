@@ -123,6 +123,10 @@ class SupervisorDeps:
     # Seconds a group commit waits after the one before when the inbox runs dry, for
     # more reports to store with it; 0 commits at once. See _commit_unless_more_coming.
     commit_interval: float = 0.0
+    # Seconds a worker has run an attempt before its file is stored (and shown) as
+    # RUNNING; an attempt that ends sooner is stored by its end alone. 0: at the next
+    # group commit. See _begin_started.
+    show_running_after: float = 0.0
 
 
 class BatchSupervisor(ThreadActor):
@@ -259,6 +263,10 @@ class BatchSupervisor(ThreadActor):
         try:
             return self._handle(message)
         finally:
+            if not self._failed:
+                # Whatever the message (a reply commits first): the next commit, or the
+                # starts waiting to be stored, are held for before the next message.
+                self._commit_unless_more_coming()
             # Settled with nothing running (a refused retry of a settled batch included):
             # free the thread, and leave the batch to retention.
             if not self._failed and not self._retiring and self._idle():
@@ -275,7 +283,7 @@ class BatchSupervisor(ThreadActor):
             case CommitDue():
                 self._commit()
             case WorkersStarted():
-                pass  # stored with the next group commit (_commit_unless_more_coming)
+                pass  # stored when due (_commit_unless_more_coming)
             case GetView():
                 # A reply never shows what is not stored yet.
                 self._commit()
@@ -297,6 +305,8 @@ class BatchSupervisor(ThreadActor):
             case StopSupervisor():
                 self._stopping = True
                 self._drop_backoffs()
+                # What workers run is stored as running, to be resumed as interrupted.
+                self._begin_started(self._now(), every=True)
                 self._commit()
                 return self._stop_children()
             case _:
@@ -308,8 +318,6 @@ class BatchSupervisor(ThreadActor):
         if isinstance(message, FilesArrived | UploadComplete):
             # The upload goes on once the files' counts are stored.
             self._commit()
-            return None
-        self._commit_unless_more_coming()
         return None
 
     # Outcomes ----------------------------------------------------------------------
@@ -519,7 +527,7 @@ class BatchSupervisor(ThreadActor):
     def _abort(self, now: float, reason: str) -> None:
         """Fail fast: stop everything still running or waiting, then fail the batch."""
         self._log.warning("batch_failing_fast", reason=reason)
-        self._begin_started(now)
+        self._begin_started(now, every=True)
         for file_id in list(self._children):
             # Those no worker started are cancelled with the waiting files below.
             if self._book.file(file_id).state is FileState.RUNNING:
@@ -606,15 +614,36 @@ class BatchSupervisor(ThreadActor):
             next_attempt_at=None,
         )
 
-    def _begin_started(self, now: float) -> None:
+    def _begin_started(self, now: float, *, every: bool = False) -> None:
         """Store as ``RUNNING`` (each with its event) the files whose attempt a worker
-        started and that are still running: before a group commit, and before a cancel
-        or a fail-fast decides what to stop."""
+        started at least ``show_running_after`` ago and that are still running, before
+        a group commit; ``every`` file started, before a cancel or a fail-fast decides
+        what to stop. Younger starts wait for a later commit, or for their end."""
         self._read_starts(rearm=True)
-        for file_id, (attempt, at) in self._starts_read.items():
-            if self._is_current(file_id, attempt) and not self._begun(file_id):
+        after = self._deps.show_running_after
+        for file_id, (attempt, at) in list(self._starts_read.items()):
+            if not self._is_current(file_id, attempt) or self._begun(file_id):
+                del self._starts_read[file_id]
+            elif every or at + after <= now:
                 self._begin(file_id, attempt, at, now, announce=True)
-        self._starts_read.clear()
+                del self._starts_read[file_id]
+
+    def _starts_due_at(self) -> float | None:
+        """When the oldest start not stored yet is due to be (``None``: none waits)."""
+        self._read_starts(rearm=False)
+        oldest = self._oldest_start()
+        if oldest is None and self._start_notes.due:
+            # Nothing waits to be stored: the next start wakes this thread again.
+            self._read_starts(rearm=True)
+            oldest = self._oldest_start()
+        return None if oldest is None else oldest + self._deps.show_running_after
+
+    def _oldest_start(self) -> float | None:
+        oldest = None
+        for file_id, (attempt, at) in self._starts_read.items():
+            if (oldest is None or at < oldest) and self._is_current(file_id, attempt):
+                oldest = at
+        return oldest
 
     def _begin_ended(self, file_id: str, attempt: int) -> None:
         """Before storing how a current attempt ended: if its start is not stored yet,
@@ -766,7 +795,7 @@ class BatchSupervisor(ThreadActor):
         self._log.info("batch_cancelling", reason=reason, request_id=request_id)
         self._book.set_batch(BatchState.CANCELLING, now, f"Cancelled ({reason}).")
         # What a worker runs is stopped as running; what waits for one, as waiting.
-        self._begin_started(now)
+        self._begin_started(now, every=True)
         self._cancel_waiting(now)
         stops = self._stop_children(forget=False)
         self._advance(now)
@@ -1059,31 +1088,47 @@ class BatchSupervisor(ThreadActor):
         (:data:`_QUEUED_FOR_QUIET_REPORTS`): those wait for the commit and are handled
         together, instead of waking this thread one by one (about one switch a file, a
         cost of its own on this machine). The files they free start a few milliseconds
-        later, while the workers still run what was queued. With nothing to store,
+        later, while the workers still run what was queued.
+
+        With nothing else to store, starts are held for until the oldest is due
+        (``show_running_after`` after its worker's start, see :meth:`_begin_started`),
+        never sooner than the interval; a commit made for other changes takes every
+        start due by then and leaves the rest to the next hold. With nothing to store,
         nothing is held.
         """
-        if not self._book.changed and not self._start_notes.due:
-            return
-        if self._book.pending_events >= _GROUP_COMMIT_EVENTS:
-            self._commit()
-            return
-        if not self.actor_inbox.empty():
-            return
         interval = self._deps.commit_interval
-        now = self._now()
-        # At most the interval, should the clock have gone back.
-        wait = min(interval, self._committed_at + interval - now)
-        if wait <= 0:
+        while True:
+            changed = self._book.changed
+            if changed and self._book.pending_events >= _GROUP_COMMIT_EVENTS:
+                self._commit()
+                continue
+            if not changed and not self._starts_read and not self._start_notes.due:
+                return
+            if not self.actor_inbox.empty():
+                return
+            now = self._now()
+            # At most the interval from now, should the clock have gone back.
+            until = min(self._committed_at + interval, now + interval)
+            if not changed:
+                # Only starts to store: not before the oldest of them is due.
+                due = self._starts_due_at()
+                if due is None:
+                    return
+                until = max(until, min(due, now + self._deps.show_running_after))
+            if until > now:
+                break
+            # Then hold for the starts this commit leaves to a later one.
             self._commit()
-            return
+        wait = until - now
         # Reports may wait for the commit without waking this thread when the workers
         # have enough queued to stay busy meanwhile; then they are handled together.
+        # Starts always may: the commit takes every start then due.
         quiet = (
             (AttemptFinished, WorkersStarted)
             if self._deps.executor.queued_seconds() >= _QUEUED_FOR_QUIET_REPORTS * wait
-            else ()
+            else (WorkersStarted,)
         )
-        self.actor_inbox.hold(self._deps.scheduler, now + wait, CommitDue(), quiet)
+        self.actor_inbox.hold(self._deps.scheduler, until, CommitDue(), quiet)
 
     def _commit(self) -> None:
         try:

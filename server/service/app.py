@@ -165,6 +165,7 @@ class Service:
                 retention=settings.retention,
                 result_limits=settings.result_limits,
                 commit_interval=settings.commit_interval_seconds,
+                show_running_after=settings.show_running_after_seconds,
             )
             undo.callback(self.runtime.close)
             self.hub = WatchHub(

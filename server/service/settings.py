@@ -245,6 +245,12 @@ class ServerSettings(BaseSettings):
             time are stored together: fewer commits (each about 0.2 ms of the server's
             CPU) and fewer watch messages, for events held back that long at most.
             Default 0.005; 0 commits after every report that finds the inbox empty.
+        show_running_after_seconds: Seconds a worker has run an attempt before its
+            file is stored, and shown to watchers, as ``RUNNING``. An attempt that ends
+            sooner is stored by its end alone (one change, one event from ``PENDING``,
+            its record holding when the worker started it), so that a batch of files
+            that take a few tens of milliseconds costs one commit a file, not two.
+            Default 0.1; 0 stores a start at the next group commit.
         metrics_port: Serve Prometheus metrics over HTTP on this port. Default ``None``:
             no metrics endpoint.
         metrics_address: The host the metrics endpoint listens on. Default
@@ -303,6 +309,7 @@ class ServerSettings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0)
     stop_timeout: float = Field(default=10.0, gt=0)
     commit_interval_seconds: float = Field(default=0.005, ge=0, le=1.0)
+    show_running_after_seconds: float = Field(default=0.1, ge=0, le=60.0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
     metrics_timeout_seconds: float = Field(default=5.0, gt=0)

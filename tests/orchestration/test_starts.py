@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.execution.contract import AttemptSuccess
+from actors.execution.contract import AttemptFailure, AttemptSuccess
 from actors.orchestration.clock import FakeScheduler
 from actors.orchestration.runtime import NewFile, Runtime
 from actors.orchestration.starts import StartNote, StartNotes
@@ -35,6 +35,7 @@ from actors.storage.store import MemoryStore
 from tests.helpers.scripted_execution import AttemptKey, Quiet, ScriptedExecutor
 
 INTERVAL = 5.0
+AFTER = 12.0
 
 
 @dataclass
@@ -82,6 +83,16 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
+    yield from _rig(tmp_path, show_running_after=0.0)
+
+
+@pytest.fixture
+def rig_later(tmp_path: Path) -> Iterator[Rig]:
+    """Files are stored as running once their worker has run them for ``AFTER``."""
+    yield from _rig(tmp_path, show_running_after=AFTER)
+
+
+def _rig(tmp_path: Path, *, show_running_after: float) -> Iterator[Rig]:
     quiet = Quiet()
     clock = FakeScheduler()
     store = MemoryStore()
@@ -92,6 +103,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         executor=executor,
         scheduler=clock,
         commit_interval=INTERVAL,
+        show_running_after=show_running_after,
     )
     events: list[BatchEvent] = []
 
@@ -223,3 +235,53 @@ def test_notes_wake_the_supervisor_once_until_a_commit_takes_them() -> None:
     assert not notes.due
     notes.note("f4", 1)
     assert woken.acquire(timeout=0)
+
+
+def test_a_start_is_stored_once_its_worker_has_run_it_long_enough(rig_later: Rig) -> None:
+    rig = rig_later
+    batch_id = rig.submit(files=3, max_concurrency=2)
+    first, second = rig.keys()
+    began = rig.clock.now()
+    rig.clock.advance(1.0)
+    rig.executor.start(first, 4242, rig.clock.now())
+    # The commit due an interval after the last one has nothing to store: it is not
+    # even held for; the start is due AFTER from the worker's start.
+    rig.clock.wait_for_timer(AFTER, timeout=30)
+    assert began + INTERVAL not in rig.clock.pending()
+    rig.clock.advance(AFTER - 0.5)
+    rig.executor.start(second, 4343, rig.clock.now())
+    assert rig.view(batch_id).counts[FileState.RUNNING] == 0
+    rig.clock.advance(0.5)
+    view = rig.until(batch_id, "the start stored", lambda v: v.counts[FileState.RUNNING] == 1)
+    (attempt,) = view.file(first.file_id).attempts  # type: ignore[union-attr]
+    assert attempt.started_at == began + 1.0
+    # The second one's start is due AFTER from its own.
+    rig.clock.wait_for_timer(AFTER - 0.5, timeout=30)
+    assert rig.view(batch_id).file(second.file_id).state is FileState.PENDING  # type: ignore[union-attr]
+    rig.clock.advance(AFTER - 0.5)
+    view = rig.until(batch_id, "both stored", lambda v: v.counts[FileState.RUNNING] == 2)
+    assert _file_events(rig, second.file_id) == [(FileState.PENDING, FileState.RUNNING)]
+    rig.runtime.cancel(batch_id)
+
+
+def test_a_start_waiting_to_be_stored_outlasts_a_request_that_commits(rig_later: Rig) -> None:
+    rig = rig_later
+    batch_id = rig.submit(files=2, max_concurrency=1)
+    (failing,) = rig.keys()
+    assert rig.executor.end(failing, AttemptFailure(ErrorCode.PDF_ENCRYPTED, 4141))
+    rig.clock.wait_for_timer(INTERVAL, timeout=30)
+    rig.clock.advance(INTERVAL)
+    rig.until(batch_id, "failed", lambda v: v.counts[FileState.FAILED] == 1)
+    rig.quiet.wait(lambda: None if len(rig.executor.live()) == 1 else "the next file", 30)
+    (key,) = rig.keys()
+    began = rig.clock.now()
+    rig.executor.start(key, 4242, began)
+    # A request answered after a commit of its own (a retry): the commit takes the
+    # start's note, and leaves the start to be stored when it is due.
+    rig.runtime.retry(batch_id, [failing.file_id])
+    rig.clock.wait_for_timer(AFTER, timeout=30)
+    rig.clock.advance(AFTER)
+    view = rig.until(batch_id, "the start stored", lambda v: v.counts[FileState.RUNNING] == 1)
+    (attempt,) = view.file(key.file_id).attempts  # type: ignore[union-attr]
+    assert attempt.started_at == began
+    rig.runtime.cancel(batch_id)

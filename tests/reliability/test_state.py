@@ -17,10 +17,10 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -311,6 +311,8 @@ class RuntimeMachine(RuleBasedStateMachine):
     """
 
     durable: ClassVar[bool] = False
+    # Seconds a worker runs an attempt before its file is stored as RUNNING.
+    show_running_after: ClassVar[float] = 0.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -348,6 +350,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             executor=self.executor,
             scheduler=self.clock,
             rand=_half,
+            show_running_after=self.show_running_after,
         )
 
     def _hear(self, event: BatchEvent) -> None:
@@ -398,6 +401,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             return f"the end of {ended} is not stored"
         return None
 
+    def _shown(self, live: Mapping[AttemptKey, Any]) -> set[AttemptKey]:
+        """The attempts a worker has run for ``show_running_after``: stored as running."""
+        now = self.clock.now()
+        return {
+            key
+            for key, attempt in live.items()
+            if attempt.started_at is not None
+            and attempt.started_at + self.show_running_after <= now
+        }
+
     def _unquiet(self) -> str | None:
         """What the orchestration still has to do, or ``None`` when it is quiet."""
         live = self.executor.live()
@@ -445,10 +458,20 @@ class RuntimeMachine(RuleBasedStateMachine):
                 if deadline <= now:
                     return f"attempt {key} runs past its deadline"
                 dues.append(deadline)
-        started = {key for key, attempt in live.items() if attempt.started_at is not None}
-        if started != running:
-            return f"the executor runs {sorted(started)}, the store says {sorted(running)}"
-        queued = set(live) - started
+        shown = self._shown(live)
+        if shown != running:
+            return (
+                f"the executor runs {sorted(shown)} long enough, the store says {sorted(running)}"
+            )
+        # A start not shown yet is stored when it is due (one wait per batch, for its
+        # oldest); until then its file waits, as does one queued for a worker.
+        young: dict[str, float] = {}
+        for key, attempt in live.items():
+            if attempt.started_at is not None and key not in shown:
+                due = attempt.started_at + self.show_running_after
+                young[key.batch_id] = min(due, young.get(key.batch_id, due))
+        dues.extend(young.values())
+        queued = set(live) - shown
         if not queued <= waiting:
             return f"attempts {sorted(queued - waiting)} wait for a worker, their files do not"
         armed = self.clock.live_dues()
@@ -528,8 +551,13 @@ class RuntimeMachine(RuleBasedStateMachine):
         self._settle()
         record = self._view(key.batch_id).file(key.file_id)
         assert record is not None
-        assert record.state is FileState.RUNNING
-        assert len(record.attempts) == key.attempt
+        if self.show_running_after:
+            # Shown once it has run a while (the clock's advance gets there).
+            assert record.state is FileState.PENDING
+            assert len(record.attempts) == key.attempt - 1
+        else:
+            assert record.state is FileState.RUNNING
+            assert len(record.attempts) == key.attempt
 
     @precondition(lambda self: self.executor.live())
     @rule(pick=st.integers(0, 63))
@@ -725,6 +753,14 @@ class RuntimeMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         self._step("restart")
         before = {b: self._view(b) for b in self.batches}
+        live = self.executor.live()
+        shown = self._shown(live)
+        # Started, not shown as running yet: close stores them as running.
+        unshown = {
+            key: attempt.started_at
+            for key, attempt in live.items()
+            if attempt.started_at is not None and key not in shown
+        }
         old = self.runtime
         old.close()
         with pytest.raises(ServiceClosing):
@@ -735,7 +771,8 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.executor.close()
         self.earlier_attempts.extend(self.executor.started)
         for batch_id, view in before.items():
-            _assert_close_kept(view, self._view(batch_id))
+            begun = {k.file_id: at for k, at in unshown.items() if k.batch_id == batch_id}
+            _assert_close_kept(view, self._view(batch_id), begun)
         if self.durable:
             self._unsubscribe()
             assert isinstance(self.store, SQLiteStore)
@@ -932,8 +969,8 @@ class RuntimeMachine(RuleBasedStateMachine):
         for batch_id, view in self._all_views().items():
             limit = self.policy_of[batch_id].max_concurrency
             handed = {k.file_id: a for k, a in live.items() if k.batch_id == batch_id}
-            started = sum(1 for attempt in handed.values() if attempt.started_at is not None)
-            assert view.counts[FileState.RUNNING] == started
+            shown = sum(1 for key in self._shown(live) if key.batch_id == batch_id)
+            assert view.counts[FileState.RUNNING] == shown
             assert len(handed) <= limit
             not_handed = [
                 f for f in view.files if f.state is FileState.PENDING and f.file_id not in handed
@@ -943,16 +980,28 @@ class RuntimeMachine(RuleBasedStateMachine):
         REPORT.invariant("at most max_concurrency attempts run, and no slot idles")
 
 
-def _assert_close_kept(before: BatchView, after: BatchView) -> None:
-    """Close leaves every batch exactly as stored, to be resumed by the next start."""
-    assert after == before, "close changed a stored batch"
+def _assert_close_kept(before: BatchView, after: BatchView, begun: Mapping[str, float]) -> None:
+    """Close leaves every batch as stored, to be resumed by the next start, but for the
+    starts it stores first: ``begun``, each file's worker start not shown yet."""
+    if not begun:
+        assert after == before, "close changed a stored batch"
+    assert after.batch.state is before.batch.state
+    for old, new in zip(before.files, after.files, strict=True):
+        if old.file_id not in begun:
+            assert new == old, "close changed a stored file"
+            continue
+        assert (old.state, new.state) == (FileState.PENDING, FileState.RUNNING)
+        assert new.attempts[:-1] == old.attempts
+        assert (new.attempts[-1].started_at, new.attempts[-1].outcome) == (begun[old.file_id], None)
     REPORT.invariant("close stops everything and leaves the batches to resume")
 
 
 class DurableRuntimeMachine(RuntimeMachine):
-    """The same on SQLite: a restart reopens the database file."""
+    """The same on SQLite, as the server runs: a restart reopens the database file, and
+    a file is stored as running once its worker has run it for a while."""
 
     durable = True
+    show_running_after = 2.0
 
 
 def _ci(examples: int) -> settings:

@@ -94,8 +94,9 @@ class _FileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileState.V
     one.
     """
     FILE_STATE_RUNNING: _FileState.ValueType  # 2
-    """A worker runs an attempt. Stored, with its event, at the first group commit after
-    the worker picked the attempt up: an attempt that ended before that commit goes
+    """A worker runs an attempt. Stored, with its event, at the first group commit once
+    the worker has run the attempt for a moment (the server's
+    show_running_after_seconds, 0.1 s by default): an attempt that ended sooner goes
     from PENDING to its outcome in one event, whose file record still holds the
     attempt's start.
     """
@@ -122,8 +123,9 @@ FILE_STATE_PENDING: FileState.ValueType  # 1
 one.
 """
 FILE_STATE_RUNNING: FileState.ValueType  # 2
-"""A worker runs an attempt. Stored, with its event, at the first group commit after
-the worker picked the attempt up: an attempt that ended before that commit goes
+"""A worker runs an attempt. Stored, with its event, at the first group commit once
+the worker has run the attempt for a moment (the server's
+show_running_after_seconds, 0.1 s by default): an attempt that ended sooner goes
 from PENDING to its outcome in one event, whose file record still holds the
 attempt's start.
 """
