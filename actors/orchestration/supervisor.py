@@ -617,8 +617,9 @@ class BatchSupervisor(ThreadActor):
     def _begin_started(self, now: float, *, every: bool = False) -> None:
         """Store as ``RUNNING`` (each with its event) the files whose attempt a worker
         started at least ``show_running_after`` ago and that are still running, before
-        a group commit; ``every`` file started, before a cancel or a fail-fast decides
-        what to stop. Younger starts wait for a later commit, or for their end."""
+        a group commit; ``every`` file started, before a cancel, a fail-fast or a
+        shutdown decides what to stop. Younger starts wait for a later commit, or for
+        their end."""
         self._read_starts(rearm=True)
         after = self._deps.show_running_after
         for file_id, (attempt, at) in list(self._starts_read.items()):

@@ -1,5 +1,6 @@
 """A file runs once a worker has it: attempts handed over wait as their file's state,
-and a start is stored with the next group commit, or with the attempt's end.
+and a start is stored with the first group commit once it is due (at once, or once the
+worker has run the attempt for ``show_running_after``), or with the attempt's end.
 
 The runtime is real (manager, supervisor, file actors, store); the executor is scripted,
 so the test decides when a worker picks an attempt up and when it ends, and the clock is
@@ -261,6 +262,29 @@ def test_a_start_is_stored_once_its_worker_has_run_it_long_enough(rig_later: Rig
     rig.clock.advance(AFTER - 0.5)
     view = rig.until(batch_id, "both stored", lambda v: v.counts[FileState.RUNNING] == 2)
     assert _file_events(rig, second.file_id) == [(FileState.PENDING, FileState.RUNNING)]
+    rig.runtime.cancel(batch_id)
+
+
+def test_an_attempt_shorter_than_the_wait_is_stored_by_its_end_alone(rig_later: Rig) -> None:
+    rig = rig_later
+    batch_id = rig.submit(files=3, max_concurrency=2)
+    short, other = rig.keys()
+    began = rig.clock.now()
+    rig.executor.start(short, 4242, began)
+    rig.executor.start(other, 4343, began)
+    rig.clock.advance(1.0)
+    # The other file's end is stored by the next commit; the short one's start is not
+    # due yet, so that commit leaves it.
+    assert rig.executor.end(other, AttemptSuccess(_result(), 4343))
+    rig.first_end_stored(batch_id, since_commit=1.0)
+    assert rig.view(batch_id).file(short.file_id).state is FileState.PENDING  # type: ignore[union-attr]
+    assert rig.executor.end(short, AttemptSuccess(_result(), 4242))
+    rig.clock.wait_for_timer(INTERVAL, timeout=30)
+    rig.clock.advance(INTERVAL)
+    view = rig.until(batch_id, "stored", lambda v: v.counts[FileState.SUCCEEDED] == 2)
+    (attempt,) = view.file(short.file_id).attempts  # type: ignore[union-attr]
+    assert (attempt.started_at, attempt.ended_at) == (began, began + INTERVAL)
+    assert _file_events(rig, short.file_id) == [(FileState.PENDING, FileState.SUCCEEDED)]
     rig.runtime.cancel(batch_id)
 
 
