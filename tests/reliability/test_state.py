@@ -401,15 +401,20 @@ class RuntimeMachine(RuleBasedStateMachine):
             return f"the end of {ended} is not stored"
         return None
 
-    def _shown(self, live: Mapping[AttemptKey, Any]) -> set[AttemptKey]:
-        """The attempts a worker has run for ``show_running_after``: stored as running."""
+    def _unshown(self, live: Mapping[AttemptKey, Any]) -> dict[AttemptKey, float]:
+        """The attempts a worker started less than ``show_running_after`` ago (not
+        stored as running yet), with their starts."""
         now = self.clock.now()
         return {
-            key
+            key: attempt.started_at
             for key, attempt in live.items()
-            if attempt.started_at is not None
-            and attempt.started_at + self.show_running_after <= now
+            if attempt.started_at is not None and attempt.started_at + self.show_running_after > now
         }
+
+    def _shown(self, live: Mapping[AttemptKey, Any]) -> set[AttemptKey]:
+        """The attempts a worker has run for ``show_running_after``: stored as running."""
+        started = {key for key, attempt in live.items() if attempt.started_at is not None}
+        return started - set(self._unshown(live))
 
     def _unquiet(self) -> str | None:
         """What the orchestration still has to do, or ``None`` when it is quiet."""
@@ -465,12 +470,11 @@ class RuntimeMachine(RuleBasedStateMachine):
             )
         # A start not shown yet is stored when it is due (one wait per batch, for its
         # oldest); until then its file waits, as does one queued for a worker.
-        young: dict[str, float] = {}
-        for key, attempt in live.items():
-            if attempt.started_at is not None and key not in shown:
-                due = attempt.started_at + self.show_running_after
-                young[key.batch_id] = min(due, young.get(key.batch_id, due))
-        dues.extend(young.values())
+        due_by_batch: dict[str, float] = {}
+        for key, started_at in self._unshown(live).items():
+            due = started_at + self.show_running_after
+            due_by_batch[key.batch_id] = min(due, due_by_batch.get(key.batch_id, due))
+        dues.extend(due_by_batch.values())
         queued = set(live) - shown
         if not queued <= waiting:
             return f"attempts {sorted(queued - waiting)} wait for a worker, their files do not"
@@ -753,14 +757,8 @@ class RuntimeMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         self._step("restart")
         before = {b: self._view(b) for b in self.batches}
-        live = self.executor.live()
-        shown = self._shown(live)
         # Started, not shown as running yet: close stores them as running.
-        unshown = {
-            key: attempt.started_at
-            for key, attempt in live.items()
-            if attempt.started_at is not None and key not in shown
-        }
+        unshown = self._unshown(self.executor.live())
         old = self.runtime
         old.close()
         with pytest.raises(ServiceClosing):
