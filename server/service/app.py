@@ -149,7 +149,9 @@ class Service:
                 ray_address=settings.ray_address,
                 processor=processor or settings.processor or DEFAULT_PROCESSOR,
                 memory_limit_bytes=settings.memory_limit_bytes,
-                process_limits=ProcessLimits(settings.cpu_limit_seconds, settings.open_files_limit),
+                process_limits=ProcessLimits(
+                    settings.cpu_limit_seconds, settings.open_files_limit, settings.worker_niceness
+                ),
                 result_limits=settings.result_limits,
                 temp_root=data / "work",
             )

@@ -8,6 +8,7 @@ timeout or backoff timer ever fires, so only the file's own limits can end it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -130,7 +131,7 @@ def test_a_file_that_keeps_the_cpu_busy_is_killed_at_its_cpu_budget(h: Harness) 
 def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes], str]) -> None:
     pool = pool_factory(
         processor=FENCE,
-        process_limits=ProcessLimits(cpu_seconds_per_attempt=7, max_open_files=48),
+        process_limits=ProcessLimits(cpu_seconds_per_attempt=7, max_open_files=48, niceness=7),
     )
     recorder = Recorder()
     recorder.submit(pool, "a", blob(b"%PDF-"))
@@ -144,6 +145,8 @@ def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes]
     assert report["cpu_used"] < report["cpu_soft"] <= report["cpu_used"] + 8
     assert report["temp_dir_mode"] == 0o700
     assert report["mkstemp_mode"] == report["open_mode"] == 0o600
+    # Below the service's priority by as much as asked (the fork server runs at its).
+    assert report["niceness"] == min(os.nice(0) + 7, 19)
 
 
 @pytest.mark.parametrize(
@@ -190,3 +193,6 @@ def test_process_limits_must_be_positive() -> None:
         ProcessLimits(cpu_seconds_per_attempt=0)
     with pytest.raises(ValueError, match="max_open_files must be positive, got -1"):
         ProcessLimits(max_open_files=-1)
+    for niceness in (-1, 20):
+        with pytest.raises(ValueError, match=f"niceness must be 0 to 19, got {niceness}"):
+            ProcessLimits(niceness=niceness)

@@ -5,6 +5,10 @@ A worker parses hostile files, so it runs fenced in: files it creates are privat
 password in memory), it can open only a few files, and each attempt gets a CPU-time
 budget. The memory cap (``RLIMIT_AS``) is set by :mod:`actors.execution.local.worker`.
 
+A worker may also run at a lower CPU priority than the service (a niceness): on a
+machine whose CPUs the workers keep busy, the service's threads (uploads, commits,
+watches) then run as soon as they wake instead of waiting for a worker's time slice.
+
 The CPU budget is the soft ``RLIMIT_CPU``, moved before each attempt to the CPU time
 the worker has used so far plus the budget. Past it, the kernel sends ``SIGXCPU``,
 whose default action kills the worker even inside a C call that never returns to
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 __all__ = ["ProcessLimits", "apply_process_limits", "start_cpu_budget"]
 
 _PRIVATE_UMASK = 0o077
+# The highest niceness, the lowest priority, that Linux gives a process.
+_LOWEST_PRIORITY = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,19 +41,24 @@ class ProcessLimits:
             ``None`` for no limit.
         max_open_files: Most file descriptors the worker may hold at once (soft and hard
             ``RLIMIT_NOFILE``); ``None`` to leave the inherited limit.
+        niceness: How much lower than its parent's the worker's CPU priority is, 0
+            (the same) to 19 (the lowest); an unprivileged process cannot undo it.
 
     Raises:
-        ValueError: A limit is not positive.
+        ValueError: A limit is not positive, or the niceness is outside 0 to 19.
     """
 
     cpu_seconds_per_attempt: int | None = None
     max_open_files: int | None = None
+    niceness: int = 0
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds_per_attempt", "max_open_files"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 <= self.niceness <= _LOWEST_PRIORITY:
+            raise ValueError(f"niceness must be 0 to {_LOWEST_PRIORITY}, got {self.niceness}")
 
 
 def apply_process_limits(limits: ProcessLimits) -> None:
@@ -65,6 +76,8 @@ def apply_process_limits(limits: ProcessLimits) -> None:
         cap = _within(limits.max_open_files, hard)
         # Lowering the hard limit too is for good: nothing in the worker can raise it.
         resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
+    if limits.niceness:
+        os.nice(limits.niceness)
 
 
 def start_cpu_budget(limits: ProcessLimits) -> None:
