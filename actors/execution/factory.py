@@ -57,7 +57,8 @@ def make_executor(
             use their own node's temporary directory.
         processor: Import path of the processor. Default
             :func:`actors.execution.extract.extract_pdf`.
-        process_limits: Local only: CPU time per attempt and open files per worker.
+        process_limits: Local only: CPU time per attempt, open files and CPU priority
+            of each worker.
         result_limits: How big one file's result may be. Default ``ResultLimits()``.
 
     Raises:

@@ -172,12 +172,11 @@ class ServerSettings(BaseSettings):
         worker_niceness: How much lower than the service's the local workers' CPU
             priority is (``nice``), 0 to 19. With the workers keeping every CPU busy,
             the service's threads then run as soon as they wake: watch events arrive
-            in half the time (p50 5 against 9-10 ms, p99 13-14 against 23-38 ms here,
-            docs/performance.md), for about 0.04 ms more of the service's CPU per
-            one-page file (it batches less of its work). Default 19. Set 0 on a host
-            where other CPU-bound programs, outside the service's container or cgroup,
-            compete with the workers: at 19 they would get little of the CPU then.
-            Ray's workers are Ray's own.
+            in about half the time (docs/performance.md), for about 0.04 ms more of the
+            service's CPU per one-page file (it batches less of its work). Default 19.
+            Set 0 on a host where other CPU-bound programs, outside the service's
+            container or cgroup, compete with the workers: at 19 they would get little
+            of the CPU then. Ray's workers are Ray's own.
         max_result_text_bytes: Text one file's result may hold, all pages together, in
             bytes of UTF-8. Default 64 MiB; a file with more fails with
             ``PDF_LIMIT_EXCEEDED`` (a cut text would pass for a whole one).

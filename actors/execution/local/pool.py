@@ -203,8 +203,8 @@ class WorkerPool:
         memory_limit_bytes: ``RLIMIT_AS`` of each worker. Default 2 GiB; ``None`` for
             no cap.
         pdf_limits: pypdf limits in the workers. Default ``PdfLimits()``.
-        process_limits: CPU time per attempt and open files of each worker. Default:
-            none.
+        process_limits: CPU time per attempt, open files and CPU priority of each
+            worker. Default: none.
         result_limits: How big one file's result may be. Default ``ResultLimits()``.
         temp_root: Where the workers' temporary directories go. Default a fresh
             directory under the system's, removed by :meth:`close`.

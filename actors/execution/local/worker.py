@@ -110,7 +110,7 @@ class WorkerConfig:
         memory_limit_bytes: The worker's address-space cap; ``None`` for none.
         pdf_limits: pypdf's limits in the worker.
         temp_dir: The worker's private temporary directory, emptied after each attempt.
-        process_limits: CPU time per attempt and open files. Default: none.
+        process_limits: CPU time per attempt, open files, CPU priority. Default: none.
         result_limits: How big a result may be. Default ``ResultLimits()``.
     """
 
