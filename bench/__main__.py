@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from bench.batch_listing import listing_latency
 from bench.cancel import cancel_latency
 from bench.feed import feed
@@ -25,10 +27,12 @@ from bench.peer import peer
 from bench.recovery import recovery
 from bench.report import Figure, render_table, write_json
 from bench.scale import scale, scale_batches
+from bench.server_process import chosen_settings
 from bench.small_blobs import small_blobs
 from bench.throughput import control_plane, throughput
 from bench.watch import watch_latency
 from server.service.logs import configure_logging, reset_logging
+from server.service.settings import SecuritySettings, ServerSettings, UploadLimits
 
 __all__ = ["SCENARIOS", "main", "run"]
 
@@ -64,7 +68,53 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--setting",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of every service the bench starts, named as in PDFBATCH_NAME "
+        "(repeatable), e.g. worker_niceness=0; default the service's own",
+    )
     return parser
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    name = name.strip().lower()
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if name not in _SETTING_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"no service setting is called {name!r}; see server/service/settings.py"
+        )
+    return name, value
+
+
+# What `pdfbatch serve` reads from PDFBATCH_* variables (the nested models are read on
+# their own, under the same prefix).
+_SETTING_NAMES = frozenset(
+    name
+    for model in (ServerSettings, UploadLimits, SecuritySettings)
+    for name in model.model_fields
+    if name not in ("limits", "security")
+)
+
+
+def _variables(
+    parser: argparse.ArgumentParser, chosen: Sequence[tuple[str, str]]
+) -> dict[str, str]:
+    """The chosen settings as ``PDFBATCH_*`` variables, each value checked as the service
+    would check it (the command line is refused at once, not when a server starts)."""
+    variables = {f"PDFBATCH_{name.upper()}": value for name, value in chosen}
+    with chosen_settings(variables):
+        for model in (ServerSettings, UploadLimits, SecuritySettings):
+            try:
+                model()
+            except ValidationError as exc:
+                parser.error(f"--setting: {exc}")
+    return variables
 
 
 def run(names: Sequence[str], options: Options, log: Path) -> tuple[list[Figure], list[str]]:
@@ -88,7 +138,9 @@ def run(names: Sequence[str], options: Options, log: Path) -> tuple[list[Figure]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark as the command line says; the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    variables = _variables(parser, args.setting)
     options = Options(
         files=args.files, repeat=args.repeat, corpus=args.corpus, workers=args.workers
     )
@@ -101,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(stream=stream)
         try:
             load_before = os.getloadavg()
-            figures, broken = run(names, options, log)
+            with chosen_settings(variables):
+                figures, broken = run(names, options, log)
             load_after = os.getloadavg()
         finally:
             reset_logging()
@@ -113,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "corpus": str(args.corpus) if args.corpus else None,
         "workers": args.workers,
+        "service_settings": dict(args.setting),
         "load_average_before": load_before,
         "load_average_after": load_after,
     }

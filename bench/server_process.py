@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,7 @@ __all__ = [
     "ResourceSampler",
     "ServerProcess",
     "Settled",
+    "chosen_settings",
     "is_running",
     "policy",
     "settle",
@@ -53,6 +54,30 @@ _ENV = {
     "PDFBATCH_RETRY_BURST": "10000",
     "PDFBATCH_MAX_ACTIVE_BATCHES": "10000",
 }
+
+
+# The settings the bench's command line gives every service (``--setting``), as
+# ``PDFBATCH_*`` variables; see chosen_settings.
+_CHOSEN: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def chosen_settings(variables: Mapping[str, str]) -> Iterator[None]:
+    """Give every service started meanwhile these ``PDFBATCH_*`` variables: a service
+    in this process reads them from its environment, a :class:`ServerProcess` gets
+    them; the environment is as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    _CHOSEN.update(variables)
+    try:
+        yield
+    finally:
+        _CHOSEN.clear()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class ServerProcess:
@@ -97,13 +122,15 @@ class ServerProcess:
         Raises:
             RuntimeError: It exited or stayed silent for a minute.
         """
-        # Only the settings given here: none from the caller's PDFBATCH_* or Ray cluster.
+        # Only the settings given here and those chosen on the bench's command line:
+        # none from the caller's PDFBATCH_* or Ray cluster.
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("PDFBATCH_") and k != "RAY_ADDRESS"
         }
         env.update(_ENV, PYTHONPATH=str(ROOT))
+        env.update(_CHOSEN)
         if self._processor is not None:
             env["PDFBATCH_PROCESSOR"] = self._processor
         command = [

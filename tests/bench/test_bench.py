@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+import psutil
+import pytest
 
 from bench.__main__ import main
 from bench.cancel import cancel_latency
 from bench.feed import feed
 from bench.options import Options
+from bench.processors import SCRIPTED
 from bench.scale import scale
+from bench.server_process import ServerProcess, chosen_settings
 from bench.small_blobs import small_blobs
 from bench.watch import watch_latency
+from server.service.settings import ServerSettings
 
 WORKERS = 2
 
@@ -102,3 +109,36 @@ def test_scale_measures_every_answer_on_one_batch_in_flight() -> None:
     assert detail["retried"] == 300
     assert detail["pages"] == 1
     assert detail["processing_s"] >= detail["serving_s"] > 0
+
+
+def test_a_setting_chosen_on_the_command_line_reaches_every_service_and_nothing_else_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PDFBATCH_COMMIT_INTERVAL_SECONDS", "0.5")  # the caller's own
+    variables = {"PDFBATCH_WORKER_NICENESS": "3"}
+    with chosen_settings(variables):
+        # In this process, as the watch scenario's service reads them.
+        assert ServerSettings().worker_niceness == 3
+        with ServerProcess(tmp_path / "data", workers=1, processor=SCRIPTED) as server:
+            environment = psutil.Process(server.pid).environ()
+    assert environment["PDFBATCH_WORKER_NICENESS"] == "3"
+    assert "PDFBATCH_COMMIT_INTERVAL_SECONDS" not in environment
+    assert "PDFBATCH_WORKER_NICENESS" not in os.environ
+    assert ServerSettings().worker_niceness == 19
+
+
+@pytest.mark.parametrize(
+    ("argument", "said"),
+    [
+        ("worker_niceness", "expected NAME=VALUE"),
+        ("nope=1", "no service setting is called 'nope'"),
+        ("worker_niceness=44", "less than or equal to 19"),
+    ],
+)
+def test_a_setting_the_service_would_refuse_is_refused_at_once(
+    argument: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["--setting", argument, "--scenario", "feed"])
+    assert raised.value.code == 2
+    assert said in capsys.readouterr().err
