@@ -258,7 +258,7 @@ class ServerSettings(BaseSettings):
             sooner is stored by its end alone (one change, one event from ``PENDING``,
             its record holding when the worker started it), so that a batch of files
             that take a few tens of milliseconds costs one commit a file, not two.
-            Default 0.1; 0 stores a start at the next group commit.
+            Default 0.1, at most 60; 0 stores a start at the next group commit.
         metrics_port: Serve Prometheus metrics over HTTP on this port. Default ``None``:
             no metrics endpoint.
         metrics_address: The host the metrics endpoint listens on. Default
