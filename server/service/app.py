@@ -44,6 +44,7 @@ from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, c
 from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
+from server.service.affinity import allowed_cpus, pin_server, server_cpus
 from server.service.calls import CallObserver, ObservingInterceptor
 from server.service.caps import settings_caps
 from server.service.metrics import ServiceMetrics
@@ -150,7 +151,11 @@ class Service:
                 processor=processor or settings.processor or DEFAULT_PROCESSOR,
                 memory_limit_bytes=settings.memory_limit_bytes,
                 process_limits=ProcessLimits(
-                    settings.cpu_limit_seconds, settings.open_files_limit, settings.worker_niceness
+                    settings.cpu_limit_seconds,
+                    settings.open_files_limit,
+                    settings.worker_niceness,
+                    # Every CPU, should serve() pin this process's threads to a few.
+                    cpus=allowed_cpus(),
                 ),
                 result_limits=settings.result_limits,
                 temp_root=data / "work",
@@ -490,6 +495,14 @@ def serve(settings: ServerSettings) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         service = Service(settings, tracing=tracing_from_environment())
+        # Once Ray's processes, if any, have started: they keep every CPU.
+        pinned = server_cpus(settings.server_cpus, allowed_cpus())
+        if pinned is not None:
+            try:
+                pin_server(pinned)
+            except OSError as exc:
+                # Only slower: the service runs as well on every CPU.
+                log.warning("server_threads_not_pinned", cpus=sorted(pinned), error=str(exc))
         freeze_startup_heap()
         service.start()
         print(f"listening on {service.address}", flush=True)

@@ -129,9 +129,13 @@ def test_a_file_that_keeps_the_cpu_busy_is_killed_at_its_cpu_budget(h: Harness) 
 
 
 def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes], str]) -> None:
+    # One CPU of those this test may use (they are the workers' own otherwise).
+    last_cpu = max(os.sched_getaffinity(0))
     pool = pool_factory(
         processor=FENCE,
-        process_limits=ProcessLimits(cpu_seconds_per_attempt=7, max_open_files=48, niceness=7),
+        process_limits=ProcessLimits(
+            cpu_seconds_per_attempt=7, max_open_files=48, niceness=7, cpus=frozenset({last_cpu})
+        ),
     )
     recorder = Recorder()
     recorder.submit(pool, "a", blob(b"%PDF-"))
@@ -147,6 +151,7 @@ def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes]
     assert report["mkstemp_mode"] == report["open_mode"] == 0o600
     # Below the service's priority by as much as asked (the fork server runs at its).
     assert report["niceness"] == min(os.nice(0) + 7, 19)
+    assert report["cpus"] == [last_cpu]
 
 
 @pytest.mark.parametrize(
@@ -196,3 +201,6 @@ def test_process_limits_must_be_positive() -> None:
     for niceness in (-1, 20):
         with pytest.raises(ValueError, match=f"niceness must be 0 to 19, got {niceness}"):
             ProcessLimits(niceness=niceness)
+    for cpus in (frozenset(), frozenset({-1, 0})):
+        with pytest.raises(ValueError, match="cpus must name at least one CPU, none negative"):
+            ProcessLimits(cpus=cpus)

@@ -34,6 +34,7 @@ def fence(data: bytes, password: str | None) -> ExtractionResult:
         "mkstemp_mode": stat.S_IMODE(os.stat(path).st_mode),
         "open_mode": stat.S_IMODE(os.stat(created).st_mode),
         "niceness": os.nice(0),
+        "cpus": sorted(os.sched_getaffinity(0)),
     }
     page = json.dumps(report)
     return ExtractionResult(page_count=1, encrypted=False, info=DocumentInfo(), pages=(page,))

@@ -8,6 +8,8 @@ budget. The memory cap (``RLIMIT_AS``) is set by :mod:`actors.execution.local.wo
 A worker may also run at a lower CPU priority than the service (a niceness): on a
 machine whose CPUs the workers keep busy, the service's threads (uploads, commits,
 watches) then run as soon as they wake instead of waiting for a worker's time slice.
+And it may run on other CPUs than the process that started it: the service keeps its
+own threads on few CPUs (:mod:`server.service.affinity`), its workers on all of them.
 
 The CPU budget is the soft ``RLIMIT_CPU``, moved before each attempt to the CPU time
 the worker has used so far plus the budget. Past it, the kernel sends ``SIGXCPU``,
@@ -43,14 +45,17 @@ class ProcessLimits:
             ``RLIMIT_NOFILE``); ``None`` to leave the inherited limit.
         niceness: How much lower than its parent's the worker's CPU priority is, 0
             (the same) to 19 (the lowest); an unprivileged process cannot undo it.
+        cpus: The CPUs the worker runs on (its affinity); ``None`` for its parent's.
 
     Raises:
-        ValueError: A limit is not positive, or the niceness is outside 0 to 19.
+        ValueError: A limit is not positive, the niceness is outside 0 to 19, or
+            ``cpus`` is empty or names a negative CPU.
     """
 
     cpu_seconds_per_attempt: int | None = None
     max_open_files: int | None = None
     niceness: int = 0
+    cpus: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds_per_attempt", "max_open_files"):
@@ -59,6 +64,8 @@ class ProcessLimits:
                 raise ValueError(f"{name} must be positive, got {value}")
         if not 0 <= self.niceness <= _LOWEST_PRIORITY:
             raise ValueError(f"niceness must be 0 to {_LOWEST_PRIORITY}, got {self.niceness}")
+        if self.cpus is not None and (not self.cpus or min(self.cpus) < 0):
+            raise ValueError(f"cpus must name at least one CPU, none negative, got {self.cpus}")
 
 
 def apply_process_limits(limits: ProcessLimits) -> None:
@@ -78,6 +85,8 @@ def apply_process_limits(limits: ProcessLimits) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
     if limits.niceness:
         os.nice(limits.niceness)
+    if limits.cpus is not None:
+        os.sched_setaffinity(0, limits.cpus)
 
 
 def start_cpu_budget(limits: ProcessLimits) -> None:
