@@ -56,6 +56,7 @@ from actors.execution.contract import (
 from actors.execution.extract import PdfLimits
 from actors.execution.local import worker as worker_main
 from actors.execution.local.fair_queue import FairQueue
+from actors.execution.local.frames import FrameReader
 from actors.execution.local.limits import ProcessLimits
 from actors.execution.local.process import WorkerProcess, describe_exit, remove_tree
 from actors.execution.local.worker import (
@@ -138,8 +139,12 @@ class _State(enum.Enum):
 class _Worker(WorkerProcess):
     """A worker process and the pool's bookkeeping about it."""
 
-    def __init__(self, context: ForkServerContext, config: WorkerConfig) -> None:
+    def __init__(
+        self, context: ForkServerContext, config: WorkerConfig, max_reply_bytes: int
+    ) -> None:
         super().__init__(context, config)
+        # Only the monitor reads the worker's replies, through this.
+        self.replies_in = FrameReader(self.conn.fileno(), max_reply_bytes)
         # What the worker holds, in order: the first RUNNING, the others SENT.
         self.chunk: deque[_Attempt] = deque()
         # Held while sending: the monitor sends chunks, cancelling threads send skips,
@@ -470,7 +475,7 @@ class WorkerPool:
 
         Sent now, so that it is in the pipe before the worker ends the attempt in hand.
         Should it start one anyway (its reply crossed this message), the pool kills it
-        when it says so (:meth:`_on_readable`).
+        when it says so (:meth:`_on_reply`).
         """
         if dropped:
             with worker.send_lock, contextlib.suppress(OSError):  # gone: nothing to skip
@@ -530,6 +535,7 @@ class WorkerPool:
                     process_limits=self._process_limits,
                     result_limits=self._result_limits,
                 ),
+                self._max_reply_bytes,
             )
         except BaseException:
             remove_tree(Path(temp_dir))
@@ -651,32 +657,28 @@ class WorkerPool:
         return min(_MAX_LINGER, behind * mean / 2)
 
     def _read_replies(self, worker: _Worker) -> None:
-        """Handle every reply ``worker`` has sent so far, in order. Those that came
-        while the monitor lingered share the time since the one read before them, which
-        is how long each took, for the running mean."""
+        """Handle every reply ``worker`` has sent whole so far, in order (one read). Those
+        that came while the monitor lingered share the time since the one read before
+        them, which is how long each took, for the running mean."""
+        try:
+            replies = worker.replies_in.read()
+        except (EOFError, OSError):
+            self._on_lost(worker)
+            return
         began = worker.started_at
         handled = 0
-        while self._on_readable(worker):
+        for data in replies:
+            if not self._on_reply(worker, data):
+                break  # cancelled, closed or retired meanwhile: that path reports it
             handled += 1
-            try:
-                # Not conn.poll, which builds a selector each call (see _ready).
-                if not (worker.chunk and _ready([worker.conn.fileno()], 0)):
-                    break
-            except (OSError, ValueError):
-                break  # retired meanwhile: its sentinel or the retiring path tells
         if handled:
             now = time.monotonic()
             for _ in range(handled):
                 self._observe((now - began) / handled)
             worker.started_at = now
 
-    def _on_readable(self, worker: _Worker) -> bool:
-        """Handle one reply of ``worker``; whether there was one to handle."""
-        try:
-            data = worker.conn.recv_bytes(self._max_reply_bytes)
-        except (EOFError, OSError):
-            self._on_lost(worker)
-            return False
+    def _on_reply(self, worker: _Worker, data: bytes) -> bool:
+        """Handle one reply of ``worker``; whether the worker still served the pool."""
         try:
             done_seq, next_seq = decode_outcome_header(data)
             reply = decode_reply(data[OUTCOME_HEADER_BYTES:])
