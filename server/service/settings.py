@@ -180,10 +180,12 @@ class ServerSettings(BaseSettings):
         server_cpus: How many CPUs the server's own threads run on (uploads,
             supervisors, commits, the watch): the highest-numbered of those it may use
             at its start. CPython runs one of its threads at a time, and they hand over
-            to one another faster on one CPU than across several: about 10% less of
-            the server's CPU a file, and more files a second (docs/performance.md).
+            to one another faster on one CPU than across several: less of the
+            server's CPU a file, and watch events sooner (docs/performance.md).
             The local workers run on every CPU regardless; Ray's are started before.
-            Default 1; 0 leaves the threads on every CPU. Only ``pdfbatch serve``
+            Default 1; 0 leaves the threads on every CPU. Give it more where much of
+            the server's work runs outside the interpreter (TLS on many connections,
+            hashing large uploads): that part runs in parallel. Only ``pdfbatch serve``
             pins: a :class:`~server.service.app.Service` made in another program
             leaves that program's threads alone.
         max_result_text_bytes: Text one file's result may hold, all pages together, in
