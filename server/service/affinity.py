@@ -47,10 +47,9 @@ def server_cpus(count: int, allowed: frozenset[int] | None) -> frozenset[int] | 
     return frozenset(sorted(allowed)[-count:])
 
 
-def pin_server(cpus: frozenset[int]) -> int:
-    """Move every thread of this process to ``cpus``; returns how many were moved.
-
-    A thread that ends meanwhile is passed over.
+def pin_server(cpus: frozenset[int]) -> None:
+    """Move every thread of this process to ``cpus``; a thread that ends meanwhile is
+    passed over.
 
     Raises:
         OSError: The kernel refused (none of ``cpus`` is allowed any more, say).
@@ -63,4 +62,3 @@ def pin_server(cpus: frozenset[int]) -> int:
             continue
         moved += 1
     log.info("server_threads_pinned", cpus=sorted(cpus), threads=moved)
-    return moved

@@ -129,7 +129,7 @@ def test_a_file_that_keeps_the_cpu_busy_is_killed_at_its_cpu_budget(h: Harness) 
 
 
 def test_workers_are_fenced_in(pool_factory: PoolFactory, blob: Callable[[bytes], str]) -> None:
-    # One CPU of those this test may use (they are the workers' own otherwise).
+    # The workers are moved to one CPU of this test's: the last.
     last_cpu = max(os.sched_getaffinity(0))
     pool = pool_factory(
         processor=FENCE,
