@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -140,6 +141,10 @@ def write_json(path: Path, figures: Sequence[Figure], settings: dict[str, Any]) 
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
             "python": platform.python_version(),
+            # Which build: the same version runs the service's Python an eighth faster
+            # or slower by how it was compiled (docs/performance.md).
+            "python_executable": os.path.realpath(sys.executable),
+            "python_build": " ".join(platform.python_build()),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
         },
