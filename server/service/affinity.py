@@ -17,6 +17,7 @@ are started before the pinning, with the server's CPUs as they were.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import structlog
@@ -51,14 +52,16 @@ def pin_server(cpus: frozenset[int]) -> None:
     """Move every thread of this process to ``cpus``; a thread that ends meanwhile is
     passed over.
 
+    The threads are listed again until no new one shows: a thread that a thread not
+    moved yet starts meanwhile takes its starter's CPUs, not these.
+
     Raises:
         OSError: The kernel refused (none of ``cpus`` is allowed any more, say).
     """
-    moved = 0
-    for name in os.listdir(_THREADS):
-        try:
-            os.sched_setaffinity(int(name), cpus)
-        except ProcessLookupError:
-            continue
-        moved += 1
-    log.info("server_threads_pinned", cpus=sorted(cpus), threads=moved)
+    seen: set[str] = set()
+    while new := set(os.listdir(_THREADS)) - seen:
+        for name in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(name), cpus)
+        seen |= new
+    log.info("server_threads_pinned", cpus=sorted(cpus), threads=len(seen))

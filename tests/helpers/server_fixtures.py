@@ -111,6 +111,12 @@ class RunningServer:
 ServerFactory = Callable[..., RunningServer]
 
 
+# Pages of a many_pages PDF that keeps a worker busy long enough to be seen running:
+# the service shows a start only after show_running_after (0.1 s by default), and a
+# 300-page file took 0.13 s on a fast interpreter. About 0.4 s here.
+SEEN_RUNNING_PAGES = 1_000
+
+
 def wait_until_running(stub: batch_pb2_grpc.BatchServiceStub, batch_id: str) -> None:
     """Return once a file of the batch is running (in the snapshot or a later event)."""
     stream = stub.WatchBatch(pb.WatchBatchRequest(batch_id=batch_id), timeout=WAIT)

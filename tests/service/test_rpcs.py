@@ -15,6 +15,7 @@ from server.cli.progress import BatchTracker
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from tests.helpers.crash_processors import SCREENED, script
 from tests.helpers.server_fixtures import (
+    SEEN_RUNNING_PAGES,
     WAIT,
     RunningServer,
     ServerFactory,
@@ -202,7 +203,7 @@ def test_retry_refusals_carry_their_codes_and_reasons(server: RunningServer) -> 
 def test_cancel_returns_once_the_batch_is_cancelled_and_nothing_runs(
     server: RunningServer,
 ) -> None:
-    pages = many_pages(300)
+    pages = many_pages(SEEN_RUNNING_PAGES)
     policy = pb.BatchPolicy(max_concurrency=1)
     batch = server.submit(*((f"{n}.pdf", pages) for n in range(6)), policy=policy)
     wait_until_running(server.stub, batch.batch_id)
@@ -255,7 +256,8 @@ def test_a_basic_view_leaves_the_files_out_and_a_bad_view_changes_nothing(
     server: RunningServer,
 ) -> None:
     policy = pb.BatchPolicy(max_concurrency=1)
-    batch = server.submit(*((f"{n}.pdf", many_pages(300)) for n in range(3)), policy=policy)
+    pages = many_pages(SEEN_RUNNING_PAGES)
+    batch = server.submit(*((f"{n}.pdf", pages) for n in range(3)), policy=policy)
     wait_until_running(server.stub, batch.batch_id)
     bad = refused(
         lambda: server.stub.CancelBatch(
@@ -382,7 +384,7 @@ def test_delete_reads_a_big_batch_a_page_at_a_time(serve: ServerFactory, tmp_pat
 
 
 def test_delete_cancels_a_running_batch_first(server: RunningServer) -> None:
-    pages = many_pages(300)
+    pages = many_pages(SEEN_RUNNING_PAGES)
     batch = server.submit(
         *((f"{n}.pdf", pages) for n in range(4)), policy=pb.BatchPolicy(max_concurrency=1)
     )

@@ -16,6 +16,7 @@ from actors.policy.model import FileState
 from server.gen.pdfbatch.v1 import batch_pb2 as pb
 from server.gen.pdfbatch.v1 import batch_pb2_grpc
 from tests.helpers.server_fixtures import (
+    SEEN_RUNNING_PAGES,
     WAIT,
     RunningServer,
     ServerFactory,
@@ -125,7 +126,7 @@ def test_serve_exits_cleanly_on_sigterm_mid_batch(tmp_path: Path) -> None:
             health = health_pb2_grpc.HealthStub(channel)
             status = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=WAIT)
             assert next(status).status == health_pb2.HealthCheckResponse.SERVING
-            pages = many_pages(400)
+            pages = many_pages(SEEN_RUNNING_PAGES)
             batch = stub.SubmitBatch(
                 upload(
                     pb.BatchSpec(policy=pb.BatchPolicy(max_concurrency=1)),
