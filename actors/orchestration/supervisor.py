@@ -324,15 +324,19 @@ class BatchSupervisor(ThreadActor):
 
     def _attempt_finished(self, file_id: str, attempt: int, report: AttemptOutcomeReport) -> None:
         current = self._is_current(file_id, attempt)
-        if current:
-            self._begin_ended(file_id, attempt)
+        # Before the child is released: an attempt no worker noted counts from its hand-over.
+        start = self._unstored_start(file_id, attempt) if current else None
         self._release_child(file_id, attempt)
         if not current:
             return
         outcome = self._storable(report) if isinstance(report, AttemptSuccess) else report
         if isinstance(outcome, SealedResult):
-            self._succeed(file_id, outcome, report.worker_pid)
-        elif self._book.batch.state is BatchState.CANCELLING:
+            # Most files: its start and its success are one move of the book.
+            self._succeed(file_id, outcome, report.worker_pid, start)
+            return
+        if start is not None:
+            self._begin(file_id, attempt, start.started_at, self._now(), announce=False)
+        if self._book.batch.state is BatchState.CANCELLING:
             self._interrupt(file_id, report.worker_pid)
         else:
             self._fail(file_id, outcome)
@@ -373,16 +377,29 @@ class BatchSupervisor(ThreadActor):
                 "".join(traceback.format_exception(exc)),
             )
 
-    def _succeed(self, file_id: str, result: SealedResult, worker_pid: int | None) -> None:
+    def _succeed(
+        self, file_id: str, result: SealedResult, worker_pid: int | None, start: Attempt | None
+    ) -> None:
+        """Store the file's result and its success.
+
+        Args:
+            start: The attempt's start if it is not stored yet (see
+                :meth:`_unstored_start`): the file then goes through ``RUNNING`` in the
+                same move, under the success's one event.
+        """
         now = self._now()
-        record = self._book.file(file_id)
+        attempts = self._book.file(file_id).attempts
+        if start is not None:
+            attempts = (*attempts, start)
         self._results[file_id] = result
         self._book.set_file(
             file_id,
             FileState.SUCCEEDED,
             now,
-            f"attempt {len(record.attempts)} succeeded",
-            attempts=self._end_last(record.attempts, now, AttemptOutcome.SUCCEEDED, pid=worker_pid),
+            f"attempt {len(attempts)} succeeded",
+            via=None if start is None else FileState.RUNNING,
+            attempts=self._end_last(attempts, now, AttemptOutcome.SUCCEEDED, pid=worker_pid),
+            next_attempt_at=None,
             error=None,
             warnings=result.warnings,
         )
@@ -648,11 +665,18 @@ class BatchSupervisor(ThreadActor):
 
     def _begin_ended(self, file_id: str, attempt: int) -> None:
         """Before storing how a current attempt ended: if its start is not stored yet,
-        record it with the end, in the same change and under the end's event. Its
-        start is when the worker picked it up; without a worker (the executor refused
-        it), when it was handed over."""
+        record it with the end, in the same change and under the end's event."""
+        start = self._unstored_start(file_id, attempt)
+        if start is not None:
+            self._begin(file_id, attempt, start.started_at, self._now(), announce=False)
+
+    def _unstored_start(self, file_id: str, attempt: int) -> Attempt | None:
+        """The current ``attempt``'s start, taken from the notes, if it is not stored
+        yet; ``None`` if it is. Its start is when the worker picked it up; without a
+        worker (the executor refused it), when it was handed over. Call it before the
+        file's child is released."""
         if self._begun(file_id):
-            return
+            return None
         self._read_starts(rearm=False)
         started = self._starts_read.pop(file_id, None)
         at = (
@@ -660,7 +684,7 @@ class BatchSupervisor(ThreadActor):
             if started is not None and started[0] == attempt
             else self._handed[file_id][1]
         )
-        self._begin(file_id, attempt, at, self._now(), announce=False)
+        return Attempt(number=attempt, started_at=at)
 
     def _read_starts(self, *, rearm: bool) -> None:
         for note in self._start_notes.take(rearm=rearm):

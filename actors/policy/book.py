@@ -222,6 +222,7 @@ class BatchBook:
         reason: str = "",
         *,
         announce: bool = True,
+        via: FileState | None = None,
         **changes: Any,
     ) -> FileRecord:
         """Move a held file to ``state`` for ``reason``, applying ``changes``; log the event.
@@ -229,15 +230,22 @@ class BatchBook:
         With ``announce`` false the move is stored but no event tells it: for a step
         that the file's next move, in the same commit, tells with its own (a worker's
         start of an attempt that ended before the commit). That event's previous state
-        is the last one told.
+        is the last one told. With ``via``, the file passes through that state on the
+        way: the two steps made one, as such an unannounced step and the move that
+        follows it would make them.
 
         Raises:
-            IllegalTransitionError: The state machine does not allow the move.
+            IllegalTransitionError: The state machine does not allow the move (either
+                step of it, with ``via``).
             KeyError: The file is not held.
         """
         current = self._files[file_id]
         previous = current.state
-        check_file_transition(previous, state)
+        if via is None:
+            check_file_transition(previous, state)
+        else:
+            check_file_transition(previous, via)
+            check_file_transition(via, state)
         updated = current.moved(state, **changes)
         self._put(updated)
         self._dirty[file_id] = updated

@@ -10,6 +10,8 @@ from actors.policy.book import BatchBook
 from actors.policy.catalogue import ErrorCode
 from actors.policy.model import (
     FILE_TRANSITIONS,
+    Attempt,
+    AttemptOutcome,
     BatchRecord,
     BatchState,
     BatchSummary,
@@ -56,6 +58,41 @@ def test_illegal_transition_is_refused_and_changes_nothing() -> None:
     with pytest.raises(IllegalTransitionError, match="from PENDING to PARTIALLY_SUCCEEDED"):
         book.set_batch(BatchState.PARTIALLY_SUCCEEDED, 1.0)
     assert book.count(FileState.PENDING) == 1
+    assert not book.take_changes()
+
+
+def test_a_move_via_a_state_is_the_unannounced_step_and_the_move() -> None:
+    started = Attempt(number=1, started_at=2.0)
+    ended = started.ended(3.0, AttemptOutcome.SUCCEEDED, worker_pid=7)
+    two_steps, one_move = _book(2), _book(2)
+    for book in (two_steps, one_move):
+        book.set_batch(BatchState.RUNNING, 1.0)
+        book.take_changes()
+    two_steps.set_file("f0", FileState.RUNNING, 2.5, announce=False, attempts=(started,))
+    two_steps.set_file("f0", FileState.SUCCEEDED, 3.0, "done", attempts=(ended,))
+    one_move.set_file(
+        "f0", FileState.SUCCEEDED, 3.0, "done", via=FileState.RUNNING, attempts=(ended,)
+    )
+    changes = one_move.take_changes()
+    assert changes == two_steps.take_changes()
+    (event,) = changes.events
+    assert event.previous_state is FileState.PENDING
+    assert event.counts[FileState.RUNNING] == 0
+    assert event.counts[FileState.SUCCEEDED] == 1
+    assert one_move.count(FileState.PENDING) == 1
+
+
+def test_a_move_via_a_state_checks_both_steps() -> None:
+    book = _book(1)
+    book.set_file("f0", FileState.FAILED, 1.0)
+    book.take_changes()
+    # The first step is allowed, the second is not; then the other way round.
+    with pytest.raises(IllegalTransitionError, match="from PENDING to SUCCEEDED"):
+        book.set_file("f0", FileState.SUCCEEDED, 2.0, via=FileState.PENDING)
+    with pytest.raises(IllegalTransitionError, match="from FAILED to RUNNING"):
+        book.set_file("f0", FileState.PENDING, 2.0, via=FileState.RUNNING)
+    assert book.file("f0").state is FileState.FAILED
+    assert book.count(FileState.FAILED) == 1
     assert not book.take_changes()
 
 
