@@ -334,8 +334,7 @@ class BatchSupervisor(ThreadActor):
             # Most files: its start and its success are one move of the book.
             self._succeed(file_id, outcome, report.worker_pid, start)
             return
-        if start is not None:
-            self._begin(file_id, attempt, start.started_at, self._now(), announce=False)
+        self._begin_ended(file_id, start)
         if self._book.batch.state is BatchState.CANCELLING:
             self._interrupt(file_id, report.worker_pid)
         else:
@@ -344,7 +343,7 @@ class BatchSupervisor(ThreadActor):
     def _attempt_stopped(self, file_id: str, attempt: int, worker_pid: int | None) -> None:
         current = not self._stopping and self._is_current(file_id, attempt)
         if current:
-            self._begin_ended(file_id, attempt)
+            self._begin_ended(file_id, self._unstored_start(file_id, attempt))
         self._release_child(file_id, attempt)
         if current:
             self._interrupt(file_id, worker_pid)
@@ -663,12 +662,12 @@ class BatchSupervisor(ThreadActor):
                 oldest = at
         return oldest
 
-    def _begin_ended(self, file_id: str, attempt: int) -> None:
-        """Before storing how a current attempt ended: if its start is not stored yet,
-        record it with the end, in the same change and under the end's event."""
-        start = self._unstored_start(file_id, attempt)
+    def _begin_ended(self, file_id: str, start: Attempt | None) -> None:
+        """Before storing how a current attempt ended: record its ``start`` if it is not
+        stored yet (see :meth:`_unstored_start`), with the end, in the same change and
+        under the end's event."""
         if start is not None:
-            self._begin(file_id, attempt, start.started_at, self._now(), announce=False)
+            self._begin(file_id, start.number, start.started_at, self._now(), announce=False)
 
     def _unstored_start(self, file_id: str, attempt: int) -> Attempt | None:
         """The current ``attempt``'s start, taken from the notes, if it is not stored
