@@ -78,7 +78,7 @@ DEFAULT_MAX_ATTACHMENTS = 1_000
 DEFAULT_MAX_NAME_BYTES = 1_024
 # Above pypdf's page-tree limit in the workers (50,000 by default).
 DEFAULT_MAX_PAGE_DETAILS = 100_000
-# What one page's details take in a worker's JSON reply, at most.
+# What one page's details take in a worker's reply, at most.
 _PAGE_DETAIL_REPLY_BYTES = 128
 REPLACEMENT = "\ufffd"
 # A header's version is a few characters ("1.7"); a longer one is cut to this.
@@ -143,11 +143,11 @@ class ResultLimits:
         )
 
     def max_reply_bytes(self) -> int:
-        """The most bytes a worker's JSON reply of a result within these limits can take.
+        """The most bytes a worker's reply of a result within these limits can take.
 
-        JSON doubles at worst the characters :func:`make_storable` keeps (a quote or a
-        backslash becomes two bytes). The metadata fields, outline titles and attachment
-        names travel as JSON texts inside the reply's JSON (sealed, see
+        The text travels as it is, after the reply's JSON head, which gives each piece's
+        size: twice the text's limit covers both. The metadata fields, outline titles
+        and attachment names travel as JSON texts inside the head's JSON (sealed, see
         :mod:`actors.policy.sealed`): four bytes at worst. Each outline entry and
         attachment adds a few numbers, each page its details; 1 MiB covers the rest.
         """

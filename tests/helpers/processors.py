@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -117,40 +118,50 @@ def scripted(data: bytes, password: str | None, attempt: int) -> ExtractionResul
     raise ValueError(f"unknown script {command!r}")
 
 
-def _sealed_reply(**changes: object) -> bytes:
-    """A worker's reply of a sealed result "forged", with ``changes`` to its fields."""
+def _sealed_reply(*text: bytes, **changes: object) -> bytes:
+    """A worker's reply of a sealed result "forged", one piece a page of ``text`` (the
+    bytes as they are), with ``changes`` to its head's fields.
+
+    Framed as :func:`~actors.execution.attempt.encode_reply` frames a reply: the size of
+    the head (4 bytes, little-endian), the head (JSON), then the text.
+    """
+    pieces = text or (b"forged",)
     fields: dict[str, object] = {
-        "page_count": 1,
+        "page_count": len(pieces),
         "encrypted": False,
         "warnings": [],
         "info": info_to_json(DocumentInfo(title="forged")),
         "details": details_to_json(DocumentDetails(pages=(PageInfo(characters=6),))),
-        "pages": [["forged"]],
-        "stored_bytes": len("forged") * 2,
+        "pages": [[len(piece)] for piece in pieces],
+        "stored_bytes": 2 * sum(len(piece) for piece in pieces),
     }
     fields.update(changes)
-    # ASCII escapes: a lone surrogate is written as one, which is what a hostile worker
-    # would send, since UTF-8 cannot carry it.
-    return json.dumps({"ok": fields}).encode()
+    # ASCII escapes in the head: a lone surrogate is written as one, which is what a
+    # hostile worker would send, since UTF-8 cannot carry it.
+    head = json.dumps({"ok": fields}).encode()
+    return struct.pack("<I", len(head)) + head + b"".join(pieces)
 
 
 # What a broken or hostile worker could send instead of a sealed result, by name.
 FORGED = {
-    # Fit to store: an escaped pair is the character it encodes.
-    "valid": _sealed_reply(pages=[["smile \ud83d\ude00"]], stored_bytes=20),
-    "surrogate-text": _sealed_reply(pages=[["a\ud800b"]]),
+    # Fit to store: a character outside the BMP, as its four bytes of UTF-8.
+    "valid": _sealed_reply("smile \U0001f600".encode(), stored_bytes=20),
+    # A lone surrogate as the three bytes UTF-8 would give it, were it allowed.
+    "surrogate-text": _sealed_reply(b"a\xed\xa0\x80b"),
     "surrogate-info": _sealed_reply(
         info=info_to_json(DocumentInfo(title="forged")).replace("forged", "\\udfff")
     ),
-    "bad-utf8": _sealed_reply().replace(b'[["forged"]]', b'[["forg\xffd"]]'),
+    "bad-utf8": _sealed_reply(b"forg\xffd"),
     "wrong-types": _sealed_reply(page_count="1"),
-    "page-not-pieces": _sealed_reply(pages=["forged"]),
+    "page-not-pieces": _sealed_reply(pages=[6]),
+    "piece-past-the-text": _sealed_reply(pages=[[7]]),
+    "text-after-the-pieces": _sealed_reply(b"forged", pages=[[5]]),
     "details-not-numbers": _sealed_reply(
         details='{"pdf_version":null,"pages":[["wide",null,0,6]],"outline":[],'
         '"attachments":[],"has_xmp":false}'
     ),
     "size-understated": _sealed_reply(stored_bytes=1),
-    "over-the-limit": _sealed_reply(pages=[["x" * 5_000]], stored_bytes=5_012),
+    "over-the-limit": _sealed_reply(b"x" * 5_000, stored_bytes=5_012),
 }
 
 

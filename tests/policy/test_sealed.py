@@ -9,7 +9,6 @@ checked apart. The store writes a sealed result in one statement per result.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -173,15 +172,26 @@ def test_a_reply_that_is_not_utf8_fails_its_attempt_not_the_worker() -> None:
     reply = encode_reply(
         storable_reply(ExtractionResult(1, False, DocumentInfo(), ("ab",)), ResultLimits())
     )
+    assert reply.endswith(b"ab")  # the text follows the head, as it is
 
-    outcome = decode_reply(reply.replace(b'"ab"', b'"a\xc3"'))
+    for broken in (reply[:-2] + b"a\xc3", reply[:-1], reply + b"c"):
+        outcome = decode_reply(broken)
 
-    assert isinstance(outcome, WorkerFailed)
-    assert (outcome.code, outcome.worker_exiting) == (ErrorCode.RESULT_UNSTORABLE, False)
+        assert isinstance(outcome, WorkerFailed)
+        assert (outcome.code, outcome.worker_exiting) == (ErrorCode.RESULT_UNSTORABLE, False)
+    head_size = int.from_bytes(reply[:4], "little")
+    for malformed in (
+        reply[: 4 + head_size - 1],
+        reply[:3],
+        b"\x02\x00\x00\x00[]",
+        reply[:4] + reply[4 : 4 + head_size].replace(b"{", b"[", 1) + b"ab",
+    ):
+        with pytest.raises(ValueError, match="malformed"):
+            decode_reply(malformed)
+    failed = encode_reply(WorkerFailed(ErrorCode.INTERNAL, "E", "detail"))
+    assert decode_reply(failed) == WorkerFailed(ErrorCode.INTERNAL, "E", "detail")
     with pytest.raises(ValueError, match="malformed"):
-        decode_reply(reply[:-1])
-    with pytest.raises(ValueError, match="malformed"):
-        decode_reply(json.dumps(["ok"]).encode())
+        decode_reply(failed + b"text")
 
 
 def test_a_result_stored_again_replaces_the_first_and_its_text(tmp_path: Path) -> None:
