@@ -21,8 +21,10 @@ process (upload, processing and fan-out) and of the watchers' is kept in the det
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from bench.processors import GATED, gate_path
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
 from server.client.api import Client
+from server.service.affinity import allowed_cpus, pin_server, server_cpus
 from server.service.app import DATABASE_NAME, Service, freeze_startup_heap
 from server.service.settings import ServerSettings, UploadLimits
 
@@ -84,6 +87,8 @@ def watch_latency(options: Options) -> list[Figure]:
             service = Service(settings, store=store, processor=GATED)
             gate = gate_path(settings.data_dir / "work")
             # As `pdfbatch serve` does before it starts; undone when the scenario ends.
+            allowed = allowed_cpus()
+            pinned = _pin(server_cpus(settings.server_cpus, allowed))
             freeze_startup_heap()
             try:
                 service.start()
@@ -92,7 +97,13 @@ def watch_latency(options: Options) -> list[Figure]:
                         cpu_before = _cpu_seconds()
                         output = root / f"received-{index}-{per_message}"
                         run = _watch(
-                            service.address, files, workers, per_message, output, gate=gate
+                            service.address,
+                            files,
+                            workers,
+                            per_message,
+                            output,
+                            gate=gate,
+                            cpus=allowed,
                         )
                         with lock:
                             to_commit = [
@@ -104,6 +115,8 @@ def watch_latency(options: Options) -> list[Figure]:
             finally:
                 service.stop(grace=0)
                 gc.unfreeze()
+                if pinned and allowed is not None:
+                    pin_server(allowed)
         finally:
             unsubscribe()
             store.close()
@@ -173,6 +186,27 @@ def _figure(mode: str, files: int, runs: list[_Run]) -> Figure:
     )
 
 
+def _pin(cpus: frozenset[int] | None) -> bool:
+    """Keep this process's threads on ``cpus`` (none: leave them); whether it did."""
+    if cpus is None:
+        return False
+    try:
+        pin_server(cpus)
+    except OSError:
+        return False  # as serve, which logs it: the service runs on every CPU
+    return True
+
+
+def _on_cpus(process: subprocess.Popen[str], cpus: frozenset[int] | None) -> subprocess.Popen[str]:
+    """``process``, just started from the service's CPUs, given ``cpus`` back (all it
+    had before the pinning, as a worker is) while its interpreter is still starting:
+    it has no other thread yet to keep the service's."""
+    if cpus is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(process.pid, cpus)
+    return process
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -186,6 +220,7 @@ def _watch(
     output: Path,
     *,
     gate: Path,
+    cpus: frozenset[int] | None,
 ) -> _Run:
     """Start the watchers, submit the batch, let its files run once every watcher has
     its snapshot (by creating ``gate``), wait for every watcher to see it settle."""
@@ -194,12 +229,15 @@ def _watch(
     outputs = [output.with_suffix(f".{n}.json") for n in range(len(shares))]
     command = [sys.executable, "-m", "bench.watchers", address]
     processes = [
-        subprocess.Popen(
-            [*command, str(share), str(out), str(per_message)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        _on_cpus(
+            subprocess.Popen(
+                [*command, str(share), str(out), str(per_message)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+            cpus,
         )
         for share, out in zip(shares, outputs, strict=True)
     ]

@@ -5,8 +5,10 @@ supervisors and their commits, the worker pool's monitor, the watch's loop) hand
 interpreter to one another thousands of times a second, and a hand-over between two
 CPUs costs more than on one: the thread that waits sleeps in the kernel until the
 other CPU wakes it, and the interpreter's state moves between the CPUs' caches. Kept
-on one CPU, the same server spent less CPU a file and delivered watch events sooner
-(docs/performance.md, "The server's threads on one CPU").
+on one CPU, the same server spent less CPU a file; but what its threads do outside the
+interpreter (gRPC's sends, the store's writes and flushes) then shares that CPU, and
+with many watches their events came later: so it is a setting, off by default
+(docs/performance.md, "The server's threads on one CPU" and "Watches on one CPU").
 
 :func:`pin_server` moves every thread of the process to the chosen CPUs; a thread
 started afterwards inherits its starter's CPUs, and so does a process it starts, which

@@ -34,7 +34,7 @@ def _workers_cpus(pid: int) -> list[frozenset[int]]:
 
 @needs_two_cpus
 def test_threads_run_on_the_last_cpu_and_workers_on_all(tmp_path: Path) -> None:
-    launcher = ServerLauncher(tmp_path / "data", tmp_path / "server.log")
+    launcher = ServerLauncher(tmp_path / "data", tmp_path / "server.log", server_cpus="1")
     try:
         life = launcher.start()
         pid = life.process.pid
@@ -65,8 +65,11 @@ def test_threads_run_on_the_last_cpu_and_workers_on_all(tmp_path: Path) -> None:
 
 
 @needs_two_cpus
-def test_zero_leaves_every_thread_on_every_cpu(tmp_path: Path) -> None:
-    launcher = ServerLauncher(tmp_path / "data", tmp_path / "server.log", server_cpus="0")
+@pytest.mark.parametrize("setting", [{}, {"server_cpus": "0"}], ids=["default", "zero"])
+def test_by_default_and_at_zero_every_thread_runs_on_every_cpu(
+    tmp_path: Path, setting: dict[str, str]
+) -> None:
+    launcher = ServerLauncher(tmp_path / "data", tmp_path / "server.log", **setting)
     try:
         life = launcher.start()
         pid = life.process.pid
