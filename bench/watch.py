@@ -17,6 +17,10 @@ same service: with one event per message (``max_events_per_message`` 1, what a c
 that does not ask gets) and coalesced (256, what the Python client and the CLI ask
 for), so that the difference is the message shape alone. The CPU time of the service's
 process (upload, processing and fan-out) and of the watchers' is kept in the detail.
+
+The service's threads are placed as ``pdfbatch serve`` places them
+(:func:`server.service.app.place_threads`) while the scenario runs; the watchers'
+processes, started from them, are given every CPU back, like the service's workers.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from bench.processors import GATED, gate_path
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
 from server.client.api import Client
-from server.service.affinity import allowed_cpus, pin_server, server_cpus
-from server.service.app import DATABASE_NAME, Service, freeze_startup_heap
+from server.service.affinity import allowed_cpus
+from server.service.app import DATABASE_NAME, Service, freeze_startup_heap, place_threads
 from server.service.settings import ServerSettings, UploadLimits
 
 __all__ = ["watch_latency"]
@@ -88,7 +92,7 @@ def watch_latency(options: Options) -> list[Figure]:
             gate = gate_path(settings.data_dir / "work")
             # As `pdfbatch serve` does before it starts; undone when the scenario ends.
             allowed = allowed_cpus()
-            pinned = _pin(server_cpus(settings.server_cpus, allowed))
+            placement = place_threads(service, settings)
             freeze_startup_heap()
             try:
                 service.start()
@@ -115,8 +119,8 @@ def watch_latency(options: Options) -> list[Figure]:
             finally:
                 service.stop(grace=0)
                 gc.unfreeze()
-                if pinned and allowed is not None:
-                    pin_server(allowed)
+                if placement is not None:
+                    placement.release()
         finally:
             unsubscribe()
             store.close()
@@ -184,17 +188,6 @@ def _figure(mode: str, files: int, runs: list[_Run]) -> Figure:
             "watchers_cpu_seconds": sum(run.watchers_cpu for run in runs),
         },
     )
-
-
-def _pin(cpus: frozenset[int] | None) -> bool:
-    """Keep this process's threads on ``cpus`` (none: leave them); whether it did."""
-    if cpus is None:
-        return False
-    try:
-        pin_server(cpus)
-    except OSError:
-        return False  # as serve, which logs it: the service runs on every CPU
-    return True
 
 
 def _on_cpus(process: subprocess.Popen[str], cpus: frozenset[int] | None) -> subprocess.Popen[str]:

@@ -56,9 +56,7 @@ def generate(out: Path, import_prefix: str) -> None:
             dotted = package.replace("/", ".")
             text = text.replace(f"from {dotted} import", f"from {import_prefix}.{dotted} import")
             text = text.replace(f"import {dotted}.", f"import {import_prefix}.{dotted}.")
-            text = text.replace(
-                f"(DESCRIPTOR, '{dotted}.", f"(DESCRIPTOR, '{import_prefix}.{dotted}."
-            )
+            text = text.replace(f"(DESCRIPTOR, '{dotted}.", f"(DESCRIPTOR, '{import_prefix}.{dotted}.")
         path.write_text(text)
 
 

@@ -5,10 +5,12 @@ supervisors and their commits, the worker pool's monitor, the watch's loop) hand
 interpreter to one another thousands of times a second, and a hand-over between two
 CPUs costs more than on one: the thread that waits sleeps in the kernel until the
 other CPU wakes it, and the interpreter's state moves between the CPUs' caches. Kept
-on one CPU, the same server spent less CPU a file; but what its threads do outside the
-interpreter (gRPC's sends, the store's writes and flushes) then shares that CPU, and
-with many watches their events came later: so it is a setting, off by default
-(docs/performance.md, "The server's threads on one CPU" and "Watches on one CPU").
+on one CPU, the same server spent less CPU a file (docs/performance.md, "The server's
+threads on one CPU"). But what its threads do outside the interpreter then shares that
+CPU too, and with many watches open that is mostly gRPC's sends: 50 watches got their
+events later on one CPU than on every CPU ("Watches on one CPU"). So
+:class:`ThreadPlacement` keeps the threads on their CPUs while few watches are open,
+and lets them run on every CPU while many are.
 
 :func:`pin_server` moves every thread of the process to the chosen CPUs; a thread
 started afterwards inherits its starter's CPUs, and so does a process it starts, which
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Callable
 
 import structlog
 
-__all__ = ["allowed_cpus", "pin_server", "server_cpus"]
+__all__ = ["ThreadPlacement", "allowed_cpus", "pin_server", "server_cpus"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,3 +71,80 @@ def pin_server(cpus: frozenset[int]) -> None:
                 os.sched_setaffinity(int(name), cpus)
         seen |= new
     log.info("server_threads_pinned", cpus=sorted(cpus), threads=len(seen))
+
+
+class ThreadPlacement:
+    """The server's threads on ``pinned`` while at most ``max_watches`` watches are
+    open, on ``everywhere`` while more are; back on ``pinned`` once no more than half
+    of ``max_watches`` are open again, so that a count that wavers about the bound does
+    not move them at every watch.
+
+    Args:
+        pinned: The CPUs of :func:`server_cpus`.
+        everywhere: Every CPU the server may use (:func:`allowed_cpus` at its start).
+        max_watches: The most open watches with the threads kept on ``pinned``; 0 for
+            no bound.
+        pin: What moves the threads (a test's stand-in). Default :func:`pin_server`.
+    """
+
+    def __init__(
+        self,
+        pinned: frozenset[int],
+        everywhere: frozenset[int],
+        max_watches: int,
+        *,
+        pin: Callable[[frozenset[int]], None] = pin_server,
+    ) -> None:
+        if max_watches < 0:
+            raise ValueError(f"max_watches must not be negative, got {max_watches}")
+        self._pinned = pinned
+        self._everywhere = everywhere
+        self._max_watches = max_watches
+        self._pin = pin
+        self._lock = threading.Lock()
+        self._spread = False
+
+    @property
+    def spread(self) -> bool:
+        """Whether the threads run on every CPU now."""
+        with self._lock:
+            return self._spread
+
+    def place(self) -> None:
+        """Move every thread of the process to the pinned CPUs.
+
+        Raises:
+            OSError: The kernel refused (see :func:`pin_server`).
+        """
+        with self._lock:
+            self._pin(self._pinned)
+            self._spread = False
+
+    def watches(self, open_watches: int) -> None:
+        """The number of open watches changed to ``open_watches``: move the threads if
+        it crossed a bound. A refusal of the kernel is logged: the threads stay where
+        they are, which only costs time."""
+        if not self._max_watches:
+            return
+        with self._lock:
+            if not self._spread and open_watches > self._max_watches:
+                cpus, spread = self._everywhere, True
+            elif self._spread and open_watches <= self._max_watches // 2:
+                cpus, spread = self._pinned, False
+            else:
+                return
+            try:
+                self._pin(cpus)
+            except OSError as exc:
+                log.warning("server_threads_not_moved", cpus=sorted(cpus), error=str(exc))
+                return
+            self._spread = spread
+            log.info("server_threads_moved", cpus=sorted(cpus), open_watches=open_watches)
+
+    def release(self) -> None:
+        """Every thread of the process back on every CPU (for a process that goes on
+        with other work once the service stopped)."""
+        with self._lock:
+            with contextlib.suppress(OSError):
+                self._pin(self._everywhere)
+            self._spread = True

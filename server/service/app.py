@@ -44,7 +44,7 @@ from server.security.auth import Authenticator, AuthInterceptor, TenantTokens, c
 from server.security.quotas import TenantQuotas
 from server.security.ratelimit import RateLimiter
 from server.security.tls import server_credentials
-from server.service.affinity import allowed_cpus, pin_server, server_cpus
+from server.service.affinity import ThreadPlacement, allowed_cpus, server_cpus
 from server.service.calls import CallObserver, ObservingInterceptor
 from server.service.caps import settings_caps
 from server.service.metrics import ServiceMetrics
@@ -58,7 +58,14 @@ from server.service.watch import WatchHub
 from server.wire.decoding import DecodingInterceptor
 from server.wire.paging import KEY_BYTES, PageTokens
 
-__all__ = ["DATABASE_NAME", "PAGE_TOKEN_KEY_NAME", "SERVICE_NAME", "Service", "serve"]
+__all__ = [
+    "DATABASE_NAME",
+    "PAGE_TOKEN_KEY_NAME",
+    "SERVICE_NAME",
+    "Service",
+    "place_threads",
+    "serve",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -477,6 +484,26 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def place_threads(service: Service, settings: ServerSettings) -> ThreadPlacement | None:
+    """Keep the process's threads on ``settings.server_cpus`` CPUs while at most
+    ``settings.server_cpus_max_watches`` watches of ``service`` are open, as ``pdfbatch
+    serve`` does (:mod:`server.service.affinity`); ``None`` when they stay on every CPU
+    (the setting is 0, or the kernel refused: only slower).
+    """
+    everywhere = allowed_cpus()
+    pinned = server_cpus(settings.server_cpus, everywhere)
+    if pinned is None or everywhere is None:
+        return None
+    placement = ThreadPlacement(pinned, everywhere, settings.server_cpus_max_watches)
+    try:
+        placement.place()
+    except OSError as exc:
+        log.warning("server_threads_not_pinned", cpus=sorted(pinned), error=str(exc))
+        return None
+    service.hub.follow_count(placement.watches)
+    return placement
+
+
 def serve(settings: ServerSettings) -> int:
     """Run the service until SIGTERM or SIGINT, then shut it down gracefully.
 
@@ -496,13 +523,7 @@ def serve(settings: ServerSettings) -> int:
     try:
         service = Service(settings, tracing=tracing_from_environment())
         # Once Ray's processes, if any, have started: they keep every CPU.
-        pinned = server_cpus(settings.server_cpus, allowed_cpus())
-        if pinned is not None:
-            try:
-                pin_server(pinned)
-            except OSError as exc:
-                # Only slower: the service runs as well on every CPU.
-                log.warning("server_threads_not_pinned", cpus=sorted(pinned), error=str(exc))
+        place_threads(service, settings)
         freeze_startup_heap()
         service.start()
         print(f"listening on {service.address}", flush=True)

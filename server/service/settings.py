@@ -179,17 +179,23 @@ class ServerSettings(BaseSettings):
             of the CPU then. Ray's workers are Ray's own.
         server_cpus: How many CPUs the server's own threads run on (uploads,
             supervisors, commits, the watch), the highest-numbered of those it may use
-            at its start; 0 leaves them on every CPU. Default 0. On one CPU (1) the
-            threads hand the interpreter to one another without waking another CPU:
-            about 15% less of the server's CPU a one-page file. But the work they do
-            outside the interpreter (gRPC's sends, the store's writes and flushes)
-            then shares that CPU too: with 50 watches on a busy batch, events reached
-            them later (coalesced p99 25 ms against 16.5 on every CPU,
-            docs/performance.md). Set 1 where CPU a file matters more than watch
-            latency. The local workers run on every CPU regardless; Ray's are started
-            before. Only ``pdfbatch serve`` pins: a
+            at its start, while at most ``server_cpus_max_watches`` watches are open.
+            CPython runs one of its threads at a time, and they hand over to one
+            another faster on one CPU than across several: about 15% less of the
+            server's CPU a one-page file (docs/performance.md). The local workers run
+            on every CPU regardless; Ray's are started before. Default 1; 0 leaves the
+            threads on every CPU. Give it more where much of the server's work runs
+            outside the interpreter (TLS on many connections, hashing large uploads):
+            that part runs in parallel. Only ``pdfbatch serve`` pins: a
             :class:`~server.service.app.Service` made in another program leaves that
             program's threads alone.
+        server_cpus_max_watches: The most open watches with the server's threads
+            kept on ``server_cpus`` CPUs. With more, sending their events is most of
+            the server's work, and it runs outside the interpreter: the threads run on
+            every CPU until the open watches are back to half of this (with 50 watches
+            open, a p99 of 17 ms from an event to its arrival that way, the median of
+            20 runs, against 25 ms on one CPU: docs/performance.md). Default 8; 0: kept
+            on ``server_cpus`` CPUs however many watch.
         max_result_text_bytes: Text one file's result may hold, all pages together, in
             bytes of UTF-8. Default 64 MiB; a file with more fails with
             ``PDF_LIMIT_EXCEEDED`` (a cut text would pass for a whole one).
@@ -303,7 +309,8 @@ class ServerSettings(BaseSettings):
     cpu_limit_seconds: int | None = Field(default=240, ge=1)
     open_files_limit: int | None = Field(default=64, ge=16)
     worker_niceness: int = Field(default=19, ge=0, le=19)
-    server_cpus: int = Field(default=0, ge=0, le=4096)
+    server_cpus: int = Field(default=1, ge=0, le=4096)
+    server_cpus_max_watches: int = Field(default=8, ge=0)
     max_result_text_bytes: int = Field(default=DEFAULT_MAX_TEXT_BYTES, ge=1)
     max_metadata_field_bytes: int = Field(default=DEFAULT_MAX_METADATA_FIELD_BYTES, ge=1)
     max_outline_entries: int = Field(default=DEFAULT_MAX_OUTLINE_ENTRIES, ge=1)

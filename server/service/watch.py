@@ -323,7 +323,15 @@ class WatchHub:
         self._feeds: dict[str, _Feed] = {}
         self._count = 0
         self._closed = False
+        self._count_listeners: list[Callable[[int], None]] = []
         self._unsubscribe = store.subscribe(self._on_commit)
+
+    def follow_count(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener`` with the number of open watches each time it changes, in
+        order (under the hub's lock: it must be quick and must not open or end a
+        watch)."""
+        with self._lock:
+            self._count_listeners.append(listener)
 
     def open(
         self,
@@ -385,6 +393,7 @@ class WatchHub:
                 feed = self._feeds[batch_id] = _Feed(self._queue_size)
             watcher.joined(feed)
             self._count += 1
+            self._counted()
 
     def batch_deleted(self, batch_id: str) -> None:
         """End every watch of the batch with ``NOT_FOUND``."""
@@ -430,8 +439,14 @@ class WatchHub:
                 if not feed.watchers:
                     del self._feeds[watcher.batch_id]
             self._count -= 1
+            self._counted()
         if watcher.slot is not None:
             watcher.slot.release()
+
+    def _counted(self) -> None:
+        """Tell the count's listeners (the caller holds the lock)."""
+        for listener in self._count_listeners:
+            listener(self._count)
 
     def _on_commit(self, events: Sequence[BatchEvent]) -> None:
         # The same work for any number of watchers: on the thread that committed.
