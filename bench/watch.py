@@ -47,7 +47,6 @@ from bench.processors import GATED, gate_path
 from bench.report import Figure, at_most, judged, percentile
 from bench.server_process import ROOT, submit
 from server.client.api import Client
-from server.service.affinity import allowed_cpus
 from server.service.app import DATABASE_NAME, Service, freeze_startup_heap, place_threads
 from server.service.settings import ServerSettings, UploadLimits
 
@@ -91,7 +90,6 @@ def watch_latency(options: Options) -> list[Figure]:
             service = Service(settings, store=store, processor=GATED)
             gate = gate_path(settings.data_dir / "work")
             # As `pdfbatch serve` does before it starts; undone when the scenario ends.
-            allowed = allowed_cpus()
             placement = place_threads(service, settings)
             freeze_startup_heap()
             try:
@@ -107,7 +105,7 @@ def watch_latency(options: Options) -> list[Figure]:
                             per_message,
                             output,
                             gate=gate,
-                            cpus=allowed,
+                            cpus=None if placement is None else placement.everywhere,
                         )
                         with lock:
                             to_commit = [

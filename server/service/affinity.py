@@ -54,9 +54,9 @@ def server_cpus(count: int, allowed: frozenset[int] | None) -> frozenset[int] | 
     return frozenset(sorted(allowed)[-count:])
 
 
-def pin_server(cpus: frozenset[int]) -> None:
+def pin_server(cpus: frozenset[int]) -> int:
     """Move every thread of this process to ``cpus``; a thread that ends meanwhile is
-    passed over.
+    passed over. Returns how many threads it moved.
 
     The threads are listed again until no new one shows: a thread that a thread not
     moved yet starts meanwhile takes its starter's CPUs, not these.
@@ -70,7 +70,7 @@ def pin_server(cpus: frozenset[int]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.sched_setaffinity(int(name), cpus)
         seen |= new
-    log.info("server_threads_pinned", cpus=sorted(cpus), threads=len(seen))
+    return len(seen)
 
 
 class ThreadPlacement:
@@ -93,7 +93,7 @@ class ThreadPlacement:
         everywhere: frozenset[int],
         max_watches: int,
         *,
-        pin: Callable[[frozenset[int]], None] = pin_server,
+        pin: Callable[[frozenset[int]], object] = pin_server,
     ) -> None:
         if max_watches < 0:
             raise ValueError(f"max_watches must not be negative, got {max_watches}")
@@ -103,6 +103,11 @@ class ThreadPlacement:
         self._pin = pin
         self._lock = threading.Lock()
         self._spread = False
+
+    @property
+    def everywhere(self) -> frozenset[int]:
+        """Every CPU the server may use."""
+        return self._everywhere
 
     @property
     def spread(self) -> bool:
@@ -117,8 +122,9 @@ class ThreadPlacement:
             OSError: The kernel refused (see :func:`pin_server`).
         """
         with self._lock:
-            self._pin(self._pinned)
+            threads = self._pin(self._pinned)
             self._spread = False
+        log.info("server_threads_pinned", cpus=sorted(self._pinned), threads=threads)
 
     def watches(self, open_watches: int) -> None:
         """The number of open watches changed to ``open_watches``: move the threads if
@@ -134,12 +140,17 @@ class ThreadPlacement:
             else:
                 return
             try:
-                self._pin(cpus)
+                threads = self._pin(cpus)
             except OSError as exc:
                 log.warning("server_threads_not_moved", cpus=sorted(cpus), error=str(exc))
                 return
             self._spread = spread
-            log.info("server_threads_moved", cpus=sorted(cpus), open_watches=open_watches)
+            log.info(
+                "server_threads_moved",
+                cpus=sorted(cpus),
+                threads=threads,
+                open_watches=open_watches,
+            )
 
     def release(self) -> None:
         """Every thread of the process back on every CPU (for a process that goes on

@@ -328,8 +328,8 @@ class WatchHub:
 
     def follow_count(self, listener: Callable[[int], None]) -> None:
         """Call ``listener`` with the number of open watches each time it changes, in
-        order (under the hub's lock: it must be quick and must not open or end a
-        watch)."""
+        order (under the hub's lock: it must be quick, or rarely slow, and must not open
+        or end a watch)."""
         with self._lock:
             self._count_listeners.append(listener)
 
