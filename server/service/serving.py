@@ -9,7 +9,10 @@ scenario, counting everything else its loop and poller thread did meanwhile.
 The handlers stay as they were written for the threaded server: each call's handler runs
 on a thread of ``threads``, with a :class:`_Context` that behaves like the threaded
 server's, in a copy of the context variables taken when the call arrived (every step of
-a stream in the same copy, as the threaded server does). A server stream whose handler
+a stream in the same copy, as the threaded server does). A handler handed to a thread
+runs even if its client leaves before a thread is free, as on the threaded server: it
+finds the call over and ends, and what a handler does at its end (the service audits the
+call) still happens. A server stream whose handler
 returns an asynchronous iterator (a watch) is then sent from the loop, without holding
 a thread between messages; any other stream takes a thread for each message. A client
 stream reaches its handler as an iterator that waits on the handler's thread.
@@ -326,7 +329,12 @@ class AsyncioServer:
         return after(0)(details)
 
     async def _run(self, context: contextvars.Context, function: Any, *args: Any) -> Any:
-        return await self._loop.run_in_executor(self._threads, context.run, function, *args)
+        # Shielded: a call whose client leaves while its handler waits for a free thread
+        # still runs the handler, which finds the call over and ends (audited, counted)
+        # as one that began a moment earlier does. Cancelling the wait would drop the
+        # queued handler, and the call would leave no trace.
+        handler = self._threads.submit(context.run, function, *args)
+        return await asyncio.shield(asyncio.wrap_future(handler))
 
     async def _answer(
         self, call: Any, behavior: Any, request: Any, *, from_stream: bool, to_stream: bool
@@ -367,7 +375,9 @@ class AsyncioServer:
         try:
             while True:
                 step = self._threads.submit(variables.run, _next, steps)
-                response = await asyncio.wrap_future(step)
+                # Shielded as in _run: a first step dropped from the queue would leave a
+                # handler that never began, and so never ended.
+                response = await asyncio.shield(asyncio.wrap_future(step))
                 if response is _DONE:
                     return
                 await context._flush()

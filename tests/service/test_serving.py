@@ -28,6 +28,10 @@ class _Echo:
         self.stopped_reading = threading.Event()
         self.context: grpc.ServicerContext | None = None
         self.read: list[bytes] = []
+        self.release = threading.Event()
+        self.holding = 0
+        self.noted: list[bool] = []
+        self._lock = threading.Lock()
 
     def ticks(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         _call_name.set(request.decode())
@@ -49,16 +53,42 @@ class _Echo:
             self.stopped_reading.set()
         return b"%d" % len(self.read)
 
+    def hold(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self._lock:
+            self.holding += 1
+        self.release.wait(_WAIT)
+        return b"held"
+
+    def note(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.noted.append(context.is_active())
+        return b"noted"
+
     def refuse(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         context.send_initial_metadata((("x-seen", request.decode()),))
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
         raise AssertionError("abort returned")
 
 
+class _CountedThreads(ThreadPoolExecutor):
+    """A pool that counts the work handed to it: a call queued for a thread is seen."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+_THREADS = 4
+
+
 @pytest.fixture
-def echo() -> Iterator[tuple[_Echo, grpc.Channel]]:
+def served() -> Iterator[tuple[_Echo, grpc.Channel, _CountedThreads]]:
+    """The handlers, served on loopback; a channel to them; the server's threads."""
     handlers = _Echo()
-    threads = ThreadPoolExecutor(max_workers=4)
+    threads = _CountedThreads(_THREADS)
     server = AsyncioServer(threads)
     server.add_generic_rpc_handlers(
         [
@@ -68,6 +98,8 @@ def echo() -> Iterator[tuple[_Echo, grpc.Channel]]:
                     "Ticks": grpc.unary_stream_rpc_method_handler(handlers.ticks),
                     "Collect": grpc.stream_unary_rpc_method_handler(handlers.collect),
                     "Refuse": grpc.unary_unary_rpc_method_handler(handlers.refuse),
+                    "Hold": grpc.unary_unary_rpc_method_handler(handlers.hold),
+                    "Note": grpc.unary_unary_rpc_method_handler(handlers.note),
                 },
             )
         ]
@@ -76,12 +108,18 @@ def echo() -> Iterator[tuple[_Echo, grpc.Channel]]:
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield handlers, channel
+        yield handlers, channel, threads
     finally:
         channel.close()
         server.stop(None).wait(_WAIT)
         threads.shutdown(wait=True)
         server.close()
+
+
+@pytest.fixture
+def echo(served: tuple[_Echo, grpc.Channel, _CountedThreads]) -> tuple[_Echo, grpc.Channel]:
+    handlers, channel, _ = served
+    return handlers, channel
 
 
 def _method(channel: grpc.Channel, kind: str, name: str) -> Any:
@@ -142,3 +180,27 @@ def test_an_abort_on_a_handler_thread_reaches_the_client_with_the_initial_metada
     error: Any = refused.value
     assert (error.code(), error.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "not now")
     assert ("x-seen", "42") in error.initial_metadata()
+
+
+def test_a_call_whose_client_left_while_it_waited_for_a_thread_still_runs_its_handler(
+    served: tuple[_Echo, grpc.Channel, _CountedThreads],
+) -> None:
+    # A handler that never runs never ends: the service's audit and call metrics,
+    # which a handler's end writes, would not know the call came.
+    handlers, channel, threads = served
+    held = [
+        _method(channel, "unary_unary", "Hold").future(b"", timeout=_WAIT) for _ in range(_THREADS)
+    ]
+    eventually(lambda: handlers.holding == _THREADS)
+    noted = _method(channel, "unary_unary", "Note").future(b"", timeout=_WAIT)
+    eventually(lambda: threads.submitted == _THREADS + 1)  # queued: no thread is free
+
+    noted.cancel()
+    # Answered on the server's loop after the cancel, which it therefore has read.
+    with pytest.raises(grpc.RpcError) as unknown:
+        _method(channel, "unary_unary", "Unknown")(b"", timeout=_WAIT)
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    handlers.release.set()
+
+    assert [call.result(_WAIT) for call in held] == [b"held"] * _THREADS
+    eventually(lambda: handlers.noted == [False])
