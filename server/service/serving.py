@@ -12,10 +12,10 @@ server's, in a copy of the context variables taken when the call arrived (every 
 a stream in the same copy, as the threaded server does). A handler handed to a thread
 runs even if its client leaves before a thread is free, as on the threaded server: it
 finds the call over and ends, and what a handler does at its end (the service audits the
-call) still happens. A server stream whose handler
-returns an asynchronous iterator (a watch) is then sent from the loop, without holding
-a thread between messages; any other stream takes a thread for each message. A client
-stream reaches its handler as an iterator that waits on the handler's thread.
+call) still happens. A server stream whose handler returns an asynchronous iterator (a
+watch) is then sent from the loop, without holding a thread between messages; any other
+stream takes a thread for each message. A client stream reaches its handler as an
+iterator that waits on the handler's thread.
 
 The interceptors are ``grpc.ServerInterceptor``s, run on the loop when a call arrives,
 as the threaded server runs them on its polling thread: they must not block.
@@ -330,9 +330,9 @@ class AsyncioServer:
 
     async def _run(self, context: contextvars.Context, function: Any, *args: Any) -> Any:
         # Shielded: a call whose client leaves while its handler waits for a free thread
-        # still runs the handler, which finds the call over and ends (audited, counted)
-        # as one that began a moment earlier does. Cancelling the wait would drop the
-        # queued handler, and the call would leave no trace.
+        # still runs the handler, which finds the call over and ends as it would have a
+        # moment later. Cancelling the wait would drop the queued handler, and with it
+        # whatever the handler does at its end.
         handler = self._threads.submit(context.run, function, *args)
         return await asyncio.shield(asyncio.wrap_future(handler))
 

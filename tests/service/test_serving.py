@@ -110,6 +110,7 @@ def served() -> Iterator[tuple[_Echo, grpc.Channel, _CountedThreads]]:
     try:
         yield handlers, channel, threads
     finally:
+        handlers.release.set()  # a test that failed midway holds no thread
         channel.close()
         server.stop(None).wait(_WAIT)
         threads.shutdown(wait=True)
