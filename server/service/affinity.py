@@ -129,10 +129,10 @@ class ThreadPlacement:
     def watches(self, open_watches: int) -> None:
         """The number of open watches changed to ``open_watches``: move the threads if
         it crossed a bound. A refusal of the kernel is logged: the threads stay where
-        they are, which only costs time."""
-        if not self._max_watches:
-            return
+        they are, which only costs time. Once released, nothing moves them again."""
         with self._lock:
+            if not self._max_watches:
+                return
             if not self._spread and open_watches > self._max_watches:
                 cpus, spread = self._everywhere, True
             elif self._spread and open_watches <= self._max_watches // 2:
@@ -153,9 +153,11 @@ class ThreadPlacement:
             )
 
     def release(self) -> None:
-        """Every thread of the process back on every CPU (for a process that goes on
-        with other work once the service stopped)."""
+        """Every thread of the process back on every CPU, for good (for a process that
+        goes on with other work once the service stopped): a watch that ends later
+        does not pin them again."""
         with self._lock:
             with contextlib.suppress(OSError):
                 self._pin(self._everywhere)
             self._spread = True
+            self._max_watches = 0

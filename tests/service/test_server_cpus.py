@@ -130,6 +130,18 @@ def test_threads_move_past_the_bound_and_back_at_half_of_it() -> None:
     assert len(moves) == 3
 
 
+def test_released_threads_stay_on_every_cpu_whatever_the_watches_do() -> None:
+    moves: list[frozenset[int]] = []
+    placement = ThreadPlacement(frozenset({1}), frozenset({0, 1}), max_watches=4, pin=moves.append)
+    placement.place()
+    placement.watches(5)
+
+    placement.release()
+    placement.watches(0)  # the service's last watch ends after the release
+
+    assert (moves, placement.spread) == ([{1}, {0, 1}, {0, 1}], True)
+
+
 def test_without_a_bound_the_threads_stay_however_many_watch() -> None:
     moves: list[frozenset[int]] = []
     placement = ThreadPlacement(frozenset({1}), frozenset({0, 1}), max_watches=0, pin=moves.append)
